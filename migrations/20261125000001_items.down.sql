@@ -1,0 +1,2 @@
+DROP INDEX IF EXISTS items_status_idx;
+DROP TABLE IF EXISTS items;

@@ -1,0 +1,511 @@
+//! The `accounts` table and its `transfers` ledger: data types, [`AccountRepo`], all their SQL.
+//!
+//! The ledger is the source of truth and the schema enforces the rules (see the migration
+//! `accounts_ledger`): inserting a ledger row fires a trigger that debits and credits the two
+//! accounts, `CHECK (balance >= 0)` refuses overdrafts, foreign keys refuse missing accounts, and
+//! the idempotency key is `UNIQUE`. So a transfer is **one** `INSERT` and a batch is **one**
+//! `INSERT … SELECT … FROM json_each(?)`, each atomic by itself, each one round trip to sqlx's
+//! worker thread. Only when the database refuses do we read, to say which account and balance.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use sqlx::SqliteConnection;
+use time::OffsetDateTime;
+
+use crate::db::Handle;
+use crate::error::{Error, Result};
+use crate::limits::{MAX_KEY_CHARS, check_amount, check_batch};
+
+/// The constraint a reused idempotency key reports in [`Error::Duplicate`].
+pub const IDEMPOTENCY_KEY_CONSTRAINT: &str = "transfers.idempotency_key";
+
+/// A stored account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Row id.
+    pub id: i64,
+    /// The owner, if any.
+    pub user_id: Option<i64>,
+    /// Balance in cents, never negative.
+    pub balance_cents: i64,
+    /// When it was opened (UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// An account to open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewAccount {
+    /// The owner, if any (must exist).
+    pub user_id: Option<i64>,
+    /// Opening balance in cents, zero or more.
+    pub balance_cents: i64,
+}
+
+/// A movement of money between two accounts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Transfer {
+    /// The account debited.
+    pub from: i64,
+    /// The account credited.
+    pub to: i64,
+    /// Positive amount in cents.
+    pub amount_cents: i64,
+    /// When set, the transfer lands at most once: replaying it is `Ok(())` and moves nothing.
+    pub idempotency_key: Option<String>,
+}
+
+impl Transfer {
+    /// A transfer without an idempotency key.
+    pub fn new(from: i64, to: i64, amount_cents: i64) -> Self {
+        Transfer {
+            from,
+            to,
+            amount_cents,
+            idempotency_key: None,
+        }
+    }
+
+    /// The same transfer with an idempotency key.
+    pub fn with_key(self, key: impl Into<String>) -> Self {
+        Transfer {
+            idempotency_key: Some(key.into()),
+            ..self
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_amount(self.amount_cents)?;
+        if self.from == self.to {
+            return Err(Error::invalid(format!(
+                "a transfer needs two different accounts, not {} to itself",
+                self.from
+            )));
+        }
+        if let Some(key) = &self.idempotency_key {
+            if key.is_empty() || key.chars().count() > MAX_KEY_CHARS {
+                return Err(Error::invalid(format!(
+                    "an idempotency key must be 1 to {MAX_KEY_CHARS} characters"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn same_movement(&self, from: i64, to: i64, amount_cents: i64) -> bool {
+        (self.from, self.to, self.amount_cents) == (from, to, amount_cents)
+    }
+}
+
+/// Accounts: opening, deposits, and atomic, idempotent transfers recorded in the ledger.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> sqlrepo::Result<()> {
+/// use sqlrepo::{Db, Error, NewAccount, Transfer};
+/// let accounts = Db::in_memory().await?.accounts();
+/// let a = accounts.open(&NewAccount { user_id: None, balance_cents: 1_000 }).await?;
+/// let b = accounts.open(&NewAccount { user_id: None, balance_cents: 0 }).await?;
+/// accounts.transfer(&Transfer::new(a, b, 400).with_key("invoice-7")).await?;
+/// accounts.transfer(&Transfer::new(a, b, 400).with_key("invoice-7")).await?; // replay: moves nothing
+/// let overdraft = accounts.transfer(&Transfer::new(a, b, 10_000)).await;
+/// assert!(matches!(overdraft, Err(Error::InsufficientFunds { balance_cents: 600, .. })));
+/// assert_eq!(accounts.total_balance().await?, 1_000);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct AccountRepo {
+    handle: Handle,
+}
+
+impl AccountRepo {
+    pub(crate) fn new(handle: Handle) -> Self {
+        AccountRepo { handle }
+    }
+
+    /// Opens an account with an opening balance and returns its id.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a negative balance; [`Error::ForeignKey`] for an unknown user.
+    pub async fn open(&self, new: &NewAccount) -> Result<i64> {
+        if new.balance_cents < 0 {
+            return Err(Error::invalid(format!(
+                "an opening balance cannot be negative ({} cents)",
+                new.balance_cents
+            )));
+        }
+        let mut conn = self.handle.writer().await?;
+        insert_account(&mut conn, new.user_id, new.balance_cents).await
+    }
+
+    /// The account with this id, or `None`.
+    ///
+    /// # Errors
+    /// [`Error::Schema`] when migrations have not run.
+    pub async fn get(&self, id: i64) -> Result<Option<Account>> {
+        let mut conn = self.handle.reader().await?;
+        select_account(&mut conn, id).await
+    }
+
+    /// Credits an account (recorded as a ledger row with no source) and returns the new balance.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a non-positive amount or a balance that would overflow `i64`;
+    /// [`Error::NotFound`] for an unknown account. Nothing changes on error.
+    pub async fn deposit(&self, id: i64, amount_cents: i64) -> Result<i64> {
+        check_amount(amount_cents)?;
+        let mut conn = self.handle.writer().await?;
+        let mut tx = conn.atomic().await?;
+        if let Err(err) = insert_deposit(&mut tx, id, amount_cents).await {
+            return Err(match err {
+                Error::ForeignKey => Error::NotFound {
+                    entity: "account",
+                    id,
+                },
+                other => other,
+            });
+        }
+        let balance = select_balance(&mut tx, id).await?;
+        tx.commit().await?;
+        // The row was just credited inside the transaction, so it exists.
+        balance.ok_or(Error::NotFound {
+            entity: "account",
+            id,
+        })
+    }
+
+    /// Moves money between two accounts atomically, as one ledger `INSERT`.
+    ///
+    /// With an idempotency key that already landed with the same from/to/amount, returns
+    /// `Ok(())` and moves nothing, whatever the balances are now.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for `from == to`, a non-positive amount or an empty key;
+    /// [`Error::Duplicate`] ([`IDEMPOTENCY_KEY_CONSTRAINT`]) for a key that landed with other
+    /// parameters; [`Error::NotFound`] naming a missing account; [`Error::InsufficientFunds`]
+    /// for an overdraft; [`Error::InvalidInput`] when the credit would overflow. Nothing moves on
+    /// error.
+    pub async fn transfer(&self, t: &Transfer) -> Result<()> {
+        t.validate()?;
+        let mut conn = self.handle.writer().await?;
+        match insert_transfer(&mut conn, t).await {
+            Ok(_) => Ok(()),
+            Err(err) => Err(explain_failure(&mut conn, std::slice::from_ref(t), err).await),
+        }
+    }
+
+    /// Applies transfers in order, each checked against the balances the earlier ones left,
+    /// all or nothing, as one statement. At most
+    /// [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) steps; `&[]` is `Ok(())`.
+    ///
+    /// Idempotency keys follow [`transfer`](Self::transfer)'s rule per step, including a key
+    /// repeated inside the batch: the same movement again is skipped, another movement is
+    /// [`Error::Duplicate`].
+    ///
+    /// # Errors
+    /// As [`transfer`](Self::transfer), for the first step that fails (invalid steps are named
+    /// by position); nothing moves on error.
+    pub async fn transfer_batch(&self, ts: &[Transfer]) -> Result<()> {
+        check_batch("transfer_batch", ts.len())?;
+        let steps = distinct_steps(ts)?;
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let steps_json = steps_json(&steps)?;
+        let mut conn = self.handle.writer().await?;
+        match insert_transfers(&mut conn, &steps_json).await {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                let steps: Vec<Transfer> = steps.into_iter().cloned().collect();
+                Err(explain_failure(&mut conn, &steps, err).await)
+            }
+        }
+    }
+
+    /// The sum of every balance, in cents: constant under transfers, for auditors.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if the sum overflows `i64`.
+    pub async fn total_balance(&self) -> Result<i64> {
+        let mut conn = self.handle.reader().await?;
+        Ok(sqlx::query_scalar!(
+            r#"SELECT coalesce(sum(balance), 0) AS "total!: i64" FROM accounts"#
+        )
+        .fetch_one(&mut *conn)
+        .await?)
+    }
+}
+
+/// Validates every step and drops in-batch replays (a key repeated with the same movement);
+/// a key repeated with another movement is [`Error::Duplicate`] before the database is touched.
+fn distinct_steps(ts: &[Transfer]) -> Result<Vec<&Transfer>> {
+    let mut seen: HashMap<&str, &Transfer> = HashMap::new();
+    let mut steps = Vec::with_capacity(ts.len());
+    for (index, t) in ts.iter().enumerate() {
+        t.validate().map_err(|err| match err {
+            Error::InvalidInput(message) => Error::invalid(format!("step {index}: {message}")),
+            other => other,
+        })?;
+        if let Some(key) = t.idempotency_key.as_deref() {
+            if let Some(first) = seen.get(key) {
+                if first.same_movement(t.from, t.to, t.amount_cents) {
+                    continue;
+                }
+                return Err(Error::Duplicate {
+                    constraint: IDEMPOTENCY_KEY_CONSTRAINT.to_owned(),
+                });
+            }
+            seen.insert(key, t);
+        }
+        steps.push(t);
+    }
+    Ok(steps)
+}
+
+/// The steps as the JSON array `insert_transfers` reads: `[[from, to, amount, key], ...]`.
+fn steps_json(steps: &[&Transfer]) -> Result<String> {
+    let rows: Vec<(i64, i64, i64, Option<&str>)> = steps
+        .iter()
+        .map(|t| (t.from, t.to, t.amount_cents, t.idempotency_key.as_deref()))
+        .collect();
+    serde_json::to_string(&rows).map_err(|err| Error::invalid(format!("not JSON: {err}")))
+}
+
+/// Turns a refused transfer statement into the error that names the cause, by reading the
+/// ledger keys and balances involved and replaying the steps in order. Runs on the connection
+/// that just failed, so (within this process) nothing has changed since.
+async fn explain_failure(conn: &mut SqliteConnection, steps: &[Transfer], err: Error) -> Error {
+    match diagnose(conn, steps).await {
+        Ok(Some(explained)) => explained,
+        // Nothing in the data explains it (another process changed it since): keep the original.
+        Ok(None) => err,
+        Err(read_err) => read_err,
+    }
+}
+
+async fn diagnose(conn: &mut SqliteConnection, steps: &[Transfer]) -> Result<Option<Error>> {
+    // The key rule comes first: a key that landed with other parameters is a Duplicate even if
+    // the step could not be afforded.
+    let keys: Vec<&str> = steps
+        .iter()
+        .filter_map(|t| t.idempotency_key.as_deref())
+        .collect();
+    let mut landed: HashMap<String, (i64, i64, i64)> = HashMap::new();
+    if !keys.is_empty() {
+        let keys_json = serde_json::to_string(&keys).unwrap_or_default();
+        for row in select_landed_keys(conn, &keys_json).await? {
+            landed.insert(row.key, (row.from_account, row.to_account, row.amount));
+        }
+    }
+    for t in steps {
+        if let Some(&(from, to, amount)) = t.idempotency_key.as_ref().and_then(|k| landed.get(k)) {
+            if !t.same_movement(from, to, amount) {
+                return Ok(Some(Error::Duplicate {
+                    constraint: IDEMPOTENCY_KEY_CONSTRAINT.to_owned(),
+                }));
+            }
+        }
+    }
+
+    let ids: Vec<i64> = steps.iter().flat_map(|t| [t.from, t.to]).collect();
+    let ids_json = serde_json::to_string(&ids).unwrap_or_default();
+    let mut balances: HashMap<i64, i64> = select_balances(conn, &ids_json)
+        .await?
+        .into_iter()
+        .map(|row| (row.id, row.balance))
+        .collect();
+    for t in steps {
+        let replayed = t
+            .idempotency_key
+            .as_ref()
+            .is_some_and(|k| landed.contains_key(k));
+        if replayed {
+            continue;
+        }
+        for id in [t.from, t.to] {
+            if !balances.contains_key(&id) {
+                return Ok(Some(Error::NotFound {
+                    entity: "account",
+                    id,
+                }));
+            }
+        }
+        let from_balance = balances[&t.from];
+        if from_balance < t.amount_cents {
+            return Ok(Some(Error::InsufficientFunds {
+                account: t.from,
+                balance_cents: from_balance,
+                requested_cents: t.amount_cents,
+            }));
+        }
+        let Some(credited) = balances[&t.to].checked_add(t.amount_cents) else {
+            return Ok(Some(Error::invalid(format!(
+                "crediting {} cents would overflow the balance of account {}",
+                t.amount_cents, t.to
+            ))));
+        };
+        balances.insert(t.from, from_balance - t.amount_cents);
+        balances.insert(t.to, credited);
+    }
+    Ok(None)
+}
+
+async fn insert_account(
+    conn: &mut SqliteConnection,
+    user_id: Option<i64>,
+    balance_cents: i64,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar!(
+        r#"
+        INSERT INTO accounts (user_id, balance)
+        VALUES (?1, ?2)
+        RETURNING id AS "id!: i64"
+        "#,
+        user_id,
+        balance_cents,
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+async fn select_account(conn: &mut SqliteConnection, id: i64) -> Result<Option<Account>> {
+    Ok(sqlx::query_as!(
+        Account,
+        r#"
+        SELECT id AS "id!: i64",
+               user_id,
+               balance AS balance_cents,
+               created_at AS "created_at: OffsetDateTime"
+        FROM accounts
+        WHERE id = ?1
+        "#,
+        id,
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
+async fn select_balance(conn: &mut SqliteConnection, id: i64) -> Result<Option<i64>> {
+    Ok(
+        sqlx::query_scalar!("SELECT balance FROM accounts WHERE id = ?1", id)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+// A deposit is a ledger row without a source; the trigger credits the account.
+async fn insert_deposit(conn: &mut SqliteConnection, id: i64, amount_cents: i64) -> Result<()> {
+    sqlx::query!(
+        r#"
+        INSERT INTO transfers (from_account, to_account, amount)
+        VALUES (NULL, ?1, ?2)
+        "#,
+        id,
+        amount_cents,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+// One ledger row; the `transfers_apply` trigger moves the money, and the schema refuses a
+// missing account (787), an overdraft (275) or a reused key (2067) by aborting the statement.
+// `NOT EXISTS` skips a replay of a key that landed with the same movement: 0 rows, no error.
+async fn insert_transfer(conn: &mut SqliteConnection, t: &Transfer) -> Result<u64> {
+    let key = t.idempotency_key.as_deref();
+    let result = sqlx::query!(
+        r#"
+        INSERT INTO transfers (from_account, to_account, amount, idempotency_key)
+        SELECT ?1, ?2, ?3, ?4
+        WHERE NOT EXISTS (
+            SELECT 1
+            FROM transfers
+            WHERE idempotency_key = ?4
+              AND from_account = ?1
+              AND to_account = ?2
+              AND amount = ?3
+        )
+        "#,
+        t.from,
+        t.to,
+        t.amount_cents,
+        key,
+    )
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+// The whole batch as one JSON array, `[[from, to, amount, key], ...]`, inserted in order
+// (`ORDER BY step.key`): the trigger applies each row against the balances the earlier rows
+// left, and the first refused row aborts the statement, undoing the earlier ones. Measured here:
+// a few µs per step, against three statements per step in a rusqlite transaction.
+async fn insert_transfers(conn: &mut SqliteConnection, steps_json: &str) -> Result<u64> {
+    let result = sqlx::query!(
+        r#"
+        INSERT INTO transfers (from_account, to_account, amount, idempotency_key)
+        SELECT step.value ->> 0, step.value ->> 1, step.value ->> 2, step.value ->> 3
+        FROM json_each(?1) AS step
+        WHERE NOT EXISTS (
+            SELECT 1
+            FROM transfers AS landed
+            WHERE landed.idempotency_key = step.value ->> 3
+              AND landed.from_account = step.value ->> 0
+              AND landed.to_account = step.value ->> 1
+              AND landed.amount = step.value ->> 2
+        )
+        ORDER BY step.key
+        "#,
+        steps_json,
+    )
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+struct LandedKey {
+    key: String,
+    from_account: i64,
+    to_account: i64,
+    amount: i64,
+}
+
+async fn select_landed_keys(conn: &mut SqliteConnection, keys_json: &str) -> Result<Vec<LandedKey>> {
+    Ok(sqlx::query_as!(
+        LandedKey,
+        r#"
+        SELECT idempotency_key AS "key!: String",
+               from_account AS "from_account!: i64",
+               to_account,
+               amount
+        FROM transfers
+        WHERE idempotency_key IN (SELECT value FROM json_each(?1))
+        "#,
+        keys_json,
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+struct AccountBalance {
+    id: i64,
+    balance: i64,
+}
+
+async fn select_balances(
+    conn: &mut SqliteConnection,
+    ids_json: &str,
+) -> Result<Vec<AccountBalance>> {
+    Ok(sqlx::query_as!(
+        AccountBalance,
+        r#"
+        SELECT id AS "id!: i64", balance
+        FROM accounts
+        WHERE id IN (SELECT value FROM json_each(?1))
+        "#,
+        ids_json,
+    )
+    .fetch_all(conn)
+    .await?)
+}

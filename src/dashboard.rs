@@ -1,0 +1,95 @@
+//! The dashboard: a user, their newest orders and their order stats in one read.
+
+use serde::{Deserialize, Serialize};
+use sqlx::SqliteConnection;
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::orders::{Order, OrderStats};
+use crate::users::User;
+
+/// How many orders a dashboard shows.
+pub const DASHBOARD_RECENT_ORDERS: i64 = 10;
+
+/// What [`Db::dashboard`](crate::Db::dashboard) returns.
+///
+/// The seed ran three queries concurrently. Here it is one statement: the user row, the recent
+/// orders as a `json_group_array` and the stats as subqueries. That is one round trip to
+/// sqlx's worker thread instead of three (or three pool acquires), and one snapshot, so the
+/// parts always agree. The benchmark harness (`cargo run --release --example bench`, workload
+/// `dashboard`) measures it against the floor of one point get.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dashboard {
+    /// The user.
+    pub user: User,
+    /// Their newest orders, newest first (ties: higher id first), at most
+    /// [`DASHBOARD_RECENT_ORDERS`].
+    pub recent_orders: Vec<Order>,
+    /// Count and sum of all their orders.
+    pub stats: OrderStats,
+}
+
+/// An order as one element of the JSON array: `[id, total, created_at]`.
+#[derive(Deserialize)]
+struct OrderJson(
+    i64,
+    i64,
+    #[serde(with = "time::serde::rfc3339")] OffsetDateTime,
+);
+
+pub(crate) async fn fetch(conn: &mut SqliteConnection, user_id: i64) -> Result<Dashboard> {
+    // One statement, one snapshot. The recent orders come from the (user_id, created_at, total)
+    // index alone; `ORDER BY` inside `json_group_array` fixes their order in the array.
+    let row = sqlx::query!(
+        r#"
+        SELECT u.id AS "id!: i64",
+               u.email,
+               u.name,
+               u.created_at AS "created_at: OffsetDateTime",
+               (SELECT json_group_array(json_array(r.id, r.total, r.created_at)
+                                        ORDER BY r.created_at DESC, r.id DESC)
+                FROM (SELECT id, total, created_at
+                      FROM orders
+                      WHERE user_id = u.id
+                      ORDER BY created_at DESC, id DESC
+                      LIMIT ?2) AS r) AS "recent!: String",
+               (SELECT count(*) FROM orders WHERE user_id = u.id) AS "order_count!: i64",
+               (SELECT coalesce(sum(total), 0) FROM orders WHERE user_id = u.id)
+                   AS "order_total!: i64"
+        FROM users AS u
+        WHERE u.id = ?1
+        "#,
+        user_id,
+        DASHBOARD_RECENT_ORDERS,
+    )
+    .fetch_optional(conn)
+    .await?
+    .ok_or(Error::NotFound {
+        entity: "user",
+        id: user_id,
+    })?;
+    let recent: Vec<OrderJson> = serde_json::from_str(&row.recent).map_err(|err| {
+        Error::Schema(format!("dashboard orders did not decode ({err}); is the schema current?"))
+    })?;
+    Ok(Dashboard {
+        user: User {
+            id: row.id,
+            email: row.email,
+            name: row.name,
+            created_at: row.created_at,
+        },
+        recent_orders: recent
+            .into_iter()
+            .map(|OrderJson(id, total_cents, created_at)| Order {
+                id,
+                user_id,
+                total_cents,
+                created_at,
+            })
+            .collect(),
+        stats: OrderStats {
+            count: row.order_count,
+            total_cents: row.order_total,
+        },
+    })
+}

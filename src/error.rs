@@ -1,0 +1,230 @@
+//! The one error type of the crate, and the one place that turns a `sqlx::Error` into it.
+//!
+//! SQLite reports constraint failures with an extended result code and a message such as
+//! `UNIQUE constraint failed: items.name`; it gives no structured constraint name
+//! (`DatabaseError::constraint()` is `None`). So [`classify`] reads the code first and parses
+//! the message only to name the constraint, in exactly one function ([`constraint_name`]).
+
+use std::borrow::Cow;
+
+/// `Result<T, sqlrepo::Error>`, the return type of every fallible call in this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in a repository call, classified by meaning.
+///
+/// Match on the variant, not on the message: the message is for people.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The row the operation needs does not exist (for example a transfer to a closed account).
+    #[error("{entity} {id} does not exist; check the id or create it first")]
+    NotFound {
+        /// What was looked for: `"account"`, `"user"`, `"item"`, `"order"`.
+        entity: &'static str,
+        /// The id that was not found.
+        id: i64,
+    },
+
+    /// A unique value is already taken, or an idempotency key was reused with other parameters.
+    #[error("{constraint} must be unique and this value is already taken; choose another")]
+    Duplicate {
+        /// The constraint as `table.column`, for example `items.name` or `users.email`.
+        constraint: String,
+    },
+
+    /// A referenced row is missing, or the row is still referenced by others.
+    #[error(
+        "a referenced row is missing or this row is still referenced \
+         (for example a user who still has orders or accounts); remove or create that row first"
+    )]
+    ForeignKey,
+
+    /// A transfer would take the source account below zero.
+    #[error(
+        "account {account} holds {balance_cents} cents and cannot pay {requested_cents} cents; \
+         deposit first or transfer less"
+    )]
+    InsufficientFunds {
+        /// The account that would be overdrawn.
+        account: i64,
+        /// Its balance when the transfer was tried (after the earlier steps of a batch).
+        balance_cents: i64,
+        /// The amount the transfer asked for.
+        requested_cents: i64,
+    },
+
+    /// The input breaks a documented rule; nothing was written.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// The database stayed locked by another writer past the busy timeout; retry later.
+    #[error("the database is busy (locked by another writer past the busy timeout); retry the operation")]
+    Busy,
+
+    /// The schema is not what this crate expects, usually because migrations have not run.
+    #[error("the database schema is not as expected: {0}")]
+    Schema(String),
+
+    /// Any other database failure, with the `sqlx` error kept as the source.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+impl Error {
+    /// True when the same call may succeed if tried again unchanged (today: [`Error::Busy`]).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Busy)
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Error {
+        Error::InvalidInput(message.into())
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        classify(err)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(err: sqlx::migrate::MigrateError) -> Self {
+        use sqlx::migrate::MigrateError;
+        match err {
+            MigrateError::VersionMissing(version) => Error::Schema(format!(
+                "the database has migration {version} applied, which this version of sqlrepo does \
+                 not know; it was migrated by a newer release, so upgrade sqlrepo instead of using it"
+            )),
+            MigrateError::VersionMismatch(version) => Error::Schema(format!(
+                "migration {version} applied to this database differs from the one in this \
+                 release; the migrations were edited after they ran"
+            )),
+            MigrateError::Dirty(version) => Error::Schema(format!(
+                "migration {version} failed part-way on an earlier run; repair the database by hand"
+            )),
+            MigrateError::Execute(err) => classify(err),
+            other => Error::Schema(format!("migrations could not run: {other}")),
+        }
+    }
+}
+
+// SQLite extended result codes (sqlite3.h) that change the meaning of an error.
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+const SQLITE_CONSTRAINT_CHECK: i32 = 275;
+const SQLITE_CONSTRAINT_PRIMARYKEY: i32 = 1555;
+const SQLITE_CONSTRAINT_UNIQUE: i32 = 2067;
+const SQLITE_CONSTRAINT_FOREIGNKEY: i32 = 787;
+const SQLITE_CONSTRAINT_DATATYPE: i32 = 3091;
+const SQLITE_CONSTRAINT_NOTNULL: i32 = 1299;
+
+/// The SQLite extended result code of a database error, if it is one.
+pub(crate) fn sqlite_code(err: &sqlx::Error) -> Option<i32> {
+    match err {
+        sqlx::Error::Database(db) => db.code().and_then(|code| code.parse().ok()),
+        _ => None,
+    }
+}
+
+/// Turns a `sqlx::Error` into the [`Error`] a caller can act on. The only classifier.
+pub(crate) fn classify(err: sqlx::Error) -> Error {
+    let (code, message) = match &err {
+        sqlx::Error::Database(db) => (sqlite_code(&err), db.message().to_owned()),
+        sqlx::Error::PoolTimedOut => return Error::Busy,
+        _ => return Error::Database(err),
+    };
+    let Some(code) = code else {
+        return Error::Database(err);
+    };
+    match code {
+        SQLITE_CONSTRAINT_UNIQUE | SQLITE_CONSTRAINT_PRIMARYKEY => Error::Duplicate {
+            constraint: constraint_name(&message).into_owned(),
+        },
+        SQLITE_CONSTRAINT_FOREIGNKEY => Error::ForeignKey,
+        SQLITE_CONSTRAINT_CHECK => Error::InvalidInput(format!(
+            "the database refused the value (constraint {})",
+            constraint_name(&message)
+        )),
+        SQLITE_CONSTRAINT_NOTNULL => Error::InvalidInput(format!(
+            "a required value is missing ({})",
+            constraint_name(&message)
+        )),
+        SQLITE_CONSTRAINT_DATATYPE => Error::InvalidInput(
+            "a number is out of range: the result would overflow a 64-bit integer".to_owned(),
+        ),
+        // The primary code is the low byte of the extended one (SQLITE_BUSY_SNAPSHOT, ...).
+        c if c & 0xff == SQLITE_BUSY || c & 0xff == SQLITE_LOCKED => Error::Busy,
+        _ if message.starts_with("no such table") || message.starts_with("no such column") => {
+            Error::Schema(format!(
+                "{message}; the migrations have not run on this database \
+                 (call Db::migrate, or run `cargo sqlx migrate run`)"
+            ))
+        }
+        _ => Error::Database(err),
+    }
+}
+
+/// The constraint a SQLite constraint message names, as SQLite spells it.
+///
+/// `UNIQUE constraint failed: items.name` → `items.name`;
+/// `UNIQUE constraint failed: t.a, t.b` → `t.a, t.b`;
+/// `CHECK constraint failed: accounts_balance_non_negative` → `accounts_balance_non_negative`;
+/// anything else → the whole message.
+pub(crate) fn constraint_name(message: &str) -> Cow<'_, str> {
+    match message.split_once("constraint failed: ") {
+        Some((_, name)) => Cow::Borrowed(name.trim()),
+        None => Cow::Borrowed(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_message_names_table_and_column() {
+        assert_eq!(
+            constraint_name("UNIQUE constraint failed: items.name"),
+            "items.name"
+        );
+    }
+
+    #[test]
+    fn composite_unique_message_keeps_every_column() {
+        assert_eq!(
+            constraint_name("UNIQUE constraint failed: t.a, t.b"),
+            "t.a, t.b"
+        );
+    }
+
+    #[test]
+    fn check_message_names_the_constraint() {
+        assert_eq!(
+            constraint_name("CHECK constraint failed: accounts_balance_non_negative"),
+            "accounts_balance_non_negative"
+        );
+    }
+
+    #[test]
+    fn not_null_message_names_the_column() {
+        assert_eq!(
+            constraint_name("NOT NULL constraint failed: items.name"),
+            "items.name"
+        );
+    }
+
+    #[test]
+    fn foreign_key_message_has_no_name_and_is_kept_whole() {
+        assert_eq!(
+            constraint_name("FOREIGN KEY constraint failed"),
+            "FOREIGN KEY constraint failed"
+        );
+    }
+
+    #[test]
+    fn only_busy_is_retryable() {
+        assert!(Error::Busy.is_retryable());
+        assert!(!Error::ForeignKey.is_retryable());
+        assert!(!Error::invalid("x").is_retryable());
+    }
+}

@@ -1,0 +1,604 @@
+//! The `items` table: its data types, [`ItemRepo`], and all of its SQL.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::str::FromStr;
+
+use futures_core::Stream;
+use futures_util::stream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::SqliteConnection;
+use time::OffsetDateTime;
+
+use crate::db::Handle;
+use crate::error::{Error, Result};
+use crate::limits::{check_batch, check_data_depth, check_data_size, check_name};
+
+/// Where an item is in its life. Stored as lowercase text, which a `CHECK` restricts to these.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, sqlx::Type,
+)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(rename_all = "lowercase")]
+pub enum ItemStatus {
+    /// In use (the default for new items).
+    #[default]
+    Active,
+    /// Kept but not in use.
+    Inactive,
+    /// Retired; kept for the record.
+    Archived,
+}
+
+impl ItemStatus {
+    /// The text stored in `items.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemStatus::Active => "active",
+            ItemStatus::Inactive => "inactive",
+            ItemStatus::Archived => "archived",
+        }
+    }
+}
+
+impl fmt::Display for ItemStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ItemStatus {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "active" => Ok(ItemStatus::Active),
+            "inactive" => Ok(ItemStatus::Inactive),
+            "archived" => Ok(ItemStatus::Archived),
+            other => Err(Error::invalid(format!(
+                "{other:?} is not an item status (active, inactive, archived)"
+            ))),
+        }
+    }
+}
+
+/// A stored item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    /// Row id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// Free-form JSON (`items.data`).
+    pub data: Value,
+    /// Life-cycle status.
+    pub status: ItemStatus,
+    /// When the row was inserted (UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When a repository call last changed the row (UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// An item to insert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewItem {
+    /// Unique, not blank, at most [`MAX_NAME_CHARS`](crate::limits::MAX_NAME_CHARS) characters.
+    pub name: String,
+    /// Any JSON value within [`limits`](crate::limits).
+    pub data: Value,
+    /// Initial status.
+    pub status: ItemStatus,
+}
+
+impl NewItem {
+    /// A new active item.
+    pub fn new(name: impl Into<String>, data: Value) -> Self {
+        NewItem {
+            name: name.into(),
+            data,
+            status: ItemStatus::Active,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_name("item name", &self.name)?;
+        check_data_depth(&self.data)
+    }
+}
+
+/// A partial update: `None` fields keep their stored value.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ItemPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New data.
+    pub data: Option<Value>,
+    /// New status.
+    pub status: Option<ItemStatus>,
+}
+
+impl ItemPatch {
+    fn is_empty(&self) -> bool {
+        self.name.is_none() && self.data.is_none() && self.status.is_none()
+    }
+}
+
+/// Items: checked CRUD, one-statement batches, and a constant-memory stream.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> sqlrepo::Result<()> {
+/// use sqlrepo::{Db, ItemPatch, ItemStatus, NewItem};
+/// use serde_json::json;
+/// let items = Db::in_memory().await?.items();
+/// let ids = items.insert_many(&[NewItem::new("a", json!({})), NewItem::new("b", json!([1]))]).await?;
+/// assert_eq!(ids, 2);
+/// let changed = items.set_status_many(&[1, 2, 99], ItemStatus::Archived).await?;
+/// assert_eq!(changed, 2);
+/// let patch = ItemPatch { name: Some("a2".into()), ..Default::default() };
+/// assert!(items.update(1, &patch).await?);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ItemRepo {
+    handle: Handle,
+}
+
+/// Rows per statement in `insert_many`. One statement per chunk keeps the JSON text SQLite parses
+/// (and we build) bounded; chunks of this size already run at rusqlite's speed.
+const INSERT_CHUNK_ROWS: usize = 25_000;
+
+/// Rows per page of `stream`: one round trip per page, ~1.8 µs/row measured as a JSON page.
+const STREAM_PAGE_ROWS: i64 = 2_000;
+
+impl ItemRepo {
+    pub(crate) fn new(handle: Handle) -> Self {
+        ItemRepo { handle }
+    }
+
+    /// Inserts an item and returns its id.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a blank or over-long name or data past the limits;
+    /// [`Error::Duplicate`] (`items.name`) when the name is taken.
+    pub async fn create(&self, new: &NewItem) -> Result<i64> {
+        new.validate()?;
+        let data = data_text(&new.data)?;
+        let mut conn = self.handle.writer().await?;
+        insert_one(&mut conn, &new.name, &data, new.status).await
+    }
+
+    /// The item with this id, or `None`.
+    ///
+    /// # Errors
+    /// [`Error::Schema`] when migrations have not run; [`Error::Database`] otherwise.
+    pub async fn get(&self, id: i64) -> Result<Option<Item>> {
+        let mut conn = self.handle.reader().await?;
+        select_one(&mut conn, id).await
+    }
+
+    /// The items with these ids, in id order; unknown ids are skipped. One statement.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for more than [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) ids.
+    pub async fn get_many(&self, ids: &[i64]) -> Result<Vec<Item>> {
+        check_batch("get_many", ids.len())?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = json_text(ids)?;
+        let mut conn = self.handle.reader().await?;
+        select_many(&mut conn, &ids).await
+    }
+
+    /// Every item with this status, in id order.
+    ///
+    /// # Errors
+    /// [`Error::Schema`] when migrations have not run; [`Error::Database`] otherwise.
+    pub async fn list_by_status(&self, status: ItemStatus) -> Result<Vec<Item>> {
+        let mut conn = self.handle.reader().await?;
+        select_by_status(&mut conn, status).await
+    }
+
+    /// Applies a patch; `true` when the row existed and a value really changed (a patch that
+    /// repeats the stored values, an empty patch, or an unknown id gives `false` and leaves
+    /// `updated_at` alone).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a blank name or data past the limits; [`Error::Duplicate`]
+    /// (`items.name`) when the new name is taken.
+    pub async fn update(&self, id: i64, patch: &ItemPatch) -> Result<bool> {
+        if let Some(name) = &patch.name {
+            check_name("item name", name)?;
+        }
+        let data = match &patch.data {
+            Some(data) => {
+                check_data_depth(data)?;
+                Some(data_text(data)?)
+            }
+            None => None,
+        };
+        if patch.is_empty() {
+            return Ok(false);
+        }
+        let mut conn = self.handle.writer().await?;
+        update_one(&mut conn, id, patch.name.as_deref(), data.as_deref(), patch.status).await
+    }
+
+    /// Deletes an item; `true` when it existed.
+    ///
+    /// # Errors
+    /// [`Error::Schema`] when migrations have not run; [`Error::Busy`] when locked.
+    pub async fn delete(&self, id: i64) -> Result<bool> {
+        let mut conn = self.handle.writer().await?;
+        delete_one(&mut conn, id).await
+    }
+
+    /// Inserts every item, all or nothing, and returns how many rows were inserted (ids follow
+    /// the slice order). `&[]` is `Ok(0)`.
+    ///
+    /// At most [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) (100,000) items per call. The
+    /// rows travel as one JSON array per chunk of 25,000, each chunk one statement, all chunks
+    /// in one `BEGIN IMMEDIATE` transaction.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an invalid item (naming its position) or an oversized batch;
+    /// [`Error::Duplicate`] (`items.name`) when any name is taken or repeated. Either way nothing
+    /// is written.
+    pub async fn insert_many(&self, items: &[NewItem]) -> Result<u64> {
+        check_batch("insert_many", items.len())?;
+        let chunks = items
+            .chunks(INSERT_CHUNK_ROWS)
+            .enumerate()
+            .map(|(number, chunk)| batch_text(chunk, number * INSERT_CHUNK_ROWS))
+            .collect::<Result<Vec<_>>>()?;
+        let mut conn = self.handle.writer().await?;
+        match chunks.as_slice() {
+            [] => Ok(0),
+            // One statement is atomic by itself: no transaction, one round trip.
+            [rows] => insert_batch(&mut conn, rows).await,
+            _ => {
+                let mut tx = conn.atomic().await?;
+                let mut inserted = 0;
+                for rows in &chunks {
+                    inserted += insert_batch(&mut tx, rows).await?;
+                }
+                tx.commit().await?;
+                Ok(inserted)
+            }
+        }
+    }
+
+    /// Sets the status of every listed item, in one statement, and returns how many rows really
+    /// changed: ids already in that status, unknown ids and repeated ids do not count.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for more than [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) ids.
+    pub async fn set_status_many(&self, ids: &[i64], status: ItemStatus) -> Result<u64> {
+        check_batch("set_status_many", ids.len())?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids = json_text(ids)?;
+        let mut conn = self.handle.writer().await?;
+        update_status_batch(&mut conn, &ids, status).await
+    }
+
+    /// Every item in id order, fetched in keyset pages of 2,000 so memory stays flat whatever
+    /// the table's size. Each page is one consistent read; rows committed while the stream runs
+    /// appear if their ids are past the current page.
+    pub fn stream(&self) -> impl Stream<Item = Result<Item>> + Send + '_ {
+        let state = (Some(0_i64), VecDeque::<Item>::new());
+        stream::try_unfold(state, move |(mut after, mut buffer)| async move {
+            loop {
+                if let Some(item) = buffer.pop_front() {
+                    return Ok(Some((item, (after, buffer))));
+                }
+                let Some(last) = after else {
+                    return Ok(None);
+                };
+                let page = {
+                    let mut conn = self.handle.reader().await?;
+                    select_page(&mut conn, last, STREAM_PAGE_ROWS).await?
+                };
+                after = match page.last() {
+                    Some(item) if page.len() as i64 == STREAM_PAGE_ROWS => Some(item.id),
+                    _ => None,
+                };
+                buffer.extend(page);
+            }
+        })
+    }
+
+    /// How many items there are.
+    ///
+    /// # Errors
+    /// [`Error::Schema`] when migrations have not run.
+    pub async fn count(&self) -> Result<i64> {
+        let mut conn = self.handle.reader().await?;
+        Ok(sqlx::query_scalar!(r#"SELECT count(*) AS "count!: i64" FROM items"#)
+            .fetch_one(&mut *conn)
+            .await?)
+    }
+}
+
+/// `data` as the compact JSON text stored in `items.data`, within the size limit.
+fn data_text(data: &Value) -> Result<String> {
+    let text = json_text(data)?;
+    check_data_size(text.len())?;
+    Ok(text)
+}
+
+fn json_text<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|err| Error::invalid(format!("not JSON: {err}")))
+}
+
+/// One chunk of items as the JSON array `insert_batch` reads: `[[name, data, status], ...]`.
+/// Validates each item on the way, so a bad one is reported before anything is sent.
+/// `first_index` is the position of the chunk's first item in the caller's slice.
+fn batch_text(chunk: &[NewItem], first_index: usize) -> Result<String> {
+    let mut out = Vec::with_capacity(chunk.len() * 64);
+    out.push(b'[');
+    for (offset, item) in chunk.iter().enumerate() {
+        let index = first_index + offset;
+        item.validate().map_err(|err| at_index(err, index))?;
+        if offset > 0 {
+            out.push(b',');
+        }
+        let start = out.len();
+        serde_json::to_writer(&mut out, &(&item.name, &item.data, item.status))
+            .map_err(|err| Error::invalid(format!("item {index}: not JSON: {err}")))?;
+        check_data_size(out.len() - start).map_err(|err| at_index(err, index))?;
+    }
+    out.push(b']');
+    String::from_utf8(out).map_err(|err| Error::invalid(format!("not UTF-8: {err}")))
+}
+
+fn at_index(err: Error, index: usize) -> Error {
+    match err {
+        Error::InvalidInput(message) => Error::InvalidInput(format!("item {index}: {message}")),
+        other => other,
+    }
+}
+
+/// The row shape of every item query.
+struct ItemRow {
+    id: i64,
+    name: String,
+    data: Value,
+    status: ItemStatus,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+impl From<ItemRow> for Item {
+    fn from(row: ItemRow) -> Self {
+        Item {
+            id: row.id,
+            name: row.name,
+            data: row.data,
+            status: row.status,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// An item as one element of a JSON page: `[id, name, data, status, created_at, updated_at]`.
+#[derive(Deserialize)]
+struct ItemJson(
+    i64,
+    String,
+    Value,
+    ItemStatus,
+    #[serde(with = "time::serde::rfc3339")] OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")] OffsetDateTime,
+);
+
+impl From<ItemJson> for Item {
+    fn from(ItemJson(id, name, data, status, created_at, updated_at): ItemJson) -> Self {
+        Item {
+            id,
+            name,
+            data,
+            status,
+            created_at,
+            updated_at,
+        }
+    }
+}
+
+fn parse_page(page: &str) -> Result<Vec<Item>> {
+    let rows: Vec<ItemJson> = serde_json::from_str(page).map_err(|err| {
+        Error::Schema(format!("an items page did not decode ({err}); is the schema current?"))
+    })?;
+    Ok(rows.into_iter().map(Item::from).collect())
+}
+
+async fn insert_one(
+    conn: &mut SqliteConnection,
+    name: &str,
+    data: &str,
+    status: ItemStatus,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar!(
+        r#"
+        INSERT INTO items (name, data, status)
+        VALUES (?1, ?2, ?3)
+        RETURNING id AS "id!: i64"
+        "#,
+        name,
+        data,
+        status,
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<Item>> {
+    let row = sqlx::query_as!(
+        ItemRow,
+        r#"
+        SELECT id AS "id!: i64",
+               name,
+               data AS "data: Value",
+               status AS "status: ItemStatus",
+               created_at AS "created_at: OffsetDateTime",
+               updated_at AS "updated_at: OffsetDateTime"
+        FROM items
+        WHERE id = ?1
+        "#,
+        id,
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(Item::from))
+}
+
+async fn select_by_status(conn: &mut SqliteConnection, status: ItemStatus) -> Result<Vec<Item>> {
+    let rows = sqlx::query_as!(
+        ItemRow,
+        r#"
+        SELECT id AS "id!: i64",
+               name,
+               data AS "data: Value",
+               status AS "status: ItemStatus",
+               created_at AS "created_at: OffsetDateTime",
+               updated_at AS "updated_at: OffsetDateTime"
+        FROM items
+        WHERE status = ?1
+        ORDER BY id
+        "#,
+        status,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(Item::from).collect())
+}
+
+// The rows come back as one JSON array in one value: sqlx hands rows across from its worker
+// thread one at a time (~2.9 µs/row measured), a single text value costs one crossing per page
+// (~1.8 µs/row including the decode).
+async fn select_page(conn: &mut SqliteConnection, after_id: i64, limit: i64) -> Result<Vec<Item>> {
+    let page = sqlx::query_scalar!(
+        r#"
+        SELECT json_group_array(
+                   json_array(id, name, json(data), status, created_at, updated_at)
+                   ORDER BY id
+               ) AS "page!: String"
+        FROM (
+            SELECT id, name, data, status, created_at, updated_at
+            FROM items
+            WHERE id > ?1
+            ORDER BY id
+            LIMIT ?2
+        )
+        "#,
+        after_id,
+        limit,
+    )
+    .fetch_one(conn)
+    .await?;
+    parse_page(&page)
+}
+
+// The ids travel as one JSON array; `json_each` turns it into a table SQLite joins by primary
+// key, so any number of ids costs one statement.
+async fn select_many(conn: &mut SqliteConnection, ids_json: &str) -> Result<Vec<Item>> {
+    let page = sqlx::query_scalar!(
+        r#"
+        SELECT json_group_array(
+                   json_array(id, name, json(data), status, created_at, updated_at)
+                   ORDER BY id
+               ) AS "page!: String"
+        FROM items
+        WHERE id IN (SELECT value FROM json_each(?1))
+        "#,
+        ids_json,
+    )
+    .fetch_one(conn)
+    .await?;
+    parse_page(&page)
+}
+
+// `IS NOT` compares with NULL-safety, so the WHERE clause matches only when some value really
+// differs; an identical patch changes nothing and keeps `updated_at`.
+async fn update_one(
+    conn: &mut SqliteConnection,
+    id: i64,
+    name: Option<&str>,
+    data: Option<&str>,
+    status: Option<ItemStatus>,
+) -> Result<bool> {
+    let result = sqlx::query!(
+        r#"
+        UPDATE items
+        SET name = coalesce(?2, name),
+            data = coalesce(?3, data),
+            status = coalesce(?4, status),
+            updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+        WHERE id = ?1
+          AND (name IS NOT coalesce(?2, name)
+               OR data IS NOT coalesce(?3, data)
+               OR status IS NOT coalesce(?4, status))
+        "#,
+        id,
+        name,
+        data,
+        status,
+    )
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected() > 0)
+}
+
+async fn delete_one(conn: &mut SqliteConnection, id: i64) -> Result<bool> {
+    let result = sqlx::query!("DELETE FROM items WHERE id = ?1", id)
+        .execute(conn)
+        .await?;
+    Ok(result.rows_affected() > 0)
+}
+
+// The whole chunk is one bound JSON text, `[[name, data, status], ...]`, expanded by
+// `json_each`: one statement instead of a round trip per row (measured at rusqlite's speed for
+// 100k rows). `->` keeps `data` as JSON text; `ORDER BY key` gives ids in slice order. A failing
+// row aborts the statement, so the chunk is all or nothing.
+async fn insert_batch(conn: &mut SqliteConnection, rows_json: &str) -> Result<u64> {
+    let result = sqlx::query!(
+        r#"
+        INSERT INTO items (name, data, status)
+        SELECT value ->> 0, value -> 1, value ->> 2
+        FROM json_each(?1)
+        ORDER BY key
+        "#,
+        rows_json,
+    )
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+// `status <> ?1` leaves rows already in that status alone, so rows_affected counts only real
+// changes; `IN (json_each)` ignores unknown and repeated ids.
+async fn update_status_batch(
+    conn: &mut SqliteConnection,
+    ids_json: &str,
+    status: ItemStatus,
+) -> Result<u64> {
+    let result = sqlx::query!(
+        r#"
+        UPDATE items
+        SET status = ?1,
+            updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+        WHERE id IN (SELECT value FROM json_each(?2))
+          AND status <> ?1
+        "#,
+        status,
+        ids_json,
+    )
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}

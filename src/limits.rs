@@ -1,0 +1,148 @@
+//! The documented limits on input, and the checks that enforce them before the database is
+//! touched. SQLite's own `CHECK`s repeat the rules it can see, as a second line.
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// The most rows one `insert_many`, `set_status_many` or `transfer_batch` call accepts.
+/// A larger slice is [`Error::InvalidInput`] and nothing is written.
+pub const MAX_BATCH_ROWS: usize = 100_000;
+
+/// The longest item name, user name or email, in characters.
+pub const MAX_NAME_CHARS: usize = 256;
+
+/// The longest idempotency key, in characters.
+pub const MAX_KEY_CHARS: usize = 256;
+
+/// The deepest nesting of arrays and objects accepted in `items.data`.
+///
+/// SQLite's JSON functions refuse depths past 1,000 and serde_json's reader past 128; 64 leaves
+/// room for both and for any reasonable document.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// The largest `items.data` accepted, as compact JSON text, in bytes.
+pub const MAX_DATA_BYTES: usize = 1 << 20;
+
+/// A person-facing name: not blank, no NUL, at most [`MAX_NAME_CHARS`] characters.
+pub(crate) fn check_name(field: &str, value: &str) -> Result<()> {
+    if value.trim().is_empty() {
+        return Err(Error::invalid(format!("{field} must not be empty")));
+    }
+    if value.contains('\0') {
+        return Err(Error::invalid(format!(
+            "{field} must not contain NUL characters"
+        )));
+    }
+    if value.chars().count() > MAX_NAME_CHARS {
+        return Err(Error::invalid(format!(
+            "{field} is longer than {MAX_NAME_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// An email address shape SQLite cannot check well: one `@` with text on both sides, a dot in
+/// the domain, no spaces or control characters, at most 254 characters (RFC 5321).
+pub(crate) fn check_email(value: &str) -> Result<()> {
+    let malformed = || Error::invalid(format!("{value:?} is not an email address"));
+    if value.chars().count() > 254 {
+        return Err(Error::invalid("email is longer than 254 characters"));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(malformed());
+    }
+    let (local, domain) = value.split_once('@').ok_or_else(malformed)?;
+    let domain_ok = !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.');
+    if local.is_empty() || !domain_ok {
+        return Err(malformed());
+    }
+    Ok(())
+}
+
+/// A batch no larger than [`MAX_BATCH_ROWS`].
+pub(crate) fn check_batch(what: &str, len: usize) -> Result<()> {
+    if len > MAX_BATCH_ROWS {
+        return Err(Error::invalid(format!(
+            "{what} holds {len} rows; the most one call accepts is {MAX_BATCH_ROWS}, so split it"
+        )));
+    }
+    Ok(())
+}
+
+/// Item data no deeper than [`MAX_DATA_DEPTH`]. Walks with an explicit stack, so hostile input
+/// cannot overflow ours.
+pub(crate) fn check_data_depth(data: &Value) -> Result<()> {
+    let mut stack = vec![(data, 1usize)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(fields) => Box::new(fields.values()),
+            _ => continue,
+        };
+        if depth > MAX_DATA_DEPTH {
+            return Err(Error::invalid(format!(
+                "item data is nested deeper than {MAX_DATA_DEPTH} levels"
+            )));
+        }
+        stack.extend(children.map(|child| (child, depth + 1)));
+    }
+    Ok(())
+}
+
+/// Item data whose JSON text (`len` bytes) is no larger than [`MAX_DATA_BYTES`].
+pub(crate) fn check_data_size(len: usize) -> Result<()> {
+    if len > MAX_DATA_BYTES {
+        return Err(Error::invalid(format!(
+            "item data is {len} bytes of JSON; the most accepted is {MAX_DATA_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+/// A transfer amount: positive.
+pub(crate) fn check_amount(amount_cents: i64) -> Result<()> {
+    if amount_cents <= 0 {
+        return Err(Error::invalid(format!(
+            "amount must be a positive number of cents, not {amount_cents}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn blank_and_nul_names_are_refused() {
+        assert!(check_name("name", "  ").is_err());
+        assert!(check_name("name", "a\0b").is_err());
+        assert!(check_name("name", &"x".repeat(MAX_NAME_CHARS + 1)).is_err());
+        assert!(check_name("name", &"é".repeat(MAX_NAME_CHARS)).is_ok());
+    }
+
+    #[test]
+    fn email_shapes() {
+        for good in ["a@b.co", "first.last+tag@example.com"] {
+            assert!(check_email(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a", "@b.co", "a@", "a@b", "a b@c.de", "a@b@c.de", "a@.co", "a@co."] {
+            assert!(check_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn depth_is_counted_per_container() {
+        let mut deep = json!(1);
+        for _ in 0..MAX_DATA_DEPTH {
+            deep = json!([deep]);
+        }
+        assert!(check_data_depth(&deep).is_ok());
+        assert!(check_data_depth(&json!([deep])).is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! The `orders` table: its data types, [`OrderRepo`], and all of its SQL.
+
+use serde::{Deserialize, Serialize};
+use sqlx::SqliteConnection;
+use time::OffsetDateTime;
+
+use crate::db::Handle;
+use crate::error::{Error, Result};
+use crate::limits::check_batch;
+
+/// A stored order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// Row id.
+    pub id: i64,
+    /// The user who placed it.
+    pub user_id: i64,
+    /// Order total in cents (`orders.total`).
+    pub total_cents: i64,
+    /// When the row was inserted (UTC, millisecond precision).
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// An order to insert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewOrder {
+    /// An existing user.
+    pub user_id: i64,
+    /// Total in cents, zero or more.
+    pub total_cents: i64,
+}
+
+impl NewOrder {
+    /// An order of `total_cents` for `user_id`.
+    pub fn new(user_id: i64, total_cents: i64) -> Self {
+        NewOrder {
+            user_id,
+            total_cents,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.total_cents < 0 {
+            return Err(Error::invalid(format!(
+                "an order total cannot be negative ({} cents)",
+                self.total_cents
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How many orders a user has and what they add up to; zeros for a user with none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct OrderStats {
+    /// Number of orders.
+    pub count: i64,
+    /// Sum of their totals in cents.
+    pub total_cents: i64,
+}
+
+/// Orders: checked CRUD, newest-first listing, per-user stats and a one-statement batch.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> sqlrepo::Result<()> {
+/// use sqlrepo::{Db, NewOrder, NewUser};
+/// let db = Db::in_memory().await?;
+/// let ann = db.users().create(&NewUser::new("ann@example.com", "Ann")).await?;
+/// db.orders().insert_many(&[NewOrder::new(ann, 500), NewOrder::new(ann, 250)]).await?;
+/// let stats = db.orders().stats_for_user(ann).await?;
+/// assert_eq!((stats.count, stats.total_cents), (2, 750));
+/// assert_eq!(db.orders().recent_for_user(ann, 1).await?[0].total_cents, 250);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct OrderRepo {
+    handle: Handle,
+}
+
+impl OrderRepo {
+    pub(crate) fn new(handle: Handle) -> Self {
+        OrderRepo { handle }
+    }
+
+    /// Inserts an order and returns its id.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a negative total; [`Error::ForeignKey`] for an unknown user.
+    pub async fn create(&self, new: &NewOrder) -> Result<i64> {
+        new.validate()?;
+        let mut conn = self.handle.writer().await?;
+        insert_one(&mut conn, new.user_id, new.total_cents).await
+    }
+
+    /// The order with this id, or `None`.
+    ///
+    /// # Errors
+    /// [`Error::Schema`] when migrations have not run.
+    pub async fn get(&self, id: i64) -> Result<Option<Order>> {
+        let mut conn = self.handle.reader().await?;
+        select_one(&mut conn, id).await
+    }
+
+    /// A user's newest `limit` orders, newest first; ties on `created_at` go to the higher id
+    /// (the order inserted last comes first).
+    ///
+    /// # Errors
+    /// [`Error::Schema`] when migrations have not run.
+    pub async fn recent_for_user(&self, user_id: i64, limit: u32) -> Result<Vec<Order>> {
+        let mut conn = self.handle.reader().await?;
+        select_recent(&mut conn, user_id, i64::from(limit)).await
+    }
+
+    /// How many orders a user has and their sum; zeros (never NULL) for a user with none.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if the sum would overflow `i64`.
+    pub async fn stats_for_user(&self, user_id: i64) -> Result<OrderStats> {
+        let mut conn = self.handle.reader().await?;
+        select_stats(&mut conn, user_id).await
+    }
+
+    /// Deletes an order; `true` when it existed.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] when locked.
+    pub async fn delete(&self, id: i64) -> Result<bool> {
+        let mut conn = self.handle.writer().await?;
+        delete_one(&mut conn, id).await
+    }
+
+    /// Inserts every order in one statement, all or nothing; returns the rows inserted.
+    /// At most [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) per call; `&[]` is `Ok(0)`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a negative total (naming its position) or an oversized batch;
+    /// [`Error::ForeignKey`] when any user does not exist. Nothing is written either way.
+    pub async fn insert_many(&self, orders: &[NewOrder]) -> Result<u64> {
+        check_batch("insert_many", orders.len())?;
+        if orders.is_empty() {
+            return Ok(0);
+        }
+        for (index, order) in orders.iter().enumerate() {
+            order.validate().map_err(|err| match err {
+                Error::InvalidInput(message) => Error::invalid(format!("order {index}: {message}")),
+                other => other,
+            })?;
+        }
+        let rows: Vec<(i64, i64)> = orders.iter().map(|o| (o.user_id, o.total_cents)).collect();
+        let rows = serde_json::to_string(&rows)
+            .map_err(|err| Error::invalid(format!("not JSON: {err}")))?;
+        let mut conn = self.handle.writer().await?;
+        insert_batch(&mut conn, &rows).await
+    }
+}
+
+async fn insert_one(conn: &mut SqliteConnection, user_id: i64, total_cents: i64) -> Result<i64> {
+    Ok(sqlx::query_scalar!(
+        r#"
+        INSERT INTO orders (user_id, total)
+        VALUES (?1, ?2)
+        RETURNING id AS "id!: i64"
+        "#,
+        user_id,
+        total_cents,
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<Order>> {
+    Ok(sqlx::query_as!(
+        Order,
+        r#"
+        SELECT id AS "id!: i64",
+               user_id,
+               total AS total_cents,
+               created_at AS "created_at: OffsetDateTime"
+        FROM orders
+        WHERE id = ?1
+        "#,
+        id,
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
+// Served by the index on (user_id, created_at, total), newest first.
+async fn select_recent(
+    conn: &mut SqliteConnection,
+    user_id: i64,
+    limit: i64,
+) -> Result<Vec<Order>> {
+    Ok(sqlx::query_as!(
+        Order,
+        r#"
+        SELECT id AS "id!: i64",
+               user_id,
+               total AS total_cents,
+               created_at AS "created_at: OffsetDateTime"
+        FROM orders
+        WHERE user_id = ?1
+        ORDER BY created_at DESC, id DESC
+        LIMIT ?2
+        "#,
+        user_id,
+        limit,
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+async fn select_stats(conn: &mut SqliteConnection, user_id: i64) -> Result<OrderStats> {
+    Ok(sqlx::query_as!(
+        OrderStats,
+        r#"
+        SELECT count(*) AS "count!: i64",
+               coalesce(sum(total), 0) AS "total_cents!: i64"
+        FROM orders
+        WHERE user_id = ?1
+        "#,
+        user_id,
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+async fn delete_one(conn: &mut SqliteConnection, id: i64) -> Result<bool> {
+    let result = sqlx::query!("DELETE FROM orders WHERE id = ?1", id)
+        .execute(conn)
+        .await?;
+    Ok(result.rows_affected() > 0)
+}
+
+// One JSON array `[[user_id, total], ...]` expanded by `json_each`: one statement for the batch,
+// atomic by itself (an unknown user fails the foreign key at the end of the statement).
+async fn insert_batch(conn: &mut SqliteConnection, rows_json: &str) -> Result<u64> {
+    let result = sqlx::query!(
+        r#"
+        INSERT INTO orders (user_id, total)
+        SELECT value ->> 0, value ->> 1
+        FROM json_each(?1)
+        ORDER BY key
+        "#,
+        rows_json,
+    )
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}

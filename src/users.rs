@@ -1,0 +1,311 @@
+//! The `users` table: its data types, [`UserRepo`], and all of its SQL.
+
+use std::collections::VecDeque;
+
+use futures_core::Stream;
+use futures_util::stream;
+use serde::{Deserialize, Serialize};
+use sqlx::SqliteConnection;
+use time::OffsetDateTime;
+
+use crate::db::Handle;
+use crate::error::{Error, Result};
+use crate::limits::{check_batch, check_email, check_name};
+
+/// A stored user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Row id.
+    pub id: i64,
+    /// Unique email address (unique without regard to ASCII case).
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// When the row was inserted (UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A user to insert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewUser {
+    /// An email address: `local@domain.tld`, at most 254 characters.
+    pub email: String,
+    /// Not blank, at most [`MAX_NAME_CHARS`](crate::limits::MAX_NAME_CHARS) characters.
+    pub name: String,
+}
+
+impl NewUser {
+    /// A user with this email and name.
+    pub fn new(email: impl Into<String>, name: impl Into<String>) -> Self {
+        NewUser {
+            email: email.into(),
+            name: name.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_email(&self.email)?;
+        check_name("user name", &self.name)
+    }
+}
+
+/// A partial update: `None` fields keep their stored value.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UserPatch {
+    /// New email.
+    pub email: Option<String>,
+    /// New name.
+    pub name: Option<String>,
+}
+
+/// Users: checked CRUD, a one-statement batch insert, and a constant-memory stream.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> sqlrepo::Result<()> {
+/// use sqlrepo::{Db, Error, NewUser};
+/// let users = Db::in_memory().await?.users();
+/// let id = users.create(&NewUser::new("ann@example.com", "Ann")).await?;
+/// assert_eq!(users.get_by_email("ann@example.com").await?.unwrap().id, id);
+/// let again = users.create(&NewUser::new("ann@example.com", "Another Ann")).await;
+/// assert!(matches!(again, Err(Error::Duplicate { constraint }) if constraint == "users.email"));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct UserRepo {
+    handle: Handle,
+}
+
+/// Rows per page of `stream`.
+const STREAM_PAGE_ROWS: i64 = 2_000;
+
+impl UserRepo {
+    pub(crate) fn new(handle: Handle) -> Self {
+        UserRepo { handle }
+    }
+
+    /// Inserts a user and returns the id.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a malformed email or blank name; [`Error::Duplicate`]
+    /// (`users.email`) when the email is taken.
+    pub async fn create(&self, new: &NewUser) -> Result<i64> {
+        new.validate()?;
+        let mut conn = self.handle.writer().await?;
+        insert_one(&mut conn, &new.email, &new.name).await
+    }
+
+    /// The user with this id, or `None`.
+    ///
+    /// # Errors
+    /// [`Error::Schema`] when migrations have not run.
+    pub async fn get(&self, id: i64) -> Result<Option<User>> {
+        let mut conn = self.handle.reader().await?;
+        select_one(&mut conn, id).await
+    }
+
+    /// The user with this email (compared without regard to ASCII case), or `None`.
+    ///
+    /// # Errors
+    /// [`Error::Schema`] when migrations have not run.
+    pub async fn get_by_email(&self, email: &str) -> Result<Option<User>> {
+        let mut conn = self.handle.reader().await?;
+        select_by_email(&mut conn, email).await
+    }
+
+    /// Applies a patch; `true` when the user existed and a value really changed.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a malformed email or blank name; [`Error::Duplicate`]
+    /// (`users.email`) when the new email is taken.
+    pub async fn update(&self, id: i64, patch: &UserPatch) -> Result<bool> {
+        if let Some(email) = &patch.email {
+            check_email(email)?;
+        }
+        if let Some(name) = &patch.name {
+            check_name("user name", name)?;
+        }
+        if patch.email.is_none() && patch.name.is_none() {
+            return Ok(false);
+        }
+        let mut conn = self.handle.writer().await?;
+        update_one(&mut conn, id, patch.email.as_deref(), patch.name.as_deref()).await
+    }
+
+    /// Deletes a user; `true` when they existed.
+    ///
+    /// # Errors
+    /// [`Error::ForeignKey`] when the user still has orders or accounts (nothing is deleted).
+    pub async fn delete(&self, id: i64) -> Result<bool> {
+        let mut conn = self.handle.writer().await?;
+        delete_one(&mut conn, id).await
+    }
+
+    /// Inserts every user in one statement, all or nothing; returns the rows inserted.
+    /// At most [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) per call; `&[]` is `Ok(0)`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an invalid user (naming its position) or an oversized batch;
+    /// [`Error::Duplicate`] (`users.email`) when any email is taken or repeated. Nothing is
+    /// written either way.
+    pub async fn insert_many(&self, users: &[NewUser]) -> Result<u64> {
+        check_batch("insert_many", users.len())?;
+        if users.is_empty() {
+            return Ok(0);
+        }
+        for (index, user) in users.iter().enumerate() {
+            user.validate().map_err(|err| match err {
+                Error::InvalidInput(message) => Error::invalid(format!("user {index}: {message}")),
+                other => other,
+            })?;
+        }
+        let rows: Vec<(&str, &str)> = users.iter().map(|u| (&*u.email, &*u.name)).collect();
+        let rows = serde_json::to_string(&rows)
+            .map_err(|err| Error::invalid(format!("not JSON: {err}")))?;
+        let mut conn = self.handle.writer().await?;
+        insert_batch(&mut conn, &rows).await
+    }
+
+    /// Every user in id order, in keyset pages, with memory that does not grow with the table.
+    pub fn stream(&self) -> impl Stream<Item = Result<User>> + Send + '_ {
+        let state = (Some(0_i64), VecDeque::<User>::new());
+        stream::try_unfold(state, move |(mut after, mut buffer)| async move {
+            loop {
+                if let Some(user) = buffer.pop_front() {
+                    return Ok(Some((user, (after, buffer))));
+                }
+                let Some(last) = after else {
+                    return Ok(None);
+                };
+                let page = {
+                    let mut conn = self.handle.reader().await?;
+                    select_page(&mut conn, last, STREAM_PAGE_ROWS).await?
+                };
+                after = match page.last() {
+                    Some(user) if page.len() as i64 == STREAM_PAGE_ROWS => Some(user.id),
+                    _ => None,
+                };
+                buffer.extend(page);
+            }
+        })
+    }
+}
+
+async fn insert_one(conn: &mut SqliteConnection, email: &str, name: &str) -> Result<i64> {
+    Ok(sqlx::query_scalar!(
+        r#"
+        INSERT INTO users (email, name)
+        VALUES (?1, ?2)
+        RETURNING id AS "id!: i64"
+        "#,
+        email,
+        name,
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<User>> {
+    Ok(sqlx::query_as!(
+        User,
+        r#"
+        SELECT id AS "id!: i64",
+               email,
+               name,
+               created_at AS "created_at: OffsetDateTime"
+        FROM users
+        WHERE id = ?1
+        "#,
+        id,
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
+async fn select_by_email(conn: &mut SqliteConnection, email: &str) -> Result<Option<User>> {
+    Ok(sqlx::query_as!(
+        User,
+        r#"
+        SELECT id AS "id!: i64",
+               email,
+               name,
+               created_at AS "created_at: OffsetDateTime"
+        FROM users
+        WHERE email = ?1
+        "#,
+        email,
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
+async fn select_page(conn: &mut SqliteConnection, after_id: i64, limit: i64) -> Result<Vec<User>> {
+    Ok(sqlx::query_as!(
+        User,
+        r#"
+        SELECT id AS "id!: i64",
+               email,
+               name,
+               created_at AS "created_at: OffsetDateTime"
+        FROM users
+        WHERE id > ?1
+        ORDER BY id
+        LIMIT ?2
+        "#,
+        after_id,
+        limit,
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+// `IS NOT` (NULL-safe) makes the row match only when a value really differs. The email
+// comparison is binary here on purpose: changing only the case of an email is a change.
+async fn update_one(
+    conn: &mut SqliteConnection,
+    id: i64,
+    email: Option<&str>,
+    name: Option<&str>,
+) -> Result<bool> {
+    let result = sqlx::query!(
+        r#"
+        UPDATE users
+        SET email = coalesce(?2, email),
+            name = coalesce(?3, name)
+        WHERE id = ?1
+          AND (email IS NOT coalesce(?2, email) COLLATE BINARY
+               OR name IS NOT coalesce(?3, name))
+        "#,
+        id,
+        email,
+        name,
+    )
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected() > 0)
+}
+
+async fn delete_one(conn: &mut SqliteConnection, id: i64) -> Result<bool> {
+    let result = sqlx::query!("DELETE FROM users WHERE id = ?1", id)
+        .execute(conn)
+        .await?;
+    Ok(result.rows_affected() > 0)
+}
+
+// One JSON array `[[email, name], ...]` expanded by `json_each`: one statement for the batch,
+// atomic by itself; `ORDER BY key` gives ids in slice order.
+async fn insert_batch(conn: &mut SqliteConnection, rows_json: &str) -> Result<u64> {
+    let result = sqlx::query!(
+        r#"
+        INSERT INTO users (email, name)
+        SELECT value ->> 0, value ->> 1
+        FROM json_each(?1)
+        ORDER BY key
+        "#,
+        rows_json,
+    )
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}
