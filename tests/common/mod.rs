@@ -1,0 +1,78 @@
+//! Shared setup for the integration tests: a fresh database file per test.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use sqlrepo::{Db, DbOptions};
+use tempfile::TempDir;
+
+/// A migrated database in its own temporary directory (removed when dropped).
+pub struct TestDb {
+    pub db: Db,
+    pub path: PathBuf,
+    _dir: TempDir,
+}
+
+impl std::ops::Deref for TestDb {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        &self.db
+    }
+}
+
+/// Opens a fresh, migrated database file.
+pub async fn fresh_db() -> TestDb {
+    fresh_db_with(|options| options).await
+}
+
+/// Opens a fresh database file with adjusted options.
+pub async fn fresh_db_with(adjust: impl FnOnce(DbOptions) -> DbOptions) -> TestDb {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("test.db");
+    let db = Db::open_with(adjust(DbOptions::new(&path)))
+        .await
+        .expect("open test database");
+    TestDb {
+        db,
+        path,
+        _dir: dir,
+    }
+}
+
+/// A raw rusqlite connection to the same file, for reading the state behind the API's back.
+pub fn raw(path: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).expect("open raw connection")
+}
+
+/// Every row of a table as text, in rowid order: to compare the state before and after.
+pub fn dump(path: &std::path::Path, table: &str) -> Vec<String> {
+    let conn = raw(path);
+    let mut stmt = conn
+        .prepare(&format!("SELECT * FROM {table} ORDER BY rowid"))
+        .expect("prepare dump");
+    let columns = stmt.column_count();
+    stmt.query_map([], |row| {
+        let mut fields = Vec::with_capacity(columns);
+        for i in 0..columns {
+            let value: rusqlite::types::Value = row.get(i)?;
+            fields.push(format!("{value:?}"));
+        }
+        Ok(fields.join("|"))
+    })
+    .expect("query dump")
+    .collect::<Result<_, _>>()
+    .expect("read dump")
+}
+
+/// The whole database as text, every table in a fixed order.
+pub fn dump_all(path: &std::path::Path) -> Vec<String> {
+    ["items", "users", "orders", "accounts", "transfers"]
+        .iter()
+        .flat_map(|table| {
+            dump(path, table)
+                .into_iter()
+                .map(move |row| format!("{table}: {row}"))
+        })
+        .collect()
+}

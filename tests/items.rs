@@ -1,0 +1,365 @@
+//! ItemRepo against a real SQLite file: every method, hostile text, batches that fail whole.
+
+mod common;
+
+use common::{dump, fresh_db, fresh_db_with};
+use futures_util::TryStreamExt;
+use serde_json::json;
+use sqlrepo::limits::MAX_BATCH_ROWS;
+use sqlrepo::{Db, DbOptions, Error, ItemPatch, ItemStatus, NewItem};
+
+fn item(name: &str) -> NewItem {
+    NewItem::new(name, json!({"name": name, "n": 1}))
+}
+
+#[tokio::test]
+async fn create_then_get_returns_every_field() {
+    let db = fresh_db().await;
+    let new = NewItem {
+        name: "lamp".into(),
+        data: json!({"watts": 40, "tags": ["desk", "led"], "price": 12.5, "nothing": null}),
+        status: ItemStatus::Inactive,
+    };
+    let id = db.items().create(&new).await.unwrap();
+    let got = db.items().get(id).await.unwrap().expect("stored");
+    assert_eq!(got.id, id);
+    assert_eq!(got.name, "lamp");
+    assert_eq!(got.data, new.data);
+    assert_eq!(got.status, ItemStatus::Inactive);
+    assert_eq!(got.created_at, got.updated_at);
+    assert!(db.items().get(id + 1).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn hostile_text_is_stored_verbatim_and_breaks_nothing() {
+    let db = fresh_db().await;
+    let names = [
+        "'; DROP TABLE items; --",
+        "Robert'); DELETE FROM items WHERE ('1'='1",
+        "\"double\" and 'single' quotes",
+        "/* comment */ -- trailing",
+        "emoji 🦀 and ünïcödé and 中文",
+        "percent % underscore _ backslash \\",
+    ];
+    for name in names {
+        let data = json!({"text": name});
+        let id = db.items().create(&NewItem::new(name, data.clone())).await.unwrap();
+        let got = db.items().get(id).await.unwrap().unwrap();
+        assert_eq!(got.name, name);
+        assert_eq!(got.data, data);
+    }
+    assert_eq!(db.items().count().await.unwrap(), names.len() as i64);
+    assert_eq!(dump(&db.path, "items").len(), names.len());
+}
+
+#[tokio::test]
+async fn duplicate_name_is_a_typed_error_and_writes_nothing() {
+    let db = fresh_db().await;
+    db.items().create(&item("lamp")).await.unwrap();
+    let before = dump(&db.path, "items");
+    let err = db.items().create(&item("lamp")).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Duplicate { constraint } if constraint == "items.name"),
+        "{err:?}"
+    );
+    assert_eq!(dump(&db.path, "items"), before);
+}
+
+#[tokio::test]
+async fn blank_nul_and_over_long_names_are_refused_before_the_database() {
+    let db = fresh_db().await;
+    for name in ["", "   ", "a\0b", &"x".repeat(257)] {
+        let err = db.items().create(&item(name)).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{name:?}: {err:?}");
+    }
+    assert!(db.items().create(&item(&"x".repeat(256))).await.is_ok());
+    assert_eq!(db.items().count().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn update_changes_only_the_given_fields() {
+    let db = fresh_db().await;
+    let id = db.items().create(&item("lamp")).await.unwrap();
+    let before = db.items().get(id).await.unwrap().unwrap();
+
+    let patch = ItemPatch {
+        status: Some(ItemStatus::Archived),
+        ..Default::default()
+    };
+    assert!(db.items().update(id, &patch).await.unwrap());
+    let after = db.items().get(id).await.unwrap().unwrap();
+    assert_eq!(after.status, ItemStatus::Archived);
+    assert_eq!(after.name, before.name);
+    assert_eq!(after.data, before.data);
+    assert!(after.updated_at >= before.updated_at);
+
+    let patch = ItemPatch {
+        name: Some("desk lamp".into()),
+        data: Some(json!([1, 2, 3])),
+        status: None,
+    };
+    assert!(db.items().update(id, &patch).await.unwrap());
+    let after = db.items().get(id).await.unwrap().unwrap();
+    assert_eq!(after.name, "desk lamp");
+    assert_eq!(after.data, json!([1, 2, 3]));
+    assert_eq!(after.status, ItemStatus::Archived);
+}
+
+#[tokio::test]
+async fn update_reports_false_for_unknown_ids_empty_and_identical_patches() {
+    let db = fresh_db().await;
+    let id = db.items().create(&item("lamp")).await.unwrap();
+    let before = dump(&db.path, "items");
+    let rename = ItemPatch {
+        name: Some("other".into()),
+        ..Default::default()
+    };
+    assert!(!db.items().update(id + 100, &rename).await.unwrap());
+    assert!(!db.items().update(id, &ItemPatch::default()).await.unwrap());
+    let same = ItemPatch {
+        name: Some("lamp".into()),
+        status: Some(ItemStatus::Active),
+        ..Default::default()
+    };
+    assert!(!db.items().update(id, &same).await.unwrap());
+    assert_eq!(dump(&db.path, "items"), before, "updated_at must not move");
+}
+
+#[tokio::test]
+async fn update_to_a_taken_name_is_duplicate_and_changes_nothing() {
+    let db = fresh_db().await;
+    db.items().create(&item("a")).await.unwrap();
+    let b = db.items().create(&item("b")).await.unwrap();
+    let before = dump(&db.path, "items");
+    let patch = ItemPatch {
+        name: Some("a".into()),
+        ..Default::default()
+    };
+    let err = db.items().update(b, &patch).await.unwrap_err();
+    assert!(matches!(err, Error::Duplicate { ref constraint } if constraint == "items.name"));
+    let blank = ItemPatch {
+        name: Some(" ".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        db.items().update(b, &blank).await.unwrap_err(),
+        Error::InvalidInput(_)
+    ));
+    assert_eq!(dump(&db.path, "items"), before);
+}
+
+#[tokio::test]
+async fn delete_reports_whether_the_row_existed() {
+    let db = fresh_db().await;
+    let id = db.items().create(&item("lamp")).await.unwrap();
+    assert!(db.items().delete(id).await.unwrap());
+    assert!(!db.items().delete(id).await.unwrap());
+    assert!(db.items().get(id).await.unwrap().is_none());
+    assert_eq!(db.items().count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn insert_many_inserts_in_slice_order_and_counts_rows() {
+    let db = fresh_db().await;
+    assert_eq!(db.items().insert_many(&[]).await.unwrap(), 0);
+    let items: Vec<NewItem> = (0..500)
+        .map(|i| NewItem {
+            name: format!("item-{i:04}"),
+            data: json!({"i": i, "s": "it's \"quoted\""}),
+            status: if i % 2 == 0 {
+                ItemStatus::Active
+            } else {
+                ItemStatus::Inactive
+            },
+        })
+        .collect();
+    assert_eq!(db.items().insert_many(&items).await.unwrap(), 500);
+    let stored: Vec<_> = db.items().stream().try_collect().await.unwrap();
+    assert_eq!(stored.len(), 500);
+    for (new, got) in items.iter().zip(&stored) {
+        assert_eq!(got.name, new.name);
+        assert_eq!(got.data, new.data);
+        assert_eq!(got.status, new.status);
+    }
+    assert!(stored.windows(2).all(|w| w[0].id < w[1].id));
+}
+
+#[tokio::test]
+async fn insert_many_with_a_duplicate_at_9000_leaves_the_table_as_it_was() {
+    let db = fresh_db().await;
+    db.items().create(&item("existing")).await.unwrap();
+    let before = dump(&db.path, "items");
+    let mut items: Vec<NewItem> = (0..10_000).map(|i| item(&format!("n{i}"))).collect();
+    items[9_000] = item("existing");
+    let err = db.items().insert_many(&items).await.unwrap_err();
+    assert!(matches!(err, Error::Duplicate { ref constraint } if constraint == "items.name"));
+    assert_eq!(dump(&db.path, "items"), before);
+}
+
+#[tokio::test]
+async fn insert_many_across_chunks_rolls_back_every_chunk() {
+    // More rows than one statement carries, with the repeat in the last chunk: the earlier
+    // chunks ran and must be undone with it.
+    let db = fresh_db().await;
+    let mut items: Vec<NewItem> = (0..60_000).map(|i| item(&format!("n{i}"))).collect();
+    items[59_999] = item("n3");
+    let err = db.items().insert_many(&items).await.unwrap_err();
+    assert!(matches!(err, Error::Duplicate { .. }), "{err:?}");
+    assert_eq!(db.items().count().await.unwrap(), 0);
+    items[59_999] = item("last");
+    assert_eq!(db.items().insert_many(&items).await.unwrap(), 60_000);
+    assert_eq!(db.items().count().await.unwrap(), 60_000);
+}
+
+#[tokio::test]
+async fn insert_many_refuses_invalid_items_and_oversized_batches_before_writing() {
+    let db = fresh_db().await;
+    let mut items: Vec<NewItem> = (0..10).map(|i| item(&format!("n{i}"))).collect();
+    items[7].name = " ".into();
+    let err = db.items().insert_many(&items).await.unwrap_err();
+    match err {
+        Error::InvalidInput(message) => assert!(message.contains("item 7"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    let too_many: Vec<NewItem> = (0..=MAX_BATCH_ROWS).map(|i| item(&format!("n{i}"))).collect();
+    assert!(matches!(
+        db.items().insert_many(&too_many).await.unwrap_err(),
+        Error::InvalidInput(_)
+    ));
+    assert_eq!(db.items().count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn set_status_many_counts_only_rows_that_really_changed() {
+    let db = fresh_db().await;
+    let items: Vec<NewItem> = (0..10).map(|i| item(&format!("n{i}"))).collect();
+    db.items().insert_many(&items).await.unwrap();
+    let archived = db
+        .items()
+        .set_status_many(&[1, 2, 3], ItemStatus::Archived)
+        .await
+        .unwrap();
+    assert_eq!(archived, 3);
+    // 1..3 already archived, 999 unknown, 4 repeated: only 4 and 5 change.
+    let changed = db
+        .items()
+        .set_status_many(&[1, 2, 3, 4, 4, 5, 999], ItemStatus::Archived)
+        .await
+        .unwrap();
+    assert_eq!(changed, 2);
+    assert_eq!(
+        db.items()
+            .set_status_many(&[], ItemStatus::Active)
+            .await
+            .unwrap(),
+        0
+    );
+    let archived = db.items().list_by_status(ItemStatus::Archived).await.unwrap();
+    let ids: Vec<i64> = archived.iter().map(|i| i.id).collect();
+    assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        db.items().list_by_status(ItemStatus::Active).await.unwrap().len(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn stream_yields_twenty_thousand_items_in_id_order() {
+    let db = fresh_db().await;
+    let items: Vec<NewItem> = (0..20_000).map(|i| item(&format!("n{i}"))).collect();
+    db.items().insert_many(&items).await.unwrap();
+    db.items().delete(10).await.unwrap();
+    let mut count = 0;
+    let mut last = 0;
+    let items = db.items();
+    let mut stream = std::pin::pin!(items.stream());
+    while let Some(item) = stream.try_next().await.unwrap() {
+        assert!(item.id > last);
+        assert_ne!(item.id, 10);
+        assert_eq!(item.name, format!("n{}", item.id - 1));
+        last = item.id;
+        count += 1;
+    }
+    assert_eq!(count, 19_999);
+}
+
+#[tokio::test]
+async fn get_many_returns_known_ids_in_order() {
+    let db = fresh_db().await;
+    let items: Vec<NewItem> = (0..5).map(|i| item(&format!("n{i}"))).collect();
+    db.items().insert_many(&items).await.unwrap();
+    let got = db.items().get_many(&[5, 1, 3, 3, 42]).await.unwrap();
+    let ids: Vec<i64> = got.iter().map(|i| i.id).collect();
+    assert_eq!(ids, vec![1, 3, 5]);
+    assert_eq!(got[0], db.items().get(1).await.unwrap().unwrap());
+    assert!(db.items().get_many(&[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_writers_from_many_tasks_all_land() {
+    let db = fresh_db().await;
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let db = db.db.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                db.items()
+                    .create(&item(&format!("t{task}-{i}")))
+                    .await
+                    .unwrap();
+            }
+            let batch: Vec<NewItem> = (0..100).map(|i| item(&format!("t{task}-b{i}"))).collect();
+            db.items().insert_many(&batch).await.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(db.items().count().await.unwrap(), 8 * 150);
+    assert_eq!(dump(&db.path, "items").len(), 8 * 150);
+}
+
+#[tokio::test]
+async fn an_unmigrated_database_gives_a_schema_error_that_says_so() {
+    let db = fresh_db_with(|options| options.migrate(false)).await;
+    let err = db.items().count().await.unwrap_err();
+    match err {
+        Error::Schema(message) => assert!(message.contains("migrations"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        db.items().create(&item("x")).await.unwrap_err(),
+        Error::Schema(_)
+    ));
+    db.migrate().await.unwrap();
+    assert_eq!(db.items().count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn data_past_the_limits_is_refused() {
+    let db = fresh_db().await;
+    let mut deep = json!(1);
+    for _ in 0..100 {
+        deep = json!([deep]);
+    }
+    assert!(matches!(
+        db.items().create(&NewItem::new("deep", deep)).await.unwrap_err(),
+        Error::InvalidInput(_)
+    ));
+    let huge = json!("x".repeat(sqlrepo::limits::MAX_DATA_BYTES));
+    assert!(matches!(
+        db.items().create(&NewItem::new("huge", huge)).await.unwrap_err(),
+        Error::InvalidInput(_)
+    ));
+    assert_eq!(db.items().count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_closed_db_refuses_calls_and_the_file_reopens_intact() {
+    let db = fresh_db().await;
+    db.items().create(&item("kept")).await.unwrap();
+    db.close().await;
+    assert!(db.items().count().await.is_err());
+    let reopened = Db::open_with(DbOptions::new(&db.path)).await.unwrap();
+    assert_eq!(reopened.items().count().await.unwrap(), 1);
+}
