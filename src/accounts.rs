@@ -471,7 +471,10 @@ struct LandedKey {
     amount: i64,
 }
 
-async fn select_landed_keys(conn: &mut SqliteConnection, keys_json: &str) -> Result<Vec<LandedKey>> {
+async fn select_landed_keys(
+    conn: &mut SqliteConnection,
+    keys_json: &str,
+) -> Result<Vec<LandedKey>> {
     Ok(sqlx::query_as!(
         LandedKey,
         r#"

@@ -69,7 +69,9 @@ pub(crate) async fn fetch(conn: &mut SqliteConnection, user_id: i64) -> Result<D
         id: user_id,
     })?;
     let recent: Vec<OrderJson> = serde_json::from_str(&row.recent).map_err(|err| {
-        Error::Schema(format!("dashboard orders did not decode ({err}); is the schema current?"))
+        Error::Schema(format!(
+            "dashboard orders did not decode ({err}); is the schema current?"
+        ))
     })?;
     Ok(Dashboard {
         user: User {

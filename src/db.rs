@@ -392,7 +392,9 @@ impl Conn {
         let guard = state.clone().lock_owned().await;
         OwnedMutexGuard::try_map(guard, TxState::connection)
             .map(Conn::Tx)
-            .map_err(|_| Error::invalid("the transaction has already been committed or rolled back"))
+            .map_err(|_| {
+                Error::invalid("the transaction has already been committed or rolled back")
+            })
     }
 
     /// Starts an all-or-nothing unit of several statements: a `BEGIN IMMEDIATE` transaction

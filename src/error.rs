@@ -58,7 +58,9 @@ pub enum Error {
     InvalidInput(String),
 
     /// The database stayed locked by another writer past the busy timeout; retry later.
-    #[error("the database is busy (locked by another writer past the busy timeout); retry the operation")]
+    #[error(
+        "the database is busy (locked by another writer past the busy timeout); retry the operation"
+    )]
     Busy,
 
     /// The schema is not what this crate expects, usually because migrations have not run.
@@ -117,6 +119,9 @@ const SQLITE_CONSTRAINT_UNIQUE: i32 = 2067;
 const SQLITE_CONSTRAINT_FOREIGNKEY: i32 = 787;
 const SQLITE_CONSTRAINT_DATATYPE: i32 = 3091;
 const SQLITE_CONSTRAINT_NOTNULL: i32 = 1299;
+// `ON DELETE RESTRICT` refuses through SQLite's trigger machinery, so a delete of a row that is
+// still referenced reports this code, with the message `FOREIGN KEY constraint failed`.
+const SQLITE_CONSTRAINT_TRIGGER: i32 = 1811;
 
 /// The SQLite extended result code of a database error, if it is one.
 pub(crate) fn sqlite_code(err: &sqlx::Error) -> Option<i32> {
@@ -141,6 +146,7 @@ pub(crate) fn classify(err: sqlx::Error) -> Error {
             constraint: constraint_name(&message).into_owned(),
         },
         SQLITE_CONSTRAINT_FOREIGNKEY => Error::ForeignKey,
+        SQLITE_CONSTRAINT_TRIGGER if message.starts_with("FOREIGN KEY") => Error::ForeignKey,
         SQLITE_CONSTRAINT_CHECK => Error::InvalidInput(format!(
             "the database refused the value (constraint {})",
             constraint_name(&message)

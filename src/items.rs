@@ -16,9 +16,7 @@ use crate::error::{Error, Result};
 use crate::limits::{check_batch, check_data_depth, check_data_size, check_name};
 
 /// Where an item is in its life. Stored as lowercase text, which a `CHECK` restricts to these.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, sqlx::Type,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
 #[sqlx(rename_all = "lowercase")]
 pub enum ItemStatus {
@@ -224,7 +222,14 @@ impl ItemRepo {
             return Ok(false);
         }
         let mut conn = self.handle.writer().await?;
-        update_one(&mut conn, id, patch.name.as_deref(), data.as_deref(), patch.status).await
+        update_one(
+            &mut conn,
+            id,
+            patch.name.as_deref(),
+            data.as_deref(),
+            patch.status,
+        )
+        .await
     }
 
     /// Deletes an item; `true` when it existed.
@@ -318,9 +323,11 @@ impl ItemRepo {
     /// [`Error::Schema`] when migrations have not run.
     pub async fn count(&self) -> Result<i64> {
         let mut conn = self.handle.reader().await?;
-        Ok(sqlx::query_scalar!(r#"SELECT count(*) AS "count!: i64" FROM items"#)
-            .fetch_one(&mut *conn)
-            .await?)
+        Ok(
+            sqlx::query_scalar!(r#"SELECT count(*) AS "count!: i64" FROM items"#)
+                .fetch_one(&mut *conn)
+                .await?,
+        )
     }
 }
 
@@ -412,7 +419,9 @@ impl From<ItemJson> for Item {
 
 fn parse_page(page: &str) -> Result<Vec<Item>> {
     let rows: Vec<ItemJson> = serde_json::from_str(page).map_err(|err| {
-        Error::Schema(format!("an items page did not decode ({err}); is the schema current?"))
+        Error::Schema(format!(
+            "an items page did not decode ({err}); is the schema current?"
+        ))
     })?;
     Ok(rows.into_iter().map(Item::from).collect())
 }

@@ -1,0 +1,525 @@
+//! AccountRepo and the ledger: the transfer rules, idempotency, batches, and the bank test.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{dump, dump_all, fresh_db, raw};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use sqlrepo::{Db, Error, NewAccount, Transfer};
+
+async fn open(db: &Db, balance_cents: i64) -> i64 {
+    db.accounts()
+        .open(&NewAccount {
+            user_id: None,
+            balance_cents,
+        })
+        .await
+        .unwrap()
+}
+
+async fn balance(db: &Db, id: i64) -> i64 {
+    db.accounts().get(id).await.unwrap().unwrap().balance_cents
+}
+
+#[tokio::test]
+async fn a_transfer_moves_money_and_writes_one_ledger_row() {
+    let db = fresh_db().await;
+    let a = open(&db, 1_000).await;
+    let b = open(&db, 0).await;
+    db.accounts()
+        .transfer(&Transfer::new(a, b, 300))
+        .await
+        .unwrap();
+    assert_eq!((balance(&db, a).await, balance(&db, b).await), (700, 300));
+    let ledger = dump(&db.path, "transfers");
+    assert_eq!(ledger.len(), 1);
+    assert!(ledger[0].starts_with(&format!(
+        "Integer(1)|Integer({a})|Integer({b})|Integer(300)|Null"
+    )));
+    assert_eq!(db.accounts().total_balance().await.unwrap(), 1_000);
+}
+
+#[tokio::test]
+async fn a_transfer_to_a_missing_account_moves_nothing() {
+    let db = fresh_db().await;
+    let a = open(&db, 1_000).await;
+    let before = dump_all(&db.path);
+    let err = db
+        .accounts()
+        .transfer(&Transfer::new(a, 99, 300))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotFound {
+                entity: "account",
+                id: 99
+            }
+        ),
+        "{err:?}"
+    );
+    let err = db
+        .accounts()
+        .transfer(&Transfer::new(77, a, 300))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotFound {
+                entity: "account",
+                id: 77
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(dump_all(&db.path), before);
+    assert_eq!(balance(&db, a).await, 1_000);
+}
+
+#[tokio::test]
+async fn an_overdraft_is_insufficient_funds_with_the_balance_seen() {
+    let db = fresh_db().await;
+    let a = open(&db, 500).await;
+    let b = open(&db, 0).await;
+    let before = dump_all(&db.path);
+    let err = db
+        .accounts()
+        .transfer(&Transfer::new(a, b, 501))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InsufficientFunds { account, balance_cents: 500, requested_cents: 501 } if account == a
+        ),
+        "{err:?}"
+    );
+    assert_eq!(dump_all(&db.path), before);
+    // Exactly the balance is fine, and leaves zero.
+    db.accounts()
+        .transfer(&Transfer::new(a, b, 500))
+        .await
+        .unwrap();
+    assert_eq!(balance(&db, a).await, 0);
+}
+
+#[tokio::test]
+async fn self_transfers_and_non_positive_amounts_are_invalid_input() {
+    let db = fresh_db().await;
+    let a = open(&db, 500).await;
+    let b = open(&db, 0).await;
+    let before = dump_all(&db.path);
+    for t in [
+        Transfer::new(a, a, 1),
+        Transfer::new(a, b, 0),
+        Transfer::new(a, b, -5),
+        Transfer::new(a, b, i64::MIN),
+        Transfer::new(a, b, 1).with_key(""),
+    ] {
+        let err = db.accounts().transfer(&t).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{t:?}: {err:?}");
+    }
+    assert_eq!(dump_all(&db.path), before);
+}
+
+#[tokio::test]
+async fn the_same_key_twice_moves_money_once() {
+    let db = fresh_db().await;
+    let a = open(&db, 1_000).await;
+    let b = open(&db, 0).await;
+    let t = Transfer::new(a, b, 400).with_key("invoice-7");
+    db.accounts().transfer(&t).await.unwrap();
+    db.accounts().transfer(&t).await.unwrap();
+    assert_eq!((balance(&db, a).await, balance(&db, b).await), (600, 400));
+    assert_eq!(dump(&db.path, "transfers").len(), 1);
+    // A replay succeeds even when it could no longer be afforded.
+    db.accounts()
+        .transfer(&Transfer::new(a, b, 600))
+        .await
+        .unwrap();
+    db.accounts().transfer(&t).await.unwrap();
+    assert_eq!((balance(&db, a).await, balance(&db, b).await), (0, 1_000));
+}
+
+#[tokio::test]
+async fn the_same_key_with_other_parameters_is_duplicate_even_if_unaffordable() {
+    let db = fresh_db().await;
+    let a = open(&db, 1_000).await;
+    let b = open(&db, 0).await;
+    let c = open(&db, 0).await;
+    db.accounts()
+        .transfer(&Transfer::new(a, b, 400).with_key("k"))
+        .await
+        .unwrap();
+    let before = dump_all(&db.path);
+    for t in [
+        Transfer::new(a, b, 401).with_key("k"),
+        Transfer::new(a, c, 400).with_key("k"),
+        Transfer::new(a, b, 1_000_000).with_key("k"),
+        Transfer::new(a, 99, 400).with_key("k"),
+    ] {
+        let err = db.accounts().transfer(&t).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Duplicate { constraint } if constraint == "transfers.idempotency_key"),
+            "{t:?}: {err:?}"
+        );
+    }
+    assert_eq!(dump_all(&db.path), before);
+}
+
+#[tokio::test]
+async fn a_batch_whose_third_step_overdraws_leaves_everything_as_before() {
+    let db = fresh_db().await;
+    let a = open(&db, 100).await;
+    let b = open(&db, 0).await;
+    let c = open(&db, 0).await;
+    let before = dump_all(&db.path);
+    let batch = [
+        Transfer::new(a, b, 60),
+        Transfer::new(b, c, 50),
+        Transfer::new(a, c, 41),
+        Transfer::new(c, a, 1),
+    ];
+    let err = db.accounts().transfer_batch(&batch).await.unwrap_err();
+    assert!(
+        matches!(err, Error::InsufficientFunds { account, balance_cents: 40, requested_cents: 41 } if account == a),
+        "{err:?}"
+    );
+    assert_eq!(dump_all(&db.path), before);
+}
+
+#[tokio::test]
+async fn a_batch_valid_only_in_order_succeeds_and_reordered_fails() {
+    let db = fresh_db().await;
+    let a = open(&db, 100).await;
+    let b = open(&db, 0).await;
+    let c = open(&db, 0).await;
+    // b and c start empty: each step spends what the step before delivered.
+    let in_order = [
+        Transfer::new(a, b, 100),
+        Transfer::new(b, c, 100),
+        Transfer::new(c, a, 30),
+    ];
+    let reordered = [
+        in_order[1].clone(),
+        in_order[0].clone(),
+        in_order[2].clone(),
+    ];
+    let before = dump_all(&db.path);
+    let err = db.accounts().transfer_batch(&reordered).await.unwrap_err();
+    assert!(
+        matches!(err, Error::InsufficientFunds { account, balance_cents: 0, .. } if account == b),
+        "{err:?}"
+    );
+    assert_eq!(dump_all(&db.path), before);
+    db.accounts().transfer_batch(&in_order).await.unwrap();
+    assert_eq!(
+        (
+            balance(&db, a).await,
+            balance(&db, b).await,
+            balance(&db, c).await
+        ),
+        (30, 0, 70)
+    );
+    assert_eq!(dump(&db.path, "transfers").len(), 3);
+}
+
+#[tokio::test]
+async fn a_batch_with_a_missing_account_names_it_and_moves_nothing() {
+    let db = fresh_db().await;
+    let a = open(&db, 100).await;
+    let b = open(&db, 0).await;
+    let before = dump_all(&db.path);
+    let batch = [Transfer::new(a, b, 10), Transfer::new(b, 404, 5)];
+    let err = db.accounts().transfer_batch(&batch).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotFound {
+                entity: "account",
+                id: 404
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(dump_all(&db.path), before);
+}
+
+#[tokio::test]
+async fn keys_inside_a_batch_follow_the_replay_rule() {
+    let db = fresh_db().await;
+    let a = open(&db, 1_000).await;
+    let b = open(&db, 0).await;
+    db.accounts()
+        .transfer(&Transfer::new(a, b, 100).with_key("landed"))
+        .await
+        .unwrap();
+    // A landed key with the same movement is skipped; a key repeated in the batch lands once.
+    let batch = [
+        Transfer::new(a, b, 100).with_key("landed"),
+        Transfer::new(a, b, 10).with_key("new"),
+        Transfer::new(a, b, 10).with_key("new"),
+        Transfer::new(a, b, 1),
+    ];
+    db.accounts().transfer_batch(&batch).await.unwrap();
+    assert_eq!((balance(&db, a).await, balance(&db, b).await), (889, 111));
+    assert_eq!(dump(&db.path, "transfers").len(), 3);
+    // The whole batch again moves nothing but the unkeyed step.
+    db.accounts().transfer_batch(&batch).await.unwrap();
+    assert_eq!((balance(&db, a).await, balance(&db, b).await), (888, 112));
+
+    let before = dump_all(&db.path);
+    for batch in [
+        vec![
+            Transfer::new(a, b, 5),
+            Transfer::new(a, b, 101).with_key("landed"),
+        ],
+        vec![
+            Transfer::new(a, b, 5).with_key("fresh"),
+            Transfer::new(a, b, 6).with_key("fresh"),
+        ],
+        // The key rule wins over an overdraft earlier in the batch.
+        vec![
+            Transfer::new(b, a, 1_000_000),
+            Transfer::new(a, b, 7).with_key("landed"),
+        ],
+    ] {
+        let err = db.accounts().transfer_batch(&batch).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Duplicate { constraint } if constraint == "transfers.idempotency_key"),
+            "{batch:?}: {err:?}"
+        );
+    }
+    assert_eq!(dump_all(&db.path), before);
+}
+
+#[tokio::test]
+async fn invalid_steps_are_named_and_empty_batches_are_ok() {
+    let db = fresh_db().await;
+    let a = open(&db, 100).await;
+    let b = open(&db, 0).await;
+    db.accounts().transfer_batch(&[]).await.unwrap();
+    let err = db
+        .accounts()
+        .transfer_batch(&[Transfer::new(a, b, 1), Transfer::new(b, b, 1)])
+        .await
+        .unwrap_err();
+    match err {
+        Error::InvalidInput(message) => assert!(message.contains("step 1"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(dump(&db.path, "transfers").is_empty());
+}
+
+#[tokio::test]
+async fn deposits_are_checked_recorded_and_return_the_new_balance() {
+    let db = fresh_db().await;
+    let a = open(&db, 100).await;
+    assert_eq!(db.accounts().deposit(a, 50).await.unwrap(), 150);
+    assert_eq!(balance(&db, a).await, 150);
+    assert_eq!(
+        dump(&db.path, "transfers").len(),
+        1,
+        "a deposit is a ledger row"
+    );
+    let before = dump_all(&db.path);
+    assert!(matches!(
+        db.accounts().deposit(a, 0).await.unwrap_err(),
+        Error::InvalidInput(_)
+    ));
+    assert!(matches!(
+        db.accounts().deposit(a, -1).await.unwrap_err(),
+        Error::InvalidInput(_)
+    ));
+    assert!(matches!(
+        db.accounts().deposit(a, i64::MAX).await.unwrap_err(),
+        Error::InvalidInput(_)
+    ));
+    assert!(matches!(
+        db.accounts().deposit(999, 10).await.unwrap_err(),
+        Error::NotFound {
+            entity: "account",
+            id: 999
+        }
+    ));
+    assert_eq!(dump_all(&db.path), before);
+}
+
+#[tokio::test]
+async fn a_credit_that_would_overflow_is_invalid_input() {
+    let db = fresh_db().await;
+    let rich = open(&db, i64::MAX).await;
+    let a = open(&db, 10).await;
+    let before = dump_all(&db.path);
+    let err = db
+        .accounts()
+        .transfer(&Transfer::new(a, rich, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    assert_eq!(dump_all(&db.path), before);
+}
+
+#[tokio::test]
+async fn opening_needs_a_non_negative_balance_and_a_known_user() {
+    let db = fresh_db().await;
+    let negative = NewAccount {
+        user_id: None,
+        balance_cents: -1,
+    };
+    assert!(matches!(
+        db.accounts().open(&negative).await.unwrap_err(),
+        Error::InvalidInput(_)
+    ));
+    let orphan = NewAccount {
+        user_id: Some(5),
+        balance_cents: 0,
+    };
+    assert!(matches!(
+        db.accounts().open(&orphan).await.unwrap_err(),
+        Error::ForeignKey
+    ));
+    assert!(dump(&db.path, "accounts").is_empty());
+    assert!(db.accounts().get(1).await.unwrap().is_none());
+}
+
+/// 16 tasks × 300 random operations among 20 accounts, valid and invalid mixed. Afterwards no
+/// money was made or lost, no balance is negative, and every balance is its opening balance
+/// plus what the ledger says came in and went out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bank_test_conserves_money_under_concurrent_valid_and_invalid_transfers() {
+    const ACCOUNTS: i64 = 20;
+    const TASKS: u64 = 16;
+    const OPS: usize = 300;
+    let seed: u64 = std::env::var("SQLREPO_BANK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("bank test seed {seed} (set SQLREPO_BANK_SEED to replay)");
+
+    let db = fresh_db().await;
+    let mut opening = HashMap::new();
+    for i in 0..ACCOUNTS {
+        let id = open(&db, 10_000 + i * 100).await;
+        opening.insert(id, 10_000 + i * 100);
+    }
+    let start_total: i64 = opening.values().sum();
+
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let db = db.db.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(seed ^ task);
+            let mut outcomes: HashMap<&'static str, u32> = HashMap::new();
+            let mut keys: Vec<Transfer> = Vec::new();
+            for op in 0..OPS {
+                let pick = |rng: &mut SmallRng| -> Transfer {
+                    let from = rng.random_range(1..=ACCOUNTS + 1); // ACCOUNTS + 1 does not exist
+                    let to = rng.random_range(1..=ACCOUNTS + 1);
+                    let amount = match rng.random_range(0..10) {
+                        0 => 50_000,                   // overdraft
+                        1 => rng.random_range(-5..=0), // invalid
+                        _ => rng.random_range(1..=2_000),
+                    };
+                    Transfer::new(from, to, amount)
+                };
+                let result = match rng.random_range(0..10) {
+                    0..=5 => db.accounts().transfer(&pick(&mut rng)).await,
+                    6 | 7 => {
+                        let steps: Vec<Transfer> = (0..rng.random_range(1..=8))
+                            .map(|_| pick(&mut rng))
+                            .collect();
+                        db.accounts().transfer_batch(&steps).await
+                    }
+                    _ => {
+                        // Keyed transfers, sometimes replaying an earlier key exactly or with
+                        // another amount.
+                        let t = if !keys.is_empty() && rng.random_bool(0.5) {
+                            let earlier = keys[rng.random_range(0..keys.len())].clone();
+                            if rng.random_bool(0.5) {
+                                earlier
+                            } else {
+                                Transfer {
+                                    amount_cents: earlier.amount_cents + 1,
+                                    ..earlier
+                                }
+                            }
+                        } else {
+                            pick(&mut rng).with_key(format!("task{task}-op{op}"))
+                        };
+                        let result = db.accounts().transfer(&t).await;
+                        if result.is_ok() {
+                            keys.push(t);
+                        }
+                        result
+                    }
+                };
+                let outcome = match result {
+                    Ok(()) => "ok",
+                    Err(Error::NotFound { .. }) => "not_found",
+                    Err(Error::InsufficientFunds { .. }) => "insufficient_funds",
+                    Err(Error::InvalidInput(_)) => "invalid_input",
+                    Err(Error::Duplicate { .. }) => "duplicate",
+                    Err(other) => panic!("unexpected error: {other:?}"),
+                };
+                *outcomes.entry(outcome).or_default() += 1;
+            }
+            outcomes
+        }));
+    }
+    let mut outcomes: HashMap<&'static str, u32> = HashMap::new();
+    for task in tasks {
+        for (outcome, n) in task.await.unwrap() {
+            *outcomes.entry(outcome).or_default() += n;
+        }
+    }
+    let mut summary: Vec<_> = outcomes.iter().collect();
+    summary.sort();
+    println!("bank test outcomes: {summary:?}");
+    for outcome in [
+        "ok",
+        "not_found",
+        "insufficient_funds",
+        "invalid_input",
+        "duplicate",
+    ] {
+        assert!(
+            outcomes.get(outcome).copied().unwrap_or(0) > 0,
+            "no {outcome} outcome"
+        );
+    }
+
+    assert_eq!(db.accounts().total_balance().await.unwrap(), start_total);
+    let conn = raw(&db.path);
+    let negative: i64 = conn
+        .query_row("SELECT count(*) FROM accounts WHERE balance < 0", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(negative, 0);
+    let mut stmt = conn
+        .prepare(
+            "SELECT a.id, a.balance,
+                    coalesce((SELECT sum(amount) FROM transfers WHERE to_account = a.id), 0),
+                    coalesce((SELECT sum(amount) FROM transfers WHERE from_account = a.id), 0)
+             FROM accounts AS a",
+        )
+        .unwrap();
+    let rows: Vec<(i64, i64, i64, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), ACCOUNTS as usize);
+    for (id, balance, credits, debits) in rows {
+        assert_eq!(balance, opening[&id] + credits - debits, "account {id}");
+    }
+    let ledger_rows: i64 = conn
+        .query_row("SELECT count(*) FROM transfers", [], |r| r.get(0))
+        .unwrap();
+    println!("bank test ledger rows: {ledger_rows}");
+}
