@@ -1,0 +1,328 @@
+//! A tour of every sqlrepo feature on a SQLite file: `cargo run --example tour`.
+//!
+//! It opens (creating and migrating) `tour.db` in a fresh temporary directory, or the path given
+//! as the first argument, and prints each step and what came back. `RUST_LOG=sqlrepo=debug`
+//! also shows the span of each repository call.
+
+use anyhow::{Context, ensure};
+use futures_util::TryStreamExt;
+use serde_json::json;
+use sqlrepo::{Db, Error, ItemPatch, ItemStatus, NewAccount, NewItem, NewOrder, NewUser, Transfer};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+
+    let dir = tempfile::tempdir()?;
+    let path = match std::env::args().nth(1) {
+        Some(path) => path.into(),
+        None => dir.path().join("tour.db"),
+    };
+    step(&format!(
+        "Db::open({}) — creates the file, WAL, migrations",
+        path.display()
+    ));
+    let db = Db::open(&path).await.context("open the tour database")?;
+
+    items(&db).await?;
+    let ann = users_and_orders(&db).await?;
+    accounts(&db, ann).await?;
+    errors(&db).await?;
+
+    step("Db::close — checkpoints the WAL and closes every connection");
+    db.close().await;
+    println!(
+        "\nTour finished: every call above ran checked SQL against {}",
+        path.display()
+    );
+    Ok(())
+}
+
+fn step(title: &str) {
+    println!("\n== {title}");
+}
+
+async fn items(db: &Db) -> anyhow::Result<()> {
+    let items = db.items();
+    step("ItemRepo::create — one checked INSERT … RETURNING id");
+    let lamp = items
+        .create(&NewItem::new(
+            "lamp",
+            json!({"watts": 40, "colour": "brass"}),
+        ))
+        .await?;
+    println!("created item {lamp}");
+
+    step("ItemRepo::get");
+    let item = items.get(lamp).await?.context("the lamp exists")?;
+    println!("{}", serde_json::to_string(&item)?);
+
+    step("ItemRepo::update — a typed patch, one fixed statement; absent fields keep their value");
+    let patch = ItemPatch {
+        data: Some(json!({"watts": 60, "colour": "brass"})),
+        ..Default::default()
+    };
+    println!("changed: {}", items.update(lamp, &patch).await?);
+    println!(
+        "same patch again changed: {}",
+        items.update(lamp, &patch).await?
+    );
+
+    step("ItemRepo::insert_many — 10,000 rows as one JSON array, one statement, all or nothing");
+    let batch: Vec<NewItem> = (0..10_000)
+        .map(|i| NewItem::new(format!("bolt-{i:05}"), json!({"size_mm": i % 20})))
+        .collect();
+    println!("inserted {} rows", items.insert_many(&batch).await?);
+
+    step("ItemRepo::insert_many with a duplicate at position 9,000 — nothing is written");
+    let mut bad: Vec<NewItem> = (0..10_000)
+        .map(|i| NewItem::new(format!("nut-{i:05}"), json!({})))
+        .collect();
+    bad[9_000].name = "lamp".into();
+    let before = items.count().await?;
+    match items.insert_many(&bad).await {
+        Err(Error::Duplicate { constraint }) => println!("refused: duplicate {constraint}"),
+        other => anyhow::bail!("expected a duplicate, got {other:?}"),
+    }
+    ensure!(
+        items.count().await? == before,
+        "the failed batch left rows behind"
+    );
+    println!("count still {before}");
+
+    step("ItemRepo::set_status_many — counts only rows whose status really changed");
+    let ids: Vec<i64> = (2..=101).collect();
+    println!(
+        "archived {}",
+        items.set_status_many(&ids, ItemStatus::Archived).await?
+    );
+    println!(
+        "again, plus unknown ids: {}",
+        items
+            .set_status_many(&[2, 3, 999_999], ItemStatus::Archived)
+            .await?
+    );
+
+    step("ItemRepo::list_by_status, get_many, count");
+    println!(
+        "archived: {}",
+        items.list_by_status(ItemStatus::Archived).await?.len()
+    );
+    println!(
+        "get_many([1, 2, 3]): {} items",
+        items.get_many(&[1, 2, 3]).await?.len()
+    );
+    println!("count: {}", items.count().await?);
+
+    step("ItemRepo::stream — every item by id, in constant memory (keyset pages)");
+    let mut streamed = 0;
+    let mut last_id = 0;
+    let mut stream = std::pin::pin!(items.stream());
+    while let Some(item) = stream.try_next().await? {
+        ensure!(item.id > last_id, "stream out of order");
+        last_id = item.id;
+        streamed += 1;
+    }
+    println!("streamed {streamed} items, last id {last_id}");
+
+    step("ItemRepo::delete");
+    println!(
+        "deleted: {}, again: {}",
+        items.delete(lamp).await?,
+        items.delete(lamp).await?
+    );
+    Ok(())
+}
+
+async fn users_and_orders(db: &Db) -> anyhow::Result<i64> {
+    step("UserRepo::create and get_by_email (unique without regard to case)");
+    let ann = db
+        .users()
+        .create(&NewUser::new("ann@example.com", "Ann"))
+        .await?;
+    let found = db.users().get_by_email("ANN@example.com").await?;
+    println!(
+        "user {ann}; lookup by ANN@example.com finds {:?}",
+        found.map(|u| u.id)
+    );
+
+    step("UserRepo::insert_many and stream");
+    let users: Vec<NewUser> = (0..1_000)
+        .map(|i| NewUser::new(format!("user{i}@example.com"), format!("User {i}")))
+        .collect();
+    println!("inserted {}", db.users().insert_many(&users).await?);
+    let users = db.users();
+    let streamed: Vec<_> = users.stream().try_collect().await?;
+    println!("streamed {} users", streamed.len());
+
+    step("OrderRepo::create, insert_many, recent_for_user, stats_for_user");
+    db.orders().create(&NewOrder::new(ann, 1_999)).await?;
+    let orders: Vec<NewOrder> = (1..=15).map(|i| NewOrder::new(ann, i * 100)).collect();
+    db.orders().insert_many(&orders).await?;
+    let recent = db.orders().recent_for_user(ann, 3).await?;
+    println!(
+        "newest 3 totals: {:?}",
+        recent.iter().map(|o| o.total_cents).collect::<Vec<_>>()
+    );
+    let stats = db.orders().stats_for_user(ann).await?;
+    println!("stats: {} orders, {} cents", stats.count, stats.total_cents);
+
+    step("Db::dashboard — user, 10 newest orders and stats in one statement");
+    let dashboard = db.dashboard(ann).await?;
+    println!(
+        "{} has {} orders worth {} cents; showing {}",
+        dashboard.user.name,
+        dashboard.stats.count,
+        dashboard.stats.total_cents,
+        dashboard.recent_orders.len()
+    );
+
+    step("UserRepo::delete of a user with orders — refused, nothing deleted");
+    match db.users().delete(ann).await {
+        Err(Error::ForeignKey) => println!("refused: {}", Error::ForeignKey),
+        other => anyhow::bail!("expected ForeignKey, got {other:?}"),
+    }
+    Ok(ann)
+}
+
+async fn accounts(db: &Db, ann: i64) -> anyhow::Result<()> {
+    let accounts = db.accounts();
+    step("AccountRepo::open and deposit (a deposit is a ledger row)");
+    let wallet = accounts
+        .open(&NewAccount {
+            user_id: Some(ann),
+            balance_cents: 10_000,
+        })
+        .await?;
+    let shop = accounts
+        .open(&NewAccount {
+            user_id: None,
+            balance_cents: 0,
+        })
+        .await?;
+    println!(
+        "wallet {wallet}, shop {shop}; wallet after deposit: {}",
+        accounts.deposit(wallet, 500).await?
+    );
+    let total = accounts.total_balance().await?;
+
+    step("AccountRepo::transfer — one ledger INSERT; a trigger moves the money");
+    accounts
+        .transfer(&Transfer::new(wallet, shop, 2_500))
+        .await?;
+    println!(
+        "wallet {} / shop {}",
+        balance(db, wallet).await?,
+        balance(db, shop).await?
+    );
+
+    step("A refused overdraft: InsufficientFunds, nothing moves");
+    match accounts
+        .transfer(&Transfer::new(wallet, shop, 1_000_000))
+        .await
+    {
+        Err(err @ Error::InsufficientFunds { .. }) => println!("refused: {err}"),
+        other => anyhow::bail!("expected InsufficientFunds, got {other:?}"),
+    }
+
+    step(
+        "A transfer to a missing account: NotFound, nothing moves (the seed destroyed money here)",
+    );
+    match accounts.transfer(&Transfer::new(wallet, 4_242, 100)).await {
+        Err(err @ Error::NotFound { .. }) => println!("refused: {err}"),
+        other => anyhow::bail!("expected NotFound, got {other:?}"),
+    }
+
+    step("A replayed idempotency key: Ok, moves nothing; same key, other amount: Duplicate");
+    let pay = Transfer::new(wallet, shop, 700).with_key("invoice-42");
+    accounts.transfer(&pay).await?;
+    accounts.transfer(&pay).await?;
+    println!(
+        "after paying invoice-42 twice: wallet {}",
+        balance(db, wallet).await?
+    );
+    match accounts
+        .transfer(&Transfer::new(wallet, shop, 701).with_key("invoice-42"))
+        .await
+    {
+        Err(err @ Error::Duplicate { .. }) => println!("refused: {err}"),
+        other => anyhow::bail!("expected Duplicate, got {other:?}"),
+    }
+
+    step("AccountRepo::transfer_batch — in order, all or nothing, one statement");
+    let refund = [
+        Transfer::new(shop, wallet, 200),
+        Transfer::new(shop, wallet, 1_000_000),
+    ];
+    match accounts.transfer_batch(&refund).await {
+        Err(err) => println!("batch with an overdraft at step 2 refused: {err}"),
+        Ok(()) => anyhow::bail!("the overdrawing batch landed"),
+    }
+    accounts.transfer_batch(&refund[..1]).await?;
+    println!("one-step batch landed: shop {}", balance(db, shop).await?);
+
+    step("Db::begin — a caller-owned transaction: create an order and pay for it, or neither");
+    let tx = db.begin().await?;
+    let order = tx.orders().create(&NewOrder::new(ann, 50_000)).await?;
+    match tx
+        .accounts()
+        .transfer(&Transfer::new(wallet, shop, 50_000))
+        .await
+    {
+        Err(err) => {
+            println!("payment refused ({err}); dropping the transaction rolls back order {order}");
+            drop(tx);
+        }
+        Ok(()) => tx.commit().await?,
+    }
+    ensure!(
+        db.orders().get(order).await?.is_none(),
+        "the unpaid order survived"
+    );
+    let tx = db.begin().await?;
+    let order = tx.orders().create(&NewOrder::new(ann, 300)).await?;
+    tx.accounts()
+        .transfer(&Transfer::new(wallet, shop, 300))
+        .await?;
+    tx.commit().await?;
+    println!("order {order} and its payment committed together");
+
+    step("AccountRepo::total_balance — money is conserved");
+    let after = accounts.total_balance().await?;
+    println!("total before transfers {total}, after {after}");
+    ensure!(total == after, "money was created or destroyed");
+    Ok(())
+}
+
+async fn errors(db: &Db) -> anyhow::Result<()> {
+    step("Typed errors for bad input, before the database is touched");
+    for result in [
+        db.items()
+            .create(&NewItem::new("   ", json!({})))
+            .await
+            .map(|_| ()),
+        db.users()
+            .create(&NewUser::new("not-an-email", "X"))
+            .await
+            .map(|_| ()),
+        db.orders().create(&NewOrder::new(1, -5)).await.map(|_| ()),
+        db.accounts().transfer(&Transfer::new(1, 1, 5)).await,
+    ] {
+        match result {
+            Err(err) => println!("{err}"),
+            Ok(()) => anyhow::bail!("bad input was accepted"),
+        }
+    }
+    Ok(())
+}
+
+async fn balance(db: &Db, id: i64) -> anyhow::Result<i64> {
+    Ok(db
+        .accounts()
+        .get(id)
+        .await?
+        .context("account exists")?
+        .balance_cents)
+}
