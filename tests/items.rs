@@ -43,7 +43,11 @@ async fn hostile_text_is_stored_verbatim_and_breaks_nothing() {
     ];
     for name in names {
         let data = json!({"text": name});
-        let id = db.items().create(&NewItem::new(name, data.clone())).await.unwrap();
+        let id = db
+            .items()
+            .create(&NewItem::new(name, data.clone()))
+            .await
+            .unwrap();
         let got = db.items().get(id).await.unwrap().unwrap();
         assert_eq!(got.name, name);
         assert_eq!(got.data, data);
@@ -221,7 +225,9 @@ async fn insert_many_refuses_invalid_items_and_oversized_batches_before_writing(
         Error::InvalidInput(message) => assert!(message.contains("item 7"), "{message}"),
         other => panic!("{other:?}"),
     }
-    let too_many: Vec<NewItem> = (0..=MAX_BATCH_ROWS).map(|i| item(&format!("n{i}"))).collect();
+    let too_many: Vec<NewItem> = (0..=MAX_BATCH_ROWS)
+        .map(|i| item(&format!("n{i}")))
+        .collect();
     assert!(matches!(
         db.items().insert_many(&too_many).await.unwrap_err(),
         Error::InvalidInput(_)
@@ -254,11 +260,19 @@ async fn set_status_many_counts_only_rows_that_really_changed() {
             .unwrap(),
         0
     );
-    let archived = db.items().list_by_status(ItemStatus::Archived).await.unwrap();
+    let archived = db
+        .items()
+        .list_by_status(ItemStatus::Archived)
+        .await
+        .unwrap();
     let ids: Vec<i64> = archived.iter().map(|i| i.id).collect();
     assert_eq!(ids, vec![1, 2, 3, 4, 5]);
     assert_eq!(
-        db.items().list_by_status(ItemStatus::Active).await.unwrap().len(),
+        db.items()
+            .list_by_status(ItemStatus::Active)
+            .await
+            .unwrap()
+            .len(),
         5
     );
 }
@@ -343,12 +357,18 @@ async fn data_past_the_limits_is_refused() {
         deep = json!([deep]);
     }
     assert!(matches!(
-        db.items().create(&NewItem::new("deep", deep)).await.unwrap_err(),
+        db.items()
+            .create(&NewItem::new("deep", deep))
+            .await
+            .unwrap_err(),
         Error::InvalidInput(_)
     ));
     let huge = json!("x".repeat(sqlrepo::limits::MAX_DATA_BYTES));
     assert!(matches!(
-        db.items().create(&NewItem::new("huge", huge)).await.unwrap_err(),
+        db.items()
+            .create(&NewItem::new("huge", huge))
+            .await
+            .unwrap_err(),
         Error::InvalidInput(_)
     ));
     assert_eq!(db.items().count().await.unwrap(), 0);
