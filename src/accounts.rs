@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use crate::db::Handle;
 use crate::error::{Error, Result};
 use crate::limits::{MAX_KEY_CHARS, check_amount, check_batch};
+use crate::trace::traced;
 
 /// The constraint a reused idempotency key reports in [`Error::Duplicate`].
 pub const IDEMPOTENCY_KEY_CONSTRAINT: &str = "transfers.idempotency_key";
@@ -83,12 +84,12 @@ impl Transfer {
                 self.from
             )));
         }
-        if let Some(key) = &self.idempotency_key {
-            if key.is_empty() || key.chars().count() > MAX_KEY_CHARS {
-                return Err(Error::invalid(format!(
-                    "an idempotency key must be 1 to {MAX_KEY_CHARS} characters"
-                )));
-            }
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.chars().count() > MAX_KEY_CHARS)
+        {
+            return Err(Error::invalid(format!(
+                "an idempotency key must be 1 to {MAX_KEY_CHARS} characters"
+            )));
         }
         Ok(())
     }
@@ -129,14 +130,17 @@ impl AccountRepo {
     /// # Errors
     /// [`Error::InvalidInput`] for a negative balance; [`Error::ForeignKey`] for an unknown user.
     pub async fn open(&self, new: &NewAccount) -> Result<i64> {
-        if new.balance_cents < 0 {
-            return Err(Error::invalid(format!(
-                "an opening balance cannot be negative ({} cents)",
-                new.balance_cents
-            )));
-        }
-        let mut conn = self.handle.writer().await?;
-        insert_account(&mut conn, new.user_id, new.balance_cents).await
+        traced("accounts", "open", async {
+            if new.balance_cents < 0 {
+                return Err(Error::invalid(format!(
+                    "an opening balance cannot be negative ({} cents)",
+                    new.balance_cents
+                )));
+            }
+            let mut conn = self.handle.writer().await?;
+            insert_account(&mut conn, new.user_id, new.balance_cents).await
+        })
+        .await
     }
 
     /// The account with this id, or `None`.
@@ -144,8 +148,11 @@ impl AccountRepo {
     /// # Errors
     /// [`Error::Schema`] when migrations have not run.
     pub async fn get(&self, id: i64) -> Result<Option<Account>> {
-        let mut conn = self.handle.reader().await?;
-        select_account(&mut conn, id).await
+        traced("accounts", "get", async {
+            let mut conn = self.handle.reader().await?;
+            select_account(&mut conn, id).await
+        })
+        .await
     }
 
     /// Credits an account (recorded as a ledger row with no source) and returns the new balance.
@@ -154,25 +161,28 @@ impl AccountRepo {
     /// [`Error::InvalidInput`] for a non-positive amount or a balance that would overflow `i64`;
     /// [`Error::NotFound`] for an unknown account. Nothing changes on error.
     pub async fn deposit(&self, id: i64, amount_cents: i64) -> Result<i64> {
-        check_amount(amount_cents)?;
-        let mut conn = self.handle.writer().await?;
-        let mut tx = conn.atomic().await?;
-        if let Err(err) = insert_deposit(&mut tx, id, amount_cents).await {
-            return Err(match err {
-                Error::ForeignKey => Error::NotFound {
-                    entity: "account",
-                    id,
-                },
-                other => other,
-            });
-        }
-        let balance = select_balance(&mut tx, id).await?;
-        tx.commit().await?;
-        // The row was just credited inside the transaction, so it exists.
-        balance.ok_or(Error::NotFound {
-            entity: "account",
-            id,
+        traced("accounts", "deposit", async {
+            check_amount(amount_cents)?;
+            let mut conn = self.handle.writer().await?;
+            let mut tx = conn.atomic().await?;
+            if let Err(err) = insert_deposit(&mut tx, id, amount_cents).await {
+                return Err(match err {
+                    Error::ForeignKey => Error::NotFound {
+                        entity: "account",
+                        id,
+                    },
+                    other => other,
+                });
+            }
+            let balance = select_balance(&mut tx, id).await?;
+            tx.commit().await?;
+            // The row was just credited inside the transaction, so it exists.
+            balance.ok_or(Error::NotFound {
+                entity: "account",
+                id,
+            })
         })
+        .await
     }
 
     /// Moves money between two accounts atomically, as one ledger `INSERT`.
@@ -187,12 +197,15 @@ impl AccountRepo {
     /// for an overdraft; [`Error::InvalidInput`] when the credit would overflow. Nothing moves on
     /// error.
     pub async fn transfer(&self, t: &Transfer) -> Result<()> {
-        t.validate()?;
-        let mut conn = self.handle.writer().await?;
-        match insert_transfer(&mut conn, t).await {
-            Ok(_) => Ok(()),
-            Err(err) => Err(explain_failure(&mut conn, std::slice::from_ref(t), err).await),
-        }
+        traced("accounts", "transfer", async {
+            t.validate()?;
+            let mut conn = self.handle.writer().await?;
+            match insert_transfer(&mut conn, t).await {
+                Ok(_) => Ok(()),
+                Err(err) => Err(explain_failure(&mut conn, std::slice::from_ref(t), err).await),
+            }
+        })
+        .await
     }
 
     /// Applies transfers in order, each checked against the balances the earlier ones left,
@@ -207,20 +220,23 @@ impl AccountRepo {
     /// As [`transfer`](Self::transfer), for the first step that fails (invalid steps are named
     /// by position); nothing moves on error.
     pub async fn transfer_batch(&self, ts: &[Transfer]) -> Result<()> {
-        check_batch("transfer_batch", ts.len())?;
-        let steps = distinct_steps(ts)?;
-        if steps.is_empty() {
-            return Ok(());
-        }
-        let steps_json = steps_json(&steps)?;
-        let mut conn = self.handle.writer().await?;
-        match insert_transfers(&mut conn, &steps_json).await {
-            Ok(_) => Ok(()),
-            Err(err) => {
-                let steps: Vec<Transfer> = steps.into_iter().cloned().collect();
-                Err(explain_failure(&mut conn, &steps, err).await)
+        traced("accounts", "transfer_batch", async {
+            check_batch("transfer_batch", ts.len())?;
+            let steps = distinct_steps(ts)?;
+            if steps.is_empty() {
+                return Ok(());
             }
-        }
+            let steps_json = steps_json(&steps)?;
+            let mut conn = self.handle.writer().await?;
+            match insert_transfers(&mut conn, &steps_json).await {
+                Ok(_) => Ok(()),
+                Err(err) => {
+                    let steps: Vec<Transfer> = steps.into_iter().cloned().collect();
+                    Err(explain_failure(&mut conn, &steps, err).await)
+                }
+            }
+        })
+        .await
     }
 
     /// The sum of every balance, in cents: constant under transfers, for auditors.
@@ -228,12 +244,15 @@ impl AccountRepo {
     /// # Errors
     /// [`Error::InvalidInput`] if the sum overflows `i64`.
     pub async fn total_balance(&self) -> Result<i64> {
-        let mut conn = self.handle.reader().await?;
-        Ok(sqlx::query_scalar!(
-            r#"SELECT coalesce(sum(balance), 0) AS "total!: i64" FROM accounts"#
-        )
-        .fetch_one(&mut *conn)
-        .await?)
+        traced("accounts", "total_balance", async {
+            let mut conn = self.handle.reader().await?;
+            Ok(sqlx::query_scalar!(
+                r#"SELECT coalesce(sum(balance), 0) AS "total!: i64" FROM accounts"#
+            )
+            .fetch_one(&mut *conn)
+            .await?)
+        })
+        .await
     }
 }
 
@@ -299,12 +318,12 @@ async fn diagnose(conn: &mut SqliteConnection, steps: &[Transfer]) -> Result<Opt
         }
     }
     for t in steps {
-        if let Some(&(from, to, amount)) = t.idempotency_key.as_ref().and_then(|k| landed.get(k)) {
-            if !t.same_movement(from, to, amount) {
-                return Ok(Some(Error::Duplicate {
-                    constraint: IDEMPOTENCY_KEY_CONSTRAINT.to_owned(),
-                }));
-            }
+        if let Some(&(from, to, amount)) = t.idempotency_key.as_ref().and_then(|k| landed.get(k))
+            && !t.same_movement(from, to, amount)
+        {
+            return Ok(Some(Error::Duplicate {
+                constraint: IDEMPOTENCY_KEY_CONSTRAINT.to_owned(),
+            }));
         }
     }
 

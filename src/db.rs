@@ -37,6 +37,7 @@ use crate::dashboard::{self, Dashboard};
 use crate::error::{Error, Result};
 use crate::items::ItemRepo;
 use crate::orders::OrderRepo;
+use crate::trace::traced;
 use crate::tx::{Tx, TxState};
 use crate::users::UserRepo;
 
@@ -256,8 +257,11 @@ impl Db {
     /// # Errors
     /// [`Error::NotFound`] for an unknown user.
     pub async fn dashboard(&self, user_id: i64) -> Result<Dashboard> {
-        let mut conn = self.read_lease().await?;
-        dashboard::fetch(&mut conn, user_id).await
+        traced("users", "dashboard", async {
+            let mut conn = self.read_lease().await?;
+            dashboard::fetch(&mut conn, user_id).await
+        })
+        .await
     }
 
     /// Starts a transaction that the caller owns; see [`Tx`].

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use crate::db::Handle;
 use crate::error::{Error, Result};
 use crate::limits::{check_batch, check_data_depth, check_data_size, check_name};
+use crate::trace::traced;
 
 /// Where an item is in its life. Stored as lowercase text, which a `CHECK` restricts to these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, sqlx::Type)]
@@ -162,10 +163,13 @@ impl ItemRepo {
     /// [`Error::InvalidInput`] for a blank or over-long name or data past the limits;
     /// [`Error::Duplicate`] (`items.name`) when the name is taken.
     pub async fn create(&self, new: &NewItem) -> Result<i64> {
-        new.validate()?;
-        let data = data_text(&new.data)?;
-        let mut conn = self.handle.writer().await?;
-        insert_one(&mut conn, &new.name, &data, new.status).await
+        traced("items", "create", async {
+            new.validate()?;
+            let data = data_text(&new.data)?;
+            let mut conn = self.handle.writer().await?;
+            insert_one(&mut conn, &new.name, &data, new.status).await
+        })
+        .await
     }
 
     /// The item with this id, or `None`.
@@ -173,8 +177,11 @@ impl ItemRepo {
     /// # Errors
     /// [`Error::Schema`] when migrations have not run; [`Error::Database`] otherwise.
     pub async fn get(&self, id: i64) -> Result<Option<Item>> {
-        let mut conn = self.handle.reader().await?;
-        select_one(&mut conn, id).await
+        traced("items", "get", async {
+            let mut conn = self.handle.reader().await?;
+            select_one(&mut conn, id).await
+        })
+        .await
     }
 
     /// The items with these ids, in id order; unknown ids are skipped. One statement.
@@ -182,13 +189,16 @@ impl ItemRepo {
     /// # Errors
     /// [`Error::InvalidInput`] for more than [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) ids.
     pub async fn get_many(&self, ids: &[i64]) -> Result<Vec<Item>> {
-        check_batch("get_many", ids.len())?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids = json_text(ids)?;
-        let mut conn = self.handle.reader().await?;
-        select_many(&mut conn, &ids).await
+        traced("items", "get_many", async {
+            check_batch("get_many", ids.len())?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ids = json_text(ids)?;
+            let mut conn = self.handle.reader().await?;
+            select_many(&mut conn, &ids).await
+        })
+        .await
     }
 
     /// Every item with this status, in id order.
@@ -196,8 +206,11 @@ impl ItemRepo {
     /// # Errors
     /// [`Error::Schema`] when migrations have not run; [`Error::Database`] otherwise.
     pub async fn list_by_status(&self, status: ItemStatus) -> Result<Vec<Item>> {
-        let mut conn = self.handle.reader().await?;
-        select_by_status(&mut conn, status).await
+        traced("items", "list_by_status", async {
+            let mut conn = self.handle.reader().await?;
+            select_by_status(&mut conn, status).await
+        })
+        .await
     }
 
     /// Applies a patch; `true` when the row existed and a value really changed (a patch that
@@ -208,27 +221,30 @@ impl ItemRepo {
     /// [`Error::InvalidInput`] for a blank name or data past the limits; [`Error::Duplicate`]
     /// (`items.name`) when the new name is taken.
     pub async fn update(&self, id: i64, patch: &ItemPatch) -> Result<bool> {
-        if let Some(name) = &patch.name {
-            check_name("item name", name)?;
-        }
-        let data = match &patch.data {
-            Some(data) => {
-                check_data_depth(data)?;
-                Some(data_text(data)?)
+        traced("items", "update", async {
+            if let Some(name) = &patch.name {
+                check_name("item name", name)?;
             }
-            None => None,
-        };
-        if patch.is_empty() {
-            return Ok(false);
-        }
-        let mut conn = self.handle.writer().await?;
-        update_one(
-            &mut conn,
-            id,
-            patch.name.as_deref(),
-            data.as_deref(),
-            patch.status,
-        )
+            let data = match &patch.data {
+                Some(data) => {
+                    check_data_depth(data)?;
+                    Some(data_text(data)?)
+                }
+                None => None,
+            };
+            if patch.is_empty() {
+                return Ok(false);
+            }
+            let mut conn = self.handle.writer().await?;
+            update_one(
+                &mut conn,
+                id,
+                patch.name.as_deref(),
+                data.as_deref(),
+                patch.status,
+            )
+            .await
+        })
         .await
     }
 
@@ -237,8 +253,11 @@ impl ItemRepo {
     /// # Errors
     /// [`Error::Schema`] when migrations have not run; [`Error::Busy`] when locked.
     pub async fn delete(&self, id: i64) -> Result<bool> {
-        let mut conn = self.handle.writer().await?;
-        delete_one(&mut conn, id).await
+        traced("items", "delete", async {
+            let mut conn = self.handle.writer().await?;
+            delete_one(&mut conn, id).await
+        })
+        .await
     }
 
     /// Inserts every item, all or nothing, and returns how many rows were inserted (ids follow
@@ -253,27 +272,30 @@ impl ItemRepo {
     /// [`Error::Duplicate`] (`items.name`) when any name is taken or repeated. Either way nothing
     /// is written.
     pub async fn insert_many(&self, items: &[NewItem]) -> Result<u64> {
-        check_batch("insert_many", items.len())?;
-        let chunks = items
-            .chunks(INSERT_CHUNK_ROWS)
-            .enumerate()
-            .map(|(number, chunk)| batch_text(chunk, number * INSERT_CHUNK_ROWS))
-            .collect::<Result<Vec<_>>>()?;
-        let mut conn = self.handle.writer().await?;
-        match chunks.as_slice() {
-            [] => Ok(0),
-            // One statement is atomic by itself: no transaction, one round trip.
-            [rows] => insert_batch(&mut conn, rows).await,
-            _ => {
-                let mut tx = conn.atomic().await?;
-                let mut inserted = 0;
-                for rows in &chunks {
-                    inserted += insert_batch(&mut tx, rows).await?;
+        traced("items", "insert_many", async {
+            check_batch("insert_many", items.len())?;
+            let chunks = items
+                .chunks(INSERT_CHUNK_ROWS)
+                .enumerate()
+                .map(|(number, chunk)| batch_text(chunk, number * INSERT_CHUNK_ROWS))
+                .collect::<Result<Vec<_>>>()?;
+            let mut conn = self.handle.writer().await?;
+            match chunks.as_slice() {
+                [] => Ok(0),
+                // One statement is atomic by itself: no transaction, one round trip.
+                [rows] => insert_batch(&mut conn, rows).await,
+                _ => {
+                    let mut tx = conn.atomic().await?;
+                    let mut inserted = 0;
+                    for rows in &chunks {
+                        inserted += insert_batch(&mut tx, rows).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(inserted)
                 }
-                tx.commit().await?;
-                Ok(inserted)
             }
-        }
+        })
+        .await
     }
 
     /// Sets the status of every listed item, in one statement, and returns how many rows really
@@ -282,13 +304,16 @@ impl ItemRepo {
     /// # Errors
     /// [`Error::InvalidInput`] for more than [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) ids.
     pub async fn set_status_many(&self, ids: &[i64], status: ItemStatus) -> Result<u64> {
-        check_batch("set_status_many", ids.len())?;
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let ids = json_text(ids)?;
-        let mut conn = self.handle.writer().await?;
-        update_status_batch(&mut conn, &ids, status).await
+        traced("items", "set_status_many", async {
+            check_batch("set_status_many", ids.len())?;
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            let ids = json_text(ids)?;
+            let mut conn = self.handle.writer().await?;
+            update_status_batch(&mut conn, &ids, status).await
+        })
+        .await
     }
 
     /// Every item in id order, fetched in keyset pages of 2,000 so memory stays flat whatever
@@ -304,10 +329,11 @@ impl ItemRepo {
                 let Some(last) = after else {
                     return Ok(None);
                 };
-                let page = {
+                let page = traced("items", "stream_page", async {
                     let mut conn = self.handle.reader().await?;
-                    select_page(&mut conn, last, STREAM_PAGE_ROWS).await?
-                };
+                    select_page(&mut conn, last, STREAM_PAGE_ROWS).await
+                })
+                .await?;
                 after = match page.last() {
                     Some(item) if page.len() as i64 == STREAM_PAGE_ROWS => Some(item.id),
                     _ => None,
@@ -322,12 +348,15 @@ impl ItemRepo {
     /// # Errors
     /// [`Error::Schema`] when migrations have not run.
     pub async fn count(&self) -> Result<i64> {
-        let mut conn = self.handle.reader().await?;
-        Ok(
-            sqlx::query_scalar!(r#"SELECT count(*) AS "count!: i64" FROM items"#)
-                .fetch_one(&mut *conn)
-                .await?,
-        )
+        traced("items", "count", async {
+            let mut conn = self.handle.reader().await?;
+            Ok(
+                sqlx::query_scalar!(r#"SELECT count(*) AS "count!: i64" FROM items"#)
+                    .fetch_one(&mut *conn)
+                    .await?,
+            )
+        })
+        .await
     }
 }
 

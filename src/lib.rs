@@ -40,6 +40,7 @@ pub mod error;
 pub mod items;
 pub mod limits;
 pub mod orders;
+mod trace;
 pub mod tx;
 pub mod users;
 

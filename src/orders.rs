@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 use crate::db::Handle;
 use crate::error::{Error, Result};
 use crate::limits::check_batch;
+use crate::trace::traced;
 
 /// A stored order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,9 +90,12 @@ impl OrderRepo {
     /// # Errors
     /// [`Error::InvalidInput`] for a negative total; [`Error::ForeignKey`] for an unknown user.
     pub async fn create(&self, new: &NewOrder) -> Result<i64> {
-        new.validate()?;
-        let mut conn = self.handle.writer().await?;
-        insert_one(&mut conn, new.user_id, new.total_cents).await
+        traced("orders", "create", async {
+            new.validate()?;
+            let mut conn = self.handle.writer().await?;
+            insert_one(&mut conn, new.user_id, new.total_cents).await
+        })
+        .await
     }
 
     /// The order with this id, or `None`.
@@ -99,8 +103,11 @@ impl OrderRepo {
     /// # Errors
     /// [`Error::Schema`] when migrations have not run.
     pub async fn get(&self, id: i64) -> Result<Option<Order>> {
-        let mut conn = self.handle.reader().await?;
-        select_one(&mut conn, id).await
+        traced("orders", "get", async {
+            let mut conn = self.handle.reader().await?;
+            select_one(&mut conn, id).await
+        })
+        .await
     }
 
     /// A user's newest `limit` orders, newest first; ties on `created_at` go to the higher id
@@ -109,8 +116,11 @@ impl OrderRepo {
     /// # Errors
     /// [`Error::Schema`] when migrations have not run.
     pub async fn recent_for_user(&self, user_id: i64, limit: u32) -> Result<Vec<Order>> {
-        let mut conn = self.handle.reader().await?;
-        select_recent(&mut conn, user_id, i64::from(limit)).await
+        traced("orders", "recent_for_user", async {
+            let mut conn = self.handle.reader().await?;
+            select_recent(&mut conn, user_id, i64::from(limit)).await
+        })
+        .await
     }
 
     /// How many orders a user has and their sum; zeros (never NULL) for a user with none.
@@ -118,8 +128,11 @@ impl OrderRepo {
     /// # Errors
     /// [`Error::InvalidInput`] if the sum would overflow `i64`.
     pub async fn stats_for_user(&self, user_id: i64) -> Result<OrderStats> {
-        let mut conn = self.handle.reader().await?;
-        select_stats(&mut conn, user_id).await
+        traced("orders", "stats_for_user", async {
+            let mut conn = self.handle.reader().await?;
+            select_stats(&mut conn, user_id).await
+        })
+        .await
     }
 
     /// Deletes an order; `true` when it existed.
@@ -127,8 +140,11 @@ impl OrderRepo {
     /// # Errors
     /// [`Error::Busy`] when locked.
     pub async fn delete(&self, id: i64) -> Result<bool> {
-        let mut conn = self.handle.writer().await?;
-        delete_one(&mut conn, id).await
+        traced("orders", "delete", async {
+            let mut conn = self.handle.writer().await?;
+            delete_one(&mut conn, id).await
+        })
+        .await
     }
 
     /// Inserts every order in one statement, all or nothing; returns the rows inserted.
@@ -138,21 +154,26 @@ impl OrderRepo {
     /// [`Error::InvalidInput`] for a negative total (naming its position) or an oversized batch;
     /// [`Error::ForeignKey`] when any user does not exist. Nothing is written either way.
     pub async fn insert_many(&self, orders: &[NewOrder]) -> Result<u64> {
-        check_batch("insert_many", orders.len())?;
-        if orders.is_empty() {
-            return Ok(0);
-        }
-        for (index, order) in orders.iter().enumerate() {
-            order.validate().map_err(|err| match err {
-                Error::InvalidInput(message) => Error::invalid(format!("order {index}: {message}")),
-                other => other,
-            })?;
-        }
-        let rows: Vec<(i64, i64)> = orders.iter().map(|o| (o.user_id, o.total_cents)).collect();
-        let rows = serde_json::to_string(&rows)
-            .map_err(|err| Error::invalid(format!("not JSON: {err}")))?;
-        let mut conn = self.handle.writer().await?;
-        insert_batch(&mut conn, &rows).await
+        traced("orders", "insert_many", async {
+            check_batch("insert_many", orders.len())?;
+            if orders.is_empty() {
+                return Ok(0);
+            }
+            for (index, order) in orders.iter().enumerate() {
+                order.validate().map_err(|err| match err {
+                    Error::InvalidInput(message) => {
+                        Error::invalid(format!("order {index}: {message}"))
+                    }
+                    other => other,
+                })?;
+            }
+            let rows: Vec<(i64, i64)> = orders.iter().map(|o| (o.user_id, o.total_cents)).collect();
+            let rows = serde_json::to_string(&rows)
+                .map_err(|err| Error::invalid(format!("not JSON: {err}")))?;
+            let mut conn = self.handle.writer().await?;
+            insert_batch(&mut conn, &rows).await
+        })
+        .await
     }
 }
 

@@ -18,6 +18,7 @@ use crate::db::{Handle, Lease};
 use crate::error::Result;
 use crate::items::ItemRepo;
 use crate::orders::OrderRepo;
+use crate::trace::traced;
 use crate::users::UserRepo;
 
 type Manager = <Sqlite as sqlx::Database>::TransactionManager;
@@ -114,8 +115,11 @@ impl Tx {
     /// # Errors
     /// [`Error::NotFound`](crate::Error::NotFound) for an unknown user.
     pub async fn dashboard(&self, user_id: i64) -> Result<Dashboard> {
-        let mut conn = self.handle().reader().await?;
-        dashboard::fetch(&mut conn, user_id).await
+        traced("users", "dashboard", async {
+            let mut conn = self.handle().reader().await?;
+            dashboard::fetch(&mut conn, user_id).await
+        })
+        .await
     }
 
     /// Makes every write of the transaction durable and visible, and releases the writer.
@@ -151,10 +155,10 @@ impl Drop for Tx {
     fn drop(&mut self) {
         // Roll back now and release the writer, unless a repository call of this transaction is
         // running right now; then the rollback happens when the last handle to it goes.
-        if let Ok(mut state) = self.state.try_lock() {
-            if let Some(mut lease) = state.lease.take() {
-                roll_back_unfinished(&mut lease);
-            }
+        if let Ok(mut state) = self.state.try_lock()
+            && let Some(mut lease) = state.lease.take()
+        {
+            roll_back_unfinished(&mut lease);
         }
     }
 }

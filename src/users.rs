@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use crate::db::Handle;
 use crate::error::{Error, Result};
 use crate::limits::{check_batch, check_email, check_name};
+use crate::trace::traced;
 
 /// A stored user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,9 +92,12 @@ impl UserRepo {
     /// [`Error::InvalidInput`] for a malformed email or blank name; [`Error::Duplicate`]
     /// (`users.email`) when the email is taken.
     pub async fn create(&self, new: &NewUser) -> Result<i64> {
-        new.validate()?;
-        let mut conn = self.handle.writer().await?;
-        insert_one(&mut conn, &new.email, &new.name).await
+        traced("users", "create", async {
+            new.validate()?;
+            let mut conn = self.handle.writer().await?;
+            insert_one(&mut conn, &new.email, &new.name).await
+        })
+        .await
     }
 
     /// The user with this id, or `None`.
@@ -101,8 +105,11 @@ impl UserRepo {
     /// # Errors
     /// [`Error::Schema`] when migrations have not run.
     pub async fn get(&self, id: i64) -> Result<Option<User>> {
-        let mut conn = self.handle.reader().await?;
-        select_one(&mut conn, id).await
+        traced("users", "get", async {
+            let mut conn = self.handle.reader().await?;
+            select_one(&mut conn, id).await
+        })
+        .await
     }
 
     /// The user with this email (compared without regard to ASCII case), or `None`.
@@ -110,8 +117,11 @@ impl UserRepo {
     /// # Errors
     /// [`Error::Schema`] when migrations have not run.
     pub async fn get_by_email(&self, email: &str) -> Result<Option<User>> {
-        let mut conn = self.handle.reader().await?;
-        select_by_email(&mut conn, email).await
+        traced("users", "get_by_email", async {
+            let mut conn = self.handle.reader().await?;
+            select_by_email(&mut conn, email).await
+        })
+        .await
     }
 
     /// Applies a patch; `true` when the user existed and a value really changed.
@@ -120,17 +130,20 @@ impl UserRepo {
     /// [`Error::InvalidInput`] for a malformed email or blank name; [`Error::Duplicate`]
     /// (`users.email`) when the new email is taken.
     pub async fn update(&self, id: i64, patch: &UserPatch) -> Result<bool> {
-        if let Some(email) = &patch.email {
-            check_email(email)?;
-        }
-        if let Some(name) = &patch.name {
-            check_name("user name", name)?;
-        }
-        if patch.email.is_none() && patch.name.is_none() {
-            return Ok(false);
-        }
-        let mut conn = self.handle.writer().await?;
-        update_one(&mut conn, id, patch.email.as_deref(), patch.name.as_deref()).await
+        traced("users", "update", async {
+            if let Some(email) = &patch.email {
+                check_email(email)?;
+            }
+            if let Some(name) = &patch.name {
+                check_name("user name", name)?;
+            }
+            if patch.email.is_none() && patch.name.is_none() {
+                return Ok(false);
+            }
+            let mut conn = self.handle.writer().await?;
+            update_one(&mut conn, id, patch.email.as_deref(), patch.name.as_deref()).await
+        })
+        .await
     }
 
     /// Deletes a user; `true` when they existed.
@@ -138,8 +151,11 @@ impl UserRepo {
     /// # Errors
     /// [`Error::ForeignKey`] when the user still has orders or accounts (nothing is deleted).
     pub async fn delete(&self, id: i64) -> Result<bool> {
-        let mut conn = self.handle.writer().await?;
-        delete_one(&mut conn, id).await
+        traced("users", "delete", async {
+            let mut conn = self.handle.writer().await?;
+            delete_one(&mut conn, id).await
+        })
+        .await
     }
 
     /// Inserts every user in one statement, all or nothing; returns the rows inserted.
@@ -150,21 +166,26 @@ impl UserRepo {
     /// [`Error::Duplicate`] (`users.email`) when any email is taken or repeated. Nothing is
     /// written either way.
     pub async fn insert_many(&self, users: &[NewUser]) -> Result<u64> {
-        check_batch("insert_many", users.len())?;
-        if users.is_empty() {
-            return Ok(0);
-        }
-        for (index, user) in users.iter().enumerate() {
-            user.validate().map_err(|err| match err {
-                Error::InvalidInput(message) => Error::invalid(format!("user {index}: {message}")),
-                other => other,
-            })?;
-        }
-        let rows: Vec<(&str, &str)> = users.iter().map(|u| (&*u.email, &*u.name)).collect();
-        let rows = serde_json::to_string(&rows)
-            .map_err(|err| Error::invalid(format!("not JSON: {err}")))?;
-        let mut conn = self.handle.writer().await?;
-        insert_batch(&mut conn, &rows).await
+        traced("users", "insert_many", async {
+            check_batch("insert_many", users.len())?;
+            if users.is_empty() {
+                return Ok(0);
+            }
+            for (index, user) in users.iter().enumerate() {
+                user.validate().map_err(|err| match err {
+                    Error::InvalidInput(message) => {
+                        Error::invalid(format!("user {index}: {message}"))
+                    }
+                    other => other,
+                })?;
+            }
+            let rows: Vec<(&str, &str)> = users.iter().map(|u| (&*u.email, &*u.name)).collect();
+            let rows = serde_json::to_string(&rows)
+                .map_err(|err| Error::invalid(format!("not JSON: {err}")))?;
+            let mut conn = self.handle.writer().await?;
+            insert_batch(&mut conn, &rows).await
+        })
+        .await
     }
 
     /// Every user in id order, in keyset pages, with memory that does not grow with the table.
@@ -178,10 +199,11 @@ impl UserRepo {
                 let Some(last) = after else {
                     return Ok(None);
                 };
-                let page = {
+                let page = traced("users", "stream_page", async {
                     let mut conn = self.handle.reader().await?;
-                    select_page(&mut conn, last, STREAM_PAGE_ROWS).await?
-                };
+                    select_page(&mut conn, last, STREAM_PAGE_ROWS).await
+                })
+                .await?;
                 after = match page.last() {
                     Some(user) if page.len() as i64 == STREAM_PAGE_ROWS => Some(user.id),
                     _ => None,

@@ -1,0 +1,151 @@
+//! Every repository call is a `sqlrepo` span with table, operation, rows and elapsed time, and
+//! no span field carries user data.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use common::fresh_db;
+use serde_json::json;
+use sqlrepo::{NewAccount, NewItem, NewUser, Transfer};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+
+/// A span's fields, by name, as text.
+type Fields = HashMap<String, String>;
+
+/// The fields of every `sqlrepo` span, in the order the spans were created.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<(Id, Fields)>>>);
+
+struct FieldText<'a>(&'a mut Fields);
+
+impl Visit for FieldText<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Captured {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _ctx: Context<'_, S>) {
+        if attrs.metadata().target() != "sqlrepo" {
+            return;
+        }
+        let mut fields = HashMap::new();
+        attrs.record(&mut FieldText(&mut fields));
+        self.0.lock().unwrap().push((id.clone(), fields));
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
+        let mut spans = self.0.lock().unwrap();
+        if let Some((_, fields)) = spans.iter_mut().rev().find(|(span, _)| span == id) {
+            values.record(&mut FieldText(fields));
+        }
+    }
+}
+
+#[tokio::test]
+async fn repository_calls_emit_spans_with_rows_and_elapsed_but_no_user_data() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::registry().with(
+        captured
+            .clone()
+            .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG),
+    );
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let db = fresh_db().await;
+    let secret = "secret-name-4711";
+    db.items()
+        .create(&NewItem::new(secret, json!({"token": "hush-hush"})))
+        .await
+        .unwrap();
+    let batch: Vec<NewItem> = (0..3)
+        .map(|i| NewItem::new(format!("b{i}"), json!({})))
+        .collect();
+    db.items().insert_many(&batch).await.unwrap();
+    db.items()
+        .create(&NewItem::new(secret, json!({})))
+        .await
+        .unwrap_err();
+    db.users()
+        .create(&NewUser::new("private@example.com", "Private Person"))
+        .await
+        .unwrap();
+    let a = db
+        .accounts()
+        .open(&NewAccount {
+            user_id: None,
+            balance_cents: 777_777,
+        })
+        .await
+        .unwrap();
+    let b = db
+        .accounts()
+        .open(&NewAccount {
+            user_id: None,
+            balance_cents: 0,
+        })
+        .await
+        .unwrap();
+    db.accounts()
+        .transfer(&Transfer::new(a, b, 123_456).with_key("key-do-not-log"))
+        .await
+        .unwrap();
+    db.dashboard(1).await.unwrap();
+
+    let spans = captured.0.lock().unwrap().clone();
+    let find = |table: &str, operation: &str| -> Vec<Fields> {
+        spans
+            .iter()
+            .map(|(_, fields)| fields.clone())
+            .filter(|f| f.get("table").map(String::as_str) == Some(table))
+            .filter(|f| f.get("operation").map(String::as_str) == Some(operation))
+            .collect()
+    };
+
+    let creates = find("items", "create");
+    assert_eq!(creates.len(), 2, "{spans:?}");
+    assert_eq!(creates[0].get("rows").map(String::as_str), Some("1"));
+    assert!(creates[0].contains_key("elapsed_us"));
+    assert_eq!(
+        creates[1].get("error").map(String::as_str),
+        Some("duplicate")
+    );
+    assert_eq!(
+        find("items", "insert_many")[0]
+            .get("rows")
+            .map(String::as_str),
+        Some("3")
+    );
+    assert_eq!(find("users", "create").len(), 1);
+    assert_eq!(find("accounts", "open").len(), 2);
+    assert_eq!(find("accounts", "transfer").len(), 1);
+    assert_eq!(find("users", "dashboard").len(), 1);
+
+    for (_, fields) in &spans {
+        for value in fields.values() {
+            for private in [
+                secret,
+                "hush-hush",
+                "private@example.com",
+                "Private Person",
+                "123456",
+                "777777",
+                "key-do-not-log",
+            ] {
+                assert!(
+                    !value.contains(private),
+                    "span field leaks {private}: {fields:?}"
+                );
+            }
+        }
+    }
+}
