@@ -2,8 +2,8 @@
 //!
 //! SQLite reports constraint failures with an extended result code and a message such as
 //! `UNIQUE constraint failed: items.name`; it gives no structured constraint name
-//! (`DatabaseError::constraint()` is `None`). So [`classify`] reads the code first and parses
-//! the message only to name the constraint, in exactly one function ([`constraint_name`]).
+//! (`DatabaseError::constraint()` is `None`). So `classify` reads the code first and parses
+//! the message only to name the constraint, in exactly one function (`constraint_name`).
 
 use std::borrow::Cow;
 

@@ -125,7 +125,7 @@ impl Tx {
     /// Makes every write of the transaction durable and visible, and releases the writer.
     ///
     /// # Errors
-    /// [`Error::Database`] if SQLite cannot commit (disk full, I/O error); the transaction is
+    /// [`Error::Database`](crate::Error::Database) if SQLite cannot commit (disk full, I/O error); the transaction is
     /// then rolled back.
     pub async fn commit(self) -> Result<()> {
         let lease = self.state.lock().await.lease.take();
@@ -141,7 +141,7 @@ impl Tx {
     /// same, without waiting).
     ///
     /// # Errors
-    /// [`Error::Database`] if SQLite reports a failure while rolling back.
+    /// [`Error::Database`](crate::Error::Database) if SQLite reports a failure while rolling back.
     pub async fn rollback(self) -> Result<()> {
         let lease = self.state.lock().await.lease.take();
         if let Some(mut lease) = lease {
