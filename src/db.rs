@@ -20,7 +20,6 @@
 //! at the pool's price per call.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -139,7 +138,14 @@ pub struct Db {
 }
 
 #[derive(Debug)]
-enum Inner {
+struct Inner {
+    connections: Connections,
+    /// Set for [`Db::in_memory`]: the file to delete once the connections are gone.
+    temp_file: Option<TempFile>,
+}
+
+#[derive(Debug)]
+enum Connections {
     Held {
         writer: Slot,
         readers: Vec<Slot>,
@@ -148,7 +154,31 @@ enum Inner {
     Pool(SqlitePool),
 }
 
+/// A database file (and its `-wal` and `-shm` companions) deleted on drop.
+#[derive(Debug)]
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = self.0.clone().into_os_string();
+            path.push(suffix);
+            // Already gone is fine; there is nothing else to do about a failure here.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 impl Db {
+    fn with(connections: Connections) -> Db {
+        Db {
+            inner: Arc::new(Inner {
+                connections,
+                temp_file: None,
+            }),
+        }
+    }
+
     /// Opens (creating if missing) and migrates the database file at `path`.
     ///
     /// # Errors
@@ -180,34 +210,39 @@ impl Db {
             let reader = base.clone().read_only(true).connect().await?;
             readers.push(Arc::new(Mutex::new(Some(reader))));
         }
-        Ok(Db {
-            inner: Arc::new(Inner::Held {
-                writer: Arc::new(Mutex::new(Some(writer))),
-                readers,
-                next_reader: AtomicUsize::new(0),
-            }),
-        })
+        Ok(Db::with(Connections::Held {
+            writer: Arc::new(Mutex::new(Some(writer))),
+            readers,
+            next_reader: AtomicUsize::new(0),
+        }))
     }
 
-    /// A private, migrated in-memory database on one connection; for tests and demos.
+    /// A private, migrated database for tests and demos, gone when the last clone of the
+    /// `Db` is dropped.
+    ///
+    /// It is a fresh file in the system's temporary directory, opened exactly like
+    /// [`Db::open`] (WAL, one writer, read-only readers) and deleted on drop. So it behaves as
+    /// production does: a reader does not see a [`Tx`]'s writes before they commit, and reading
+    /// while a transaction is open does not wait for it. (SQLite's `:memory:` is private to one
+    /// connection, and its `memdb` VFS blocks readers while a writer holds its lock: neither
+    /// can give that.)
     ///
     /// # Errors
-    /// [`Error::Database`] if SQLite cannot start (out of memory).
+    /// [`Error::Database`] if the temporary directory is not writable.
     pub async fn in_memory() -> Result<Db> {
-        let mut conn = SqliteConnectOptions::from_str("sqlite::memory:")?
-            .foreign_keys(true)
-            .connect()
-            .await?;
-        MIGRATOR.run(&mut conn).await?;
-        // `:memory:` is private to its connection, so reads and writes share it.
-        let slot: Slot = Arc::new(Mutex::new(Some(conn)));
-        Ok(Db {
-            inner: Arc::new(Inner::Held {
-                writer: slot.clone(),
-                readers: vec![slot],
-                next_reader: AtomicUsize::new(0),
-            }),
-        })
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "sqlrepo-{}-{}-{}.db",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+        ));
+        let temp = TempFile(path.clone());
+        let mut db = Db::open_with(DbOptions::new(&path).readers(2)).await?;
+        if let Some(inner) = Arc::get_mut(&mut db.inner) {
+            inner.temp_file = Some(temp);
+        }
+        Ok(db)
     }
 
     /// Wraps a pool the caller configured. Nothing is migrated (call [`Db::migrate`]).
@@ -215,9 +250,7 @@ impl Db {
     /// The pool's connections should have `foreign_keys` on (sqlx's default), since the ledger
     /// relies on foreign keys to refuse transfers to missing accounts.
     pub fn from_pool(pool: SqlitePool) -> Db {
-        Db {
-            inner: Arc::new(Inner::Pool(pool)),
-        }
+        Db::with(Connections::Pool(pool))
     }
 
     /// Applies the embedded migrations (`migrations/`) that have not run yet.
@@ -279,8 +312,8 @@ impl Db {
     /// Closes every connection (the WAL is checkpointed as the last one closes). Calls made
     /// afterwards fail with [`Error::Database`] (`PoolClosed`).
     pub async fn close(&self) {
-        match &*self.inner {
-            Inner::Held {
+        match &self.inner.connections {
+            Connections::Held {
                 writer, readers, ..
             } => {
                 for slot in readers.iter().chain(std::iter::once(writer)) {
@@ -291,22 +324,22 @@ impl Db {
                     }
                 }
             }
-            Inner::Pool(pool) => pool.close().await,
+            Connections::Pool(pool) => pool.close().await,
         }
     }
 
     /// The writer connection, waiting for other writes of this `Db` to finish.
     pub(crate) async fn write_lease(&self) -> Result<Lease> {
-        match &*self.inner {
-            Inner::Held { writer, .. } => held(writer.clone().lock_owned().await),
-            Inner::Pool(pool) => Ok(Lease::Pooled(pool.acquire().await?)),
+        match &self.inner.connections {
+            Connections::Held { writer, .. } => held(writer.clone().lock_owned().await),
+            Connections::Pool(pool) => Ok(Lease::Pooled(pool.acquire().await?)),
         }
     }
 
     /// A reader connection: the first idle one, else the next in turn.
     pub(crate) async fn read_lease(&self) -> Result<Lease> {
-        match &*self.inner {
-            Inner::Held {
+        match &self.inner.connections {
+            Connections::Held {
                 readers,
                 next_reader,
                 ..
@@ -320,7 +353,7 @@ impl Db {
                 }
                 held(readers[start].clone().lock_owned().await)
             }
-            Inner::Pool(pool) => Ok(Lease::Pooled(pool.acquire().await?)),
+            Connections::Pool(pool) => Ok(Lease::Pooled(pool.acquire().await?)),
         }
     }
 }

@@ -214,3 +214,24 @@ async fn other_writes_wait_for_an_open_transaction_and_then_proceed() {
     writer.await.unwrap().unwrap();
     assert_eq!(db.items().count().await.unwrap(), 2);
 }
+
+#[tokio::test]
+async fn an_in_memory_db_reads_beside_an_open_transaction_without_waiting() {
+    let db = sqlrepo::Db::in_memory().await.unwrap();
+    let other = sqlrepo::Db::in_memory().await.unwrap();
+    let tx = db.begin().await.unwrap();
+    tx.items()
+        .create(&NewItem::new("pending", serde_json::json!({})))
+        .await
+        .unwrap();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(2), db.items().count()).await;
+    assert_eq!(
+        read.expect("a read must not wait for the transaction")
+            .unwrap(),
+        0
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(db.items().count().await.unwrap(), 1);
+    // Each in-memory database is private.
+    assert_eq!(other.items().count().await.unwrap(), 0);
+}
