@@ -8,6 +8,7 @@
 //! worker thread. Only when the database refuses do we read, to say which account and balance.
 
 use std::collections::HashMap;
+use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
@@ -36,7 +37,7 @@ pub struct Account {
 }
 
 /// An account to open.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewAccount {
     /// The owner, if any (must exist).
     pub user_id: Option<i64>,
@@ -129,30 +130,33 @@ impl AccountRepo {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a negative balance; [`Error::ForeignKey`] for an unknown user.
-    pub async fn open(&self, new: &NewAccount) -> Result<i64> {
-        traced("accounts", "open", async {
-            if new.balance_cents < 0 {
+    pub fn open(&self, new: &NewAccount) -> impl Future<Output = Result<i64>> + Send + use<> {
+        let handle = self.handle.clone();
+        let NewAccount {
+            user_id,
+            balance_cents,
+        } = *new;
+        traced("accounts", "open", async move {
+            if balance_cents < 0 {
                 return Err(Error::invalid(format!(
-                    "an opening balance cannot be negative ({} cents)",
-                    new.balance_cents
+                    "an opening balance cannot be negative ({balance_cents} cents)"
                 )));
             }
-            let mut conn = self.handle.writer().await?;
-            insert_account(&mut conn, new.user_id, new.balance_cents).await
+            let mut conn = handle.writer().await?;
+            insert_account(&mut conn, user_id, balance_cents).await
         })
-        .await
     }
 
     /// The account with this id, or `None`.
     ///
     /// # Errors
     /// [`Error::Schema`] when migrations have not run.
-    pub async fn get(&self, id: i64) -> Result<Option<Account>> {
-        traced("accounts", "get", async {
-            let mut conn = self.handle.reader().await?;
+    pub fn get(&self, id: i64) -> impl Future<Output = Result<Option<Account>>> + Send + use<> {
+        let handle = self.handle.clone();
+        traced("accounts", "get", async move {
+            let mut conn = handle.reader().await?;
             select_account(&mut conn, id).await
         })
-        .await
     }
 
     /// Credits an account (recorded as a ledger row with no source) and returns the new balance.
@@ -160,29 +164,29 @@ impl AccountRepo {
     /// # Errors
     /// [`Error::InvalidInput`] for a non-positive amount or a balance that would overflow `i64`;
     /// [`Error::NotFound`] for an unknown account. Nothing changes on error.
-    pub async fn deposit(&self, id: i64, amount_cents: i64) -> Result<i64> {
-        traced("accounts", "deposit", async {
+    pub fn deposit(
+        &self,
+        id: i64,
+        amount_cents: i64,
+    ) -> impl Future<Output = Result<i64>> + Send + use<> {
+        let handle = self.handle.clone();
+        traced("accounts", "deposit", async move {
             check_amount(amount_cents)?;
-            let mut conn = self.handle.writer().await?;
+            let not_found = Error::NotFound {
+                entity: "account",
+                id,
+            };
+            let mut conn = handle.writer().await?;
             let mut tx = conn.atomic().await?;
-            if let Err(err) = insert_deposit(&mut tx, id, amount_cents).await {
-                return Err(match err {
-                    Error::ForeignKey => Error::NotFound {
-                        entity: "account",
-                        id,
-                    },
-                    other => other,
-                });
+            match insert_deposit(&mut tx, id, amount_cents).await {
+                Err(Error::ForeignKey) => return Err(not_found),
+                other => other?,
             }
             let balance = select_balance(&mut tx, id).await?;
             tx.commit().await?;
             // The row was just credited inside the transaction, so it exists.
-            balance.ok_or(Error::NotFound {
-                entity: "account",
-                id,
-            })
+            balance.ok_or(not_found)
         })
-        .await
     }
 
     /// Moves money between two accounts atomically, as one ledger `INSERT`.
@@ -196,16 +200,17 @@ impl AccountRepo {
     /// parameters; [`Error::NotFound`] naming a missing account; [`Error::InsufficientFunds`]
     /// for an overdraft; [`Error::InvalidInput`] when the credit would overflow. Nothing moves on
     /// error.
-    pub async fn transfer(&self, t: &Transfer) -> Result<()> {
-        traced("accounts", "transfer", async {
-            t.validate()?;
-            let mut conn = self.handle.writer().await?;
-            match insert_transfer(&mut conn, t).await {
+    pub fn transfer(&self, t: &Transfer) -> impl Future<Output = Result<()>> + Send + use<> {
+        let handle = self.handle.clone();
+        let t = t.validate().map(|()| t.clone());
+        traced("accounts", "transfer", async move {
+            let t = t?;
+            let mut conn = handle.writer().await?;
+            match insert_transfer(&mut conn, &t).await {
                 Ok(_) => Ok(()),
-                Err(err) => Err(explain_failure(&mut conn, std::slice::from_ref(t), err).await),
+                Err(err) => Err(explain_failure(&mut conn, std::slice::from_ref(&t), err).await),
             }
         })
-        .await
     }
 
     /// Applies transfers in order, each checked against the balances the earlier ones left,
@@ -219,40 +224,43 @@ impl AccountRepo {
     /// # Errors
     /// As [`transfer`](Self::transfer), for the first step that fails (invalid steps are named
     /// by position); nothing moves on error.
-    pub async fn transfer_batch(&self, ts: &[Transfer]) -> Result<()> {
-        traced("accounts", "transfer_batch", async {
-            check_batch("transfer_batch", ts.len())?;
+    pub fn transfer_batch(
+        &self,
+        ts: &[Transfer],
+    ) -> impl Future<Output = Result<()>> + Send + use<> {
+        let handle = self.handle.clone();
+        let batch = check_batch("transfer_batch", ts.len()).and_then(|()| {
             let steps = distinct_steps(ts)?;
+            let json = steps_json(&steps)?;
+            Ok((steps.into_iter().cloned().collect::<Vec<_>>(), json))
+        });
+        traced("accounts", "transfer_batch", async move {
+            let (steps, steps_json) = batch?;
             if steps.is_empty() {
                 return Ok(());
             }
-            let steps_json = steps_json(&steps)?;
-            let mut conn = self.handle.writer().await?;
+            let mut conn = handle.writer().await?;
             match insert_transfers(&mut conn, &steps_json).await {
                 Ok(_) => Ok(()),
-                Err(err) => {
-                    let steps: Vec<Transfer> = steps.into_iter().cloned().collect();
-                    Err(explain_failure(&mut conn, &steps, err).await)
-                }
+                Err(err) => Err(explain_failure(&mut conn, &steps, err).await),
             }
         })
-        .await
     }
 
     /// The sum of every balance, in cents: constant under transfers, for auditors.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] if the sum overflows `i64`.
-    pub async fn total_balance(&self) -> Result<i64> {
-        traced("accounts", "total_balance", async {
-            let mut conn = self.handle.reader().await?;
+    pub fn total_balance(&self) -> impl Future<Output = Result<i64>> + Send + use<> {
+        let handle = self.handle.clone();
+        traced("accounts", "total_balance", async move {
+            let mut conn = handle.reader().await?;
             Ok(sqlx::query_scalar!(
                 r#"SELECT coalesce(sum(balance), 0) AS "total!: i64" FROM accounts"#
             )
             .fetch_one(&mut *conn)
             .await?)
         })
-        .await
     }
 }
 

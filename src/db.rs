@@ -19,6 +19,7 @@
 //! [`Db::from_pool`] keeps sqlx's pool for callers who bring their own; everything works the same,
 //! at the pool's price per call.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -289,12 +290,15 @@ impl Db {
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown user.
-    pub async fn dashboard(&self, user_id: i64) -> Result<Dashboard> {
-        traced("users", "dashboard", async {
-            let mut conn = self.read_lease().await?;
+    pub fn dashboard(
+        &self,
+        user_id: i64,
+    ) -> impl Future<Output = Result<Dashboard>> + Send + use<> {
+        let handle = Handle::Db(self.clone());
+        traced("users", "dashboard", async move {
+            let mut conn = handle.reader().await?;
             dashboard::fetch(&mut conn, user_id).await
         })
-        .await
     }
 
     /// Starts a transaction that the caller owns; see [`Tx`].

@@ -160,6 +160,10 @@ pub(crate) fn classify(err: sqlx::Error) -> Error {
         ),
         // The primary code is the low byte of the extended one (SQLITE_BUSY_SNAPSHOT, ...).
         c if c & 0xff == SQLITE_BUSY || c & 0xff == SQLITE_LOCKED => Error::Busy,
+        // SQLite's sum() raises this instead of wrapping around.
+        _ if message == "integer overflow" => Error::InvalidInput(
+            "a sum is out of range: it would overflow a 64-bit integer".to_owned(),
+        ),
         _ if message.starts_with("no such table") || message.starts_with("no such column") => {
             Error::Schema(format!(
                 "{message}; the migrations have not run on this database \

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::str::FromStr;
 
 use futures_core::Stream;
@@ -162,55 +163,59 @@ impl ItemRepo {
     /// # Errors
     /// [`Error::InvalidInput`] for a blank or over-long name or data past the limits;
     /// [`Error::Duplicate`] (`items.name`) when the name is taken.
-    pub async fn create(&self, new: &NewItem) -> Result<i64> {
-        traced("items", "create", async {
-            new.validate()?;
-            let data = data_text(&new.data)?;
-            let mut conn = self.handle.writer().await?;
-            insert_one(&mut conn, &new.name, &data, new.status).await
+    pub fn create(&self, new: &NewItem) -> impl Future<Output = Result<i64>> + Send + use<> {
+        let handle = self.handle.clone();
+        let row = new
+            .validate()
+            .and_then(|()| Ok((new.name.clone(), data_text(&new.data)?, new.status)));
+        traced("items", "create", async move {
+            let (name, data, status) = row?;
+            let mut conn = handle.writer().await?;
+            insert_one(&mut conn, &name, &data, status).await
         })
-        .await
     }
 
     /// The item with this id, or `None`.
     ///
     /// # Errors
     /// [`Error::Schema`] when migrations have not run; [`Error::Database`] otherwise.
-    pub async fn get(&self, id: i64) -> Result<Option<Item>> {
-        traced("items", "get", async {
-            let mut conn = self.handle.reader().await?;
+    pub fn get(&self, id: i64) -> impl Future<Output = Result<Option<Item>>> + Send + use<> {
+        let handle = self.handle.clone();
+        traced("items", "get", async move {
+            let mut conn = handle.reader().await?;
             select_one(&mut conn, id).await
         })
-        .await
     }
 
     /// The items with these ids, in id order; unknown ids are skipped. One statement.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for more than [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) ids.
-    pub async fn get_many(&self, ids: &[i64]) -> Result<Vec<Item>> {
-        traced("items", "get_many", async {
-            check_batch("get_many", ids.len())?;
-            if ids.is_empty() {
+    pub fn get_many(&self, ids: &[i64]) -> impl Future<Output = Result<Vec<Item>>> + Send + use<> {
+        let handle = self.handle.clone();
+        let ids = check_batch("get_many", ids.len()).and_then(|()| id_list(ids));
+        traced("items", "get_many", async move {
+            let Some(ids) = ids? else {
                 return Ok(Vec::new());
-            }
-            let ids = json_text(ids)?;
-            let mut conn = self.handle.reader().await?;
+            };
+            let mut conn = handle.reader().await?;
             select_many(&mut conn, &ids).await
         })
-        .await
     }
 
     /// Every item with this status, in id order.
     ///
     /// # Errors
     /// [`Error::Schema`] when migrations have not run; [`Error::Database`] otherwise.
-    pub async fn list_by_status(&self, status: ItemStatus) -> Result<Vec<Item>> {
-        traced("items", "list_by_status", async {
-            let mut conn = self.handle.reader().await?;
+    pub fn list_by_status(
+        &self,
+        status: ItemStatus,
+    ) -> impl Future<Output = Result<Vec<Item>>> + Send + use<> {
+        let handle = self.handle.clone();
+        traced("items", "list_by_status", async move {
+            let mut conn = handle.reader().await?;
             select_by_status(&mut conn, status).await
         })
-        .await
     }
 
     /// Applies a patch; `true` when the row existed and a value really changed (a patch that
@@ -220,44 +225,32 @@ impl ItemRepo {
     /// # Errors
     /// [`Error::InvalidInput`] for a blank name or data past the limits; [`Error::Duplicate`]
     /// (`items.name`) when the new name is taken.
-    pub async fn update(&self, id: i64, patch: &ItemPatch) -> Result<bool> {
-        traced("items", "update", async {
-            if let Some(name) = &patch.name {
-                check_name("item name", name)?;
-            }
-            let data = match &patch.data {
-                Some(data) => {
-                    check_data_depth(data)?;
-                    Some(data_text(data)?)
-                }
-                None => None,
-            };
-            if patch.is_empty() {
+    pub fn update(
+        &self,
+        id: i64,
+        patch: &ItemPatch,
+    ) -> impl Future<Output = Result<bool>> + Send + use<> {
+        let handle = self.handle.clone();
+        let change = patch_values(patch);
+        traced("items", "update", async move {
+            let Some((name, data, status)) = change? else {
                 return Ok(false);
-            }
-            let mut conn = self.handle.writer().await?;
-            update_one(
-                &mut conn,
-                id,
-                patch.name.as_deref(),
-                data.as_deref(),
-                patch.status,
-            )
-            .await
+            };
+            let mut conn = handle.writer().await?;
+            update_one(&mut conn, id, name.as_deref(), data.as_deref(), status).await
         })
-        .await
     }
 
     /// Deletes an item; `true` when it existed.
     ///
     /// # Errors
     /// [`Error::Schema`] when migrations have not run; [`Error::Busy`] when locked.
-    pub async fn delete(&self, id: i64) -> Result<bool> {
-        traced("items", "delete", async {
-            let mut conn = self.handle.writer().await?;
+    pub fn delete(&self, id: i64) -> impl Future<Output = Result<bool>> + Send + use<> {
+        let handle = self.handle.clone();
+        traced("items", "delete", async move {
+            let mut conn = handle.writer().await?;
             delete_one(&mut conn, id).await
         })
-        .await
     }
 
     /// Inserts every item, all or nothing, and returns how many rows were inserted (ids follow
@@ -271,15 +264,21 @@ impl ItemRepo {
     /// [`Error::InvalidInput`] for an invalid item (naming its position) or an oversized batch;
     /// [`Error::Duplicate`] (`items.name`) when any name is taken or repeated. Either way nothing
     /// is written.
-    pub async fn insert_many(&self, items: &[NewItem]) -> Result<u64> {
-        traced("items", "insert_many", async {
-            check_batch("insert_many", items.len())?;
-            let chunks = items
+    pub fn insert_many(
+        &self,
+        items: &[NewItem],
+    ) -> impl Future<Output = Result<u64>> + Send + use<> {
+        let handle = self.handle.clone();
+        let chunks = check_batch("insert_many", items.len()).and_then(|()| {
+            items
                 .chunks(INSERT_CHUNK_ROWS)
                 .enumerate()
                 .map(|(number, chunk)| batch_text(chunk, number * INSERT_CHUNK_ROWS))
-                .collect::<Result<Vec<_>>>()?;
-            let mut conn = self.handle.writer().await?;
+                .collect::<Result<Vec<_>>>()
+        });
+        traced("items", "insert_many", async move {
+            let chunks = chunks?;
+            let mut conn = handle.writer().await?;
             match chunks.as_slice() {
                 [] => Ok(0),
                 // One statement is atomic by itself: no transaction, one round trip.
@@ -295,7 +294,6 @@ impl ItemRepo {
                 }
             }
         })
-        .await
     }
 
     /// Sets the status of every listed item, in one statement, and returns how many rows really
@@ -303,34 +301,37 @@ impl ItemRepo {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for more than [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) ids.
-    pub async fn set_status_many(&self, ids: &[i64], status: ItemStatus) -> Result<u64> {
-        traced("items", "set_status_many", async {
-            check_batch("set_status_many", ids.len())?;
-            if ids.is_empty() {
+    pub fn set_status_many(
+        &self,
+        ids: &[i64],
+        status: ItemStatus,
+    ) -> impl Future<Output = Result<u64>> + Send + use<> {
+        let handle = self.handle.clone();
+        let ids = check_batch("set_status_many", ids.len()).and_then(|()| id_list(ids));
+        traced("items", "set_status_many", async move {
+            let Some(ids) = ids? else {
                 return Ok(0);
-            }
-            let ids = json_text(ids)?;
-            let mut conn = self.handle.writer().await?;
+            };
+            let mut conn = handle.writer().await?;
             update_status_batch(&mut conn, &ids, status).await
         })
-        .await
     }
 
     /// Every item in id order, fetched in keyset pages of 2,000 so memory stays flat whatever
     /// the table's size. Each page is one consistent read; rows committed while the stream runs
     /// appear if their ids are past the current page.
-    pub fn stream(&self) -> impl Stream<Item = Result<Item>> + Send + '_ {
-        let state = (Some(0_i64), VecDeque::<Item>::new());
-        stream::try_unfold(state, move |(mut after, mut buffer)| async move {
+    pub fn stream(&self) -> impl Stream<Item = Result<Item>> + Send + use<> {
+        let state = (self.handle.clone(), Some(0_i64), VecDeque::<Item>::new());
+        stream::try_unfold(state, |(handle, mut after, mut buffer)| async move {
             loop {
                 if let Some(item) = buffer.pop_front() {
-                    return Ok(Some((item, (after, buffer))));
+                    return Ok(Some((item, (handle, after, buffer))));
                 }
                 let Some(last) = after else {
                     return Ok(None);
                 };
                 let page = traced("items", "stream_page", async {
-                    let mut conn = self.handle.reader().await?;
+                    let mut conn = handle.reader().await?;
                     select_page(&mut conn, last, STREAM_PAGE_ROWS).await
                 })
                 .await?;
@@ -347,17 +348,45 @@ impl ItemRepo {
     ///
     /// # Errors
     /// [`Error::Schema`] when migrations have not run.
-    pub async fn count(&self) -> Result<i64> {
-        traced("items", "count", async {
-            let mut conn = self.handle.reader().await?;
+    pub fn count(&self) -> impl Future<Output = Result<i64>> + Send + use<> {
+        let handle = self.handle.clone();
+        traced("items", "count", async move {
+            let mut conn = handle.reader().await?;
             Ok(
                 sqlx::query_scalar!(r#"SELECT count(*) AS "count!: i64" FROM items"#)
                     .fetch_one(&mut *conn)
                     .await?,
             )
         })
-        .await
     }
+}
+
+/// A validated patch as the values `update_one` binds, or `None` when it changes nothing.
+type PatchValues = Option<(Option<String>, Option<String>, Option<ItemStatus>)>;
+
+fn patch_values(patch: &ItemPatch) -> Result<PatchValues> {
+    if let Some(name) = &patch.name {
+        check_name("item name", name)?;
+    }
+    let data = match &patch.data {
+        Some(data) => {
+            check_data_depth(data)?;
+            Some(data_text(data)?)
+        }
+        None => None,
+    };
+    if patch.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((patch.name.clone(), data, patch.status)))
+}
+
+/// Ids as the JSON array a `json_each(?)` statement reads; `None` for no ids.
+fn id_list(ids: &[i64]) -> Result<Option<String>> {
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    json_text(ids).map(Some)
 }
 
 /// `data` as the compact JSON text stored in `items.data`, within the size limit.

@@ -25,6 +25,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Every repository method returns a future that owns what it needs (it borrows neither the
+//! repository nor the arguments, which are validated and copied when the method is called), so
+//! `db.items().get(id)` can go straight into `tokio::spawn`, `join!` or `try_join_all`.
+//!
 //! The modules: [`db`] opens connections, [`error`] classifies failures, one module per table
 //! holds that table's types and SQL, [`tx`] holds transactions that callers own, and
 //! [`limits`] the documented input limits. PostgreSQL support would sit beside `db` as a

@@ -1,5 +1,7 @@
 //! The `orders` table: its data types, [`OrderRepo`], and all of its SQL.
 
+use std::future::Future;
+
 use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
@@ -89,25 +91,26 @@ impl OrderRepo {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a negative total; [`Error::ForeignKey`] for an unknown user.
-    pub async fn create(&self, new: &NewOrder) -> Result<i64> {
-        traced("orders", "create", async {
-            new.validate()?;
-            let mut conn = self.handle.writer().await?;
-            insert_one(&mut conn, new.user_id, new.total_cents).await
+    pub fn create(&self, new: &NewOrder) -> impl Future<Output = Result<i64>> + Send + use<> {
+        let handle = self.handle.clone();
+        let order = new.validate().map(|()| new.clone());
+        traced("orders", "create", async move {
+            let order = order?;
+            let mut conn = handle.writer().await?;
+            insert_one(&mut conn, order.user_id, order.total_cents).await
         })
-        .await
     }
 
     /// The order with this id, or `None`.
     ///
     /// # Errors
     /// [`Error::Schema`] when migrations have not run.
-    pub async fn get(&self, id: i64) -> Result<Option<Order>> {
-        traced("orders", "get", async {
-            let mut conn = self.handle.reader().await?;
+    pub fn get(&self, id: i64) -> impl Future<Output = Result<Option<Order>>> + Send + use<> {
+        let handle = self.handle.clone();
+        traced("orders", "get", async move {
+            let mut conn = handle.reader().await?;
             select_one(&mut conn, id).await
         })
-        .await
     }
 
     /// A user's newest `limit` orders, newest first; ties on `created_at` go to the higher id
@@ -115,36 +118,43 @@ impl OrderRepo {
     ///
     /// # Errors
     /// [`Error::Schema`] when migrations have not run.
-    pub async fn recent_for_user(&self, user_id: i64, limit: u32) -> Result<Vec<Order>> {
-        traced("orders", "recent_for_user", async {
-            let mut conn = self.handle.reader().await?;
+    pub fn recent_for_user(
+        &self,
+        user_id: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Order>>> + Send + use<> {
+        let handle = self.handle.clone();
+        traced("orders", "recent_for_user", async move {
+            let mut conn = handle.reader().await?;
             select_recent(&mut conn, user_id, i64::from(limit)).await
         })
-        .await
     }
 
     /// How many orders a user has and their sum; zeros (never NULL) for a user with none.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] if the sum would overflow `i64`.
-    pub async fn stats_for_user(&self, user_id: i64) -> Result<OrderStats> {
-        traced("orders", "stats_for_user", async {
-            let mut conn = self.handle.reader().await?;
+    pub fn stats_for_user(
+        &self,
+        user_id: i64,
+    ) -> impl Future<Output = Result<OrderStats>> + Send + use<> {
+        let handle = self.handle.clone();
+        traced("orders", "stats_for_user", async move {
+            let mut conn = handle.reader().await?;
             select_stats(&mut conn, user_id).await
         })
-        .await
     }
 
     /// Deletes an order; `true` when it existed.
     ///
     /// # Errors
     /// [`Error::Busy`] when locked.
-    pub async fn delete(&self, id: i64) -> Result<bool> {
-        traced("orders", "delete", async {
-            let mut conn = self.handle.writer().await?;
+    pub fn delete(&self, id: i64) -> impl Future<Output = Result<bool>> + Send + use<> {
+        let handle = self.handle.clone();
+        traced("orders", "delete", async move {
+            let mut conn = handle.writer().await?;
             delete_one(&mut conn, id).await
         })
-        .await
     }
 
     /// Inserts every order in one statement, all or nothing; returns the rows inserted.
@@ -153,28 +163,39 @@ impl OrderRepo {
     /// # Errors
     /// [`Error::InvalidInput`] for a negative total (naming its position) or an oversized batch;
     /// [`Error::ForeignKey`] when any user does not exist. Nothing is written either way.
-    pub async fn insert_many(&self, orders: &[NewOrder]) -> Result<u64> {
-        traced("orders", "insert_many", async {
-            check_batch("insert_many", orders.len())?;
-            if orders.is_empty() {
+    pub fn insert_many(
+        &self,
+        orders: &[NewOrder],
+    ) -> impl Future<Output = Result<u64>> + Send + use<> {
+        let handle = self.handle.clone();
+        let rows = batch_text(orders);
+        traced("orders", "insert_many", async move {
+            let Some(rows) = rows? else {
                 return Ok(0);
-            }
-            for (index, order) in orders.iter().enumerate() {
-                order.validate().map_err(|err| match err {
-                    Error::InvalidInput(message) => {
-                        Error::invalid(format!("order {index}: {message}"))
-                    }
-                    other => other,
-                })?;
-            }
-            let rows: Vec<(i64, i64)> = orders.iter().map(|o| (o.user_id, o.total_cents)).collect();
-            let rows = serde_json::to_string(&rows)
-                .map_err(|err| Error::invalid(format!("not JSON: {err}")))?;
-            let mut conn = self.handle.writer().await?;
+            };
+            let mut conn = handle.writer().await?;
             insert_batch(&mut conn, &rows).await
         })
-        .await
     }
+}
+
+/// The orders as the JSON array `insert_batch` reads, `[[user_id, total], ...]`, after
+/// validating each; `None` for no orders.
+fn batch_text(orders: &[NewOrder]) -> Result<Option<String>> {
+    check_batch("insert_many", orders.len())?;
+    if orders.is_empty() {
+        return Ok(None);
+    }
+    for (index, order) in orders.iter().enumerate() {
+        order.validate().map_err(|err| match err {
+            Error::InvalidInput(message) => Error::invalid(format!("order {index}: {message}")),
+            other => other,
+        })?;
+    }
+    let rows: Vec<(i64, i64)> = orders.iter().map(|o| (o.user_id, o.total_cents)).collect();
+    serde_json::to_string(&rows)
+        .map(Some)
+        .map_err(|err| Error::invalid(format!("not JSON: {err}")))
 }
 
 async fn insert_one(conn: &mut SqliteConnection, user_id: i64, total_cents: i64) -> Result<i64> {

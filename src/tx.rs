@@ -5,6 +5,7 @@
 //! to the transaction's connection, so every query has exactly one copy. Dropping a `Tx` (or
 //! cancelling the future that owns it) without committing rolls it back.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use sqlx::sqlite::SqliteConnection;
@@ -114,12 +115,15 @@ impl Tx {
     ///
     /// # Errors
     /// [`Error::NotFound`](crate::Error::NotFound) for an unknown user.
-    pub async fn dashboard(&self, user_id: i64) -> Result<Dashboard> {
-        traced("users", "dashboard", async {
-            let mut conn = self.handle().reader().await?;
+    pub fn dashboard(
+        &self,
+        user_id: i64,
+    ) -> impl Future<Output = Result<Dashboard>> + Send + use<> {
+        let handle = self.handle();
+        traced("users", "dashboard", async move {
+            let mut conn = handle.reader().await?;
             dashboard::fetch(&mut conn, user_id).await
         })
-        .await
     }
 
     /// Makes every write of the transaction durable and visible, and releases the writer.

@@ -1,6 +1,7 @@
 //! The `users` table: its data types, [`UserRepo`], and all of its SQL.
 
 use std::collections::VecDeque;
+use std::future::Future;
 
 use futures_core::Stream;
 use futures_util::stream;
@@ -91,37 +92,42 @@ impl UserRepo {
     /// # Errors
     /// [`Error::InvalidInput`] for a malformed email or blank name; [`Error::Duplicate`]
     /// (`users.email`) when the email is taken.
-    pub async fn create(&self, new: &NewUser) -> Result<i64> {
-        traced("users", "create", async {
-            new.validate()?;
-            let mut conn = self.handle.writer().await?;
-            insert_one(&mut conn, &new.email, &new.name).await
+    pub fn create(&self, new: &NewUser) -> impl Future<Output = Result<i64>> + Send + use<> {
+        let handle = self.handle.clone();
+        let user = new.validate().map(|()| new.clone());
+        traced("users", "create", async move {
+            let user = user?;
+            let mut conn = handle.writer().await?;
+            insert_one(&mut conn, &user.email, &user.name).await
         })
-        .await
     }
 
     /// The user with this id, or `None`.
     ///
     /// # Errors
     /// [`Error::Schema`] when migrations have not run.
-    pub async fn get(&self, id: i64) -> Result<Option<User>> {
-        traced("users", "get", async {
-            let mut conn = self.handle.reader().await?;
+    pub fn get(&self, id: i64) -> impl Future<Output = Result<Option<User>>> + Send + use<> {
+        let handle = self.handle.clone();
+        traced("users", "get", async move {
+            let mut conn = handle.reader().await?;
             select_one(&mut conn, id).await
         })
-        .await
     }
 
     /// The user with this email (compared without regard to ASCII case), or `None`.
     ///
     /// # Errors
     /// [`Error::Schema`] when migrations have not run.
-    pub async fn get_by_email(&self, email: &str) -> Result<Option<User>> {
-        traced("users", "get_by_email", async {
-            let mut conn = self.handle.reader().await?;
-            select_by_email(&mut conn, email).await
+    pub fn get_by_email(
+        &self,
+        email: &str,
+    ) -> impl Future<Output = Result<Option<User>>> + Send + use<> {
+        let handle = self.handle.clone();
+        let email = email.to_owned();
+        traced("users", "get_by_email", async move {
+            let mut conn = handle.reader().await?;
+            select_by_email(&mut conn, &email).await
         })
-        .await
     }
 
     /// Applies a patch; `true` when the user existed and a value really changed.
@@ -129,33 +135,33 @@ impl UserRepo {
     /// # Errors
     /// [`Error::InvalidInput`] for a malformed email or blank name; [`Error::Duplicate`]
     /// (`users.email`) when the new email is taken.
-    pub async fn update(&self, id: i64, patch: &UserPatch) -> Result<bool> {
-        traced("users", "update", async {
-            if let Some(email) = &patch.email {
-                check_email(email)?;
-            }
-            if let Some(name) = &patch.name {
-                check_name("user name", name)?;
-            }
+    pub fn update(
+        &self,
+        id: i64,
+        patch: &UserPatch,
+    ) -> impl Future<Output = Result<bool>> + Send + use<> {
+        let handle = self.handle.clone();
+        let patch = validate_patch(patch).map(|()| patch.clone());
+        traced("users", "update", async move {
+            let patch = patch?;
             if patch.email.is_none() && patch.name.is_none() {
                 return Ok(false);
             }
-            let mut conn = self.handle.writer().await?;
+            let mut conn = handle.writer().await?;
             update_one(&mut conn, id, patch.email.as_deref(), patch.name.as_deref()).await
         })
-        .await
     }
 
     /// Deletes a user; `true` when they existed.
     ///
     /// # Errors
     /// [`Error::ForeignKey`] when the user still has orders or accounts (nothing is deleted).
-    pub async fn delete(&self, id: i64) -> Result<bool> {
-        traced("users", "delete", async {
-            let mut conn = self.handle.writer().await?;
+    pub fn delete(&self, id: i64) -> impl Future<Output = Result<bool>> + Send + use<> {
+        let handle = self.handle.clone();
+        traced("users", "delete", async move {
+            let mut conn = handle.writer().await?;
             delete_one(&mut conn, id).await
         })
-        .await
     }
 
     /// Inserts every user in one statement, all or nothing; returns the rows inserted.
@@ -165,42 +171,34 @@ impl UserRepo {
     /// [`Error::InvalidInput`] for an invalid user (naming its position) or an oversized batch;
     /// [`Error::Duplicate`] (`users.email`) when any email is taken or repeated. Nothing is
     /// written either way.
-    pub async fn insert_many(&self, users: &[NewUser]) -> Result<u64> {
-        traced("users", "insert_many", async {
-            check_batch("insert_many", users.len())?;
-            if users.is_empty() {
+    pub fn insert_many(
+        &self,
+        users: &[NewUser],
+    ) -> impl Future<Output = Result<u64>> + Send + use<> {
+        let handle = self.handle.clone();
+        let rows = batch_text(users);
+        traced("users", "insert_many", async move {
+            let Some(rows) = rows? else {
                 return Ok(0);
-            }
-            for (index, user) in users.iter().enumerate() {
-                user.validate().map_err(|err| match err {
-                    Error::InvalidInput(message) => {
-                        Error::invalid(format!("user {index}: {message}"))
-                    }
-                    other => other,
-                })?;
-            }
-            let rows: Vec<(&str, &str)> = users.iter().map(|u| (&*u.email, &*u.name)).collect();
-            let rows = serde_json::to_string(&rows)
-                .map_err(|err| Error::invalid(format!("not JSON: {err}")))?;
-            let mut conn = self.handle.writer().await?;
+            };
+            let mut conn = handle.writer().await?;
             insert_batch(&mut conn, &rows).await
         })
-        .await
     }
 
     /// Every user in id order, in keyset pages, with memory that does not grow with the table.
-    pub fn stream(&self) -> impl Stream<Item = Result<User>> + Send + '_ {
-        let state = (Some(0_i64), VecDeque::<User>::new());
-        stream::try_unfold(state, move |(mut after, mut buffer)| async move {
+    pub fn stream(&self) -> impl Stream<Item = Result<User>> + Send + use<> {
+        let state = (self.handle.clone(), Some(0_i64), VecDeque::<User>::new());
+        stream::try_unfold(state, |(handle, mut after, mut buffer)| async move {
             loop {
                 if let Some(user) = buffer.pop_front() {
-                    return Ok(Some((user, (after, buffer))));
+                    return Ok(Some((user, (handle, after, buffer))));
                 }
                 let Some(last) = after else {
                     return Ok(None);
                 };
                 let page = traced("users", "stream_page", async {
-                    let mut conn = self.handle.reader().await?;
+                    let mut conn = handle.reader().await?;
                     select_page(&mut conn, last, STREAM_PAGE_ROWS).await
                 })
                 .await?;
@@ -212,6 +210,35 @@ impl UserRepo {
             }
         })
     }
+}
+
+fn validate_patch(patch: &UserPatch) -> Result<()> {
+    if let Some(email) = &patch.email {
+        check_email(email)?;
+    }
+    if let Some(name) = &patch.name {
+        check_name("user name", name)?;
+    }
+    Ok(())
+}
+
+/// The users as the JSON array `insert_batch` reads, `[[email, name], ...]`, after validating
+/// each; `None` for no users.
+fn batch_text(users: &[NewUser]) -> Result<Option<String>> {
+    check_batch("insert_many", users.len())?;
+    if users.is_empty() {
+        return Ok(None);
+    }
+    for (index, user) in users.iter().enumerate() {
+        user.validate().map_err(|err| match err {
+            Error::InvalidInput(message) => Error::invalid(format!("user {index}: {message}")),
+            other => other,
+        })?;
+    }
+    let rows: Vec<(&str, &str)> = users.iter().map(|u| (&*u.email, &*u.name)).collect();
+    serde_json::to_string(&rows)
+        .map(Some)
+        .map_err(|err| Error::invalid(format!("not JSON: {err}")))
 }
 
 async fn insert_one(conn: &mut SqliteConnection, email: &str, name: &str) -> Result<i64> {

@@ -523,3 +523,12 @@ async fn the_bank_test_conserves_money_under_concurrent_valid_and_invalid_transf
         .unwrap();
     println!("bank test ledger rows: {ledger_rows}");
 }
+
+#[tokio::test]
+async fn a_total_balance_past_i64_is_invalid_input_not_a_wrong_number() {
+    let db = fresh_db().await;
+    open(&db, i64::MAX).await;
+    open(&db, 1).await;
+    let err = db.accounts().total_balance().await.unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+}

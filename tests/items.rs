@@ -383,3 +383,22 @@ async fn a_closed_db_refuses_calls_and_the_file_reopens_intact() {
     let reopened = Db::open_with(DbOptions::new(&db.path)).await.unwrap();
     assert_eq!(reopened.items().count().await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn repository_futures_borrow_nothing_so_they_can_be_joined_and_spawned() {
+    let db = fresh_db().await;
+    // Temporaries everywhere: the repository, the NewItem. The futures own what they need.
+    let creates: Vec<_> = (0..20)
+        .map(|i| db.items().create(&NewItem::new(format!("j{i}"), json!({"i": i}))))
+        .collect();
+    let ids = futures_util::future::try_join_all(creates).await.unwrap();
+    assert_eq!(ids.len(), 20);
+    let spawned = tokio::spawn(db.items().count());
+    assert_eq!(spawned.await.unwrap().unwrap(), 20);
+    let (first, stream_len) = tokio::join!(
+        db.items().get(ids[0]),
+        tokio::spawn(db.items().stream().try_collect::<Vec<_>>())
+    );
+    assert_eq!(first.unwrap().unwrap().data, json!({"i": 0}));
+    assert_eq!(stream_len.unwrap().unwrap().len(), 20);
+}
