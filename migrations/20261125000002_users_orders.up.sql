@@ -20,6 +20,8 @@ CREATE TABLE orders (
     created_at TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 ) STRICT;
 
--- Serves `recent_for_user` (newest first), `stats_for_user` and the dashboard from the index
--- alone (it covers total), and the foreign-key check when a user is deleted.
-CREATE INDEX orders_user_created_idx ON orders (user_id, created_at, total);
+-- Serves `recent_for_user` and the dashboard (newest first, ties by id: read backwards, no sort,
+-- stopping after the limit), `stats_for_user` (it covers total), and the foreign-key check when
+-- a user is deleted. Measured for the dashboard: 6.6 µs of SQLite work with `id` in the index,
+-- 12.4 µs without it (rusqlite, 10k users, 100k orders).
+CREATE INDEX orders_user_created_idx ON orders (user_id, created_at, id, total);
