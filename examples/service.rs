@@ -14,8 +14,8 @@
 //! ```
 //!
 //! The file is created and migrated on start. `RUST_LOG` filters the log (default `info`, which
-//! shows one line per request: method, path, status, latency). Ctrl-C stops accepting
-//! connections and closes the database.
+//! shows one line per request on stderr: method, path, status, latency). Ctrl-C or SIGTERM
+//! stops accepting connections and closes the database.
 //!
 //! ```text
 //! curl -s -X POST localhost:3000/items -H 'content-type: application/json' \
@@ -68,6 +68,7 @@
 //! with a generic message, the detail going only to the log. A body that is not JSON, or JSON of
 //! the wrong shape, gets axum's status (400, 413, 415, 422) with the same kind of JSON body.
 
+use std::io::IsTerminal as _;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -93,10 +94,13 @@ pub const RETRY_AFTER_SECONDS: u32 = 1;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Logs go to stderr, coloured only on a terminal, so a log file stays plain text.
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let path = std::env::args()
@@ -113,17 +117,41 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(db = %path, addr = %listener.local_addr()?, "serving");
 
-    // Serving stops at Ctrl-C; closing the Db waits for statements in flight, then checkpoints
-    // the WAL so the file is whole on its own.
+    // Serving stops at Ctrl-C or SIGTERM; closing the Db waits for statements in flight, then
+    // checkpoints the WAL so the file is whole on its own.
     tokio::select! {
         served = serve(db.clone(), listener) => served?,
-        signal = tokio::signal::ctrl_c() => {
-            signal.context("cannot listen for Ctrl-C")?;
-            tracing::info!("Ctrl-C: shutting down");
+        signal = shutdown_signal() => {
+            let signal = signal?;
+            tracing::info!(signal, "shutting down");
         }
     }
     db.close().await;
     Ok(())
+}
+
+/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM (what `kill` and container runtimes send),
+/// and names the one that came.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => {
+                interrupted.context("cannot listen for Ctrl-C")?;
+                Ok("SIGINT")
+            }
+            _ = terminate.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
 }
 
 /// Serves [`router`] on `listener` until the returned future is dropped.
@@ -175,7 +203,7 @@ async fn log_request(request: Request, next: Next) -> Response {
         %method,
         %path,
         status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_secs_f64() * 1_000.0,
+        latency = ?started.elapsed(),
         "request"
     );
     response
