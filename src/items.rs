@@ -88,7 +88,8 @@ pub struct NewItem {
     pub name: String,
     /// Any JSON value within [`limits`](crate::limits).
     pub data: Value,
-    /// Initial status.
+    /// Initial status (`active` when absent from JSON input).
+    #[serde(default)]
     pub status: ItemStatus,
 }
 
@@ -146,9 +147,11 @@ pub struct ItemRepo {
     handle: Handle,
 }
 
-/// Rows per statement in `insert_many`. One statement per chunk keeps the JSON text SQLite parses
-/// (and we build) bounded; chunks of this size already run at rusqlite's speed.
-const INSERT_CHUNK_ROWS: usize = 25_000;
+/// Rows per statement in `insert_many`. One statement per chunk bounds the JSON text we build
+/// and SQLite parses (~3 MB here). Measured on 100k items (release, CPU time per row, three
+/// rounds each): 10k rows 4.0-4.4 µs, 25k 4.4-5.9 µs, 50k 4.2-4.3 µs, 100k 4.2-5.5 µs: no
+/// difference beyond noise, so the larger chunk (fewer round trips) with bounded memory.
+const INSERT_CHUNK_ROWS: usize = 50_000;
 
 /// Rows per page of `stream`: one round trip per page, ~1.8 µs/row measured as a JSON page.
 const STREAM_PAGE_ROWS: i64 = 2_000;
@@ -257,7 +260,7 @@ impl ItemRepo {
     /// the slice order). `&[]` is `Ok(0)`.
     ///
     /// At most [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) (100,000) items per call. The
-    /// rows travel as one JSON array per chunk of 25,000, each chunk one statement, all chunks
+    /// rows travel as one JSON array per chunk of 50,000, each chunk one statement, all chunks
     /// in one `BEGIN IMMEDIATE` transaction.
     ///
     /// # Errors
