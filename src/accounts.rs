@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 use crate::db::Handle;
 use crate::error::{Error, Result};
-use crate::limits::{MAX_KEY_CHARS, check_amount, check_batch};
+use crate::limits::{MAX_KEY_CHARS, at_position, check_amount, check_batch};
 use crate::trace::traced;
 
 /// The constraint a reused idempotency key reports in [`Error::Duplicate`].
@@ -270,10 +270,8 @@ fn distinct_steps(ts: &[Transfer]) -> Result<Vec<&Transfer>> {
     let mut seen: HashMap<&str, &Transfer> = HashMap::new();
     let mut steps = Vec::with_capacity(ts.len());
     for (index, t) in ts.iter().enumerate() {
-        t.validate().map_err(|err| match err {
-            Error::InvalidInput(message) => Error::invalid(format!("step {index}: {message}")),
-            other => other,
-        })?;
+        t.validate()
+            .map_err(|err| at_position("step", index, err))?;
         if let Some(key) = t.idempotency_key.as_deref() {
             if let Some(first) = seen.get(key) {
                 if first.same_movement(t.from, t.to, t.amount_cents) {

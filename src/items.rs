@@ -1,12 +1,10 @@
 //! The `items` table: its data types, [`ItemRepo`], and all of its SQL.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
 
 use futures_core::Stream;
-use futures_util::stream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::SqliteConnection;
@@ -14,7 +12,8 @@ use time::OffsetDateTime;
 
 use crate::db::Handle;
 use crate::error::{Error, Result};
-use crate::limits::{check_batch, check_data_depth, check_data_size, check_name};
+use crate::limits::{at_position, check_batch, check_data_depth, check_data_size, check_name};
+use crate::paging::{self, Keyed};
 use crate::trace::traced;
 
 /// Where an item is in its life. Stored as lowercase text, which a `CHECK` restricts to these.
@@ -91,6 +90,12 @@ pub struct NewItem {
     /// Initial status (`active` when absent from JSON input).
     #[serde(default)]
     pub status: ItemStatus,
+}
+
+impl Keyed for Item {
+    fn key(&self) -> i64 {
+        self.id
+    }
 }
 
 impl NewItem {
@@ -324,27 +329,15 @@ impl ItemRepo {
     /// the table's size. Each page is one consistent read; rows committed while the stream runs
     /// appear if their ids are past the current page.
     pub fn stream(&self) -> impl Stream<Item = Result<Item>> + Send + use<> {
-        let state = (self.handle.clone(), Some(0_i64), VecDeque::<Item>::new());
-        stream::try_unfold(state, |(handle, mut after, mut buffer)| async move {
-            loop {
-                if let Some(item) = buffer.pop_front() {
-                    return Ok(Some((item, (handle, after, buffer))));
-                }
-                let Some(last) = after else {
-                    return Ok(None);
-                };
-                let page = traced("items", "stream_page", async {
-                    let mut conn = handle.reader().await?;
-                    select_page(&mut conn, last, STREAM_PAGE_ROWS).await
-                })
-                .await?;
-                after = match page.last() {
-                    Some(item) if page.len() as i64 == STREAM_PAGE_ROWS => Some(item.id),
-                    _ => None,
-                };
-                buffer.extend(page);
-            }
-        })
+        paging::keyset(
+            self.handle.clone(),
+            "items",
+            STREAM_PAGE_ROWS,
+            |handle, after| async move {
+                let mut conn = handle.reader().await?;
+                select_page(&mut conn, after, STREAM_PAGE_ROWS).await
+            },
+        )
     }
 
     /// How many items there are.
@@ -411,24 +404,18 @@ fn batch_text(chunk: &[NewItem], first_index: usize) -> Result<String> {
     out.push(b'[');
     for (offset, item) in chunk.iter().enumerate() {
         let index = first_index + offset;
-        item.validate().map_err(|err| at_index(err, index))?;
+        item.validate()
+            .map_err(|err| at_position("item", index, err))?;
         if offset > 0 {
             out.push(b',');
         }
         let start = out.len();
         serde_json::to_writer(&mut out, &(&item.name, &item.data, item.status))
             .map_err(|err| Error::invalid(format!("item {index}: not JSON: {err}")))?;
-        check_data_size(out.len() - start).map_err(|err| at_index(err, index))?;
+        check_data_size(out.len() - start).map_err(|err| at_position("item", index, err))?;
     }
     out.push(b']');
     String::from_utf8(out).map_err(|err| Error::invalid(format!("not UTF-8: {err}")))
-}
-
-fn at_index(err: Error, index: usize) -> Error {
-    match err {
-        Error::InvalidInput(message) => Error::InvalidInput(format!("item {index}: {message}")),
-        other => other,
-    }
 }
 
 /// The row shape of every item query.

@@ -44,6 +44,7 @@ pub mod error;
 pub mod items;
 pub mod limits;
 pub mod orders;
+mod paging;
 mod trace;
 pub mod tx;
 pub mod users;

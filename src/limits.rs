@@ -1,6 +1,7 @@
 //! The documented limits on input, and the checks that enforce them before the database is
 //! touched. SQLite's own `CHECK`s repeat the rules it can see, as a second line.
 
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -71,6 +72,35 @@ pub(crate) fn check_batch(what: &str, len: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Names the position of an invalid row in a batch: `item 7: name must not be empty`.
+pub(crate) fn at_position(noun: &str, index: usize, err: Error) -> Error {
+    match err {
+        Error::InvalidInput(message) => Error::InvalidInput(format!("{noun} {index}: {message}")),
+        other => other,
+    }
+}
+
+/// A batch as one JSON array of `shape(row)` values, for a statement that expands it with
+/// `json_each(?)`; every row validated first (errors name its position); `None` for no rows.
+pub(crate) fn batch_json<'a, T, R: Serialize>(
+    noun: &str,
+    rows: &'a [T],
+    validate: impl Fn(&T) -> Result<()>,
+    shape: impl Fn(&'a T) -> R,
+) -> Result<Option<String>> {
+    check_batch("insert_many", rows.len())?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    for (index, row) in rows.iter().enumerate() {
+        validate(row).map_err(|err| at_position(noun, index, err))?;
+    }
+    let shaped: Vec<R> = rows.iter().map(shape).collect();
+    serde_json::to_string(&shaped)
+        .map(Some)
+        .map_err(|err| Error::invalid(format!("not JSON: {err}")))
 }
 
 /// Item data no deeper than [`MAX_DATA_DEPTH`]. Walks with an explicit stack, so hostile input

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use crate::db::Handle;
 use crate::error::{Error, Result};
-use crate::limits::check_batch;
+use crate::limits::batch_json;
 use crate::trace::traced;
 
 /// A stored order.
@@ -179,23 +179,12 @@ impl OrderRepo {
     }
 }
 
-/// The orders as the JSON array `insert_batch` reads, `[[user_id, total], ...]`, after
-/// validating each; `None` for no orders.
+/// The orders as the JSON array `insert_batch` reads, `[[user_id, total], ...]`; `None` for
+/// none.
 fn batch_text(orders: &[NewOrder]) -> Result<Option<String>> {
-    check_batch("insert_many", orders.len())?;
-    if orders.is_empty() {
-        return Ok(None);
-    }
-    for (index, order) in orders.iter().enumerate() {
-        order.validate().map_err(|err| match err {
-            Error::InvalidInput(message) => Error::invalid(format!("order {index}: {message}")),
-            other => other,
-        })?;
-    }
-    let rows: Vec<(i64, i64)> = orders.iter().map(|o| (o.user_id, o.total_cents)).collect();
-    serde_json::to_string(&rows)
-        .map(Some)
-        .map_err(|err| Error::invalid(format!("not JSON: {err}")))
+    batch_json("order", orders, NewOrder::validate, |o| {
+        (o.user_id, o.total_cents)
+    })
 }
 
 async fn insert_one(conn: &mut SqliteConnection, user_id: i64, total_cents: i64) -> Result<i64> {

@@ -1,17 +1,16 @@
 //! The `users` table: its data types, [`UserRepo`], and all of its SQL.
 
-use std::collections::VecDeque;
 use std::future::Future;
 
 use futures_core::Stream;
-use futures_util::stream;
 use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
 use crate::db::Handle;
-use crate::error::{Error, Result};
-use crate::limits::{check_batch, check_email, check_name};
+use crate::error::Result;
+use crate::limits::{batch_json, check_email, check_name};
+use crate::paging::{self, Keyed};
 use crate::trace::traced;
 
 /// A stored user.
@@ -35,6 +34,12 @@ pub struct NewUser {
     pub email: String,
     /// Not blank, at most [`MAX_NAME_CHARS`](crate::limits::MAX_NAME_CHARS) characters.
     pub name: String,
+}
+
+impl Keyed for User {
+    fn key(&self) -> i64 {
+        self.id
+    }
 }
 
 impl NewUser {
@@ -188,27 +193,15 @@ impl UserRepo {
 
     /// Every user in id order, in keyset pages, with memory that does not grow with the table.
     pub fn stream(&self) -> impl Stream<Item = Result<User>> + Send + use<> {
-        let state = (self.handle.clone(), Some(0_i64), VecDeque::<User>::new());
-        stream::try_unfold(state, |(handle, mut after, mut buffer)| async move {
-            loop {
-                if let Some(user) = buffer.pop_front() {
-                    return Ok(Some((user, (handle, after, buffer))));
-                }
-                let Some(last) = after else {
-                    return Ok(None);
-                };
-                let page = traced("users", "stream_page", async {
-                    let mut conn = handle.reader().await?;
-                    select_page(&mut conn, last, STREAM_PAGE_ROWS).await
-                })
-                .await?;
-                after = match page.last() {
-                    Some(user) if page.len() as i64 == STREAM_PAGE_ROWS => Some(user.id),
-                    _ => None,
-                };
-                buffer.extend(page);
-            }
-        })
+        paging::keyset(
+            self.handle.clone(),
+            "users",
+            STREAM_PAGE_ROWS,
+            |handle, after| async move {
+                let mut conn = handle.reader().await?;
+                select_page(&mut conn, after, STREAM_PAGE_ROWS).await
+            },
+        )
     }
 }
 
@@ -222,23 +215,9 @@ fn validate_patch(patch: &UserPatch) -> Result<()> {
     Ok(())
 }
 
-/// The users as the JSON array `insert_batch` reads, `[[email, name], ...]`, after validating
-/// each; `None` for no users.
+/// The users as the JSON array `insert_batch` reads, `[[email, name], ...]`; `None` for none.
 fn batch_text(users: &[NewUser]) -> Result<Option<String>> {
-    check_batch("insert_many", users.len())?;
-    if users.is_empty() {
-        return Ok(None);
-    }
-    for (index, user) in users.iter().enumerate() {
-        user.validate().map_err(|err| match err {
-            Error::InvalidInput(message) => Error::invalid(format!("user {index}: {message}")),
-            other => other,
-        })?;
-    }
-    let rows: Vec<(&str, &str)> = users.iter().map(|u| (&*u.email, &*u.name)).collect();
-    serde_json::to_string(&rows)
-        .map(Some)
-        .map_err(|err| Error::invalid(format!("not JSON: {err}")))
+    batch_json("user", users, NewUser::validate, |u| (&*u.email, &*u.name))
 }
 
 async fn insert_one(conn: &mut SqliteConnection, email: &str, name: &str) -> Result<i64> {
