@@ -389,7 +389,10 @@ async fn repository_futures_borrow_nothing_so_they_can_be_joined_and_spawned() {
     let db = fresh_db().await;
     // Temporaries everywhere: the repository, the NewItem. The futures own what they need.
     let creates: Vec<_> = (0..20)
-        .map(|i| db.items().create(&NewItem::new(format!("j{i}"), json!({"i": i}))))
+        .map(|i| {
+            db.items()
+                .create(&NewItem::new(format!("j{i}"), json!({"i": i})))
+        })
         .collect();
     let ids = futures_util::future::try_join_all(creates).await.unwrap();
     assert_eq!(ids.len(), 20);
