@@ -100,6 +100,16 @@ impl Transfer {
     }
 }
 
+/// What a successful [`AccountRepo::transfer_with_outcome`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferOutcome {
+    /// The money moved and a ledger row was written.
+    Landed,
+    /// The idempotency key had already landed with the same movement; nothing moved.
+    Replayed,
+}
+
 /// Accounts: opening, deposits, and atomic, idempotent transfers recorded in the ledger.
 ///
 /// ```
@@ -201,13 +211,29 @@ impl AccountRepo {
     /// for an overdraft; [`Error::InvalidInput`] when the credit would overflow. Nothing moves on
     /// error.
     pub fn transfer(&self, t: &Transfer) -> impl Future<Output = Result<()>> + Send + use<> {
+        let outcome = self.transfer_with_outcome(t);
+        async move { outcome.await.map(|_| ()) }
+    }
+
+    /// [`transfer`](Self::transfer), telling whether this call moved the money
+    /// ([`TransferOutcome::Landed`]) or found its idempotency key already landed with the same
+    /// movement ([`TransferOutcome::Replayed`]); a service can answer a replay with the original
+    /// response.
+    ///
+    /// # Errors
+    /// As [`transfer`](Self::transfer).
+    pub fn transfer_with_outcome(
+        &self,
+        t: &Transfer,
+    ) -> impl Future<Output = Result<TransferOutcome>> + Send + use<> {
         let handle = self.handle.clone();
         let t = t.validate().map(|()| t.clone());
         traced("accounts", "transfer", async move {
             let t = t?;
             let mut conn = handle.writer().await?;
             match insert_transfer(&mut conn, &t).await {
-                Ok(_) => Ok(()),
+                Ok(0) => Ok(TransferOutcome::Replayed),
+                Ok(_) => Ok(TransferOutcome::Landed),
                 Err(err) => Err(explain_failure(&mut conn, std::slice::from_ref(&t), err).await),
             }
         })

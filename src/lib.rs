@@ -49,7 +49,7 @@ mod trace;
 pub mod tx;
 pub mod users;
 
-pub use accounts::{Account, AccountRepo, NewAccount, Transfer};
+pub use accounts::{Account, AccountRepo, NewAccount, Transfer, TransferOutcome};
 pub use dashboard::Dashboard;
 pub use db::{Db, DbOptions};
 pub use error::{Error, Result};

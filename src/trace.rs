@@ -108,3 +108,9 @@ impl Rows for crate::dashboard::Dashboard {
         1 + self.recent_orders.len() as u64
     }
 }
+
+impl Rows for crate::accounts::TransferOutcome {
+    fn rows(&self) -> u64 {
+        u64::from(*self == crate::accounts::TransferOutcome::Landed)
+    }
+}

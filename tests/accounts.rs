@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use common::{dump, dump_all, fresh_db, raw};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use sqlrepo::{Db, Error, NewAccount, Transfer};
+use sqlrepo::{Db, Error, NewAccount, Transfer, TransferOutcome};
 
 async fn open(db: &Db, balance_cents: i64) -> i64 {
     db.accounts()
@@ -132,8 +132,14 @@ async fn the_same_key_twice_moves_money_once() {
     let a = open(&db, 1_000).await;
     let b = open(&db, 0).await;
     let t = Transfer::new(a, b, 400).with_key("invoice-7");
-    db.accounts().transfer(&t).await.unwrap();
-    db.accounts().transfer(&t).await.unwrap();
+    assert_eq!(
+        db.accounts().transfer_with_outcome(&t).await.unwrap(),
+        TransferOutcome::Landed
+    );
+    assert_eq!(
+        db.accounts().transfer_with_outcome(&t).await.unwrap(),
+        TransferOutcome::Replayed
+    );
     assert_eq!((balance(&db, a).await, balance(&db, b).await), (600, 400));
     assert_eq!(dump(&db.path, "transfers").len(), 1);
     // A replay succeeds even when it could no longer be afforded.
