@@ -95,8 +95,8 @@ impl UserRepo {
     /// Inserts a user and returns the id.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a malformed email or blank name; [`Error::Duplicate`]
-    /// (`users.email`) when the email is taken.
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a malformed email or blank name;
+    /// [`Error::Duplicate`](crate::Error::Duplicate) (`users.email`) when the email is taken.
     pub fn create(&self, new: &NewUser) -> impl Future<Output = Result<i64>> + Send + use<> {
         let handle = self.handle.clone();
         let user = new.validate().map(|()| new.clone());
@@ -110,7 +110,7 @@ impl UserRepo {
     /// The user with this id, or `None`.
     ///
     /// # Errors
-    /// [`Error::Schema`] when migrations have not run.
+    /// [`Error::Schema`](crate::Error::Schema) when migrations have not run.
     pub fn get(&self, id: i64) -> impl Future<Output = Result<Option<User>>> + Send + use<> {
         let handle = self.handle.clone();
         traced("users", "get", async move {
@@ -122,7 +122,7 @@ impl UserRepo {
     /// The user with this email (compared without regard to ASCII case), or `None`.
     ///
     /// # Errors
-    /// [`Error::Schema`] when migrations have not run.
+    /// [`Error::Schema`](crate::Error::Schema) when migrations have not run.
     pub fn get_by_email(
         &self,
         email: &str,
@@ -138,8 +138,8 @@ impl UserRepo {
     /// Applies a patch; `true` when the user existed and a value really changed.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a malformed email or blank name; [`Error::Duplicate`]
-    /// (`users.email`) when the new email is taken.
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a malformed email or blank name;
+    /// [`Error::Duplicate`](crate::Error::Duplicate) (`users.email`) when the new email is taken.
     pub fn update(
         &self,
         id: i64,
@@ -160,7 +160,8 @@ impl UserRepo {
     /// Deletes a user; `true` when they existed.
     ///
     /// # Errors
-    /// [`Error::ForeignKey`] when the user still has orders or accounts (nothing is deleted).
+    /// [`Error::ForeignKey`](crate::Error::ForeignKey) when the user still has orders or accounts
+    /// (nothing is deleted).
     pub fn delete(&self, id: i64) -> impl Future<Output = Result<bool>> + Send + use<> {
         let handle = self.handle.clone();
         traced("users", "delete", async move {
@@ -173,9 +174,9 @@ impl UserRepo {
     /// At most [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) per call; `&[]` is `Ok(0)`.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for an invalid user (naming its position) or an oversized batch;
-    /// [`Error::Duplicate`] (`users.email`) when any email is taken or repeated. Nothing is
-    /// written either way.
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for an invalid user (naming its
+    /// position) or an oversized batch; [`Error::Duplicate`](crate::Error::Duplicate)
+    /// (`users.email`) when any email is taken or repeated. Nothing is written either way.
     pub fn insert_many(
         &self,
         users: &[NewUser],
