@@ -465,13 +465,20 @@ impl From<ItemJson> for Item {
     }
 }
 
+/// Decodes a page built by `select_page` or `select_many`, in id order.
 fn parse_page(page: &str) -> Result<Vec<Item>> {
     let rows: Vec<ItemJson> = serde_json::from_str(page).map_err(|err| {
         Error::Schema(format!(
             "an items page did not decode ({err}); is the schema current?"
         ))
     })?;
-    Ok(rows.into_iter().map(Item::from).collect())
+    let mut items: Vec<Item> = rows.into_iter().map(Item::from).collect();
+    // SQLite aggregates the ordered subquery in order; this keeps paging right even if a
+    // future planner did not (one comparison per row).
+    if !items.is_sorted_by_key(|item| item.id) {
+        items.sort_unstable_by_key(|item| item.id);
+    }
+    Ok(items)
 }
 
 async fn insert_one(
@@ -535,15 +542,23 @@ async fn select_by_status(conn: &mut SqliteConnection, status: ItemStatus) -> Re
     Ok(rows.into_iter().map(Item::from).collect())
 }
 
-// The rows come back as one JSON array in one value: sqlx hands rows across from its worker
-// thread one at a time (~2.9 µs/row measured), a single text value costs one crossing per page
-// (~1.8 µs/row including the decode).
+// The page comes back as one JSON text in one value: sqlx hands rows across from its worker
+// thread one at a time (~2.9 µs/row measured), one value per page costs one crossing. The text
+// is concatenated rather than built with json_array(json(data)): `data` is already valid JSON
+// (a CHECK says so) and needs no re-parse. Measured for 300k rows (rusqlite, SQLite's work per
+// row): 0.66 µs concatenated, 1.1 µs with json_group_array, 1.5 µs with json_group_array and an
+// ORDER BY inside it. The rows arrive in the subquery's order; `parse_page` checks it.
 async fn select_page(conn: &mut SqliteConnection, after_id: i64, limit: i64) -> Result<Vec<Item>> {
     let page = sqlx::query_scalar!(
         r#"
-        SELECT json_group_array(
-                   json_array(id, name, json(data), status, created_at, updated_at)
-                   ORDER BY id
+        SELECT coalesce(
+                   '[' || group_concat(
+                       '[' || id || ',' || json_quote(name) || ',' || data || ',' ||
+                       json_quote(status) || ',' || json_quote(created_at) || ',' ||
+                       json_quote(updated_at) || ']',
+                       ','
+                   ) || ']',
+                   '[]'
                ) AS "page!: String"
         FROM (
             SELECT id, name, data, status, created_at, updated_at
@@ -562,16 +577,25 @@ async fn select_page(conn: &mut SqliteConnection, after_id: i64, limit: i64) -> 
 }
 
 // The ids travel as one JSON array; `json_each` turns it into a table SQLite joins by primary
-// key, so any number of ids costs one statement.
+// key, so any number of ids costs one statement. The page is built as in `select_page`.
 async fn select_many(conn: &mut SqliteConnection, ids_json: &str) -> Result<Vec<Item>> {
     let page = sqlx::query_scalar!(
         r#"
-        SELECT json_group_array(
-                   json_array(id, name, json(data), status, created_at, updated_at)
-                   ORDER BY id
+        SELECT coalesce(
+                   '[' || group_concat(
+                       '[' || id || ',' || json_quote(name) || ',' || data || ',' ||
+                       json_quote(status) || ',' || json_quote(created_at) || ',' ||
+                       json_quote(updated_at) || ']',
+                       ','
+                   ) || ']',
+                   '[]'
                ) AS "page!: String"
-        FROM items
-        WHERE id IN (SELECT value FROM json_each(?1))
+        FROM (
+            SELECT id, name, data, status, created_at, updated_at
+            FROM items
+            WHERE id IN (SELECT value FROM json_each(?1))
+            ORDER BY id
+        )
         "#,
         ids_json,
     )
