@@ -40,6 +40,7 @@ async fn hostile_text_is_stored_verbatim_and_breaks_nothing() {
         "/* comment */ -- trailing",
         "emoji 🦀 and ünïcödé and 中文",
         "percent % underscore _ backslash \\",
+        "control \u{7} and line\nbreak and tab\t and \u{2028}",
     ];
     for name in names {
         let data = json!({"text": name});
@@ -54,6 +55,15 @@ async fn hostile_text_is_stored_verbatim_and_breaks_nothing() {
     }
     assert_eq!(db.items().count().await.unwrap(), names.len() as i64);
     assert_eq!(dump(&db.path, "items").len(), names.len());
+    // Streams and batched gets build their pages as JSON text inside SQLite: same values.
+    let streamed: Vec<_> = db.items().stream().try_collect().await.unwrap();
+    let fetched = db.items().get_many(&[1, 2, 3, 4, 5, 6, 7]).await.unwrap();
+    assert_eq!(streamed, fetched);
+    for (item, name) in streamed.iter().zip(names) {
+        assert_eq!(item.name, name);
+        assert_eq!(item.data, json!({"text": name}));
+        assert_eq!(Some(item), db.items().get(item.id).await.unwrap().as_ref());
+    }
 }
 
 #[tokio::test]
