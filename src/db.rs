@@ -61,7 +61,8 @@ pub struct DbOptions {
     pub path: PathBuf,
     /// Read-only connections held beside the one writer (at least 1; default 4).
     pub readers: usize,
-    /// How long a statement waits for another process's lock before [`Error::Busy`] (default 5 s).
+    /// How long a call waits for a lock (another process's, or this process's writer held by
+    /// a long transaction) before [`Error::Busy`] (default 5 s).
     pub busy_timeout: Duration,
     /// Create the file when it does not exist (default true).
     pub create_if_missing: bool,
@@ -151,6 +152,10 @@ enum Connections {
         writer: Slot,
         readers: Vec<Slot>,
         next_reader: AtomicUsize,
+        /// How long a call waits for a connection held by another call of this process (a
+        /// long `Tx`, say) before it gives up with [`Error::Busy`], as SQLite does for locks
+        /// held by other processes.
+        busy_timeout: Duration,
     },
     Pool(SqlitePool),
 }
@@ -215,6 +220,7 @@ impl Db {
             writer: Arc::new(Mutex::new(Some(writer))),
             readers,
             next_reader: AtomicUsize::new(0),
+            busy_timeout: options.busy_timeout,
         }))
     }
 
@@ -335,7 +341,11 @@ impl Db {
     /// The writer connection, waiting for other writes of this `Db` to finish.
     pub(crate) async fn write_lease(&self) -> Result<Lease> {
         match &self.inner.connections {
-            Connections::Held { writer, .. } => held(writer.clone().lock_owned().await),
+            Connections::Held {
+                writer,
+                busy_timeout,
+                ..
+            } => held(wait_for(writer, *busy_timeout).await?),
             Connections::Pool(pool) => Ok(Lease::Pooled(pool.acquire().await?)),
         }
     }
@@ -346,6 +356,7 @@ impl Db {
             Connections::Held {
                 readers,
                 next_reader,
+                busy_timeout,
                 ..
             } => {
                 let start = next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
@@ -355,11 +366,21 @@ impl Db {
                         return held(guard);
                     }
                 }
-                held(readers[start].clone().lock_owned().await)
+                held(wait_for(&readers[start], *busy_timeout).await?)
             }
             Connections::Pool(pool) => Ok(Lease::Pooled(pool.acquire().await?)),
         }
     }
+}
+
+/// Waits for a held connection, at most `timeout`.
+async fn wait_for(
+    slot: &Slot,
+    timeout: Duration,
+) -> Result<OwnedMutexGuard<Option<SqliteConnection>>> {
+    tokio::time::timeout(timeout, slot.clone().lock_owned())
+        .await
+        .map_err(|_| Error::Busy)
 }
 
 fn held(guard: OwnedMutexGuard<Option<SqliteConnection>>) -> Result<Lease> {

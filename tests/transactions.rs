@@ -235,3 +235,29 @@ async fn an_in_memory_db_reads_beside_an_open_transaction_without_waiting() {
     // Each in-memory database is private.
     assert_eq!(other.items().count().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_write_behind_a_transaction_held_past_the_busy_timeout_is_busy() {
+    let db = common::fresh_db_with(|options| {
+        options.busy_timeout(std::time::Duration::from_millis(100))
+    })
+    .await;
+    let tx = db.begin().await.unwrap();
+    let started = std::time::Instant::now();
+    let err = db
+        .items()
+        .create(&NewItem::new("blocked", serde_json::json!({})))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Busy), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    // Reads do not wait for the writer.
+    assert_eq!(db.items().count().await.unwrap(), 0);
+    tx.commit().await.unwrap();
+    db.items()
+        .create(&NewItem::new("after", serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(db.items().count().await.unwrap(), 1);
+}
