@@ -1,0 +1,545 @@
+//! The benchmark harness of issue 5: every workload through sqlrepo, through rusqlite
+//! in-process (the limit), and the naive sqlx way (a pool acquire and a statement per row), each
+//! on a fresh database file, all in one run, with a floor column (the same point get through
+//! raw sqlx on one held connection). It prints a Markdown table of µs per operation and the
+//! ratios the issue's targets are stated in.
+//!
+//! ```text
+//! cargo run --release --example bench                         # full run, table on stdout
+//! cargo run --release --example bench -- --json bench.json    # also bench.json and bench.svg
+//! cargo run --example bench -- --quick                        # every workload small (CI)
+//! ```
+//!
+//! Ratios taken side by side in one run are what to read; absolute figures move a lot from day
+//! to day on shared machines. There are no timing assertions: the run fails only when a side
+//! does the wrong work (a row missing, a count off) or sqlrepo's `mixed` run hits `Busy` or
+//! loses a write.
+
+mod data;
+mod floor;
+mod mixed;
+mod naive;
+mod repo_side;
+mod report;
+mod rss;
+mod rusqlite_side;
+mod svg;
+mod timing;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail, ensure};
+use tokio::runtime::Runtime;
+
+use crate::data::{Inputs, Sizes, item_range};
+use crate::floor::Floor;
+use crate::mixed::{Verdict, cut_plan, verify};
+use crate::naive::NaiveSide;
+use crate::repo_side::RepoSide;
+use crate::report::{Row, Target};
+use crate::rusqlite_side::{RusqliteSide, audit};
+use crate::timing::{Measured, progress, report_side};
+
+const USAGE: &str = "\
+usage: cargo run --release --example bench -- [--quick] [--json PATH] [--svg PATH] [--current-thread]
+
+  --quick           every workload small (seconds, even in a debug build); for CI
+  --json PATH       also write the results as JSON to PATH
+  --svg PATH        write the bar chart to PATH; with --json and no --svg the chart
+                    goes to bench.svg next to the JSON file
+  --current-thread  run tokio's current-thread runtime instead of the multi-thread one";
+
+/// Rows per untimed insert when the stream's table is filled up.
+const FILL_CHUNK: usize = 100_000;
+
+/// The most RSS growth issue 5 allows while streaming 1M rows.
+const STREAM_RSS_LIMIT_MIB: f64 = 32.0;
+
+#[derive(Debug, Default)]
+struct Args {
+    quick: bool,
+    json: Option<PathBuf>,
+    svg: Option<PathBuf>,
+    current_thread: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args::default();
+    let mut words = std::env::args().skip(1);
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            "--quick" => args.quick = true,
+            "--current-thread" => args.current_thread = true,
+            "--json" => args.json = Some(words.next().context(USAGE)?.into()),
+            "--svg" => args.svg = Some(words.next().context(USAGE)?.into()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    if args.svg.is_none()
+        && let Some(json) = &args.json
+    {
+        args.svg = Some(json.with_file_name("bench.svg"));
+    }
+    Ok(args)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    timing::start_clock();
+    let runtime = if args.current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+    .enable_all()
+    .build()?;
+    let sizes = if args.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+    let inputs = Inputs::generate(sizes);
+    let dir = tempfile::tempdir()?;
+    let (rows, mut notes, verdict) = Bench::open(&runtime, &inputs, dir.path())?.run()?;
+
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let setting = format!(
+        "{} run, {} build, tokio {} runtime, {cores} cores, SQLite {}",
+        if args.quick { "quick" } else { "full" },
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        if args.current_thread {
+            "current-thread"
+        } else {
+            "multi-thread"
+        },
+        rusqlite::version(),
+    );
+    notes.insert(0, setting.clone());
+    println!();
+    report::print_table(&rows, &notes);
+    if let Some(path) = &args.json {
+        report::write_json(path, &rows, &notes)?;
+        progress(format_args!("wrote {}", path.display()));
+    }
+    if let Some(path) = &args.svg {
+        svg::write(path, &rows, &setting)?;
+        progress(format_args!("wrote {}", path.display()));
+    }
+    ensure!(
+        verdict.clean(),
+        "sqlrepo's mixed run broke a rule: {}",
+        verdict.describe("sqlrepo")
+    );
+    Ok(())
+}
+
+/// The three sides, each on its own fresh database file, and the floor connection.
+struct Bench<'a> {
+    runtime: &'a Runtime,
+    inputs: &'a Inputs,
+    repo: RepoSide,
+    lite: RusqliteSide,
+    lite_path: PathBuf,
+    naive: NaiveSide,
+    naive_path: PathBuf,
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl<'a> Bench<'a> {
+    fn open(runtime: &'a Runtime, inputs: &'a Inputs, dir: &Path) -> anyhow::Result<Self> {
+        let lite_path = dir.join("rusqlite.db");
+        let naive_path = dir.join("naive.db");
+        let repo = runtime.block_on(RepoSide::open(&dir.join("sqlrepo.db")))?;
+        let lite = RusqliteSide::create(&lite_path)?;
+        let naive = runtime.block_on(NaiveSide::open(&naive_path))?;
+        progress(format_args!("three fresh databases in {}", dir.display()));
+        Ok(Bench {
+            runtime,
+            inputs,
+            repo,
+            lite,
+            lite_path,
+            naive,
+            naive_path,
+            rows: Vec::new(),
+            notes: Vec::new(),
+        })
+    }
+
+    /// Runs every workload in the issue's order; returns the rows, the notes, and sqlrepo's
+    /// `mixed` verdict.
+    fn run(mut self) -> anyhow::Result<(Vec<Row>, Vec<String>, Verdict)> {
+        let sizes = &self.inputs.sizes;
+        self.insert_many()?;
+        self.set_status_many()?;
+        let mut floor = self.runtime.block_on(Floor::open(self.repo.path()))?;
+        self.get(&mut floor)?;
+        self.get_many()?;
+        self.stream()?;
+        progress(format_args!(
+            "seeding {} users, {} orders, {} accounts on each side (untimed)",
+            sizes.users, sizes.orders, sizes.accounts
+        ));
+        self.runtime.block_on(self.repo.seed_people(self.inputs))?;
+        self.lite.seed_people(self.inputs)?;
+        self.runtime.block_on(self.naive.seed_people(self.inputs))?;
+        self.transfer(&mut floor)?;
+        self.transfer_batch()?;
+        self.dashboard(&mut floor)?;
+        let verdict = self.mixed()?;
+        self.explain();
+        Ok((self.rows, self.notes, verdict))
+    }
+
+    fn insert_many(&mut self) -> anyhow::Result<()> {
+        let (items, naive_items) = (&self.inputs.items, self.inputs.sizes.naive_items);
+        let repo = self.runtime.block_on(self.repo.insert_many(items))?;
+        report_side("insert_many", "sqlrepo", repo);
+        let lite = self.lite.insert_many(items)?;
+        report_side("insert_many", "rusqlite", lite);
+        let naive = self
+            .runtime
+            .block_on(self.naive.insert_many(&items[..naive_items]))?;
+        report_side("insert_many", "naive", naive);
+        // The naive table gets the rest untimed, so every side holds the same items.
+        self.runtime
+            .block_on(self.naive.top_up_items(&items[naive_items..]))?;
+        self.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            target: Target::Rusqlite(1.0),
+            ..Row::new("insert_many", "row", repo)
+        });
+        Ok(())
+    }
+
+    fn set_status_many(&mut self) -> anyhow::Result<()> {
+        let ids = &self.inputs.shuffled_ids;
+        let repo = self.runtime.block_on(self.repo.set_status_many(ids))?;
+        report_side("set_status_many", "sqlrepo", repo);
+        let lite = self.lite.set_status_many(ids)?;
+        report_side("set_status_many", "rusqlite", lite);
+        let naive = self.runtime.block_on(
+            self.naive
+                .set_status_many(&ids[..self.inputs.sizes.naive_items]),
+        )?;
+        report_side("set_status_many", "naive", naive);
+        self.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            target: Target::Rusqlite(1.0),
+            ..Row::new("set_status_many", "id", repo)
+        });
+        Ok(())
+    }
+
+    fn get(&mut self, floor: &mut Floor) -> anyhow::Result<()> {
+        let ids = &self.inputs.get_ids;
+        let (repo, floor) = self.alternate_with_floor(floor, ids.len(), |bench, range| {
+            bench.runtime.block_on(bench.repo.get(&ids[range]))
+        })?;
+        report_side("get", "sqlrepo", repo);
+        report_side("get", "floor", floor);
+        let lite = self.lite.get(ids)?;
+        report_side("get", "rusqlite", lite);
+        let naive = self.runtime.block_on(self.naive.get(ids))?;
+        report_side("get", "naive", naive);
+        self.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            floor: Some(floor),
+            target: Target::Floor(1.1),
+            ..Row::new("get", "get", repo)
+        });
+        Ok(())
+    }
+
+    fn get_many(&mut self) -> anyhow::Result<()> {
+        let batches = &self.inputs.get_many_batches;
+        let repo = self.runtime.block_on(self.repo.get_many(batches))?;
+        report_side("get_many", "sqlrepo", repo);
+        let lite = self.lite.get_many(batches)?;
+        report_side("get_many", "rusqlite", lite);
+        let naive = self.runtime.block_on(
+            self.naive
+                .get_many(batches, self.inputs.sizes.naive_get_many_rows),
+        )?;
+        report_side("get_many", "naive", naive);
+        self.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            target: Target::Rusqlite(1.5),
+            ..Row::new("get_many", "row", repo)
+        });
+        self.notes.push(format!(
+            "get_many: {} calls of {} ids each; rusqlite does a cached point get per id, naive sqlx \
+             a pooled point get per id.",
+            batches.len(),
+            self.inputs.sizes.get_many_batch_rows
+        ));
+        Ok(())
+    }
+
+    fn stream(&mut self) -> anyhow::Result<()> {
+        let sizes = &self.inputs.sizes;
+        progress(format_args!(
+            "filling sqlrepo and rusqlite up to {} items (untimed)",
+            sizes.stream_rows
+        ));
+        for start in (sizes.items..sizes.stream_rows).step_by(FILL_CHUNK) {
+            let chunk = item_range(start, (start + FILL_CHUNK).min(sizes.stream_rows));
+            self.runtime.block_on(self.repo.insert_many(&chunk))?;
+            self.lite.top_up_items(&chunk)?;
+        }
+        let (repo, repo_rss) = self.runtime.block_on(self.repo.stream(sizes.stream_rows))?;
+        report_side("stream", "sqlrepo", repo);
+        let (lite, lite_rss) = self.lite.stream(sizes.stream_rows)?;
+        report_side("stream", "rusqlite", lite);
+        let (naive, naive_rss) = self
+            .runtime
+            .block_on(self.naive.stream(sizes.naive_stream_rows))?;
+        report_side("stream", "naive", naive);
+        self.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            target: Target::Rusqlite(5.0),
+            rss_growth_mib: Some((repo_rss, STREAM_RSS_LIMIT_MIB)),
+            ..Row::new("stream", "row", repo)
+        });
+        self.notes.push(format!(
+            "stream: peak RSS growth while streaming: sqlrepo {repo_rss:.1} MiB over {} rows, \
+             rusqlite {lite_rss:.1} MiB over {} rows, naive sqlx fetch() {naive_rss:.1} MiB over {} rows.",
+            repo.ops, lite.ops, naive.ops
+        ));
+        Ok(())
+    }
+
+    fn transfer(&mut self, floor: &mut Floor) -> anyhow::Result<()> {
+        let transfers = &self.inputs.transfers;
+        let (repo, floor) = self.alternate_with_floor(floor, transfers.len(), |bench, range| {
+            bench
+                .runtime
+                .block_on(bench.repo.transfer(&transfers[range]))
+        })?;
+        report_side("transfer", "sqlrepo", repo);
+        report_side("transfer", "floor", floor);
+        let lite = self.lite.transfer(transfers)?;
+        report_side("transfer", "rusqlite", lite);
+        let naive = self.runtime.block_on(
+            self.naive
+                .transfer(&transfers[..self.inputs.sizes.naive_transfers]),
+        )?;
+        report_side("transfer", "naive", naive);
+        self.check_bank("after transfer")?;
+        self.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            floor: Some(floor),
+            target: Target::Floor(1.2),
+            ..Row::new("transfer", "transfer", repo)
+        });
+        Ok(())
+    }
+
+    fn transfer_batch(&mut self) -> anyhow::Result<()> {
+        let batches = &self.inputs.transfer_batches;
+        let repo = self.runtime.block_on(self.repo.transfer_batch(batches))?;
+        report_side("transfer_batch", "sqlrepo", repo);
+        let lite = self.lite.transfer_batch(batches)?;
+        report_side("transfer_batch", "rusqlite", lite);
+        let naive = self.runtime.block_on(
+            self.naive
+                .transfer_batch(&batches[..self.inputs.sizes.naive_batches]),
+        )?;
+        report_side("transfer_batch", "naive", naive);
+        self.check_bank("after transfer_batch")?;
+        self.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            target: Target::Rusqlite(1.5),
+            ..Row::new("transfer_batch", "step", repo)
+        });
+        self.notes.push(format!(
+            "transfer_batch: {} batches of {} steps; rusqlite checks and writes each step inside one \
+             BEGIN IMMEDIATE transaction per batch, naive sqlx likewise on a pooled transaction.",
+            batches.len(),
+            self.inputs.sizes.batch_steps
+        ));
+        Ok(())
+    }
+
+    fn dashboard(&mut self, floor: &mut Floor) -> anyhow::Result<()> {
+        let users = &self.inputs.dashboard_users;
+        let (repo, floor) = self.alternate_with_floor(floor, users.len(), |bench, range| {
+            bench.runtime.block_on(bench.repo.dashboard(&users[range]))
+        })?;
+        report_side("dashboard", "sqlrepo", repo);
+        report_side("dashboard", "floor", floor);
+        let lite = self.lite.dashboard(users)?;
+        report_side("dashboard", "rusqlite", lite);
+        let naive = self.runtime.block_on(self.naive.dashboard(users))?;
+        report_side("dashboard", "naive", naive);
+        self.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            floor: Some(floor),
+            target: Target::Floor(1.2),
+            ..Row::new("dashboard", "dashboard", repo)
+        });
+        Ok(())
+    }
+
+    fn mixed(&mut self) -> anyhow::Result<Verdict> {
+        let sizes = &self.inputs.sizes;
+        let plan = &self.inputs.mixed;
+        let before = audit(self.repo.path())?;
+        let (measured, tally) = self.runtime.block_on(self.repo.mixed(plan))?;
+        let repo = verify(self.repo.path(), before, plan, measured, tally)?;
+        report_side("mixed", "sqlrepo", repo.measured);
+
+        let before = audit(&self.lite_path)?;
+        let (measured, tally) = self.lite.mixed(plan)?;
+        let lite = verify(&self.lite_path, before, plan, measured, tally)?;
+        report_side("mixed", "rusqlite", lite.measured);
+
+        let naive_plan = cut_plan(plan, sizes.naive_mixed_ops_per_task);
+        let before = audit(&self.naive_path)?;
+        let (measured, tally) = self.runtime.block_on(self.naive.mixed(&naive_plan))?;
+        let naive = verify(&self.naive_path, before, &naive_plan, measured, tally)?;
+        report_side("mixed", "naive", naive.measured);
+
+        self.push(Row {
+            rusqlite: Some(lite.measured),
+            naive: Some(naive.measured),
+            ..Row::new("mixed", "op (wall time / ops)", repo.measured)
+        });
+        self.notes.push(format!(
+            "mixed: {} tasks at once, each 60% item gets, 20% updates of its own items, 20% \
+             transfers (rusqlite: one thread and connection per task).",
+            sizes.mixed_tasks
+        ));
+        for (side, verdict) in [
+            ("sqlrepo", &repo),
+            ("rusqlite", &lite),
+            ("naive sqlx", &naive),
+        ] {
+            self.notes.push(format!("mixed {}", verdict.describe(side)));
+        }
+        Ok(repo)
+    }
+
+    /// Runs `work` over `0..n` in `floor_rounds` slices, taking turns with as many floor gets
+    /// (who goes first alternates), so drift in the machine's speed hits both alike.
+    fn alternate_with_floor(
+        &self,
+        floor: &mut Floor,
+        n: usize,
+        work: impl Fn(&Self, std::ops::Range<usize>) -> anyhow::Result<Measured>,
+    ) -> anyhow::Result<(Measured, Measured)> {
+        let ids = &self.inputs.get_ids;
+        let rounds = self.inputs.sizes.floor_rounds.max(1);
+        let slice = n.div_ceil(rounds);
+        let (mut repo, mut floor_total) = (Measured::default(), Measured::default());
+        for (round, start) in (0..n).step_by(slice).enumerate() {
+            let range = start..(start + slice).min(n);
+            let floor_ids: Vec<i64> = ids
+                .iter()
+                .cycle()
+                .skip(start)
+                .take(range.len())
+                .copied()
+                .collect();
+            if round % 2 == 0 {
+                repo += work(self, range)?;
+                floor_total += self.runtime.block_on(floor.get(&floor_ids))?;
+            } else {
+                floor_total += self.runtime.block_on(floor.get(&floor_ids))?;
+                repo += work(self, range)?;
+            }
+        }
+        Ok((repo, floor_total))
+    }
+
+    /// Every side's bank still holds what it opened with, and has a ledger row per transfer.
+    fn check_bank(&self, when: &str) -> anyhow::Result<()> {
+        let sizes = &self.inputs.sizes;
+        let opened = sizes.accounts as i64 * sizes.opening_balance_cents;
+        for path in [self.repo.path(), &self.lite_path, &self.naive_path] {
+            let bank = audit(path)?;
+            ensure!(
+                bank.total_balance_cents == opened,
+                "{when}: {} holds {} cents, opened with {opened}",
+                path.display(),
+                bank.total_balance_cents
+            );
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, row: Row) {
+        self.rows.push(row);
+    }
+
+    /// Notes that read the table: what the naive side skipped, and the floor of one operation
+    /// as MEASURED.md defines it (one round trip plus what SQLite needs for the job).
+    fn explain(&mut self) {
+        let naive_cut: Vec<String> = self
+            .rows
+            .iter()
+            .filter_map(|row| {
+                let naive = row.naive?;
+                (naive.ops != row.sqlrepo.ops).then(|| format!("{} {}", row.name, naive.ops))
+            })
+            .collect();
+        if !naive_cut.is_empty() {
+            self.notes.push(format!(
+                "naive sqlx did fewer operations where the (n) says so ({}): a statement and a \
+                 pool acquire per row would take minutes; its figures are per operation all the same.",
+                naive_cut.join(", ")
+            ));
+        }
+        let us_of = |name: &str, pick: fn(&Row) -> Option<Measured>| {
+            self.rows
+                .iter()
+                .find(|row| row.name == name)
+                .and_then(pick)
+                .map(|m| m.us_per_op())
+        };
+        let Some(rusqlite_get) = us_of("get", |row| row.rusqlite) else {
+            return;
+        };
+        let mut lines = Vec::new();
+        for name in ["transfer", "dashboard"] {
+            let (Some(repo), Some(floor), Some(lite)) = (
+                us_of(name, |row| Some(row.sqlrepo)),
+                us_of(name, |row| row.floor),
+                us_of(name, |row| row.rusqlite),
+            ) else {
+                continue;
+            };
+            let composite = floor - rusqlite_get + lite;
+            lines.push(format!(
+                "{name} {} µs vs {} µs = {:.2}x",
+                report::format_us(repo),
+                report::format_us(composite),
+                repo / composite
+            ));
+        }
+        if !lines.is_empty() {
+            self.notes.push(format!(
+                "floor of one operation (a floor get, less rusqlite's get, plus rusqlite's \
+                 operation): {}.",
+                lines.join("; ")
+            ));
+        }
+    }
+}

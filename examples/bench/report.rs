@@ -1,0 +1,197 @@
+//! The results: one [`Row`] per workload, printed as a Markdown table (it pastes into the
+//! README as is) with notes under it, and written as JSON for `--json`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::timing::Measured;
+
+/// What issue 5 asks of a workload, as a ratio of µs per operation.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// sqlrepo / rusqlite at most this.
+    Rusqlite(f64),
+    /// sqlrepo / floor at most this.
+    Floor(f64),
+    /// Reported only.
+    None,
+}
+
+/// One workload's figures. The naive side may have done fewer operations (its `ops`).
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub name: &'static str,
+    /// What one operation is ("row", "get", "step" …).
+    pub unit: &'static str,
+    pub sqlrepo: Measured,
+    pub rusqlite: Option<Measured>,
+    pub naive: Option<Measured>,
+    pub floor: Option<Measured>,
+    pub target: Target,
+    /// For `stream`: sqlrepo's peak RSS growth, and the limit the issue sets.
+    pub rss_growth_mib: Option<(f64, f64)>,
+}
+
+impl Row {
+    pub fn new(name: &'static str, unit: &'static str, sqlrepo: Measured) -> Self {
+        Row {
+            name,
+            unit,
+            sqlrepo,
+            rusqlite: None,
+            naive: None,
+            floor: None,
+            target: Target::None,
+            rss_growth_mib: None,
+        }
+    }
+
+    pub fn ratio(&self) -> Option<f64> {
+        self.rusqlite
+            .map(|rusqlite| self.sqlrepo.us_per_op() / rusqlite.us_per_op())
+    }
+
+    pub fn floor_ratio(&self) -> Option<f64> {
+        self.floor
+            .map(|floor| self.sqlrepo.us_per_op() / floor.us_per_op())
+    }
+
+    fn target_text(&self) -> String {
+        let ratio = match self.target {
+            Target::Rusqlite(max) => format!("≤ {max:.1}x rusqlite"),
+            Target::Floor(max) => format!("≤ {max:.1}x floor"),
+            Target::None => "ops/s, no Busy, no lost writes".to_owned(),
+        };
+        match self.rss_growth_mib {
+            Some((_, limit)) => format!("{ratio}, RSS < {limit:.0} MiB"),
+            None => ratio,
+        }
+    }
+
+    /// Whether the target is met; `None` where there is no ratio target.
+    pub fn met(&self) -> Option<bool> {
+        let ratio_met = match self.target {
+            Target::Rusqlite(max) => self.ratio()? <= max,
+            Target::Floor(max) => self.floor_ratio()? <= max,
+            Target::None => return None,
+        };
+        let rss_met = self
+            .rss_growth_mib
+            .is_none_or(|(growth, limit)| growth < limit);
+        Some(ratio_met && rss_met)
+    }
+}
+
+fn us(measured: Option<Measured>) -> String {
+    measured.map_or_else(|| "–".to_owned(), |m| format_us(m.us_per_op()))
+}
+
+/// Three significant figures, so 0.412 and 61.3 and 1240 all read well.
+pub fn format_us(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else if value >= 1.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+fn times(ratio: Option<f64>) -> String {
+    ratio.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}x"))
+}
+
+/// Prints the table and the notes on stdout.
+pub fn print_table(rows: &[Row], notes: &[String]) {
+    println!(
+        "| workload | n | per | sqlrepo µs | rusqlite µs | naive sqlx µs (n) | floor µs | sqlrepo / rusqlite | sqlrepo / floor | target | met |"
+    );
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|");
+    for row in rows {
+        let naive = match row.naive {
+            Some(naive) if naive.ops != row.sqlrepo.ops => {
+                format!("{} ({})", us(Some(naive)), naive.ops)
+            }
+            other => us(other),
+        };
+        let met = match row.met() {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "–",
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.name,
+            row.sqlrepo.ops,
+            row.unit,
+            us(Some(row.sqlrepo)),
+            us(row.rusqlite),
+            naive,
+            us(row.floor),
+            times(row.ratio()),
+            times(row.floor_ratio()),
+            row.target_text(),
+            met,
+        );
+    }
+    println!();
+    for note in notes {
+        println!("- {note}");
+    }
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    workloads: Vec<JsonRow<'a>>,
+    notes: &'a [String],
+}
+
+/// The fields issue 5 names, then a few more (`null` where a column does not apply).
+#[derive(Serialize)]
+struct JsonRow<'a> {
+    name: &'a str,
+    n: usize,
+    sqlrepo_us: f64,
+    rusqlite_us: Option<f64>,
+    naive_sqlx_us: Option<f64>,
+    floor_us: Option<f64>,
+    ratio: Option<f64>,
+    floor_ratio: Option<f64>,
+    naive_sqlx_n: Option<usize>,
+    per: &'a str,
+    target: String,
+    target_met: Option<bool>,
+    rss_growth_mib: Option<f64>,
+}
+
+/// Writes the results as JSON to `path`.
+pub fn write_json(path: &Path, rows: &[Row], notes: &[String]) -> anyhow::Result<()> {
+    let report = JsonReport {
+        workloads: rows
+            .iter()
+            .map(|row| JsonRow {
+                name: row.name,
+                n: row.sqlrepo.ops,
+                sqlrepo_us: row.sqlrepo.us_per_op(),
+                rusqlite_us: row.rusqlite.map(|m| m.us_per_op()),
+                naive_sqlx_us: row.naive.map(|m| m.us_per_op()),
+                floor_us: row.floor.map(|m| m.us_per_op()),
+                ratio: row.ratio(),
+                floor_ratio: row.floor_ratio(),
+                naive_sqlx_n: row.naive.map(|m| m.ops),
+                per: row.unit,
+                target: row.target_text(),
+                target_met: row.met(),
+                rss_growth_mib: row.rss_growth_mib.map(|(growth, _)| growth),
+            })
+            .collect(),
+        notes,
+    };
+    let mut text = serde_json::to_string_pretty(&report)?;
+    text.push('\n');
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
