@@ -1,0 +1,720 @@
+//! Cancellation: futures of transfers, batches, deposits and caller-owned transactions are
+//! dropped at random points — after a random number of polls, by `tokio::time::timeout` with
+//! zero, tiny and random durations, by losing a `select!`, by `JoinHandle::abort` — until 1,000
+//! of them were really dropped mid-flight, on one database. After every drop the `Db` must still serve a write that a reader then sees
+//! (the writer is not stuck inside an open transaction) and another connection must be able to
+//! take the write lock; every 100 drops and at the end, the file must hold no half-applied batch
+//! and the bank must balance.
+//!
+//! Run longer with `SQLREPO_CANCEL_DROPS=10000`; `SQLREPO_CANCEL_SEED=<seed>` replays the
+//! same sequence of operations and cancel points (timing on two threads may still differ).
+
+#[path = "reliability_common/mod.rs"]
+mod reliability_common;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use reliability_common::{
+    check_bank, check_batches_whole, check_integrity, count, item_names_and_keys, member_name, raw,
+    seed,
+};
+use serde_json::json;
+use sqlrepo::{Db, Error, ItemStatus, NewAccount, NewItem, NewOrder, NewUser, Transfer};
+
+const ACCOUNTS: i64 = 8;
+const OPENING_DEPOSIT_CENTS: i64 = 10_000;
+/// More rows than one `insert_many` statement takes (25,000), so the batch spans statements
+/// inside one transaction and a cancel can land between them.
+const MULTI_CHUNK_ROWS: usize = 25_050;
+
+/// How a future is cancelled.
+#[derive(Debug, Clone, Copy)]
+enum Cancel {
+    /// Dropped after this many polls.
+    AfterPolls(usize),
+    /// `tokio::time::timeout` with this duration (zero included).
+    Timeout(Duration),
+    /// Loses a `select!` against a deadline this far away (checked on every poll, so it can land
+    /// within microseconds; tokio's timer rounds up to whole milliseconds).
+    Select(Duration),
+    /// Spawned on another worker thread, then aborted this long after.
+    Abort(Duration),
+    /// Left to finish (so completions are checked too).
+    Never,
+}
+
+/// How long an operation of one kind takes when left alone, and how many polls: measured on
+/// the uncancelled runs, so cancel points spread over the whole life of each kind of operation.
+#[derive(Debug, Clone, Copy)]
+struct Typical {
+    duration: Duration,
+    polls: usize,
+}
+
+impl Default for Typical {
+    fn default() -> Self {
+        Typical {
+            duration: Duration::from_millis(1),
+            polls: 4,
+        }
+    }
+}
+
+fn random_cancel(rng: &mut SmallRng, typical: Typical) -> Cancel {
+    let within = |rng: &mut SmallRng| {
+        let micros = (typical.duration.as_micros() as u64).max(1);
+        Duration::from_micros(rng.random_range(0..=micros))
+    };
+    match rng.random_range(0..100) {
+        // Polling as often as the whole operation took would let it finish.
+        0..30 => Cancel::AfterPolls(rng.random_range(1..typical.polls.max(2))),
+        30..35 => Cancel::Timeout(Duration::ZERO),
+        35..55 => Cancel::Timeout(within(rng)),
+        55..70 => Cancel::Select(within(rng)),
+        70..92 => Cancel::Abort(within(rng)),
+        _ => Cancel::Never,
+    }
+}
+
+/// Counts the polls a future takes to finish.
+struct CountPolls<F> {
+    inner: Pin<Box<F>>,
+    polls: usize,
+}
+
+impl<F: Future> Future for CountPolls<F> {
+    type Output = (F::Output, usize);
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.polls += 1;
+        let polls = self.polls;
+        self.inner.as_mut().poll(cx).map(|value| (value, polls))
+    }
+}
+
+/// Polls the inner future at most `left` times, then gives up (and drops it).
+struct PollLimit<F> {
+    inner: Pin<Box<F>>,
+    left: usize,
+}
+
+impl<F: Future> Future for PollLimit<F> {
+    type Output = Option<F::Output>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        self.left -= 1;
+        match self.inner.as_mut().poll(cx) {
+            Poll::Ready(value) => Poll::Ready(Some(value)),
+            // Ask to be polled again even if the inner future would not wake us, so the limit
+            // is reached promptly.
+            Poll::Pending if self.left == 0 => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Resolves at `deadline`, to the microsecond: yields to the scheduler until then.
+async fn spin_until(deadline: Instant) {
+    while Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Runs `fut` under `cancel`; `None` when it was dropped before it finished.
+async fn run_under<F>(cancel: Cancel, fut: F) -> Option<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match cancel {
+        Cancel::AfterPolls(polls) => {
+            PollLimit {
+                inner: Box::pin(fut),
+                left: polls,
+            }
+            .await
+        }
+        Cancel::Timeout(after) => tokio::time::timeout(after, fut).await.ok(),
+        Cancel::Select(after) => {
+            let deadline = Instant::now() + after;
+            tokio::select! {
+                biased;
+                () = spin_until(deadline) => None,
+                value = fut => Some(value),
+            }
+        }
+        Cancel::Abort(after) => {
+            let deadline = Instant::now() + after;
+            let task = tokio::spawn(fut);
+            spin_until(deadline).await;
+            task.abort();
+            task.await.ok()
+        }
+        Cancel::Never => Some(fut.await),
+    }
+}
+
+/// Resolves to whether the operation's writes landed (`false`: refused for insufficient funds,
+/// rolled back, or writes nothing the checks look for).
+type Work = Pin<Box<dyn Future<Output = sqlrepo::Result<bool>> + Send>>;
+
+/// One unit of work and the names it leaves in the file when it lands.
+struct Op {
+    kind: &'static str,
+    work: Work,
+    /// Item batch or key batch names that appear, whole, when it lands.
+    lands: Vec<String>,
+    /// Item names that must never appear (a transaction that is always rolled back).
+    never: Vec<String>,
+    deposit_cents: i64,
+}
+
+fn affordable(rng: &mut SmallRng) -> (i64, i64, i64) {
+    let from = rng.random_range(1..=ACCOUNTS);
+    let mut to = rng.random_range(1..ACCOUNTS);
+    if to >= from {
+        to += 1;
+    }
+    (from, to, rng.random_range(1..=40))
+}
+
+/// Insufficient funds is a legitimate answer here (balances drift): `Ok(false)`, nothing
+/// landed. Anything else is passed on.
+fn tolerate_overdraft(result: sqlrepo::Result<()>) -> sqlrepo::Result<bool> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(Error::InsufficientFunds { .. }) => Ok(false),
+        Err(other) => Err(other),
+    }
+}
+
+fn random_op(rng: &mut SmallRng, db: &Db, i: usize, shield: bool) -> Op {
+    let db = db.clone();
+    match rng.random_range(0..100) {
+        0..20 => {
+            let batch = format!("s{i}");
+            let (from, to, amount) = affordable(rng);
+            let t = Transfer::new(from, to, amount).with_key(member_name(&batch, 0, 1));
+            Op {
+                kind: "transfer",
+                work: Box::pin(async move { tolerate_overdraft(db.accounts().transfer(&t).await) }),
+                lands: vec![batch],
+                never: vec![],
+                deposit_cents: 0,
+            }
+        }
+        20..40 => {
+            let batch = format!("b{i}");
+            let size = rng.random_range(2..=6);
+            let steps: Vec<Transfer> = (0..size)
+                .map(|j| {
+                    let (from, to, amount) = affordable(rng);
+                    Transfer::new(from, to, amount).with_key(member_name(&batch, j, size))
+                })
+                .collect();
+            Op {
+                kind: "transfer_batch",
+                work: Box::pin(async move {
+                    tolerate_overdraft(db.accounts().transfer_batch(&steps).await)
+                }),
+                lands: vec![batch],
+                never: vec![],
+                deposit_cents: 0,
+            }
+        }
+        40..55 => {
+            let batch = format!("i{i}");
+            let size = if rng.random_range(0..40) == 0 {
+                MULTI_CHUNK_ROWS
+            } else {
+                rng.random_range(1..=20)
+            };
+            let items: Vec<NewItem> = (0..size)
+                .map(|j| NewItem::new(member_name(&batch, j, size), json!({"i": i, "j": j})))
+                .collect();
+            Op {
+                kind: if size == MULTI_CHUNK_ROWS {
+                    "insert_many (multi-chunk)"
+                } else {
+                    "insert_many"
+                },
+                work: Box::pin(async move { db.items().insert_many(&items).await.map(|_| true) }),
+                lands: vec![batch],
+                never: vec![],
+                deposit_cents: 0,
+            }
+        }
+        55..65 => {
+            let amount = rng.random_range(1..=100);
+            let account = rng.random_range(1..=ACCOUNTS);
+            Op {
+                kind: "deposit",
+                work: Box::pin(async move {
+                    db.accounts().deposit(account, amount).await.map(|_| true)
+                }),
+                lands: vec![],
+                never: vec![],
+                deposit_cents: amount,
+            }
+        }
+        65..85 => {
+            // A caller-owned transaction: an item, an order and a transfer, all or nothing.
+            let batch = format!("x{i}");
+            let (from, to, amount) = affordable(rng);
+            let name = member_name(&batch, 0, 1);
+            let key = name.clone();
+            Op {
+                kind: "transaction",
+                work: Box::pin(async move {
+                    let tx = db.begin().await?;
+                    tx.items()
+                        .create(&NewItem::new(name, json!({"tx": true})))
+                        .await?;
+                    tx.orders().create(&NewOrder::new(1, amount)).await?;
+                    let moved = tx
+                        .accounts()
+                        .transfer(&Transfer::new(from, to, amount).with_key(key))
+                        .await;
+                    match moved {
+                        Ok(()) => finish(shield, tx.commit()).await.map(|()| true),
+                        // Commit nothing rather than an item without its transfer.
+                        Err(Error::InsufficientFunds { .. }) => {
+                            finish(shield, tx.rollback()).await.map(|()| false)
+                        }
+                        Err(other) => Err(other),
+                    }
+                }),
+                lands: vec![batch],
+                never: vec![],
+                deposit_cents: 0,
+            }
+        }
+        85..95 => {
+            // A transaction that is never committed: dropped after its writes, or cancelled.
+            let name = format!("never-{i}");
+            let never = name.clone();
+            let (from, to, amount) = affordable(rng);
+            let explicit = rng.random_bool(0.5);
+            Op {
+                kind: "abandoned transaction",
+                work: Box::pin(async move {
+                    let tx = db.begin().await?;
+                    tx.items().create(&NewItem::new(name, json!(null))).await?;
+                    tolerate_overdraft(
+                        tx.accounts()
+                            .transfer(&Transfer::new(from, to, amount).with_key(never_key(i)))
+                            .await,
+                    )?;
+                    if explicit {
+                        finish(shield, tx.rollback()).await.map(|()| false)
+                    } else {
+                        drop(tx);
+                        Ok(false)
+                    }
+                }),
+                lands: vec![],
+                never: vec![never],
+                deposit_cents: 0,
+            }
+        }
+        _ => {
+            // Two writers race in a select!; the loser is dropped wherever it was.
+            let ids: Vec<i64> = (0..5).map(|_| rng.random_range(1..=200)).collect();
+            let status = [
+                ItemStatus::Active,
+                ItemStatus::Inactive,
+                ItemStatus::Archived,
+            ][rng.random_range(0..3)];
+            let batch = format!("r{i}");
+            let (from, to, amount) = affordable(rng);
+            let t = Transfer::new(from, to, amount).with_key(member_name(&batch, 0, 1));
+            Op {
+                kind: "select! race",
+                work: Box::pin(async move {
+                    let items = db.items();
+                    let accounts = db.accounts();
+                    tokio::select! {
+                        changed = items.set_status_many(&ids, status) => changed.map(|_| false),
+                        moved = accounts.transfer(&t) => tolerate_overdraft(moved).map(|_| false),
+                    }
+                }),
+                lands: vec![],
+                never: vec![],
+                deposit_cents: 0,
+            }
+        }
+    }
+}
+
+/// Ends a caller-owned transaction. With `shield`, the commit or rollback runs in a task of its
+/// own, so cancelling the caller cannot drop it halfway: the workaround for the defect that
+/// [`a_transaction_dropped_after_a_cancelled_commit_of_another_still_rolls_back`] shows.
+async fn finish<F>(shield: bool, end: F) -> sqlrepo::Result<()>
+where
+    F: Future<Output = sqlrepo::Result<()>> + Send + 'static,
+{
+    if shield {
+        tokio::spawn(end).await.expect("the commit did not panic")
+    } else {
+        end.await
+    }
+}
+
+fn never_key(i: usize) -> String {
+    format!("never-{i}")
+}
+
+#[derive(Default)]
+struct Tally {
+    cancelled: usize,
+    completed: usize,
+    by_kind: std::collections::BTreeMap<&'static str, (usize, usize)>,
+    landed_names: BTreeSet<String>,
+    never_names: BTreeSet<String>,
+    deposits_completed: i64,
+    deposits_attempted: i64,
+    slowest_probe: Duration,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_futures_never_half_apply_and_never_leave_the_db_stuck() {
+    drop_futures_at_random(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: a Tx::commit or Tx::rollback future dropped before its answer leaves \
+            sqlx's ignore-next-rollback flag set, so the next dropped Tx stays open forever"]
+async fn dropped_futures_never_leave_the_db_stuck_even_when_commits_are_cancelled() {
+    drop_futures_at_random(false).await;
+}
+
+/// The random cancellation run; `shield` keeps commits and rollbacks of caller-owned
+/// transactions out of reach of the cancel (see [`finish`]).
+async fn drop_futures_at_random(shield: bool) {
+    let seed = seed("SQLREPO_CANCEL_SEED");
+    let wanted = count("SQLREPO_CANCEL_DROPS", 1_000);
+    // Some operations finish before their cancel lands; stop at this many in any case.
+    let max_iterations = wanted * 10;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cancel.db");
+    let db = Db::open(&path).await.unwrap();
+    let owner = db
+        .users()
+        .create(&NewUser::new("owner@example.com", "Owner"))
+        .await
+        .unwrap();
+    assert_eq!(owner, 1);
+    for _ in 0..ACCOUNTS {
+        let id = db
+            .accounts()
+            .open(&NewAccount {
+                user_id: None,
+                balance_cents: 0,
+            })
+            .await
+            .unwrap();
+        db.accounts()
+            .deposit(id, OPENING_DEPOSIT_CENTS)
+            .await
+            .unwrap();
+    }
+    let opening_total = ACCOUNTS * OPENING_DEPOSIT_CENTS;
+
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let mut typical: std::collections::HashMap<&'static str, Typical> = Default::default();
+    let mut i = 0;
+    while tally.cancelled < wanted && i < max_iterations {
+        let op = random_op(&mut rng, &db, i, shield);
+        let kind = op.kind;
+        let cancel = random_cancel(&mut rng, typical.get(kind).copied().unwrap_or_default());
+        tally.never_names.extend(op.never.iter().cloned());
+        tally.deposits_attempted += op.deposit_cents;
+        let outcome = if let Cancel::Never = cancel {
+            let run_started = Instant::now();
+            let (outcome, polls) = CountPolls {
+                inner: Box::pin(op.work),
+                polls: 0,
+            }
+            .await;
+            let seen = typical.entry(kind).or_insert(Typical {
+                duration: Duration::ZERO,
+                polls: 1,
+            });
+            // A moving average, so one slow outlier does not push every cancel point past
+            // the end of the typical operation.
+            seen.duration = if seen.duration.is_zero() {
+                run_started.elapsed()
+            } else {
+                (seen.duration * 4 + run_started.elapsed()) / 5
+            };
+            seen.polls = seen.polls.max(polls);
+            Some(outcome)
+        } else {
+            run_under(cancel, op.work).await
+        };
+        let entry = tally.by_kind.entry(kind).or_default();
+        match outcome {
+            None => {
+                tally.cancelled += 1;
+                entry.0 += 1;
+            }
+            Some(Ok(landed)) => {
+                tally.completed += 1;
+                entry.1 += 1;
+                if landed {
+                    tally.landed_names.extend(op.lands.iter().cloned());
+                    tally.deposits_completed += op.deposit_cents;
+                }
+            }
+            Some(Err(err)) => {
+                panic!("seed {seed}, iteration {i}: {kind} under {cancel:?} failed: {err:?}")
+            }
+        }
+        let probe_started = Instant::now();
+        if let Err(problem) = probe(&db, &path, i).await {
+            panic!("seed {seed}, iteration {i}, after {kind} under {cancel:?}: {problem}");
+        }
+        tally.slowest_probe = tally.slowest_probe.max(probe_started.elapsed());
+        i += 1;
+        if i % 100 == 0 || tally.cancelled == wanted {
+            // Let any task still unwinding from an abort finish before reading the file.
+            tokio::task::yield_now().await;
+            if let Err(problem) = check_file(&path, &tally, opening_total) {
+                panic!("seed {seed}, after iteration {i}: {problem}");
+            }
+        }
+    }
+    db.close().await;
+    println!(
+        "cancellation: {i} operations in {:?}: {} dropped mid-flight and survived, {} \
+         completed; per kind (dropped, completed): {:?}; slowest probe after a drop {:?}",
+        started.elapsed(),
+        tally.cancelled,
+        tally.completed,
+        tally.by_kind,
+        tally.slowest_probe,
+    );
+    assert!(
+        tally.cancelled >= wanted,
+        "only {} of {wanted} futures were really dropped mid-flight in {i} operations",
+        tally.cancelled
+    );
+}
+
+/// After every drop: a write through the `Db` succeeds promptly and a reader (another
+/// connection) sees it, a caller-owned transaction can begin, and another connection can take
+/// the write lock — so no connection was left inside a transaction.
+async fn probe(db: &Db, path: &Path, i: usize) -> Result<(), String> {
+    let limit = Duration::from_secs(10);
+    let write = async {
+        let id = db
+            .items()
+            .create(&NewItem::new(format!("probe-{i}"), json!(i)))
+            .await
+            .map_err(|e| format!("a write after the drop failed: {e:?}"))?;
+        let seen = db
+            .items()
+            .get(id)
+            .await
+            .map_err(|e| format!("a read after the drop failed: {e:?}"))?;
+        if seen.is_none() {
+            return Err(format!(
+                "item {id} written after the drop is invisible to readers: the writer is \
+                 inside a transaction that never ends"
+            ));
+        }
+        let tx = db
+            .begin()
+            .await
+            .map_err(|e| format!("begin after the drop failed: {e:?}"))?;
+        tx.rollback()
+            .await
+            .map_err(|e| format!("rollback after the drop failed: {e:?}"))?;
+        Ok(())
+    };
+    tokio::time::timeout(limit, write)
+        .await
+        .map_err(|_| format!("the Db did not serve a write within {limit:?}"))??;
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let conn = raw(&path);
+        conn.busy_timeout(Duration::from_secs(3)).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+            .map_err(|e| format!("another connection cannot take the write lock: {e}"))
+    })
+    .await
+    .unwrap()
+}
+
+fn check_file(path: &Path, tally: &Tally, opening_total: i64) -> Result<(), String> {
+    let conn = raw(path);
+    check_integrity(&conn)?;
+    let deposited: i64 = conn
+        .query_row(
+            "SELECT coalesce(sum(amount), 0) FROM transfers WHERE from_account IS NULL",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(|e| e.to_string())?;
+    let low = opening_total + tally.deposits_completed;
+    let high = opening_total + tally.deposits_attempted;
+    if !(low..=high).contains(&deposited) {
+        return Err(format!(
+            "deposits in the ledger total {deposited}, outside [{low}, {high}]"
+        ));
+    }
+    check_bank(&conn, deposited)?;
+    let (names, keys) = item_names_and_keys(&conn);
+    let item_batches = check_batches_whole(names.iter().map(String::as_str))?;
+    let key_batches = check_batches_whole(keys.iter().map(String::as_str))?;
+    for name in &tally.landed_names {
+        let present = item_batches.contains_key(name) || key_batches.contains_key(name);
+        if !present {
+            return Err(format!("completed batch {name} is missing"));
+        }
+    }
+    // A transaction's item and transfer land together or not at all.
+    for batch in item_batches.keys().chain(key_batches.keys()) {
+        if batch.starts_with('x')
+            && item_batches.contains_key(batch) != key_batches.contains_key(batch)
+        {
+            return Err(format!(
+                "transaction {batch} is half applied: item {}, transfer {}",
+                item_batches.contains_key(batch),
+                key_batches.contains_key(batch)
+            ));
+        }
+    }
+    let names: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    let keys: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+    for never in &tally.never_names {
+        if names.contains(never.as_str()) || keys.contains(never.as_str()) {
+            return Err(format!(
+                "{never}, written in a transaction never committed, landed"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Polls `fut` exactly once and drops it: the cancel lands right after the first await point
+/// that really waits.
+async fn poll_once_then_drop<F: Future>(fut: F) -> bool {
+    PollLimit {
+        inner: Box::pin(fut),
+        left: 1,
+    }
+    .await
+    .is_some()
+}
+
+/// Writes an item through the `Db` and says whether a reader (another connection) sees it.
+async fn write_is_visible(db: &Db, name: &str) -> bool {
+    let id = tokio::time::timeout(
+        Duration::from_secs(10),
+        db.items().create(&NewItem::new(name, json!(null))),
+    )
+    .await
+    .expect("the write finished")
+    .expect("the write succeeded");
+    db.items().get(id).await.unwrap().is_some()
+}
+
+#[tokio::test]
+#[ignore = "defect: Tx::commit dropped before its answer leaves sqlx's ignore-next-rollback \
+            flag set; the next Tx dropped uncommitted is never rolled back"]
+async fn a_transaction_dropped_after_a_cancelled_commit_of_another_still_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path().join("commit.db")).await.unwrap();
+    let first = db.begin().await.unwrap();
+    first
+        .items()
+        .create(&NewItem::new("committed", json!(1)))
+        .await
+        .unwrap();
+    let finished = poll_once_then_drop(first.commit()).await;
+    assert!(
+        !finished,
+        "the commit should still have been waiting for its answer"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let second = db.begin().await.unwrap();
+    second
+        .items()
+        .create(&NewItem::new("abandoned", json!(2)))
+        .await
+        .unwrap();
+    drop(second);
+
+    assert!(
+        write_is_visible(&db, "after").await,
+        "the writer is stuck inside `second`"
+    );
+    let names: Vec<String> = db
+        .items()
+        .list_by_status(ItemStatus::Active)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|item| item.name)
+        .collect();
+    assert_eq!(names, ["committed", "after"]);
+    assert!(db.begin().await.is_ok(), "a new transaction cannot begin");
+}
+
+#[tokio::test]
+#[ignore = "defect: Tx::rollback dropped before its answer leaves sqlx's ignore-next-rollback \
+            flag set; the next Tx dropped uncommitted is never rolled back"]
+async fn a_transaction_dropped_after_a_cancelled_rollback_of_another_still_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path().join("rollback.db")).await.unwrap();
+    let first = db.begin().await.unwrap();
+    first
+        .items()
+        .create(&NewItem::new("undone", json!(1)))
+        .await
+        .unwrap();
+    let finished = poll_once_then_drop(first.rollback()).await;
+    assert!(
+        !finished,
+        "the rollback should still have been waiting for its answer"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let second = db.begin().await.unwrap();
+    second
+        .items()
+        .create(&NewItem::new("abandoned", json!(2)))
+        .await
+        .unwrap();
+    drop(second);
+
+    assert!(
+        write_is_visible(&db, "after").await,
+        "the writer is stuck inside `second`"
+    );
+    let names: Vec<String> = db
+        .items()
+        .list_by_status(ItemStatus::Active)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|item| item.name)
+        .collect();
+    assert_eq!(names, ["after"]);
+    assert!(db.begin().await.is_ok(), "a new transaction cannot begin");
+}
