@@ -260,3 +260,41 @@ pub fn count(var: &str, default: usize) -> usize {
         Err(_) => default,
     }
 }
+
+/// One schema object as `sqlite_master` holds it: type, name, table, SQL with whitespace
+/// collapsed (so only meaningful differences count).
+pub type SchemaRow = (String, String, String, Option<String>);
+
+/// The tables, indexes and triggers of the file, normalized; SQLite's own objects
+/// (`sqlite_%`) left out.
+pub fn schema(conn: &rusqlite::Connection) -> Vec<SchemaRow> {
+    conn.prepare(
+        "SELECT type, name, tbl_name, sql
+         FROM sqlite_master
+         WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+         ORDER BY type, name",
+    )
+    .and_then(|mut s| {
+        s.query_map([], |row| {
+            let sql: Option<String> = row.get(3)?;
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                sql.map(|text| text.split_whitespace().collect::<Vec<_>>().join(" ")),
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()
+    })
+    .expect("read the schema")
+}
+
+/// The applied migrations of the file: version, checksum, success.
+pub fn applied_migrations(conn: &rusqlite::Connection) -> Vec<(i64, Vec<u8>, bool)> {
+    conn.prepare("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+        .and_then(|mut s| {
+            s.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .expect("read _sqlx_migrations")
+}

@@ -1,0 +1,186 @@
+//! The embedded migrator and `cargo sqlx migrate run` produce the same database.
+//!
+//! CI creates a file with `cargo sqlx database create` and `cargo sqlx migrate run` and names it
+//! in `SQLREPO_CLI_DB`. These tests compare its schema and its migration bookkeeping with a
+//! fresh file migrated by the crate, and use it through `Db`. Without `SQLREPO_CLI_DB` they fail
+//! when `CI` is set (CI must provide the file) and otherwise print how to run them and pass.
+//!
+//! Locally:
+//! ```sh
+//! export SQLREPO_CLI_DB=/tmp/cli.db DATABASE_URL=sqlite:///tmp/cli.db
+//! rm -f /tmp/cli.db && cargo sqlx database create && cargo sqlx migrate run
+//! cargo test --test sqlx_cli
+//! ```
+
+#[path = "reliability_common/mod.rs"]
+mod reliability_common;
+
+use std::path::{Path, PathBuf};
+
+use reliability_common::{SchemaRow, applied_migrations, dump_file, raw, schema};
+use serde_json::json;
+use sqlrepo::{Db, DbOptions, NewAccount, NewItem, NewUser, Transfer};
+
+/// The file CI migrated with sqlx-cli, or `None` (after failing in CI) when it is not given.
+fn cli_database() -> Option<PathBuf> {
+    match std::env::var_os("SQLREPO_CLI_DB") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            assert!(
+                path.is_file(),
+                "SQLREPO_CLI_DB names {path:?}, which is not a file"
+            );
+            Some(path)
+        }
+        None if std::env::var_os("CI").is_some() => {
+            panic!("CI must set SQLREPO_CLI_DB to a file migrated by `cargo sqlx migrate run`")
+        }
+        None => {
+            println!(
+                "note: SQLREPO_CLI_DB is not set, so the sqlx-cli comparison is skipped; see \
+                 tests/sqlx_cli.rs for how to run it"
+            );
+            None
+        }
+    }
+}
+
+/// The schema without the bookkeeping table, whose DDL belongs to the sqlx version that
+/// created it.
+fn app_schema(path: &Path) -> Vec<SchemaRow> {
+    schema(&raw(path))
+        .into_iter()
+        .filter(|(_, name, ..)| name != "_sqlx_migrations")
+        .collect()
+}
+
+/// A fresh file migrated by the crate itself.
+async fn embedded(dir: &Path) -> PathBuf {
+    let path = dir.join("embedded.db");
+    Db::open(&path).await.unwrap().close().await;
+    path
+}
+
+#[tokio::test]
+async fn the_cli_and_the_embedded_migrator_produce_the_same_schema() {
+    let Some(cli) = cli_database() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ours = embedded(dir.path()).await;
+    let theirs = app_schema(&cli);
+    assert!(
+        !theirs.is_empty(),
+        "{cli:?} holds no tables: was `migrate run` run?"
+    );
+    assert_eq!(theirs, app_schema(&ours));
+}
+
+#[tokio::test]
+async fn the_cli_and_the_embedded_migrator_record_the_same_migrations() {
+    let Some(cli) = cli_database() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ours = embedded(dir.path()).await;
+    // Same versions, same checksums (so neither side will call the other's edited), all
+    // successful.
+    assert_eq!(
+        applied_migrations(&raw(&cli)),
+        applied_migrations(&raw(&ours))
+    );
+}
+
+#[tokio::test]
+async fn a_cli_migrated_file_opens_without_migrating_and_serves_every_repository() {
+    let Some(cli) = cli_database() else { return };
+    let before = dump_file(&cli);
+    let db = Db::open_with(DbOptions::new(&cli).migrate(false))
+        .await
+        .unwrap();
+    // Work inside a transaction that is rolled back, so CI's file is left as it was.
+    let tx = db.begin().await.unwrap();
+    let item = tx
+        .items()
+        .create(&NewItem::new("cli-check-lamp", json!({"watts": 40})))
+        .await
+        .unwrap();
+    assert_eq!(
+        tx.items().get(item).await.unwrap().unwrap().data["watts"],
+        40
+    );
+    let user = tx
+        .users()
+        .create(&NewUser::new("cli-check@example.com", "Check"))
+        .await
+        .unwrap();
+    assert_eq!(tx.users().get(user).await.unwrap().unwrap().name, "Check");
+    let new = NewAccount {
+        user_id: Some(user),
+        balance_cents: 500,
+    };
+    let a = tx.accounts().open(&new).await.unwrap();
+    let b = tx.accounts().open(&new).await.unwrap();
+    tx.accounts()
+        .transfer(&Transfer::new(a, b, 200).with_key("cli-check"))
+        .await
+        .unwrap();
+    assert_eq!(
+        tx.accounts().get(b).await.unwrap().unwrap().balance_cents,
+        700
+    );
+    tx.rollback().await.unwrap();
+    db.close().await;
+    assert_eq!(
+        dump_file(&cli),
+        before,
+        "the rolled-back checks left rows behind"
+    );
+}
+
+#[tokio::test]
+async fn a_copy_of_the_cli_migrated_file_opens_with_migrations_on_and_keeps_its_writes() {
+    let Some(cli) = cli_database() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy.db");
+    raw(&cli)
+        .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+        .unwrap();
+    let applied = applied_migrations(&raw(&copy));
+
+    // The embedded migrator accepts sqlx-cli's bookkeeping: nothing to apply, no error.
+    let db = Db::open(&copy).await.unwrap();
+    let item = db
+        .items()
+        .create(&NewItem::new("kept", json!([1, 2])))
+        .await
+        .unwrap();
+    let user = db
+        .users()
+        .create(&NewUser::new("kept@example.com", "Kept"))
+        .await
+        .unwrap();
+    let account = db
+        .accounts()
+        .open(&NewAccount {
+            user_id: Some(user),
+            balance_cents: 0,
+        })
+        .await
+        .unwrap();
+    db.accounts().deposit(account, 250).await.unwrap();
+    db.close().await;
+
+    assert_eq!(applied_migrations(&raw(&copy)), applied);
+    let db = Db::open(&copy).await.unwrap();
+    assert_eq!(
+        db.items().get(item).await.unwrap().unwrap().data,
+        json!([1, 2])
+    );
+    assert_eq!(
+        db.accounts()
+            .get(account)
+            .await
+            .unwrap()
+            .unwrap()
+            .balance_cents,
+        250
+    );
+    db.close().await;
+}
