@@ -70,12 +70,14 @@ impl Drop for TxState {
     }
 }
 
-/// Queues a rollback of whatever transaction `conn` is still in; the connection's worker runs
-/// it before the next statement anyone sends, so the next user of the writer starts clean.
+/// Queues a rollback of the transaction `conn` was lent for; the connection's worker runs it
+/// before the next statement anyone sends, so the next user of the writer starts clean.
+///
+/// Unconditional, as sqlx's own `Transaction` does on drop: when a COMMIT or ROLLBACK ran but
+/// its answer was never read (the future was dropped), sqlx's worker expects exactly one such
+/// call and skips it; a rollback with no transaction open does nothing.
 fn roll_back_unfinished(conn: &mut SqliteConnection) {
-    if Manager::get_transaction_depth(conn) > 0 {
-        Manager::start_rollback(conn);
-    }
+    Manager::start_rollback(conn);
 }
 
 impl Tx {
@@ -132,11 +134,12 @@ impl Tx {
     /// [`Error::Database`](crate::Error::Database) if SQLite cannot commit (disk full, I/O error); the transaction is
     /// then rolled back.
     pub async fn commit(self) -> Result<()> {
-        let lease = self.state.lock().await.lease.take();
-        if let Some(mut lease) = lease {
-            let result = Manager::commit(&mut lease).await;
-            roll_back_unfinished(&mut lease);
-            result?;
+        // The lease stays in the state until the COMMIT is answered: if this future is dropped
+        // or the COMMIT fails, dropping the `Tx` rolls back (see `roll_back_unfinished`).
+        let mut state = self.state.lock().await;
+        if let Some(lease) = state.lease.as_mut() {
+            Manager::commit(lease).await?;
+            state.lease = None;
         }
         Ok(())
     }
@@ -147,9 +150,10 @@ impl Tx {
     /// # Errors
     /// [`Error::Database`](crate::Error::Database) if SQLite reports a failure while rolling back.
     pub async fn rollback(self) -> Result<()> {
-        let lease = self.state.lock().await.lease.take();
-        if let Some(mut lease) = lease {
-            Manager::rollback(&mut lease).await?;
+        let mut state = self.state.lock().await;
+        if let Some(lease) = state.lease.as_mut() {
+            Manager::rollback(lease).await?;
+            state.lease = None;
         }
         Ok(())
     }

@@ -393,8 +393,6 @@ async fn dropped_futures_never_half_apply_and_never_leave_the_db_stuck() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a Tx::commit or Tx::rollback future dropped before its answer leaves \
-            sqlx's ignore-next-rollback flag set, so the next dropped Tx stays open forever"]
 async fn dropped_futures_never_leave_the_db_stuck_even_when_commits_are_cancelled() {
     drop_futures_at_random(false).await;
 }
@@ -634,8 +632,6 @@ async fn write_is_visible(db: &Db, name: &str) -> bool {
 }
 
 #[tokio::test]
-#[ignore = "defect: Tx::commit dropped before its answer leaves sqlx's ignore-next-rollback \
-            flag set; the next Tx dropped uncommitted is never rolled back"]
 async fn a_transaction_dropped_after_a_cancelled_commit_of_another_still_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path().join("commit.db")).await.unwrap();
@@ -677,8 +673,6 @@ async fn a_transaction_dropped_after_a_cancelled_commit_of_another_still_rolls_b
 }
 
 #[tokio::test]
-#[ignore = "defect: Tx::rollback dropped before its answer leaves sqlx's ignore-next-rollback \
-            flag set; the next Tx dropped uncommitted is never rolled back"]
 async fn a_transaction_dropped_after_a_cancelled_rollback_of_another_still_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path().join("rollback.db")).await.unwrap();
