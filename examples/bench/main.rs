@@ -11,7 +11,9 @@
 //! ```
 //!
 //! Ratios taken side by side in one run are what to read; absolute figures move a lot from day
-//! to day on shared machines. There are no timing assertions: the run fails only when a side
+//! to day on shared machines. So the workloads made of many small operations run in rounds in
+//! which the sides take turns (who goes first rotates), and each figure is the median of its
+//! rounds. There are no timing assertions: the run fails only when a side
 //! does the wrong work (a row missing, a count off) or sqlrepo's `mixed` run hits `Busy` or
 //! loses a write.
 
@@ -26,6 +28,7 @@ mod rusqlite_side;
 mod svg;
 mod timing;
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail, ensure};
@@ -146,6 +149,7 @@ struct Bench<'a> {
     runtime: &'a Runtime,
     inputs: &'a Inputs,
     repo: RepoSide,
+    floor: Floor,
     lite: RusqliteSide,
     lite_path: PathBuf,
     naive: NaiveSide,
@@ -154,11 +158,37 @@ struct Bench<'a> {
     notes: Vec<String>,
 }
 
+/// Who takes a turn in a round; the value indexes what [`Bench::take_turns`] returns.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Repo = 0,
+    Lite = 1,
+    Naive = 2,
+    Floor = 3,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Repo => "sqlrepo",
+            Side::Lite => "rusqlite",
+            Side::Naive => "naive",
+            Side::Floor => "floor",
+        }
+    }
+}
+
+/// The part of `0..n` that round `round` of `rounds` covers.
+fn slice(n: usize, rounds: usize, round: usize) -> Range<usize> {
+    n * round / rounds..n * (round + 1) / rounds
+}
+
 impl<'a> Bench<'a> {
     fn open(runtime: &'a Runtime, inputs: &'a Inputs, dir: &Path) -> anyhow::Result<Self> {
         let lite_path = dir.join("rusqlite.db");
         let naive_path = dir.join("naive.db");
         let repo = runtime.block_on(RepoSide::open(&dir.join("sqlrepo.db")))?;
+        let floor = runtime.block_on(Floor::open(repo.path()))?;
         let lite = RusqliteSide::create(&lite_path)?;
         let naive = runtime.block_on(NaiveSide::open(&naive_path))?;
         progress(format_args!("three fresh databases in {}", dir.display()));
@@ -166,6 +196,7 @@ impl<'a> Bench<'a> {
             runtime,
             inputs,
             repo,
+            floor,
             lite,
             lite_path,
             naive,
@@ -181,8 +212,7 @@ impl<'a> Bench<'a> {
         let sizes = &self.inputs.sizes;
         self.insert_many()?;
         self.set_status_many()?;
-        let mut floor = self.runtime.block_on(Floor::open(self.repo.path()))?;
-        self.get(&mut floor)?;
+        self.get()?;
         self.get_many()?;
         self.stream()?;
         progress(format_args!(
@@ -192,28 +222,54 @@ impl<'a> Bench<'a> {
         self.runtime.block_on(self.repo.seed_people(self.inputs))?;
         self.lite.seed_people(self.inputs)?;
         self.runtime.block_on(self.naive.seed_people(self.inputs))?;
-        self.transfer(&mut floor)?;
+        self.transfer()?;
         self.transfer_batch()?;
-        self.dashboard(&mut floor)?;
+        self.dashboard()?;
         let verdict = self.mixed()?;
         self.explain();
         Ok((self.rows, self.notes, verdict))
     }
 
+    /// Runs a workload in `rounds` rounds, each side (and the floor, if asked) taking one turn
+    /// per round; who goes first rotates. `turn` does one side's share of one round.
+    fn take_turns(
+        &mut self,
+        workload: &str,
+        with_floor: bool,
+        mut turn: impl FnMut(&mut Self, Side, usize) -> anyhow::Result<Measured>,
+    ) -> anyhow::Result<[Measured; 4]> {
+        let sides: &[Side] = if with_floor {
+            &[Side::Repo, Side::Floor, Side::Lite, Side::Naive]
+        } else {
+            &[Side::Repo, Side::Lite, Side::Naive]
+        };
+        let mut totals: [Measured; 4] = Default::default();
+        for round in 0..self.inputs.sizes.rounds {
+            for offset in 0..sides.len() {
+                let side = sides[(round + offset) % sides.len()];
+                totals[side as usize] += turn(self, side, round)?;
+            }
+        }
+        for side in sides {
+            report_side(workload, side.name(), &totals[*side as usize]);
+        }
+        Ok(totals)
+    }
+
     fn insert_many(&mut self) -> anyhow::Result<()> {
         let (items, naive_items) = (&self.inputs.items, self.inputs.sizes.naive_items);
         let repo = self.runtime.block_on(self.repo.insert_many(items))?;
-        report_side("insert_many", "sqlrepo", repo);
+        report_side("insert_many", "sqlrepo", &repo);
         let lite = self.lite.insert_many(items)?;
-        report_side("insert_many", "rusqlite", lite);
+        report_side("insert_many", "rusqlite", &lite);
         let naive = self
             .runtime
             .block_on(self.naive.insert_many(&items[..naive_items]))?;
-        report_side("insert_many", "naive", naive);
+        report_side("insert_many", "naive", &naive);
         // The naive table gets the rest untimed, so every side holds the same items.
         self.runtime
             .block_on(self.naive.top_up_items(&items[naive_items..]))?;
-        self.push(Row {
+        self.rows.push(Row {
             rusqlite: Some(lite),
             naive: Some(naive),
             target: Target::Rusqlite(1.0),
@@ -225,15 +281,15 @@ impl<'a> Bench<'a> {
     fn set_status_many(&mut self) -> anyhow::Result<()> {
         let ids = &self.inputs.shuffled_ids;
         let repo = self.runtime.block_on(self.repo.set_status_many(ids))?;
-        report_side("set_status_many", "sqlrepo", repo);
+        report_side("set_status_many", "sqlrepo", &repo);
         let lite = self.lite.set_status_many(ids)?;
-        report_side("set_status_many", "rusqlite", lite);
+        report_side("set_status_many", "rusqlite", &lite);
         let naive = self.runtime.block_on(
             self.naive
                 .set_status_many(&ids[..self.inputs.sizes.naive_items]),
         )?;
-        report_side("set_status_many", "naive", naive);
-        self.push(Row {
+        report_side("set_status_many", "naive", &naive);
+        self.rows.push(Row {
             rusqlite: Some(lite),
             naive: Some(naive),
             target: Target::Rusqlite(1.0),
@@ -242,18 +298,14 @@ impl<'a> Bench<'a> {
         Ok(())
     }
 
-    fn get(&mut self, floor: &mut Floor) -> anyhow::Result<()> {
-        let ids = &self.inputs.get_ids;
-        let (repo, floor) = self.alternate_with_floor(floor, ids.len(), |bench, range| {
-            bench.runtime.block_on(bench.repo.get(&ids[range]))
+    fn get(&mut self) -> anyhow::Result<()> {
+        let inputs = self.inputs;
+        let (ids, rounds) = (&inputs.get_ids, inputs.sizes.rounds);
+        let [repo, lite, naive, floor] = self.take_turns("get", true, |bench, side, round| {
+            let ids = &ids[slice(ids.len(), rounds, round)];
+            bench.turn_get(side, ids)
         })?;
-        report_side("get", "sqlrepo", repo);
-        report_side("get", "floor", floor);
-        let lite = self.lite.get(ids)?;
-        report_side("get", "rusqlite", lite);
-        let naive = self.runtime.block_on(self.naive.get(ids))?;
-        report_side("get", "naive", naive);
-        self.push(Row {
+        self.rows.push(Row {
             rusqlite: Some(lite),
             naive: Some(naive),
             floor: Some(floor),
@@ -263,18 +315,31 @@ impl<'a> Bench<'a> {
         Ok(())
     }
 
+    /// One side's point gets of one round.
+    fn turn_get(&mut self, side: Side, ids: &[i64]) -> anyhow::Result<Measured> {
+        match side {
+            Side::Repo => self.runtime.block_on(self.repo.get(ids)),
+            Side::Lite => self.lite.get(ids),
+            Side::Naive => self.runtime.block_on(self.naive.get(ids)),
+            Side::Floor => self.runtime.block_on(self.floor.get(ids)),
+        }
+    }
+
     fn get_many(&mut self) -> anyhow::Result<()> {
-        let batches = &self.inputs.get_many_batches;
-        let repo = self.runtime.block_on(self.repo.get_many(batches))?;
-        report_side("get_many", "sqlrepo", repo);
-        let lite = self.lite.get_many(batches)?;
-        report_side("get_many", "rusqlite", lite);
-        let naive = self.runtime.block_on(
-            self.naive
-                .get_many(batches, self.inputs.sizes.naive_get_many_rows),
-        )?;
-        report_side("get_many", "naive", naive);
-        self.push(Row {
+        let inputs = self.inputs;
+        let (batches, rounds) = (&inputs.get_many_batches, inputs.sizes.rounds);
+        let naive_rows = inputs.sizes.naive_get_many_rows / rounds;
+        let [repo, lite, naive, _] = self.take_turns("get_many", false, |bench, side, round| {
+            let batches = &batches[slice(batches.len(), rounds, round)];
+            match side {
+                Side::Repo => bench.runtime.block_on(bench.repo.get_many(batches)),
+                Side::Lite => bench.lite.get_many(batches),
+                Side::Naive | Side::Floor => bench
+                    .runtime
+                    .block_on(bench.naive.get_many(batches, naive_rows)),
+            }
+        })?;
+        self.rows.push(Row {
             rusqlite: Some(lite),
             naive: Some(naive),
             target: Target::Rusqlite(1.5),
@@ -284,7 +349,7 @@ impl<'a> Bench<'a> {
             "get_many: {} calls of {} ids each; rusqlite does a cached point get per id, naive sqlx \
              a pooled point get per id.",
             batches.len(),
-            self.inputs.sizes.get_many_batch_rows
+            inputs.sizes.get_many_batch_rows
         ));
         Ok(())
     }
@@ -301,46 +366,50 @@ impl<'a> Bench<'a> {
             self.lite.top_up_items(&chunk)?;
         }
         let (repo, repo_rss) = self.runtime.block_on(self.repo.stream(sizes.stream_rows))?;
-        report_side("stream", "sqlrepo", repo);
+        report_side("stream", "sqlrepo", &repo);
         let (lite, lite_rss) = self.lite.stream(sizes.stream_rows)?;
-        report_side("stream", "rusqlite", lite);
+        report_side("stream", "rusqlite", &lite);
         let (naive, naive_rss) = self
             .runtime
             .block_on(self.naive.stream(sizes.naive_stream_rows))?;
-        report_side("stream", "naive", naive);
-        self.push(Row {
+        report_side("stream", "naive", &naive);
+        self.notes.push(format!(
+            "stream: peak RSS growth while streaming: sqlrepo {repo_rss:.1} MiB over {} rows, \
+             rusqlite {lite_rss:.1} MiB over {} rows, naive sqlx fetch() {naive_rss:.1} MiB over {} rows.",
+            repo.ops, lite.ops, naive.ops
+        ));
+        self.rows.push(Row {
             rusqlite: Some(lite),
             naive: Some(naive),
             target: Target::Rusqlite(5.0),
             rss_growth_mib: Some((repo_rss, STREAM_RSS_LIMIT_MIB)),
             ..Row::new("stream", "row", repo)
         });
-        self.notes.push(format!(
-            "stream: peak RSS growth while streaming: sqlrepo {repo_rss:.1} MiB over {} rows, \
-             rusqlite {lite_rss:.1} MiB over {} rows, naive sqlx fetch() {naive_rss:.1} MiB over {} rows.",
-            repo.ops, lite.ops, naive.ops
-        ));
         Ok(())
     }
 
-    fn transfer(&mut self, floor: &mut Floor) -> anyhow::Result<()> {
-        let transfers = &self.inputs.transfers;
-        let (repo, floor) = self.alternate_with_floor(floor, transfers.len(), |bench, range| {
-            bench
-                .runtime
-                .block_on(bench.repo.transfer(&transfers[range]))
-        })?;
-        report_side("transfer", "sqlrepo", repo);
-        report_side("transfer", "floor", floor);
-        let lite = self.lite.transfer(transfers)?;
-        report_side("transfer", "rusqlite", lite);
-        let naive = self.runtime.block_on(
-            self.naive
-                .transfer(&transfers[..self.inputs.sizes.naive_transfers]),
-        )?;
-        report_side("transfer", "naive", naive);
-        self.check_bank("after transfer")?;
-        self.push(Row {
+    fn transfer(&mut self) -> anyhow::Result<()> {
+        let inputs = self.inputs;
+        let (transfers, rounds) = (&inputs.transfers, inputs.sizes.rounds);
+        let naive_transfers = &transfers[..inputs.sizes.naive_transfers];
+        let [repo, lite, naive, floor] =
+            self.take_turns("transfer", true, |bench, side, round| {
+                let mine = &transfers[slice(transfers.len(), rounds, round)];
+                match side {
+                    Side::Repo => bench.runtime.block_on(bench.repo.transfer(mine)),
+                    Side::Lite => bench.lite.transfer(mine),
+                    Side::Naive => {
+                        let mine = &naive_transfers[slice(naive_transfers.len(), rounds, round)];
+                        bench.runtime.block_on(bench.naive.transfer(mine))
+                    }
+                    Side::Floor => {
+                        let ids = &inputs.get_ids;
+                        bench.turn_get(side, &ids[slice(ids.len(), rounds, round)])
+                    }
+                }
+            })?;
+        self.check_bank("after transfer", [repo.ops, lite.ops, naive.ops])?;
+        self.rows.push(Row {
             rusqlite: Some(lite),
             naive: Some(naive),
             floor: Some(floor),
@@ -351,18 +420,35 @@ impl<'a> Bench<'a> {
     }
 
     fn transfer_batch(&mut self) -> anyhow::Result<()> {
-        let batches = &self.inputs.transfer_batches;
-        let repo = self.runtime.block_on(self.repo.transfer_batch(batches))?;
-        report_side("transfer_batch", "sqlrepo", repo);
-        let lite = self.lite.transfer_batch(batches)?;
-        report_side("transfer_batch", "rusqlite", lite);
-        let naive = self.runtime.block_on(
-            self.naive
-                .transfer_batch(&batches[..self.inputs.sizes.naive_batches]),
+        let inputs = self.inputs;
+        let (batches, rounds) = (&inputs.transfer_batches, inputs.sizes.rounds);
+        let naive_batches = &batches[..inputs.sizes.naive_batches];
+        let [repo, lite, naive, _] =
+            self.take_turns("transfer_batch", false, |bench, side, round| {
+                let mine = &batches[slice(batches.len(), rounds, round)];
+                match side {
+                    Side::Repo => bench.runtime.block_on(bench.repo.transfer_batch(mine)),
+                    Side::Lite => bench.lite.transfer_batch(mine),
+                    Side::Naive | Side::Floor => {
+                        let mine = &naive_batches[slice(naive_batches.len(), rounds, round)];
+                        bench.runtime.block_on(bench.naive.transfer_batch(mine))
+                    }
+                }
+            })?;
+        let singles = [
+            inputs.transfers.len(),
+            inputs.transfers.len(),
+            inputs.sizes.naive_transfers,
+        ];
+        self.check_bank(
+            "after transfer_batch",
+            [
+                singles[0] + repo.ops,
+                singles[1] + lite.ops,
+                singles[2] + naive.ops,
+            ],
         )?;
-        report_side("transfer_batch", "naive", naive);
-        self.check_bank("after transfer_batch")?;
-        self.push(Row {
+        self.rows.push(Row {
             rusqlite: Some(lite),
             naive: Some(naive),
             target: Target::Rusqlite(1.5),
@@ -372,23 +458,28 @@ impl<'a> Bench<'a> {
             "transfer_batch: {} batches of {} steps; rusqlite checks and writes each step inside one \
              BEGIN IMMEDIATE transaction per batch, naive sqlx likewise on a pooled transaction.",
             batches.len(),
-            self.inputs.sizes.batch_steps
+            inputs.sizes.batch_steps
         ));
         Ok(())
     }
 
-    fn dashboard(&mut self, floor: &mut Floor) -> anyhow::Result<()> {
-        let users = &self.inputs.dashboard_users;
-        let (repo, floor) = self.alternate_with_floor(floor, users.len(), |bench, range| {
-            bench.runtime.block_on(bench.repo.dashboard(&users[range]))
-        })?;
-        report_side("dashboard", "sqlrepo", repo);
-        report_side("dashboard", "floor", floor);
-        let lite = self.lite.dashboard(users)?;
-        report_side("dashboard", "rusqlite", lite);
-        let naive = self.runtime.block_on(self.naive.dashboard(users))?;
-        report_side("dashboard", "naive", naive);
-        self.push(Row {
+    fn dashboard(&mut self) -> anyhow::Result<()> {
+        let inputs = self.inputs;
+        let (users, rounds) = (&inputs.dashboard_users, inputs.sizes.rounds);
+        let [repo, lite, naive, floor] =
+            self.take_turns("dashboard", true, |bench, side, round| {
+                let mine = &users[slice(users.len(), rounds, round)];
+                match side {
+                    Side::Repo => bench.runtime.block_on(bench.repo.dashboard(mine)),
+                    Side::Lite => bench.lite.dashboard(mine),
+                    Side::Naive => bench.runtime.block_on(bench.naive.dashboard(mine)),
+                    Side::Floor => {
+                        let ids = &inputs.get_ids;
+                        bench.turn_get(side, &ids[slice(ids.len(), rounds, round)])
+                    }
+                }
+            })?;
+        self.rows.push(Row {
             rusqlite: Some(lite),
             naive: Some(naive),
             floor: Some(floor),
@@ -404,23 +495,23 @@ impl<'a> Bench<'a> {
         let before = audit(self.repo.path())?;
         let (measured, tally) = self.runtime.block_on(self.repo.mixed(plan))?;
         let repo = verify(self.repo.path(), before, plan, measured, tally)?;
-        report_side("mixed", "sqlrepo", repo.measured);
+        report_side("mixed", "sqlrepo", &repo.measured);
 
         let before = audit(&self.lite_path)?;
         let (measured, tally) = self.lite.mixed(plan)?;
         let lite = verify(&self.lite_path, before, plan, measured, tally)?;
-        report_side("mixed", "rusqlite", lite.measured);
+        report_side("mixed", "rusqlite", &lite.measured);
 
         let naive_plan = cut_plan(plan, sizes.naive_mixed_ops_per_task);
         let before = audit(&self.naive_path)?;
         let (measured, tally) = self.runtime.block_on(self.naive.mixed(&naive_plan))?;
         let naive = verify(&self.naive_path, before, &naive_plan, measured, tally)?;
-        report_side("mixed", "naive", naive.measured);
+        report_side("mixed", "naive", &naive.measured);
 
-        self.push(Row {
-            rusqlite: Some(lite.measured),
-            naive: Some(naive.measured),
-            ..Row::new("mixed", "op (wall time / ops)", repo.measured)
+        self.rows.push(Row {
+            rusqlite: Some(lite.measured.clone()),
+            naive: Some(naive.measured.clone()),
+            ..Row::new("mixed", "op (wall time / ops)", repo.measured.clone())
         });
         self.notes.push(format!(
             "mixed: {} tasks at once, each 60% item gets, 20% updates of its own items, 20% \
@@ -437,56 +528,23 @@ impl<'a> Bench<'a> {
         Ok(repo)
     }
 
-    /// Runs `work` over `0..n` in `floor_rounds` slices, taking turns with as many floor gets
-    /// (who goes first alternates), so drift in the machine's speed hits both alike.
-    fn alternate_with_floor(
-        &self,
-        floor: &mut Floor,
-        n: usize,
-        work: impl Fn(&Self, std::ops::Range<usize>) -> anyhow::Result<Measured>,
-    ) -> anyhow::Result<(Measured, Measured)> {
-        let ids = &self.inputs.get_ids;
-        let rounds = self.inputs.sizes.floor_rounds.max(1);
-        let slice = n.div_ceil(rounds);
-        let (mut repo, mut floor_total) = (Measured::default(), Measured::default());
-        for (round, start) in (0..n).step_by(slice).enumerate() {
-            let range = start..(start + slice).min(n);
-            let floor_ids: Vec<i64> = ids
-                .iter()
-                .cycle()
-                .skip(start)
-                .take(range.len())
-                .copied()
-                .collect();
-            if round % 2 == 0 {
-                repo += work(self, range)?;
-                floor_total += self.runtime.block_on(floor.get(&floor_ids))?;
-            } else {
-                floor_total += self.runtime.block_on(floor.get(&floor_ids))?;
-                repo += work(self, range)?;
-            }
-        }
-        Ok((repo, floor_total))
-    }
-
-    /// Every side's bank still holds what it opened with, and has a ledger row per transfer.
-    fn check_bank(&self, when: &str) -> anyhow::Result<()> {
+    /// Every side's bank still holds what it opened with, and has one ledger row per transfer
+    /// it made (`ledger_rows`: sqlrepo, rusqlite, naive sqlx).
+    fn check_bank(&self, when: &str, ledger_rows: [usize; 3]) -> anyhow::Result<()> {
         let sizes = &self.inputs.sizes;
         let opened = sizes.accounts as i64 * sizes.opening_balance_cents;
-        for path in [self.repo.path(), &self.lite_path, &self.naive_path] {
+        let paths = [self.repo.path(), &self.lite_path, &self.naive_path];
+        for (path, rows) in paths.into_iter().zip(ledger_rows) {
             let bank = audit(path)?;
             ensure!(
-                bank.total_balance_cents == opened,
-                "{when}: {} holds {} cents, opened with {opened}",
+                bank.total_balance_cents == opened && bank.ledger_rows == rows as i64,
+                "{when}: {} holds {} cents in {} ledger rows, expected {opened} cents in {rows}",
                 path.display(),
-                bank.total_balance_cents
+                bank.total_balance_cents,
+                bank.ledger_rows
             );
         }
         Ok(())
-    }
-
-    fn push(&mut self, row: Row) {
-        self.rows.push(row);
     }
 
     /// Notes that read the table: what the naive side skipped, and the floor of one operation
@@ -496,7 +554,7 @@ impl<'a> Bench<'a> {
             .rows
             .iter()
             .filter_map(|row| {
-                let naive = row.naive?;
+                let naive = row.naive.as_ref()?;
                 (naive.ops != row.sqlrepo.ops).then(|| format!("{} {}", row.name, naive.ops))
             })
             .collect();
@@ -507,22 +565,22 @@ impl<'a> Bench<'a> {
                 naive_cut.join(", ")
             ));
         }
-        let us_of = |name: &str, pick: fn(&Row) -> Option<Measured>| {
+        let us_of = |name: &str, pick: fn(&Row) -> Option<&Measured>| {
             self.rows
                 .iter()
                 .find(|row| row.name == name)
                 .and_then(pick)
                 .map(|m| m.us_per_op())
         };
-        let Some(rusqlite_get) = us_of("get", |row| row.rusqlite) else {
+        let Some(rusqlite_get) = us_of("get", |row| row.rusqlite.as_ref()) else {
             return;
         };
         let mut lines = Vec::new();
         for name in ["transfer", "dashboard"] {
             let (Some(repo), Some(floor), Some(lite)) = (
-                us_of(name, |row| Some(row.sqlrepo)),
-                us_of(name, |row| row.floor),
-                us_of(name, |row| row.rusqlite),
+                us_of(name, |row| Some(&row.sqlrepo)),
+                us_of(name, |row| row.floor.as_ref()),
+                us_of(name, |row| row.rusqlite.as_ref()),
             ) else {
                 continue;
             };

@@ -50,11 +50,13 @@ impl Row {
 
     pub fn ratio(&self) -> Option<f64> {
         self.rusqlite
+            .as_ref()
             .map(|rusqlite| self.sqlrepo.us_per_op() / rusqlite.us_per_op())
     }
 
     pub fn floor_ratio(&self) -> Option<f64> {
         self.floor
+            .as_ref()
             .map(|floor| self.sqlrepo.us_per_op() / floor.us_per_op())
     }
 
@@ -84,7 +86,7 @@ impl Row {
     }
 }
 
-fn us(measured: Option<Measured>) -> String {
+fn us(measured: Option<&Measured>) -> String {
     measured.map_or_else(|| "–".to_owned(), |m| format_us(m.us_per_op()))
 }
 
@@ -112,11 +114,11 @@ pub fn print_table(rows: &[Row], notes: &[String]) {
     );
     println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|");
     for row in rows {
-        let naive = match row.naive {
+        let naive = match &row.naive {
             Some(naive) if naive.ops != row.sqlrepo.ops => {
                 format!("{} ({})", us(Some(naive)), naive.ops)
             }
-            other => us(other),
+            other => us(other.as_ref()),
         };
         let met = match row.met() {
             Some(true) => "yes",
@@ -128,10 +130,10 @@ pub fn print_table(rows: &[Row], notes: &[String]) {
             row.name,
             row.sqlrepo.ops,
             row.unit,
-            us(Some(row.sqlrepo)),
-            us(row.rusqlite),
+            us(Some(&row.sqlrepo)),
+            us(row.rusqlite.as_ref()),
             naive,
-            us(row.floor),
+            us(row.floor.as_ref()),
             times(row.ratio()),
             times(row.floor_ratio()),
             row.target_text(),
@@ -177,12 +179,12 @@ pub fn write_json(path: &Path, rows: &[Row], notes: &[String]) -> anyhow::Result
                 name: row.name,
                 n: row.sqlrepo.ops,
                 sqlrepo_us: row.sqlrepo.us_per_op(),
-                rusqlite_us: row.rusqlite.map(|m| m.us_per_op()),
-                naive_sqlx_us: row.naive.map(|m| m.us_per_op()),
-                floor_us: row.floor.map(|m| m.us_per_op()),
+                rusqlite_us: row.rusqlite.as_ref().map(Measured::us_per_op),
+                naive_sqlx_us: row.naive.as_ref().map(Measured::us_per_op),
+                floor_us: row.floor.as_ref().map(Measured::us_per_op),
                 ratio: row.ratio(),
                 floor_ratio: row.floor_ratio(),
-                naive_sqlx_n: row.naive.map(|m| m.ops),
+                naive_sqlx_n: row.naive.as_ref().map(|m| m.ops),
                 per: row.unit,
                 target: row.target_text(),
                 target_met: row.met(),

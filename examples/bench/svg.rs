@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::report::{Row, format_us};
+use crate::timing::Measured;
 
 const WIDTH: f64 = 960.0;
 const PLOT_LEFT: f64 = 170.0;
@@ -27,8 +28,8 @@ const SERIES: [(&str, &str); 3] = [
 fn values(row: &Row) -> [Option<f64>; 3] {
     [
         Some(row.sqlrepo.us_per_op()),
-        row.rusqlite.map(|m| m.us_per_op()),
-        row.naive.map(|m| m.us_per_op()),
+        row.rusqlite.as_ref().map(Measured::us_per_op),
+        row.naive.as_ref().map(Measured::us_per_op),
     ]
 }
 

@@ -4,11 +4,15 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Work done by one side: how many operations (rows, gets, steps …) in how long.
-#[derive(Debug, Clone, Copy, Default)]
+/// Work done by one side: how many operations (rows, gets, steps …) in how long. A workload run
+/// in rounds keeps each round's figure, and then reports their median: other processes on a
+/// shared machine come in bursts, and a burst should spoil one round, not the result.
+#[derive(Debug, Clone, Default)]
 pub struct Measured {
     pub ops: usize,
     pub elapsed: Duration,
+    /// µs per operation of each round added with `+=`.
+    rounds: Vec<f64>,
 }
 
 impl Measured {
@@ -17,19 +21,44 @@ impl Measured {
         Measured {
             ops,
             elapsed: started.elapsed(),
+            rounds: Vec::new(),
         }
     }
 
-    /// Microseconds per operation.
+    /// Microseconds per operation: the median of the rounds when there are at least three,
+    /// else the total time over the total operations.
     pub fn us_per_op(&self) -> f64 {
+        if self.rounds.len() >= 3 {
+            let mut rounds = self.rounds.clone();
+            rounds.sort_by(f64::total_cmp);
+            let middle = rounds.len() / 2;
+            if rounds.len().is_multiple_of(2) {
+                (rounds[middle - 1] + rounds[middle]) / 2.0
+            } else {
+                rounds[middle]
+            }
+        } else {
+            self.mean_us_per_op()
+        }
+    }
+
+    fn mean_us_per_op(&self) -> f64 {
         self.elapsed.as_secs_f64() * 1e6 / self.ops.max(1) as f64
+    }
+
+    pub fn rounds(&self) -> usize {
+        self.rounds.len()
     }
 }
 
+/// Adds one round.
 impl std::ops::AddAssign for Measured {
-    fn add_assign(&mut self, other: Measured) {
-        self.ops += other.ops;
-        self.elapsed += other.elapsed;
+    fn add_assign(&mut self, round: Measured) {
+        if round.ops > 0 {
+            self.rounds.push(round.mean_us_per_op());
+        }
+        self.ops += round.ops;
+        self.elapsed += round.elapsed;
     }
 }
 
@@ -53,11 +82,16 @@ pub fn progress(message: std::fmt::Arguments<'_>) {
 }
 
 /// Reports a side's result for one workload as a progress line.
-pub fn report_side(workload: &str, side: &str, measured: Measured) {
+pub fn report_side(workload: &str, side: &str, measured: &Measured) {
     progress(format_args!(
-        "{workload:<16} {side:<10} {:>8} ops in {:>7.3} s = {:>9.2} µs/op",
+        "{workload:<16} {side:<10} {:>8} ops in {:>7.3} s: {:>9.2} µs/op{}",
         measured.ops,
         measured.elapsed.as_secs_f64(),
-        measured.us_per_op()
+        measured.us_per_op(),
+        match measured.rounds() {
+            0 | 1 => String::new(),
+            rounds @ 2 => format!(" (mean of {rounds} rounds)"),
+            rounds => format!(" (median of {rounds} rounds)"),
+        }
     ));
 }
