@@ -220,7 +220,7 @@ fn case_with_setup(name: &'static str, setup: Op, run: Op, expect: Expect) -> Ca
 fn nested(depth: usize) -> Value {
     let mut value = json!(0);
     for _ in 0..depth {
-        value = json!([value]);
+        value = Value::Array(vec![value]);
     }
     value
 }

@@ -1,0 +1,1379 @@
+//! Model-based tests: random sequences of repository operations — items, users, orders,
+//! accounts, deposits, transfers, batches, replayed and reused idempotency keys, and
+//! caller-owned transactions that commit or roll back — run against a fresh database file and
+//! against a plain in-memory model of the API contract (`/work/shared/API.md`). Every return
+//! value, errors included, must agree, and at the end every table must hold what the model holds.
+//!
+//! `SQLREPO_MODEL_CASES` sets the number of cases (default 256), `SQLREPO_MODEL_SEED` replays a
+//! run; `SQLREPO_MODEL_STEPS` the most operations per case (default 40).
+
+#[path = "reliability_common/mod.rs"]
+mod reliability_common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use proptest::prelude::*;
+use proptest::sample::select;
+use proptest::test_runner::{Config, RngSeed, TestRunner};
+use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
+use reliability_common::{check_integrity, count, raw, seed};
+use serde_json::{Value, json};
+use sqlrepo::limits::{MAX_DATA_BYTES, MAX_DATA_DEPTH, MAX_KEY_CHARS, MAX_NAME_CHARS};
+use sqlrepo::{
+    AccountRepo, Db, Error, ItemPatch, ItemRepo, ItemStatus, NewAccount, NewItem, NewOrder,
+    NewUser, OrderRepo, Transfer, Tx, UserPatch, UserRepo,
+};
+
+// ---------------------------------------------------------------------------------------------
+// The model
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq)]
+struct MItem {
+    name: String,
+    data: Value,
+    status: ItemStatus,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct MUser {
+    email: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct MOrder {
+    user: i64,
+    total: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct MAccount {
+    user: Option<i64>,
+    balance: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct MLedger {
+    from: Option<i64>,
+    to: i64,
+    amount: i64,
+    key: Option<String>,
+}
+
+/// The database as the contract describes it, plus what the last operation must return.
+#[derive(Clone, Debug, Default)]
+struct Model {
+    items: BTreeMap<i64, MItem>,
+    users: BTreeMap<i64, MUser>,
+    orders: BTreeMap<i64, MOrder>,
+    accounts: BTreeMap<i64, MAccount>,
+    ledger: Vec<MLedger>,
+    /// The results the last transition must give, in order (several for a transaction).
+    expected: Vec<Out>,
+    /// Labels of notable things the last transition did (for the coverage report).
+    notes: Vec<&'static str>,
+}
+
+/// SQLite gives a new row the largest rowid plus one.
+fn next_id<V>(rows: &BTreeMap<i64, V>) -> i64 {
+    rows.keys().next_back().map_or(1, |last| last + 1)
+}
+
+/// What an operation returned, in a form both sides can produce.
+#[derive(Clone, Debug, PartialEq)]
+enum Out {
+    Id(i64),
+    Bool(bool),
+    Count(u64),
+    Unit,
+    Cents(i64),
+    Item(Option<MItem>),
+    Items(Vec<(i64, MItem)>),
+    User(Option<(i64, MUser)>),
+    /// `(id, total)`, newest first.
+    Orders(Vec<(i64, i64)>),
+    Stats(i64, i64),
+    Dashboard((i64, MUser), Vec<(i64, i64)>, (i64, i64)),
+    Account(Option<(Option<i64>, i64)>),
+    Err(ErrOut),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum ErrOut {
+    Invalid,
+    /// The entity and every id the error may name.
+    NotFound(&'static str, Vec<i64>),
+    Duplicate(String),
+    ForeignKey,
+    Insufficient {
+        account: i64,
+        balance_cents: i64,
+        requested_cents: i64,
+    },
+    Other(String),
+}
+
+fn agrees(expected: &Out, actual: &Out) -> bool {
+    match (expected, actual) {
+        (
+            Out::Err(ErrOut::NotFound(entity, ids)),
+            Out::Err(ErrOut::NotFound(actual_entity, actual_ids)),
+        ) => entity == actual_entity && actual_ids.len() == 1 && ids.contains(&actual_ids[0]),
+        _ => expected == actual,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.trim().is_empty() && !name.contains('\0') && name.chars().count() <= MAX_NAME_CHARS
+}
+
+/// The documented email shape: one `@` with text before it, a domain with an inner dot, no
+/// whitespace or control characters, at most 254 characters.
+fn valid_email(email: &str) -> bool {
+    if email.chars().count() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+}
+
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn valid_data(data: &Value) -> bool {
+    depth(data) <= MAX_DATA_DEPTH && serde_json::to_string(data).unwrap().len() <= MAX_DATA_BYTES
+}
+
+fn valid_key(key: &Option<String>) -> bool {
+    key.as_ref()
+        .is_none_or(|k| !k.is_empty() && k.chars().count() <= MAX_KEY_CHARS)
+}
+
+fn email_key(email: &str) -> String {
+    email.to_ascii_lowercase()
+}
+
+/// One transfer as generated.
+#[derive(Clone, Debug)]
+struct T {
+    from: i64,
+    to: i64,
+    amount: i64,
+    key: Option<String>,
+}
+
+impl T {
+    fn transfer(&self) -> Transfer {
+        let t = Transfer::new(self.from, self.to, self.amount);
+        match &self.key {
+            Some(key) => t.with_key(key.clone()),
+            None => t,
+        }
+    }
+    fn movement(&self) -> (Option<i64>, i64, i64) {
+        (Some(self.from), self.to, self.amount)
+    }
+    fn valid(&self) -> bool {
+        self.amount > 0 && self.from != self.to && valid_key(&self.key)
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    CreateItem(String, Value, ItemStatus),
+    UpdateItem(i64, Option<String>, Option<Value>, Option<ItemStatus>),
+    DeleteItem(i64),
+    InsertItems(Vec<(String, Value, ItemStatus)>),
+    SetStatusMany(Vec<i64>, ItemStatus),
+    GetItem(i64),
+    ListItems(ItemStatus),
+    CountItems,
+    CreateUser(String, String),
+    UpdateUser(i64, Option<String>, Option<String>),
+    DeleteUser(i64),
+    InsertUsers(Vec<(String, String)>),
+    GetUserByEmail(String),
+    CreateOrder(i64, i64),
+    DeleteOrder(i64),
+    InsertOrders(Vec<(i64, i64)>),
+    RecentOrders(i64, u32),
+    OrderStats(i64),
+    Dashboard(i64),
+    OpenAccount(Option<i64>, i64),
+    GetAccount(i64),
+    Deposit(i64, i64),
+    Transfer(T),
+    TransferBatch(Vec<T>),
+    TotalBalance,
+    InTx(Vec<Op>, bool),
+}
+
+impl Model {
+    fn landed_key(&self, key: &str) -> Option<(Option<i64>, i64, i64)> {
+        self.ledger
+            .iter()
+            .find(|row| row.key.as_deref() == Some(key))
+            .map(|row| (row.from, row.to, row.amount))
+    }
+
+    /// The steps of a transfer or batch, checked against the model: `Ok(steps to apply)` or the
+    /// error the whole call must give. Mirrors the contract: every step's own rules in order
+    /// (rejected before the database is touched, keys repeated inside the batch included), then
+    /// keys that already landed, then accounts, funds and overflow step by step.
+    fn plan_transfers<'a>(&mut self, steps: &'a [T]) -> Result<Vec<&'a T>, ErrOut> {
+        let mut seen: BTreeMap<&str, &T> = BTreeMap::new();
+        let mut distinct = Vec::new();
+        for t in steps {
+            if !t.valid() {
+                return Err(ErrOut::Invalid);
+            }
+            if let Some(key) = t.key.as_deref() {
+                if let Some(first) = seen.get(key) {
+                    if first.movement() == t.movement() {
+                        self.notes.push("key repeated inside a batch, skipped");
+                        continue;
+                    }
+                    return Err(ErrOut::Duplicate("transfers.idempotency_key".into()));
+                }
+                seen.insert(key, t);
+            }
+            distinct.push(t);
+        }
+        for t in &distinct {
+            if let Some(landed) = t.key.as_deref().and_then(|k| self.landed_key(k))
+                && landed != t.movement()
+            {
+                return Err(ErrOut::Duplicate("transfers.idempotency_key".into()));
+            }
+        }
+        let mut balances: BTreeMap<i64, i64> = self
+            .accounts
+            .iter()
+            .map(|(id, a)| (*id, a.balance))
+            .collect();
+        let mut apply = Vec::new();
+        for t in distinct {
+            if t.key.as_deref().and_then(|k| self.landed_key(k)).is_some() {
+                self.notes.push("replayed key moved nothing");
+                continue;
+            }
+            let missing: Vec<i64> = [t.from, t.to]
+                .into_iter()
+                .filter(|id| !balances.contains_key(id))
+                .collect();
+            if !missing.is_empty() {
+                return Err(ErrOut::NotFound("account", missing));
+            }
+            let from_balance = balances[&t.from];
+            if from_balance < t.amount {
+                return Err(ErrOut::Insufficient {
+                    account: t.from,
+                    balance_cents: from_balance,
+                    requested_cents: t.amount,
+                });
+            }
+            let Some(credited) = balances[&t.to].checked_add(t.amount) else {
+                return Err(ErrOut::Invalid);
+            };
+            balances.insert(t.from, from_balance - t.amount);
+            balances.insert(t.to, credited);
+            apply.push(t);
+        }
+        Ok(apply)
+    }
+
+    fn land(&mut self, t: &T) {
+        self.accounts.get_mut(&t.from).unwrap().balance -= t.amount;
+        self.accounts.get_mut(&t.to).unwrap().balance += t.amount;
+        self.ledger.push(MLedger {
+            from: Some(t.from),
+            to: t.to,
+            amount: t.amount,
+            key: t.key.clone(),
+        });
+    }
+
+    fn recent(&self, user: i64, limit: usize) -> Vec<(i64, i64)> {
+        // The newest row has the largest id: a new row always takes the largest id plus one.
+        self.orders
+            .iter()
+            .rev()
+            .filter(|(_, o)| o.user == user)
+            .take(limit)
+            .map(|(id, o)| (*id, o.total))
+            .collect()
+    }
+
+    fn stats(&self, user: i64) -> (i64, i64) {
+        let mine = self.orders.values().filter(|o| o.user == user);
+        (mine.clone().count() as i64, mine.map(|o| o.total).sum())
+    }
+
+    fn step(&mut self, op: &Op) -> Out {
+        use ErrOut::*;
+        let err = Out::Err;
+        match op {
+            Op::CreateItem(name, data, status) => {
+                if !valid_name(name) || !valid_data(data) {
+                    return err(Invalid);
+                }
+                if self.items.values().any(|i| &i.name == name) {
+                    return err(Duplicate("items.name".into()));
+                }
+                let id = next_id(&self.items);
+                let item = MItem {
+                    name: name.clone(),
+                    data: data.clone(),
+                    status: *status,
+                };
+                self.items.insert(id, item);
+                Out::Id(id)
+            }
+            Op::UpdateItem(id, name, data, status) => {
+                if name.as_deref().is_some_and(|n| !valid_name(n))
+                    || data.as_ref().is_some_and(|d| !valid_data(d))
+                {
+                    return err(Invalid);
+                }
+                if name.is_none() && data.is_none() && status.is_none() {
+                    return Out::Bool(false);
+                }
+                let Some(current) = self.items.get(id) else {
+                    return Out::Bool(false);
+                };
+                let new = MItem {
+                    name: name.clone().unwrap_or_else(|| current.name.clone()),
+                    data: data.clone().unwrap_or_else(|| current.data.clone()),
+                    status: status.unwrap_or(current.status),
+                };
+                if &new == current {
+                    return Out::Bool(false);
+                }
+                if new.name != current.name && self.items.values().any(|i| i.name == new.name) {
+                    return err(Duplicate("items.name".into()));
+                }
+                self.items.insert(*id, new);
+                Out::Bool(true)
+            }
+            Op::DeleteItem(id) => Out::Bool(self.items.remove(id).is_some()),
+            Op::InsertItems(rows) => {
+                if rows.is_empty() {
+                    return Out::Count(0);
+                }
+                if rows
+                    .iter()
+                    .any(|(n, d, _)| !valid_name(n) || !valid_data(d))
+                {
+                    return err(Invalid);
+                }
+                let mut names: BTreeSet<&str> =
+                    self.items.values().map(|i| i.name.as_str()).collect();
+                if !rows.iter().all(|(n, ..)| names.insert(n)) {
+                    return err(Duplicate("items.name".into()));
+                }
+                for (name, data, status) in rows {
+                    let id = next_id(&self.items);
+                    let item = MItem {
+                        name: name.clone(),
+                        data: data.clone(),
+                        status: *status,
+                    };
+                    self.items.insert(id, item);
+                }
+                Out::Count(rows.len() as u64)
+            }
+            Op::SetStatusMany(ids, status) => {
+                let ids: BTreeSet<i64> = ids.iter().copied().collect();
+                let mut changed = 0;
+                for id in ids {
+                    if let Some(item) = self.items.get_mut(&id)
+                        && item.status != *status
+                    {
+                        item.status = *status;
+                        changed += 1;
+                    }
+                }
+                Out::Count(changed)
+            }
+            Op::GetItem(id) => Out::Item(self.items.get(id).cloned()),
+            Op::ListItems(status) => Out::Items(
+                self.items
+                    .iter()
+                    .filter(|(_, i)| i.status == *status)
+                    .map(|(id, i)| (*id, i.clone()))
+                    .collect(),
+            ),
+            Op::CountItems => Out::Cents(self.items.len() as i64),
+            Op::CreateUser(email, name) => {
+                if !valid_email(email) || !valid_name(name) {
+                    return err(Invalid);
+                }
+                if self
+                    .users
+                    .values()
+                    .any(|u| email_key(&u.email) == email_key(email))
+                {
+                    return err(Duplicate("users.email".into()));
+                }
+                let id = next_id(&self.users);
+                let user = MUser {
+                    email: email.clone(),
+                    name: name.clone(),
+                };
+                self.users.insert(id, user);
+                Out::Id(id)
+            }
+            Op::UpdateUser(id, email, name) => {
+                if email.as_deref().is_some_and(|e| !valid_email(e))
+                    || name.as_deref().is_some_and(|n| !valid_name(n))
+                {
+                    return err(Invalid);
+                }
+                if email.is_none() && name.is_none() {
+                    return Out::Bool(false);
+                }
+                let Some(current) = self.users.get(id) else {
+                    return Out::Bool(false);
+                };
+                let new = MUser {
+                    email: email.clone().unwrap_or_else(|| current.email.clone()),
+                    name: name.clone().unwrap_or_else(|| current.name.clone()),
+                };
+                if &new == current {
+                    return Out::Bool(false);
+                }
+                let taken = self
+                    .users
+                    .iter()
+                    .any(|(other, u)| other != id && email_key(&u.email) == email_key(&new.email));
+                if taken {
+                    return err(Duplicate("users.email".into()));
+                }
+                self.users.insert(*id, new);
+                Out::Bool(true)
+            }
+            Op::DeleteUser(id) => {
+                if !self.users.contains_key(id) {
+                    return Out::Bool(false);
+                }
+                let referenced = self.orders.values().any(|o| o.user == *id)
+                    || self.accounts.values().any(|a| a.user == Some(*id));
+                if referenced {
+                    return err(ForeignKey);
+                }
+                self.users.remove(id);
+                Out::Bool(true)
+            }
+            Op::InsertUsers(rows) => {
+                if rows.is_empty() {
+                    return Out::Count(0);
+                }
+                if rows.iter().any(|(e, n)| !valid_email(e) || !valid_name(n)) {
+                    return err(Invalid);
+                }
+                let mut emails: BTreeSet<String> =
+                    self.users.values().map(|u| email_key(&u.email)).collect();
+                if !rows.iter().all(|(e, _)| emails.insert(email_key(e))) {
+                    return err(Duplicate("users.email".into()));
+                }
+                for (email, name) in rows {
+                    let id = next_id(&self.users);
+                    let user = MUser {
+                        email: email.clone(),
+                        name: name.clone(),
+                    };
+                    self.users.insert(id, user);
+                }
+                Out::Count(rows.len() as u64)
+            }
+            Op::GetUserByEmail(email) => Out::User(
+                self.users
+                    .iter()
+                    .find(|(_, u)| email_key(&u.email) == email_key(email))
+                    .map(|(id, u)| (*id, u.clone())),
+            ),
+            Op::CreateOrder(user, total) => {
+                if *total < 0 {
+                    return err(Invalid);
+                }
+                if !self.users.contains_key(user) {
+                    return err(ForeignKey);
+                }
+                let id = next_id(&self.orders);
+                self.orders.insert(
+                    id,
+                    MOrder {
+                        user: *user,
+                        total: *total,
+                    },
+                );
+                Out::Id(id)
+            }
+            Op::DeleteOrder(id) => Out::Bool(self.orders.remove(id).is_some()),
+            Op::InsertOrders(rows) => {
+                if rows.is_empty() {
+                    return Out::Count(0);
+                }
+                if rows.iter().any(|(_, total)| *total < 0) {
+                    return err(Invalid);
+                }
+                if rows.iter().any(|(user, _)| !self.users.contains_key(user)) {
+                    return err(ForeignKey);
+                }
+                for (user, total) in rows {
+                    let id = next_id(&self.orders);
+                    self.orders.insert(
+                        id,
+                        MOrder {
+                            user: *user,
+                            total: *total,
+                        },
+                    );
+                }
+                Out::Count(rows.len() as u64)
+            }
+            Op::RecentOrders(user, limit) => Out::Orders(self.recent(*user, *limit as usize)),
+            Op::OrderStats(user) => {
+                let (count, total) = self.stats(*user);
+                Out::Stats(count, total)
+            }
+            Op::Dashboard(user) => match self.users.get(user) {
+                None => err(NotFound("user", vec![*user])),
+                Some(u) => Out::Dashboard(
+                    (*user, u.clone()),
+                    self.recent(*user, 10),
+                    self.stats(*user),
+                ),
+            },
+            Op::OpenAccount(user, balance) => {
+                if *balance < 0 {
+                    return err(Invalid);
+                }
+                if user.is_some_and(|u| !self.users.contains_key(&u)) {
+                    return err(ForeignKey);
+                }
+                let id = next_id(&self.accounts);
+                self.accounts.insert(
+                    id,
+                    MAccount {
+                        user: *user,
+                        balance: *balance,
+                    },
+                );
+                Out::Id(id)
+            }
+            Op::GetAccount(id) => Out::Account(self.accounts.get(id).map(|a| (a.user, a.balance))),
+            Op::Deposit(id, amount) => {
+                if *amount <= 0 {
+                    return err(Invalid);
+                }
+                let Some(account) = self.accounts.get_mut(id) else {
+                    return err(NotFound("account", vec![*id]));
+                };
+                let Some(balance) = account.balance.checked_add(*amount) else {
+                    return err(Invalid);
+                };
+                account.balance = balance;
+                self.ledger.push(MLedger {
+                    from: None,
+                    to: *id,
+                    amount: *amount,
+                    key: None,
+                });
+                Out::Cents(balance)
+            }
+            Op::Transfer(t) => match self.plan_transfers(std::slice::from_ref(t)) {
+                Ok(steps) => {
+                    for step in steps {
+                        self.land(step);
+                    }
+                    Out::Unit
+                }
+                Err(e) => err(e),
+            },
+            Op::TransferBatch(ts) => match self.plan_transfers(ts) {
+                Ok(steps) => {
+                    for step in steps {
+                        self.land(step);
+                    }
+                    Out::Unit
+                }
+                Err(e) => err(e),
+            },
+            Op::TotalBalance => {
+                let total: i128 = self.accounts.values().map(|a| i128::from(a.balance)).sum();
+                match i64::try_from(total) {
+                    Ok(total) => Out::Cents(total),
+                    Err(_) => err(Invalid),
+                }
+            }
+            Op::InTx(..) => unreachable!("transactions are applied by `apply`"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generating operations
+// ---------------------------------------------------------------------------------------------
+
+const ITEM_NAMES: &[&str] = &["lamp", "desk", "chair", "sofa", "rug", "Lamp", "l'amp; --"];
+const BAD_NAMES: &[&str] = &["", "   ", "nul\0name"];
+const EMAILS: &[&str] = &[
+    "ann@x.io",
+    "ANN@x.io",
+    "bob@y.org",
+    "cy@z.net",
+    "dee@q.com",
+    "Dee@Q.COM",
+];
+const BAD_EMAILS: &[&str] = &["no-at-sign", "a@b", "sp ace@x.io", "@x.io", "ann@x.io."];
+const USER_NAMES: &[&str] = &["Ann", "Bob", "Cy", "O'Brien"];
+const KEYS: &[&str] = &["k1", "k2", "k3", "k4", "k5"];
+const TEXTS: &[&str] = &[
+    "",
+    "a",
+    "é\u{2028}",
+    "\"quoted\"",
+    "back\\slash",
+    "'; --",
+    "tab\tnl\n",
+];
+const STATUSES: [ItemStatus; 3] = [
+    ItemStatus::Active,
+    ItemStatus::Inactive,
+    ItemStatus::Archived,
+];
+
+fn item_name() -> BoxedStrategy<String> {
+    prop_oneof![
+        12 => select(ITEM_NAMES).prop_map(str::to_owned),
+        1 => select(BAD_NAMES).prop_map(str::to_owned),
+        1 => Just("n".repeat(MAX_NAME_CHARS + 1)),
+    ]
+    .boxed()
+}
+
+/// A number inside `levels` nested arrays.
+fn nested(levels: usize) -> Value {
+    (0..levels).fold(json!(0), |inner, _| Value::Array(vec![inner]))
+}
+
+fn item_data() -> BoxedStrategy<Value> {
+    prop_oneof![
+        3 => Just(json!({})),
+        2 => any::<i64>().prop_map(|n| json!({ "n": n })),
+        2 => select(TEXTS).prop_map(Value::from),
+        1 => Just(json!([1.5, 0.1, -0.0, 1e300, u64::MAX, i64::MIN])),
+        1 => Just(json!({"z": [null, true, {"a": "\u{1F980}"}], "a": "\u{0}"})),
+        1 => Just(nested(MAX_DATA_DEPTH)),
+        1 => Just(nested(MAX_DATA_DEPTH + 1)),
+    ]
+    .boxed()
+}
+
+fn status() -> BoxedStrategy<ItemStatus> {
+    select(&STATUSES[..]).boxed()
+}
+
+fn email() -> BoxedStrategy<String> {
+    prop_oneof![
+        8 => select(EMAILS).prop_map(str::to_owned),
+        1 => select(BAD_EMAILS).prop_map(str::to_owned),
+    ]
+    .boxed()
+}
+
+fn user_name() -> BoxedStrategy<String> {
+    prop_oneof![
+        8 => select(USER_NAMES).prop_map(str::to_owned),
+        1 => Just(" ".to_owned()),
+    ]
+    .boxed()
+}
+
+/// Existing ids mostly, and a few that do not exist.
+fn id_in<V>(rows: &BTreeMap<i64, V>) -> BoxedStrategy<i64> {
+    let unknown = vec![0, -1, next_id(rows) + 7];
+    let known: Vec<i64> = rows.keys().copied().collect();
+    if known.is_empty() {
+        select(unknown).boxed()
+    } else {
+        prop_oneof![4 => select(known), 1 => select(unknown)].boxed()
+    }
+}
+
+fn amount() -> BoxedStrategy<i64> {
+    prop_oneof![
+        12 => 1..400_i64,
+        1 => Just(0_i64),
+        1 => -3..0_i64,
+        1 => Just(i64::MIN),
+        1 => Just(i64::MAX),
+    ]
+    .boxed()
+}
+
+fn opening_balance() -> BoxedStrategy<i64> {
+    prop_oneof![
+        8 => 1..2_000_i64,
+        1 => Just(0_i64),
+        1 => Just(i64::MAX / 2 + 1),
+        1 => Just(-1_i64),
+    ]
+    .boxed()
+}
+
+fn key() -> BoxedStrategy<Option<String>> {
+    prop_oneof![
+        3 => Just(None),
+        4 => select(KEYS).prop_map(|k| Some(k.to_owned())),
+        1 => Just(Some(String::new())),
+    ]
+    .boxed()
+}
+
+fn transfer(s: &Model) -> BoxedStrategy<T> {
+    let fresh = (id_in(&s.accounts), id_in(&s.accounts), amount(), key())
+        .prop_map(|(from, to, amount, key)| T {
+            from,
+            to,
+            amount,
+            key,
+        })
+        .boxed();
+    let mut arms = vec![(2, fresh)];
+    // Between existing accounts, from one with money, for a share of its balance (a little
+    // more than all of it now and then): most of these land.
+    let ids: Vec<i64> = s.accounts.keys().copied().collect();
+    let funded: Vec<(i64, i64)> = s
+        .accounts
+        .iter()
+        .filter(|(_, a)| a.balance > 0)
+        .map(|(id, a)| (*id, a.balance))
+        .collect();
+    if ids.len() >= 2 && !funded.is_empty() {
+        let others = ids.clone();
+        let paying = (select(funded), select(ids), 0.0..1.2_f64, key())
+            .prop_map(move |((from, balance), to, share, key)| {
+                let to = if to == from {
+                    others.iter().copied().find(|id| *id != from).unwrap()
+                } else {
+                    to
+                };
+                let amount = ((balance as f64 * share).min(i64::MAX as f64) as i64).max(1);
+                T {
+                    from,
+                    to,
+                    amount,
+                    key,
+                }
+            })
+            .boxed();
+        arms.push((5, paying));
+    }
+    // Replays of landed keys: the same movement, or the same key with another amount.
+    let landed: Vec<T> = s
+        .ledger
+        .iter()
+        .filter_map(|row| {
+            Some(T {
+                from: row.from?,
+                to: row.to,
+                amount: row.amount,
+                key: Some(row.key.clone()?),
+            })
+        })
+        .collect();
+    if !landed.is_empty() {
+        let replay = (select(landed), any::<bool>())
+            .prop_map(|(mut t, same)| {
+                if !same {
+                    t.amount += 1;
+                }
+                t
+            })
+            .boxed();
+        arms.push((2, replay));
+    }
+    proptest::strategy::Union::new_weighted(arms).boxed()
+}
+
+/// Any operation but a transaction.
+fn plain_op(s: &Model) -> BoxedStrategy<Op> {
+    let item = || id_in(&s.items);
+    let user = || id_in(&s.users);
+    let order = id_in(&s.orders);
+    let account = || id_in(&s.accounts);
+    prop_oneof![
+        4 => (item_name(), item_data(), status()).prop_map(|(n, d, st)| Op::CreateItem(n, d, st)),
+        3 => (
+            item(),
+            proptest::option::of(item_name()),
+            proptest::option::weighted(0.3, item_data()),
+            proptest::option::of(status()),
+        )
+            .prop_map(|(id, n, d, st)| Op::UpdateItem(id, n, d, st)),
+        1 => item().prop_map(Op::DeleteItem),
+        2 => proptest::collection::vec((item_name(), item_data(), status()), 0..4)
+            .prop_map(Op::InsertItems),
+        2 => (proptest::collection::vec(item(), 0..5), status())
+            .prop_map(|(ids, st)| Op::SetStatusMany(ids, st)),
+        1 => item().prop_map(Op::GetItem),
+        1 => status().prop_map(Op::ListItems),
+        1 => Just(Op::CountItems),
+        3 => (email(), user_name()).prop_map(|(e, n)| Op::CreateUser(e, n)),
+        2 => (user(), proptest::option::of(email()), proptest::option::of(user_name()))
+            .prop_map(|(id, e, n)| Op::UpdateUser(id, e, n)),
+        1 => user().prop_map(Op::DeleteUser),
+        1 => proptest::collection::vec((email(), user_name()), 0..3).prop_map(Op::InsertUsers),
+        1 => email().prop_map(Op::GetUserByEmail),
+        3 => (user(), prop_oneof![9 => 0..5_000_i64, 1 => Just(-1_i64)])
+            .prop_map(|(u, t)| Op::CreateOrder(u, t)),
+        1 => order.prop_map(Op::DeleteOrder),
+        1 => proptest::collection::vec((user(), 0..900_i64), 0..4).prop_map(Op::InsertOrders),
+        1 => (user(), 0..4_u32).prop_map(|(u, l)| Op::RecentOrders(u, l)),
+        1 => user().prop_map(Op::OrderStats),
+        1 => user().prop_map(Op::Dashboard),
+        5 => (proptest::option::weighted(0.4, user()), opening_balance())
+            .prop_map(|(u, b)| Op::OpenAccount(u, b)),
+        1 => account().prop_map(Op::GetAccount),
+        3 => (account(), amount()).prop_map(|(id, a)| Op::Deposit(id, a)),
+        6 => transfer(s).prop_map(Op::Transfer),
+        3 => proptest::collection::vec(transfer(s), 0..5).prop_map(Op::TransferBatch),
+        1 => Just(Op::TotalBalance),
+    ]
+    .boxed()
+}
+
+struct ModelMachine;
+
+impl ReferenceStateMachine for ModelMachine {
+    type State = Model;
+    type Transition = Op;
+
+    fn init_state() -> BoxedStrategy<Model> {
+        Just(Model::default()).boxed()
+    }
+
+    fn transitions(state: &Model) -> BoxedStrategy<Op> {
+        prop_oneof![
+            12 => plain_op(state),
+            1 => (proptest::collection::vec(plain_op(state), 1..5), any::<bool>())
+                .prop_map(|(ops, commit)| Op::InTx(ops, commit)),
+        ]
+        .boxed()
+    }
+
+    fn apply(mut state: Model, op: &Op) -> Model {
+        state.notes.clear();
+        state.expected = match op {
+            Op::InTx(ops, commit) => {
+                let mut scratch = state.clone();
+                let mut outs: Vec<Out> = ops.iter().map(|op| scratch.step(op)).collect();
+                outs.push(Out::Unit);
+                let notes = std::mem::take(&mut scratch.notes);
+                if *commit {
+                    state = scratch;
+                }
+                state.notes = notes;
+                state.notes.push(if *commit {
+                    "transaction committed"
+                } else {
+                    "transaction rolled back"
+                });
+                outs
+            }
+            op => vec![state.step(op)],
+        };
+        state
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running operations against the database
+// ---------------------------------------------------------------------------------------------
+
+fn err_out(err: Error) -> ErrOut {
+    match err {
+        Error::InvalidInput(_) => ErrOut::Invalid,
+        Error::NotFound { entity, id } => ErrOut::NotFound(entity, vec![id]),
+        Error::Duplicate { constraint } => ErrOut::Duplicate(constraint),
+        Error::ForeignKey => ErrOut::ForeignKey,
+        Error::InsufficientFunds {
+            account,
+            balance_cents,
+            requested_cents,
+        } => ErrOut::Insufficient {
+            account,
+            balance_cents,
+            requested_cents,
+        },
+        other => ErrOut::Other(format!("{other:?}")),
+    }
+}
+
+fn out<T>(result: sqlrepo::Result<T>, ok: impl FnOnce(T) -> Out) -> Out {
+    match result {
+        Ok(value) => ok(value),
+        Err(err) => Out::Err(err_out(err)),
+    }
+}
+
+fn m_item(item: sqlrepo::Item) -> (i64, MItem) {
+    (
+        item.id,
+        MItem {
+            name: item.name,
+            data: item.data,
+            status: item.status,
+        },
+    )
+}
+
+fn m_user(user: sqlrepo::User) -> (i64, MUser) {
+    (
+        user.id,
+        MUser {
+            email: user.email,
+            name: user.name,
+        },
+    )
+}
+
+/// The repositories of the `Db`, or of an open transaction.
+struct Repos<'a> {
+    items: ItemRepo,
+    users: UserRepo,
+    orders: OrderRepo,
+    accounts: AccountRepo,
+    db: &'a Db,
+    tx: Option<&'a Tx>,
+}
+
+async fn run(repos: &Repos<'_>, op: &Op) -> Out {
+    match op {
+        Op::CreateItem(name, data, status) => {
+            let new = NewItem {
+                name: name.clone(),
+                data: data.clone(),
+                status: *status,
+            };
+            out(repos.items.create(&new).await, Out::Id)
+        }
+        Op::UpdateItem(id, name, data, status) => {
+            let patch = ItemPatch {
+                name: name.clone(),
+                data: data.clone(),
+                status: *status,
+            };
+            out(repos.items.update(*id, &patch).await, Out::Bool)
+        }
+        Op::DeleteItem(id) => out(repos.items.delete(*id).await, Out::Bool),
+        Op::InsertItems(rows) => {
+            let rows: Vec<NewItem> = rows
+                .iter()
+                .map(|(name, data, status)| NewItem {
+                    name: name.clone(),
+                    data: data.clone(),
+                    status: *status,
+                })
+                .collect();
+            out(repos.items.insert_many(&rows).await, Out::Count)
+        }
+        Op::SetStatusMany(ids, status) => {
+            out(repos.items.set_status_many(ids, *status).await, Out::Count)
+        }
+        Op::GetItem(id) => out(repos.items.get(*id).await, |i| {
+            Out::Item(i.map(|i| m_item(i).1))
+        }),
+        Op::ListItems(status) => out(repos.items.list_by_status(*status).await, |items| {
+            Out::Items(items.into_iter().map(m_item).collect())
+        }),
+        Op::CountItems => out(repos.items.count().await, Out::Cents),
+        Op::CreateUser(email, name) => out(
+            repos.users.create(&NewUser::new(email, name)).await,
+            Out::Id,
+        ),
+        Op::UpdateUser(id, email, name) => {
+            let patch = UserPatch {
+                email: email.clone(),
+                name: name.clone(),
+            };
+            out(repos.users.update(*id, &patch).await, Out::Bool)
+        }
+        Op::DeleteUser(id) => out(repos.users.delete(*id).await, Out::Bool),
+        Op::InsertUsers(rows) => {
+            let rows: Vec<NewUser> = rows.iter().map(|(e, n)| NewUser::new(e, n)).collect();
+            out(repos.users.insert_many(&rows).await, Out::Count)
+        }
+        Op::GetUserByEmail(email) => out(repos.users.get_by_email(email).await, |u| {
+            Out::User(u.map(m_user))
+        }),
+        Op::CreateOrder(user, total) => out(
+            repos.orders.create(&NewOrder::new(*user, *total)).await,
+            Out::Id,
+        ),
+        Op::DeleteOrder(id) => out(repos.orders.delete(*id).await, Out::Bool),
+        Op::InsertOrders(rows) => {
+            let rows: Vec<NewOrder> = rows.iter().map(|(u, t)| NewOrder::new(*u, *t)).collect();
+            out(repos.orders.insert_many(&rows).await, Out::Count)
+        }
+        Op::RecentOrders(user, limit) => out(
+            repos.orders.recent_for_user(*user, *limit).await,
+            |orders| Out::Orders(orders.into_iter().map(|o| (o.id, o.total_cents)).collect()),
+        ),
+        Op::OrderStats(user) => out(repos.orders.stats_for_user(*user).await, |s| {
+            Out::Stats(s.count, s.total_cents)
+        }),
+        Op::Dashboard(user) => {
+            let result = match repos.tx {
+                Some(tx) => tx.dashboard(*user).await,
+                None => repos.db.dashboard(*user).await,
+            };
+            out(result, |d| {
+                Out::Dashboard(
+                    m_user(d.user),
+                    d.recent_orders
+                        .iter()
+                        .map(|o| (o.id, o.total_cents))
+                        .collect(),
+                    (d.stats.count, d.stats.total_cents),
+                )
+            })
+        }
+        Op::OpenAccount(user, balance) => {
+            let new = NewAccount {
+                user_id: *user,
+                balance_cents: *balance,
+            };
+            out(repos.accounts.open(&new).await, Out::Id)
+        }
+        Op::GetAccount(id) => out(repos.accounts.get(*id).await, |a| {
+            Out::Account(a.map(|a| (a.user_id, a.balance_cents)))
+        }),
+        Op::Deposit(id, amount) => out(repos.accounts.deposit(*id, *amount).await, Out::Cents),
+        Op::Transfer(t) => out(repos.accounts.transfer(&t.transfer()).await, |()| Out::Unit),
+        Op::TransferBatch(ts) => {
+            let ts: Vec<Transfer> = ts.iter().map(T::transfer).collect();
+            out(repos.accounts.transfer_batch(&ts).await, |()| Out::Unit)
+        }
+        Op::TotalBalance => out(repos.accounts.total_balance().await, Out::Cents),
+        Op::InTx(..) => unreachable!("transactions are run by `run_transition`"),
+    }
+}
+
+async fn run_transition(db: &Db, op: &Op) -> Vec<Out> {
+    match op {
+        Op::InTx(ops, commit) => {
+            let tx = match db.begin().await {
+                Ok(tx) => tx,
+                Err(err) => return vec![Out::Err(err_out(err))],
+            };
+            let repos = Repos {
+                items: tx.items(),
+                users: tx.users(),
+                orders: tx.orders(),
+                accounts: tx.accounts(),
+                db,
+                tx: Some(&tx),
+            };
+            let mut outs = Vec::new();
+            for op in ops {
+                outs.push(run(&repos, op).await);
+            }
+            drop(repos);
+            let end = if *commit {
+                tx.commit().await
+            } else {
+                tx.rollback().await
+            };
+            outs.push(out(end, |()| Out::Unit));
+            outs
+        }
+        op => {
+            let repos = Repos {
+                items: db.items(),
+                users: db.users(),
+                orders: db.orders(),
+                accounts: db.accounts(),
+                db,
+                tx: None,
+            };
+            vec![run(&repos, op).await]
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The state machine test
+// ---------------------------------------------------------------------------------------------
+
+struct Sut {
+    runtime: tokio::runtime::Runtime,
+    db: Db,
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Where case files go: memory-backed when the system has it (the cases are many and small).
+fn scratch_dir() -> PathBuf {
+    let shm = PathBuf::from("/dev/shm");
+    if shm.is_dir() {
+        shm
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// A freshly migrated, empty database file, made once per run; every case starts from a copy
+/// of it (the same bytes `Db::open` would produce, without migrating hundreds of times).
+fn template() -> &'static Path {
+    static TEMPLATE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, path) = TEMPLATE.get_or_init(|| {
+        let dir = tempfile::tempdir_in(scratch_dir()).unwrap();
+        let path = dir.path().join("template.db");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            Db::open(&path).await.unwrap().close().await;
+        });
+        (dir, path)
+    });
+    path
+}
+
+/// What the runs covered: outcomes by kind, notes, cases and steps.
+static COVERAGE: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+
+fn note(label: impl Into<String>) {
+    *COVERAGE.lock().unwrap().entry(label.into()).or_default() += 1;
+}
+
+fn label(out: &Out) -> String {
+    match out {
+        Out::Err(ErrOut::Duplicate(constraint)) => format!("Duplicate({constraint})"),
+        Out::Err(ErrOut::NotFound(entity, _)) => format!("NotFound({entity})"),
+        Out::Err(ErrOut::Insufficient { .. }) => "InsufficientFunds".into(),
+        Out::Err(other) => format!("{other:?}"),
+        Out::Bool(b) => format!("Bool({b})"),
+        other => format!("{other:?}").split('(').next().unwrap().to_owned(),
+    }
+}
+
+struct ModelTest;
+
+impl StateMachineTest for ModelTest {
+    type SystemUnderTest = Sut;
+    type Reference = ModelMachine;
+
+    fn init_test(_: &Model) -> Sut {
+        note("cases");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir_in(scratch_dir()).unwrap();
+        let path = dir.path().join("model.db");
+        std::fs::copy(template(), &path).unwrap();
+        let db = runtime.block_on(Db::open(&path)).unwrap();
+        Sut {
+            runtime,
+            db,
+            path,
+            _dir: dir,
+        }
+    }
+
+    fn apply(sut: Sut, state: &Model, op: Op) -> Sut {
+        let actual = sut.runtime.block_on(run_transition(&sut.db, &op));
+        note("operations");
+        for label_text in state.expected.iter().map(label) {
+            note(label_text);
+        }
+        for text in &state.notes {
+            note(*text);
+        }
+        let agree = actual.len() == state.expected.len()
+            && state
+                .expected
+                .iter()
+                .zip(&actual)
+                .all(|(e, a)| agrees(e, a));
+        assert!(
+            agree,
+            "{op:?}\n  model expects {:?}\n  database gave {actual:?}",
+            state.expected
+        );
+        sut
+    }
+
+    fn teardown(sut: Sut, state: Model) {
+        sut.runtime.block_on(sut.db.close());
+        let conn = raw(&sut.path);
+        check_integrity(&conn).unwrap();
+        assert_eq!(stored_items(&conn), state.items, "items table");
+        assert_eq!(stored_users(&conn), state.users, "users table");
+        assert_eq!(stored_orders(&conn), state.orders, "orders table");
+        assert_eq!(stored_accounts(&conn), state.accounts, "accounts table");
+        assert_eq!(stored_ledger(&conn), state.ledger, "transfers table");
+    }
+}
+
+fn rows<T>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    map: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Vec<T> {
+    conn.prepare(sql)
+        .unwrap()
+        .query_map([], map)
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+fn stored_items(conn: &rusqlite::Connection) -> BTreeMap<i64, MItem> {
+    rows(conn, "SELECT id, name, data, status FROM items", |r| {
+        let data: String = r.get(2)?;
+        let status: String = r.get(3)?;
+        Ok((
+            r.get(0)?,
+            MItem {
+                name: r.get(1)?,
+                data: serde_json::from_str(&data).unwrap(),
+                status: status.parse().unwrap(),
+            },
+        ))
+    })
+    .into_iter()
+    .collect()
+}
+
+fn stored_users(conn: &rusqlite::Connection) -> BTreeMap<i64, MUser> {
+    rows(conn, "SELECT id, email, name FROM users", |r| {
+        Ok((
+            r.get(0)?,
+            MUser {
+                email: r.get(1)?,
+                name: r.get(2)?,
+            },
+        ))
+    })
+    .into_iter()
+    .collect()
+}
+
+fn stored_orders(conn: &rusqlite::Connection) -> BTreeMap<i64, MOrder> {
+    rows(conn, "SELECT id, user_id, total FROM orders", |r| {
+        Ok((
+            r.get(0)?,
+            MOrder {
+                user: r.get(1)?,
+                total: r.get(2)?,
+            },
+        ))
+    })
+    .into_iter()
+    .collect()
+}
+
+fn stored_accounts(conn: &rusqlite::Connection) -> BTreeMap<i64, MAccount> {
+    rows(conn, "SELECT id, user_id, balance FROM accounts", |r| {
+        Ok((
+            r.get(0)?,
+            MAccount {
+                user: r.get(1)?,
+                balance: r.get(2)?,
+            },
+        ))
+    })
+    .into_iter()
+    .collect()
+}
+
+fn stored_ledger(conn: &rusqlite::Connection) -> Vec<MLedger> {
+    rows(
+        conn,
+        "SELECT from_account, to_account, amount, idempotency_key FROM transfers ORDER BY id",
+        |r| {
+            Ok(MLedger {
+                from: r.get(0)?,
+                to: r.get(1)?,
+                amount: r.get(2)?,
+                key: r.get(3)?,
+            })
+        },
+    )
+}
+
+#[test]
+fn random_operation_sequences_agree_with_the_model() {
+    let seed = seed("SQLREPO_MODEL_SEED");
+    let cases = count("SQLREPO_MODEL_CASES", 256) as u32;
+    let steps = count("SQLREPO_MODEL_STEPS", 40);
+    let config = Config {
+        cases,
+        rng_seed: RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let started = std::time::Instant::now();
+    let mut runner = TestRunner::new(config.clone());
+    let result = runner.run(
+        &ModelMachine::sequential_strategy(1..steps),
+        |(initial, transitions, seen)| {
+            ModelTest::test_sequential(config.clone(), initial, transitions, seen);
+            Ok(())
+        },
+    );
+    if let Err(failure) = result {
+        panic!("seed {seed}: {failure}");
+    }
+    let coverage = COVERAGE.lock().unwrap().clone();
+    println!(
+        "model: {} cases, {} operations in {:?}; outcomes and notes: {coverage:?}",
+        coverage.get("cases").copied().unwrap_or(0),
+        coverage.get("operations").copied().unwrap_or(0),
+        started.elapsed()
+    );
+    // The generator must reach every rule, or agreeing proves little.
+    let must_see = [
+        "Duplicate(items.name)",
+        "Duplicate(users.email)",
+        "Duplicate(transfers.idempotency_key)",
+        "ForeignKey",
+        "NotFound(account)",
+        "NotFound(user)",
+        "InsufficientFunds",
+        "Invalid",
+        "replayed key moved nothing",
+        "transaction committed",
+        "transaction rolled back",
+        "Bool(true)",
+        "Bool(false)",
+    ];
+    if cases >= 64 {
+        let missing: Vec<&str> = must_see
+            .iter()
+            .copied()
+            .filter(|label| !coverage.contains_key(*label))
+            .collect();
+        assert!(missing.is_empty(), "never exercised: {missing:?}");
+    }
+}
