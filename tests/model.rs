@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+use futures_util::StreamExt;
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
@@ -93,6 +94,9 @@ enum Out {
     Item(Option<MItem>),
     Items(Vec<(i64, MItem)>),
     User(Option<(i64, MUser)>),
+    Users(Vec<(i64, MUser)>),
+    /// `(user, total)`.
+    Order(Option<(i64, i64)>),
     /// `(id, total)`, newest first.
     Orders(Vec<(i64, i64)>),
     Stats(i64, i64),
@@ -200,6 +204,8 @@ enum Op {
     InsertItems(Vec<(String, Value, ItemStatus)>),
     SetStatusMany(Vec<i64>, ItemStatus),
     GetItem(i64),
+    GetItems(Vec<i64>),
+    StreamItems,
     ListItems(ItemStatus),
     CountItems,
     CreateUser(String, String),
@@ -207,7 +213,9 @@ enum Op {
     DeleteUser(i64),
     InsertUsers(Vec<(String, String)>),
     GetUserByEmail(String),
+    StreamUsers,
     CreateOrder(i64, i64),
+    GetOrder(i64),
     DeleteOrder(i64),
     InsertOrders(Vec<(i64, i64)>),
     RecentOrders(i64, u32),
@@ -410,6 +418,17 @@ impl Model {
                 Out::Count(changed)
             }
             Op::GetItem(id) => Out::Item(self.items.get(id).cloned()),
+            Op::GetItems(ids) => {
+                let ids: BTreeSet<i64> = ids.iter().copied().collect();
+                Out::Items(
+                    ids.into_iter()
+                        .filter_map(|id| Some((id, self.items.get(&id)?.clone())))
+                        .collect(),
+                )
+            }
+            Op::StreamItems => {
+                Out::Items(self.items.iter().map(|(id, i)| (*id, i.clone())).collect())
+            }
             Op::ListItems(status) => Out::Items(
                 self.items
                     .iter()
@@ -500,6 +519,10 @@ impl Model {
                 }
                 Out::Count(rows.len() as u64)
             }
+            Op::StreamUsers => {
+                Out::Users(self.users.iter().map(|(id, u)| (*id, u.clone())).collect())
+            }
+            Op::GetOrder(id) => Out::Order(self.orders.get(id).map(|o| (o.user, o.total))),
             Op::GetUserByEmail(email) => Out::User(
                 self.users
                     .iter()
@@ -799,7 +822,7 @@ fn transfer(s: &Model) -> BoxedStrategy<T> {
         })
         .collect();
     if !landed.is_empty() {
-        let replay = (select(landed), any::<bool>())
+        let replay = (select(landed), proptest::bool::weighted(0.75))
             .prop_map(|(mut t, same)| {
                 if !same {
                     t.amount += 1;
@@ -807,7 +830,7 @@ fn transfer(s: &Model) -> BoxedStrategy<T> {
                 t
             })
             .boxed();
-        arms.push((2, replay));
+        arms.push((4, replay));
     }
     proptest::strategy::Union::new_weighted(arms).boxed()
 }
@@ -833,6 +856,10 @@ fn plain_op(s: &Model) -> BoxedStrategy<Op> {
         2 => (proptest::collection::vec(item(), 0..5), status())
             .prop_map(|(ids, st)| Op::SetStatusMany(ids, st)),
         1 => item().prop_map(Op::GetItem),
+        1 => proptest::collection::vec(item(), 0..5).prop_map(Op::GetItems),
+        1 => Just(Op::StreamItems),
+        1 => Just(Op::StreamUsers),
+        1 => order.clone().prop_map(Op::GetOrder),
         1 => status().prop_map(Op::ListItems),
         1 => Just(Op::CountItems),
         3 => (email(), user_name()).prop_map(|(e, n)| Op::CreateUser(e, n)),
@@ -997,6 +1024,26 @@ async fn run(repos: &Repos<'_>, op: &Op) -> Out {
         Op::SetStatusMany(ids, status) => {
             out(repos.items.set_status_many(ids, *status).await, Out::Count)
         }
+        Op::GetItems(ids) => out(repos.items.get_many(ids).await, |items| {
+            Out::Items(items.into_iter().map(m_item).collect())
+        }),
+        Op::StreamItems => {
+            let items: Vec<_> = repos.items.stream().collect().await;
+            out(
+                items.into_iter().collect::<sqlrepo::Result<Vec<_>>>(),
+                |items| Out::Items(items.into_iter().map(m_item).collect()),
+            )
+        }
+        Op::StreamUsers => {
+            let users: Vec<_> = repos.users.stream().collect().await;
+            out(
+                users.into_iter().collect::<sqlrepo::Result<Vec<_>>>(),
+                |users| Out::Users(users.into_iter().map(m_user).collect()),
+            )
+        }
+        Op::GetOrder(id) => out(repos.orders.get(*id).await, |o| {
+            Out::Order(o.map(|o| (o.user_id, o.total_cents)))
+        }),
         Op::GetItem(id) => out(repos.items.get(*id).await, |i| {
             Out::Item(i.map(|i| m_item(i).1))
         }),
