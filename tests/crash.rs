@@ -34,6 +34,14 @@ const CHILD_DB: &str = "SQLREPO_CRASH_CHILD_DB";
 const CHILD_SEED: &str = "SQLREPO_CRASH_CHILD_SEED";
 /// Set by the parent in the writer's environment: the cycle number, which prefixes batch names.
 const CHILD_CYCLE: &str = "SQLREPO_CRASH_CHILD_CYCLE";
+/// Set by the parent in the writer's environment: `big` for batches that span statements.
+const CHILD_MODE: &str = "SQLREPO_CRASH_CHILD_MODE";
+
+/// Rows in a big item batch: more than one `insert_many` statement takes (50,000 today), so
+/// the batch is several statements in one transaction.
+const BIG_BATCH_ROWS: usize = 50_050;
+/// Transfers in a big caller-owned transaction, one statement each.
+const BIG_TX_TRANSFERS: usize = 40;
 
 const ACCOUNTS: i64 = 6;
 const OPENING_DEPOSIT_CENTS: i64 = 100_000;
@@ -43,6 +51,9 @@ const MAX_KILL_DELAY: Duration = Duration::from_millis(350);
 /// Kills per database file: each file survives this many crashes in a row (every earlier ack
 /// is checked again after each), then a fresh one starts, so the checks stay fast.
 const CYCLES_PER_FILE: usize = 10;
+/// The kill of the big-batch test lands within this long after the spawn; a big batch takes
+/// about a second in a debug build.
+const MAX_BIG_KILL_DELAY: Duration = Duration::from_millis(2_500);
 
 /// One ledger step: from, to, amount in cents.
 type Step = (i64, i64, i64);
@@ -73,7 +84,55 @@ fn writer_process_for_crash_tests() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(write_until_killed(PathBuf::from(path), seed, cycle));
+        .block_on(async move {
+            if std::env::var(CHILD_MODE).is_ok_and(|mode| mode == "big") {
+                write_big_until_killed(PathBuf::from(path), cycle).await
+            } else {
+                write_until_killed(PathBuf::from(path), seed, cycle).await
+            }
+        });
+}
+
+/// The writer of the big-batch test: alternately an item batch of [`BIG_BATCH_ROWS`] rows and
+/// a caller-owned transaction of [`BIG_TX_TRANSFERS`] keyed transfers, each acknowledged after
+/// it returned.
+async fn write_big_until_killed(path: PathBuf, cycle: u64) {
+    acknowledge("");
+    let db = Db::open(&path).await.unwrap_or_else(|e| fail("open", e));
+    for n in 0_u64.. {
+        if n % 2 == 0 {
+            let batch = format!("c{cycle}-i{n}");
+            let items = new_items(&batch, BIG_BATCH_ROWS, n);
+            db.items()
+                .insert_many(&items)
+                .await
+                .unwrap_or_else(|e| fail("big insert_many", e));
+            acknowledge(&format!("ACK I {batch} {BIG_BATCH_ROWS}"));
+        } else {
+            let batch = format!("c{cycle}-t{n}");
+            // Around the ring of accounts and back, so every balance ends where it began.
+            let steps: Vec<Step> = (0..BIG_TX_TRANSFERS)
+                .map(|i| {
+                    let from = i as i64 % ACCOUNTS + 1;
+                    (from, from % ACCOUNTS + 1, 100 + n as i64)
+                })
+                .collect();
+            let tx = db.begin().await.unwrap_or_else(|e| fail("begin", e));
+            for (i, &(from, to, amount)) in steps.iter().enumerate() {
+                let key = member_name(&batch, i, steps.len());
+                tx.accounts()
+                    .transfer(&Transfer::new(from, to, amount).with_key(key))
+                    .await
+                    .unwrap_or_else(|e| fail("tx transfer", e));
+            }
+            tx.commit().await.unwrap_or_else(|e| fail("commit", e));
+            let listed: Vec<String> = steps
+                .iter()
+                .map(|(from, to, amount)| format!("{from}:{to}:{amount}"))
+                .collect();
+            acknowledge(&format!("ACK T {batch} {}", listed.join(",")));
+        }
+    }
 }
 
 /// Prints one line and flushes it: the acknowledgement the parent counts on.
@@ -236,7 +295,7 @@ fn killed_writer_loses_no_acknowledged_batch_and_leaves_no_partial_one() {
             ledger.known.clear();
         }
         let delay = rng.random_range(Duration::ZERO..=MAX_KILL_DELAY);
-        let acks = run_and_kill(&path, dir.path(), rng.random(), cycle, delay)
+        let acks = run_and_kill(&path, dir.path(), rng.random(), cycle, delay, "small")
             .unwrap_or_else(|err| panic!("seed {seed}, cycle {cycle}: {err}"));
         check_after_kill(&path, cycle, &acks, &mut ledger, expected_total).unwrap_or_else(|err| {
             panic!("seed {seed}, cycle {cycle} (killed after {delay:?}): {err}")
@@ -254,6 +313,41 @@ fn killed_writer_loses_no_acknowledged_batch_and_leaves_no_partial_one() {
         ledger.replays,
         ledger.committed_unacknowledged,
         ledger.kills_before_first_ack,
+    );
+}
+
+#[test]
+fn killed_writer_leaves_no_part_of_a_batch_that_spans_statements() {
+    let seed = seed("SQLREPO_CRASH_SEED");
+    let cycles = count("SQLREPO_CRASH_BIG_CYCLES", 8);
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let mut ledger = Ledger::default();
+    for cycle in 0..cycles {
+        // A fresh file each time: these files are big, and the other test covers a file that
+        // survives many crashes.
+        let path = dir.path().join(format!("big-{cycle}.db"));
+        let expected_total = runtime.block_on(prepare_bank(&path));
+        ledger.known.clear();
+        let delay = rng.random_range(Duration::ZERO..=MAX_BIG_KILL_DELAY);
+        let acks = run_and_kill(&path, dir.path(), 0, cycle, delay, "big")
+            .unwrap_or_else(|err| panic!("seed {seed}, cycle {cycle}: {err}"));
+        check_after_kill(&path, cycle, &acks, &mut ledger, expected_total).unwrap_or_else(|err| {
+            panic!("seed {seed}, big cycle {cycle} (killed after {delay:?}): {err}")
+        });
+        std::fs::remove_file(&path).ok();
+    }
+    println!(
+        "crash (batches spanning statements): {cycles} kill cycles survived in {:?}; {} \
+         acknowledged batches present and whole; {} committed but killed before their ack",
+        started.elapsed(),
+        ledger.acknowledged,
+        ledger.committed_unacknowledged,
     );
 }
 
@@ -287,6 +381,7 @@ fn run_and_kill(
     child_seed: u64,
     cycle: usize,
     delay: Duration,
+    mode: &str,
 ) -> Result<Vec<(String, Ack)>, String> {
     let stderr_path = dir.join("writer-stderr.txt");
     let mut child: Child = Command::new(std::env::current_exe().unwrap())
@@ -300,6 +395,7 @@ fn run_and_kill(
         .env(CHILD_DB, path)
         .env(CHILD_SEED, child_seed.to_string())
         .env(CHILD_CYCLE, cycle.to_string())
+        .env(CHILD_MODE, mode)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(File::create(&stderr_path).unwrap())
