@@ -1527,3 +1527,115 @@ fn the_documented_limits_are_the_ones_tested() {
     assert_eq!(MAX_NAME_CHARS, 256);
     const { assert!(MAX_DATA_DEPTH < 1_000) };
 }
+
+// ---- handles used after they ended ----
+
+#[tokio::test]
+async fn every_call_on_a_closed_db_is_a_database_error_promptly_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("closed.db");
+    let db = Db::open(&path).await.unwrap();
+    let fx = fixture(&db, &path).await;
+    db.close().await;
+    let before = dump_file(&path);
+    let calls: Vec<(&str, Op)> = vec![
+        (
+            "items.create",
+            op(|db, _| async move { db.items().create(&NewItem::new("late", json!(1))).await }),
+        ),
+        (
+            "items.get",
+            op(|db, fx| async move { db.items().get(fx.lamp).await }),
+        ),
+        (
+            "items.insert_many",
+            op(|db, _| async move { db.items().insert_many(&items_named(&["late"])).await }),
+        ),
+        (
+            "users.create",
+            op(|db, _| async move { db.users().create(&NewUser::new("late@x.io", "Late")).await }),
+        ),
+        (
+            "orders.stats_for_user",
+            op(|db, fx| async move { db.orders().stats_for_user(fx.ann).await }),
+        ),
+        (
+            "accounts.deposit",
+            op(|db, fx| async move { db.accounts().deposit(fx.house, 5).await }),
+        ),
+        (
+            "accounts.transfer",
+            op(|db, fx| async move {
+                db.accounts()
+                    .transfer(&Transfer::new(fx.rich, fx.poor, 5))
+                    .await
+            }),
+        ),
+        (
+            "dashboard",
+            op(|db, fx| async move { db.dashboard(fx.ann).await }),
+        ),
+        (
+            "begin",
+            op(|db, _| async move { db.begin().await.map(|_| ()) }),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, call) in calls {
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            call(db.clone(), fx.clone()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name} hung on a closed Db"));
+        if !matches!(outcome, Err(Error::Database(_))) {
+            wrong.push(format!("{name}: {}", short(&outcome)));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not Error::Database:\n{}",
+        wrong.join("\n")
+    );
+    assert_eq!(dump_file(&path), before);
+}
+
+#[tokio::test]
+async fn repositories_of_a_finished_transaction_refuse_work_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("finished.db");
+    let db = Db::open(&path).await.unwrap();
+    let fx = fixture(&db, &path).await;
+    let committed = db.begin().await.unwrap();
+    let (items, accounts) = (committed.items(), committed.accounts());
+    committed.commit().await.unwrap();
+    let rolled_back = db.begin().await.unwrap();
+    let users = rolled_back.users();
+    rolled_back.rollback().await.unwrap();
+    let dropped = db.begin().await.unwrap();
+    let orders = dropped.orders();
+    drop(dropped);
+    let before = dump_file(&path);
+
+    let outcomes = [
+        format!("{:?}", items.create(&NewItem::new("late", json!(1))).await),
+        format!(
+            "{:?}",
+            accounts.transfer(&Transfer::new(fx.rich, fx.poor, 5)).await
+        ),
+        format!(
+            "{:?}",
+            users.create(&NewUser::new("late@x.io", "Late")).await
+        ),
+        format!("{:?}", orders.create(&NewOrder::new(fx.ann, 5)).await),
+    ];
+    for outcome in &outcomes {
+        assert!(outcome.starts_with("Err(InvalidInput("), "{outcome}");
+    }
+    assert_eq!(dump_file(&path), before);
+    // The Db itself still writes.
+    db.items()
+        .create(&NewItem::new("after", json!(2)))
+        .await
+        .unwrap();
+}
