@@ -644,3 +644,130 @@ async fn migrating_while_another_connection_holds_the_lock_is_busy_and_applies_n
     let applied = reliability_common::applied_migrations(&raw(&path));
     assert_eq!(applied.len(), versions.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_replays_of_the_same_keys_from_two_handles_land_each_transfer_once() {
+    const KEYS: usize = 20;
+    const RACERS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replays.db");
+    let options = DbOptions::new(&path).busy_timeout(Duration::from_secs(5));
+    let first = Db::open_with(options.clone()).await.unwrap();
+    let second = Db::open_with(options).await.unwrap();
+    for _ in 0..2 {
+        let id = first
+            .accounts()
+            .open(&NewAccount {
+                user_id: None,
+                balance_cents: 0,
+            })
+            .await
+            .unwrap();
+        first.accounts().deposit(id, 10_000).await.unwrap();
+    }
+    let racers: Vec<_> = (0..RACERS)
+        .map(|racer| {
+            let db = if racer % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            tokio::spawn(async move {
+                for k in 0..KEYS {
+                    // Half the racers replay each key as a batch, half alone.
+                    let t = Transfer::new(1, 2, 10 + k as i64).with_key(format!("pay-{k}"));
+                    let result = if racer % 4 < 2 {
+                        db.accounts().transfer(&t).await
+                    } else {
+                        db.accounts().transfer_batch(&[t]).await
+                    };
+                    result.unwrap_or_else(|err| panic!("racer {racer}, key {k}: {err:?}"));
+                }
+            })
+        })
+        .collect();
+    for racer in racers {
+        racer.await.unwrap();
+    }
+    let moved: i64 = (0..KEYS as i64).map(|k| 10 + k).sum();
+    assert_eq!(
+        first
+            .accounts()
+            .get(2)
+            .await
+            .unwrap()
+            .unwrap()
+            .balance_cents,
+        10_000 + moved
+    );
+    first.close().await;
+    second.close().await;
+    let conn = raw(&path);
+    let landed: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM transfers WHERE idempotency_key IS NOT NULL",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(landed, KEYS as i64);
+    check_bank(&conn, 20_000).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_transfers_reusing_a_key_with_different_amounts_land_exactly_one() {
+    const RACERS: i64 = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reuse.db");
+    let options = DbOptions::new(&path).busy_timeout(Duration::from_secs(5));
+    let first = Db::open_with(options.clone()).await.unwrap();
+    let second = Db::open_with(options).await.unwrap();
+    for _ in 0..2 {
+        let id = first
+            .accounts()
+            .open(&NewAccount {
+                user_id: None,
+                balance_cents: 0,
+            })
+            .await
+            .unwrap();
+        first.accounts().deposit(id, 10_000).await.unwrap();
+    }
+    let racers: Vec<_> = (1..=RACERS)
+        .map(|amount| {
+            let db = if amount % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            tokio::spawn(async move {
+                let t = Transfer::new(1, 2, amount).with_key("the-one");
+                (amount, db.accounts().transfer(&t).await)
+            })
+        })
+        .collect();
+    let mut landed = Vec::new();
+    for racer in racers {
+        match racer.await.unwrap() {
+            (amount, Ok(())) => landed.push(amount),
+            (_, Err(Error::Duplicate { constraint })) => {
+                assert_eq!(constraint, "transfers.idempotency_key")
+            }
+            (amount, Err(other)) => panic!("amount {amount}: {other:?}"),
+        }
+    }
+    assert_eq!(landed.len(), 1, "landed: {landed:?}");
+    assert_eq!(
+        first
+            .accounts()
+            .get(2)
+            .await
+            .unwrap()
+            .unwrap()
+            .balance_cents,
+        10_000 + landed[0]
+    );
+    first.close().await;
+    second.close().await;
+    check_bank(&raw(&path), 20_000).unwrap();
+}
