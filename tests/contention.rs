@@ -771,3 +771,36 @@ async fn racing_transfers_reusing_a_key_with_different_amounts_land_exactly_one(
     second.close().await;
     check_bank(&raw(&path), 20_000).unwrap();
 }
+
+#[test]
+#[ignore = "defect: every write panics (tokio::time::timeout in db.rs wait_for) on a Tokio \\
+            runtime built without the time driver, even with no contention at all"]
+fn uncontended_writes_on_a_runtime_without_timers_do_not_panic() {
+    // `Builder::new_current_thread().build()` without `enable_time()`: a service that builds
+    // its own runtime can easily end up with one.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-timers.db");
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(async {
+            let db = Db::open(&path).await?;
+            db.items().create(&NewItem::new("lamp", json!(1))).await?;
+            db.accounts()
+                .open(&NewAccount {
+                    user_id: None,
+                    balance_cents: 5,
+                })
+                .await?;
+            let tx = db.begin().await?;
+            tx.items().create(&NewItem::new("desk", json!(2))).await?;
+            tx.commit().await?;
+            db.items().count().await
+        })
+    }));
+    match outcome {
+        Ok(count) => assert_eq!(count.unwrap(), 2),
+        Err(_) => panic!("a write panicked on a runtime without timers"),
+    }
+}
