@@ -446,6 +446,34 @@ fn cases() -> Vec<Case> {
             Ok("[false, false, false]"),
         ),
         case(
+            "items get_many over the batch limit",
+            op(|db, _| async move {
+                let ids: Vec<i64> = (1..=(MAX_BATCH_ROWS as i64 + 1)).collect();
+                db.items().get_many(&ids).await.map(|items| items.len())
+            }),
+            Err(InvalidInput),
+        ),
+        case(
+            "items get_many with repeated, negative, unknown and extreme ids",
+            op(|db, fx| async move {
+                let ids = [
+                    fx.lamp,
+                    fx.lamp,
+                    -1,
+                    0,
+                    UNKNOWN,
+                    i64::MIN,
+                    i64::MAX,
+                    fx.lamp,
+                ];
+                db.items()
+                    .get_many(&ids)
+                    .await
+                    .map(|items| items.into_iter().map(|i| i.name).collect::<Vec<_>>())
+            }),
+            Ok("[\"lamp\"]"),
+        ),
+        case(
             "item get of i64::MIN and i64::MAX",
             op(|db, _| async move {
                 Result::Ok((
