@@ -373,14 +373,40 @@ struct Tally {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_futures_never_half_apply_and_never_leave_the_db_stuck() {
-    let seed = seed("SQLREPO_CANCEL_SEED");
-    let wanted = count("SQLREPO_CANCEL_DROPS", 1_000);
-    // Some operations finish before their cancel lands; stop at this many in any case.
-    let max_iterations = wanted * 10;
-    let mut rng = SmallRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cancel.db");
     let db = Db::open(&path).await.unwrap();
+    let wanted = count("SQLREPO_CANCEL_DROPS", 1_000);
+    drop_futures_at_random(db, &path, wanted, "held connections").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_futures_never_leave_a_db_over_a_callers_pool_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cancel-pool.db");
+    Db::open(&path).await.unwrap().close().await;
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(3)
+        .connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    let wanted = count("SQLREPO_CANCEL_DROPS", 1_000) / 4;
+    drop_futures_at_random(Db::from_pool(pool), &path, wanted, "a caller's pool").await;
+}
+
+/// Drops `wanted` operations on `db` (a fresh, migrated file at `path`) at random points,
+/// checking after each.
+async fn drop_futures_at_random(db: Db, path: &Path, wanted: usize, what: &str) {
+    let path = path.to_owned();
+    let seed = seed("SQLREPO_CANCEL_SEED");
+    // Some operations finish before their cancel lands; stop at this many in any case.
+    let max_iterations = wanted * 10;
+    let mut rng = SmallRng::seed_from_u64(seed);
     let owner = db
         .users()
         .create(&NewUser::new("owner@example.com", "Owner"))
@@ -470,7 +496,7 @@ async fn dropped_futures_never_half_apply_and_never_leave_the_db_stuck() {
     }
     db.close().await;
     println!(
-        "cancellation: {i} operations in {:?}: {} dropped mid-flight and survived, {} \
+        "cancellation ({what}): {i} operations in {:?}: {} dropped mid-flight and survived, {} \
          completed; per kind (dropped, completed): {:?}; slowest probe after a drop {:?}",
         started.elapsed(),
         tally.cancelled,
