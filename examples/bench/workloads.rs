@@ -1,0 +1,486 @@
+//! The workloads of issue 5, in its order, each run by every side on its own database: the
+//! single-shot batch calls (insert_many, set_status_many, stream, mixed) once per side, the
+//! workloads of many small operations in rounds in which the sides take turns.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use anyhow::ensure;
+use tokio::runtime::Runtime;
+
+use crate::data::{Inputs, item_range};
+use crate::floor::Floor;
+use crate::mixed::{Verdict, cut_plan, verify};
+use crate::naive::NaiveSide;
+use crate::repo_side::RepoSide;
+use crate::report::{self, Row, Target};
+use crate::rusqlite_side::{RusqliteSide, audit};
+use crate::timing::{Measured, progress, report_side};
+
+/// Rows per untimed insert when the stream's table is filled up: small chunks, so the heap the
+/// fill frees (and malloc keeps) is small and cannot hide the stream's own growth in RSS.
+const FILL_CHUNK: usize = 20_000;
+
+/// The most RSS growth issue 5 allows while streaming 1M rows.
+const STREAM_RSS_LIMIT_MIB: f64 = 32.0;
+
+/// The three sides, each on its own fresh database file, and the floor connection.
+pub struct Bench<'a> {
+    runtime: &'a Runtime,
+    inputs: &'a Inputs,
+    repo: RepoSide,
+    floor: Floor,
+    lite: RusqliteSide,
+    lite_path: PathBuf,
+    naive: NaiveSide,
+    naive_path: PathBuf,
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+/// Who takes a turn in a round; the value indexes what [`Bench::take_turns`] returns.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Repo = 0,
+    Lite = 1,
+    Naive = 2,
+    Floor = 3,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Repo => "sqlrepo",
+            Side::Lite => "rusqlite",
+            Side::Naive => "naive",
+            Side::Floor => "floor",
+        }
+    }
+}
+
+/// The part of `0..n` that round `round` of `rounds` covers.
+fn slice(n: usize, rounds: usize, round: usize) -> Range<usize> {
+    n * round / rounds..n * (round + 1) / rounds
+}
+
+impl<'a> Bench<'a> {
+    pub fn open(runtime: &'a Runtime, inputs: &'a Inputs, dir: &Path) -> anyhow::Result<Self> {
+        let lite_path = dir.join("rusqlite.db");
+        let naive_path = dir.join("naive.db");
+        let repo = runtime.block_on(RepoSide::open(&dir.join("sqlrepo.db")))?;
+        let floor = runtime.block_on(Floor::open(repo.path()))?;
+        let lite = RusqliteSide::create(&lite_path)?;
+        let naive = runtime.block_on(NaiveSide::open(&naive_path))?;
+        progress(format_args!("three fresh databases in {}", dir.display()));
+        Ok(Bench {
+            runtime,
+            inputs,
+            repo,
+            floor,
+            lite,
+            lite_path,
+            naive,
+            naive_path,
+            rows: Vec::new(),
+            notes: Vec::new(),
+        })
+    }
+
+    /// Runs every workload in the issue's order; returns the rows, the notes, and sqlrepo's
+    /// `mixed` verdict.
+    pub fn run(mut self) -> anyhow::Result<(Vec<Row>, Vec<String>, Verdict)> {
+        let sizes = &self.inputs.sizes;
+        self.insert_many()?;
+        self.set_status_many()?;
+        self.get()?;
+        self.get_many()?;
+        self.stream()?;
+        progress(format_args!(
+            "seeding {} users, {} orders, {} accounts on each side (untimed)",
+            sizes.users, sizes.orders, sizes.accounts
+        ));
+        self.runtime.block_on(self.repo.seed_people(self.inputs))?;
+        self.lite.seed_people(self.inputs)?;
+        self.runtime.block_on(self.naive.seed_people(self.inputs))?;
+        self.transfer()?;
+        self.transfer_batch()?;
+        self.dashboard()?;
+        let verdict = self.mixed()?;
+        self.explain();
+        Ok((self.rows, self.notes, verdict))
+    }
+
+    /// Runs a workload in `rounds` rounds, each side (and the floor, if asked) taking one turn
+    /// per round; who goes first rotates. `turn` does one side's share of one round.
+    fn take_turns(
+        &mut self,
+        workload: &str,
+        with_floor: bool,
+        mut turn: impl FnMut(&mut Self, Side, usize) -> anyhow::Result<Measured>,
+    ) -> anyhow::Result<[Measured; 4]> {
+        let sides: &[Side] = if with_floor {
+            &[Side::Repo, Side::Floor, Side::Lite, Side::Naive]
+        } else {
+            &[Side::Repo, Side::Lite, Side::Naive]
+        };
+        let mut totals: [Measured; 4] = Default::default();
+        for round in 0..self.inputs.sizes.rounds {
+            for offset in 0..sides.len() {
+                let side = sides[(round + offset) % sides.len()];
+                totals[side as usize] += turn(self, side, round)?;
+            }
+        }
+        for side in sides {
+            report_side(workload, side.name(), &totals[*side as usize]);
+        }
+        Ok(totals)
+    }
+
+    fn insert_many(&mut self) -> anyhow::Result<()> {
+        let (items, naive_items) = (&self.inputs.items, self.inputs.sizes.naive_items);
+        let repo = self.runtime.block_on(self.repo.insert_many(items))?;
+        report_side("insert_many", "sqlrepo", &repo);
+        let lite = self.lite.insert_many(items)?;
+        report_side("insert_many", "rusqlite", &lite);
+        let naive = self
+            .runtime
+            .block_on(self.naive.insert_many(&items[..naive_items]))?;
+        report_side("insert_many", "naive", &naive);
+        // The naive table gets the rest untimed, so every side holds the same items.
+        self.runtime
+            .block_on(self.naive.top_up_items(&items[naive_items..]))?;
+        self.rows.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            target: Target::Rusqlite(1.0),
+            ..Row::new("insert_many", "row", repo)
+        });
+        Ok(())
+    }
+
+    fn set_status_many(&mut self) -> anyhow::Result<()> {
+        let ids = &self.inputs.shuffled_ids;
+        let repo = self.runtime.block_on(self.repo.set_status_many(ids))?;
+        report_side("set_status_many", "sqlrepo", &repo);
+        let lite = self.lite.set_status_many(ids)?;
+        report_side("set_status_many", "rusqlite", &lite);
+        let naive = self.runtime.block_on(
+            self.naive
+                .set_status_many(&ids[..self.inputs.sizes.naive_items]),
+        )?;
+        report_side("set_status_many", "naive", &naive);
+        self.rows.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            target: Target::Rusqlite(1.0),
+            ..Row::new("set_status_many", "id", repo)
+        });
+        Ok(())
+    }
+
+    fn get(&mut self) -> anyhow::Result<()> {
+        let inputs = self.inputs;
+        let (ids, rounds) = (&inputs.get_ids, inputs.sizes.rounds);
+        let [repo, lite, naive, floor] = self.take_turns("get", true, |bench, side, round| {
+            let ids = &ids[slice(ids.len(), rounds, round)];
+            bench.turn_get(side, ids)
+        })?;
+        self.rows.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            floor: Some(floor),
+            target: Target::Floor(1.1),
+            ..Row::new("get", "get", repo)
+        });
+        Ok(())
+    }
+
+    /// One side's point gets of one round.
+    fn turn_get(&mut self, side: Side, ids: &[i64]) -> anyhow::Result<Measured> {
+        match side {
+            Side::Repo => self.runtime.block_on(self.repo.get(ids)),
+            Side::Lite => self.lite.get(ids),
+            Side::Naive => self.runtime.block_on(self.naive.get(ids)),
+            Side::Floor => self.runtime.block_on(self.floor.get(ids)),
+        }
+    }
+
+    /// The floor's turn beside a workload of `n` operations: as many point gets as the
+    /// workload's share of the round, so both turns are the same length.
+    fn turn_floor(&mut self, n: usize, round: usize) -> anyhow::Result<Measured> {
+        let inputs = self.inputs;
+        let ids = &inputs.get_ids;
+        let ids = &ids[slice(n.min(ids.len()), inputs.sizes.rounds, round)];
+        self.runtime.block_on(self.floor.get(ids))
+    }
+
+    fn get_many(&mut self) -> anyhow::Result<()> {
+        let inputs = self.inputs;
+        let (batches, rounds) = (&inputs.get_many_batches, inputs.sizes.rounds);
+        let naive_rows = inputs.sizes.naive_get_many_rows / rounds;
+        let [repo, lite, naive, _] = self.take_turns("get_many", false, |bench, side, round| {
+            let batches = &batches[slice(batches.len(), rounds, round)];
+            match side {
+                Side::Repo => bench.runtime.block_on(bench.repo.get_many(batches)),
+                Side::Lite => bench.lite.get_many(batches),
+                Side::Naive | Side::Floor => bench
+                    .runtime
+                    .block_on(bench.naive.get_many(batches, naive_rows)),
+            }
+        })?;
+        self.rows.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            target: Target::Rusqlite(1.5),
+            ..Row::new("get_many", "row", repo)
+        });
+        self.notes.push(format!(
+            "get_many: {} calls of {} ids each; rusqlite does a cached point get per id, naive sqlx \
+             a pooled point get per id.",
+            batches.len(),
+            inputs.sizes.get_many_batch_rows
+        ));
+        Ok(())
+    }
+
+    fn stream(&mut self) -> anyhow::Result<()> {
+        let sizes = &self.inputs.sizes;
+        progress(format_args!(
+            "filling sqlrepo and rusqlite up to {} items (untimed)",
+            sizes.stream_rows
+        ));
+        for start in (sizes.items..sizes.stream_rows).step_by(FILL_CHUNK) {
+            let chunk = item_range(start, (start + FILL_CHUNK).min(sizes.stream_rows));
+            self.runtime.block_on(self.repo.insert_many(&chunk))?;
+            self.lite.top_up_items(&chunk)?;
+        }
+        let (repo, repo_rss) = self.runtime.block_on(self.repo.stream(sizes.stream_rows))?;
+        report_side("stream", "sqlrepo", &repo);
+        let (lite, lite_rss) = self.lite.stream(sizes.stream_rows)?;
+        report_side("stream", "rusqlite", &lite);
+        let (naive, naive_rss) = self
+            .runtime
+            .block_on(self.naive.stream(sizes.naive_stream_rows))?;
+        report_side("stream", "naive", &naive);
+        self.notes.push(format!(
+            "stream: peak RSS growth while streaming: sqlrepo {repo_rss:.1} MiB over {} rows, \
+             rusqlite {lite_rss:.1} MiB over {} rows, naive sqlx fetch() {naive_rss:.1} MiB over {} rows.",
+            repo.ops, lite.ops, naive.ops
+        ));
+        self.rows.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            target: Target::Rusqlite(5.0),
+            rss_growth_mib: Some((repo_rss, STREAM_RSS_LIMIT_MIB)),
+            ..Row::new("stream", "row", repo)
+        });
+        Ok(())
+    }
+
+    fn transfer(&mut self) -> anyhow::Result<()> {
+        let inputs = self.inputs;
+        let (transfers, rounds) = (&inputs.transfers, inputs.sizes.rounds);
+        let naive_transfers = &transfers[..inputs.sizes.naive_transfers];
+        let [repo, lite, naive, floor] =
+            self.take_turns("transfer", true, |bench, side, round| {
+                let mine = &transfers[slice(transfers.len(), rounds, round)];
+                match side {
+                    Side::Repo => bench.runtime.block_on(bench.repo.transfer(mine)),
+                    Side::Lite => bench.lite.transfer(mine),
+                    Side::Naive => {
+                        let mine = &naive_transfers[slice(naive_transfers.len(), rounds, round)];
+                        bench.runtime.block_on(bench.naive.transfer(mine))
+                    }
+                    Side::Floor => bench.turn_floor(transfers.len(), round),
+                }
+            })?;
+        self.check_bank("after transfer", [repo.ops, lite.ops, naive.ops])?;
+        self.rows.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            floor: Some(floor),
+            target: Target::Floor(1.2),
+            ..Row::new("transfer", "transfer", repo)
+        });
+        Ok(())
+    }
+
+    fn transfer_batch(&mut self) -> anyhow::Result<()> {
+        let inputs = self.inputs;
+        let (batches, rounds) = (&inputs.transfer_batches, inputs.sizes.rounds);
+        let naive_batches = &batches[..inputs.sizes.naive_batches];
+        let [repo, lite, naive, _] =
+            self.take_turns("transfer_batch", false, |bench, side, round| {
+                let mine = &batches[slice(batches.len(), rounds, round)];
+                match side {
+                    Side::Repo => bench.runtime.block_on(bench.repo.transfer_batch(mine)),
+                    Side::Lite => bench.lite.transfer_batch(mine),
+                    Side::Naive | Side::Floor => {
+                        let mine = &naive_batches[slice(naive_batches.len(), rounds, round)];
+                        bench.runtime.block_on(bench.naive.transfer_batch(mine))
+                    }
+                }
+            })?;
+        let singles = [
+            inputs.transfers.len(),
+            inputs.transfers.len(),
+            inputs.sizes.naive_transfers,
+        ];
+        self.check_bank(
+            "after transfer_batch",
+            [
+                singles[0] + repo.ops,
+                singles[1] + lite.ops,
+                singles[2] + naive.ops,
+            ],
+        )?;
+        self.rows.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            target: Target::Rusqlite(1.5),
+            ..Row::new("transfer_batch", "step", repo)
+        });
+        self.notes.push(format!(
+            "transfer_batch: {} batches of {} steps; rusqlite checks and writes each step inside one \
+             BEGIN IMMEDIATE transaction per batch, naive sqlx likewise on a pooled transaction.",
+            batches.len(),
+            inputs.sizes.batch_steps
+        ));
+        Ok(())
+    }
+
+    fn dashboard(&mut self) -> anyhow::Result<()> {
+        let inputs = self.inputs;
+        let (users, rounds) = (&inputs.dashboard_users, inputs.sizes.rounds);
+        let [repo, lite, naive, floor] =
+            self.take_turns("dashboard", true, |bench, side, round| {
+                let mine = &users[slice(users.len(), rounds, round)];
+                match side {
+                    Side::Repo => bench.runtime.block_on(bench.repo.dashboard(mine)),
+                    Side::Lite => bench.lite.dashboard(mine),
+                    Side::Naive => bench.runtime.block_on(bench.naive.dashboard(mine)),
+                    Side::Floor => bench.turn_floor(users.len(), round),
+                }
+            })?;
+        self.rows.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            floor: Some(floor),
+            target: Target::Floor(1.2),
+            ..Row::new("dashboard", "dashboard", repo)
+        });
+        Ok(())
+    }
+
+    fn mixed(&mut self) -> anyhow::Result<Verdict> {
+        let sizes = &self.inputs.sizes;
+        let plan = &self.inputs.mixed;
+        let before = audit(self.repo.path())?;
+        let (measured, tally) = self.runtime.block_on(self.repo.mixed(plan))?;
+        let repo = verify(self.repo.path(), before, plan, measured, tally)?;
+        report_side("mixed", "sqlrepo", &repo.measured);
+
+        let before = audit(&self.lite_path)?;
+        let (measured, tally) = self.lite.mixed(plan)?;
+        let lite = verify(&self.lite_path, before, plan, measured, tally)?;
+        report_side("mixed", "rusqlite", &lite.measured);
+
+        let naive_plan = cut_plan(plan, sizes.naive_mixed_ops_per_task);
+        let before = audit(&self.naive_path)?;
+        let (measured, tally) = self.runtime.block_on(self.naive.mixed(&naive_plan))?;
+        let naive = verify(&self.naive_path, before, &naive_plan, measured, tally)?;
+        report_side("mixed", "naive", &naive.measured);
+
+        self.rows.push(Row {
+            rusqlite: Some(lite.measured.clone()),
+            naive: Some(naive.measured.clone()),
+            ..Row::new("mixed", "op (wall time / ops)", repo.measured.clone())
+        });
+        self.notes.push(format!(
+            "mixed: {} tasks at once, each 60% item gets, 20% updates of its own items, 20% \
+             transfers (rusqlite: one thread and connection per task).",
+            sizes.mixed_tasks
+        ));
+        for (side, verdict) in [
+            ("sqlrepo", &repo),
+            ("rusqlite", &lite),
+            ("naive sqlx", &naive),
+        ] {
+            self.notes.push(format!("mixed {}", verdict.describe(side)));
+        }
+        Ok(repo)
+    }
+
+    /// Every side's bank still holds what it opened with, and has one ledger row per transfer
+    /// it made (`ledger_rows`: sqlrepo, rusqlite, naive sqlx).
+    fn check_bank(&self, when: &str, ledger_rows: [usize; 3]) -> anyhow::Result<()> {
+        let sizes = &self.inputs.sizes;
+        let opened = sizes.accounts as i64 * sizes.opening_balance_cents;
+        let paths = [self.repo.path(), &self.lite_path, &self.naive_path];
+        for (path, rows) in paths.into_iter().zip(ledger_rows) {
+            let bank = audit(path)?;
+            ensure!(
+                bank.total_balance_cents == opened && bank.ledger_rows == rows as i64,
+                "{when}: {} holds {} cents in {} ledger rows, expected {opened} cents in {rows}",
+                path.display(),
+                bank.total_balance_cents,
+                bank.ledger_rows
+            );
+        }
+        Ok(())
+    }
+
+    /// Notes that read the table: what the naive side skipped, and the floor of one operation
+    /// as MEASURED.md defines it (one round trip plus what SQLite needs for the job).
+    fn explain(&mut self) {
+        let naive_cut: Vec<String> = self
+            .rows
+            .iter()
+            .filter_map(|row| {
+                let naive = row.naive.as_ref()?;
+                (naive.ops != row.sqlrepo.ops).then(|| format!("{} {}", row.name, naive.ops))
+            })
+            .collect();
+        if !naive_cut.is_empty() {
+            self.notes.push(format!(
+                "naive sqlx did fewer operations where the (n) says so ({}): a statement and a \
+                 pool acquire per row would take minutes; its figures are per operation all the same.",
+                naive_cut.join(", ")
+            ));
+        }
+        let us_of = |name: &str, pick: fn(&Row) -> Option<&Measured>| {
+            self.rows
+                .iter()
+                .find(|row| row.name == name)
+                .and_then(pick)
+                .map(|m| m.us_per_op())
+        };
+        let Some(rusqlite_get) = us_of("get", |row| row.rusqlite.as_ref()) else {
+            return;
+        };
+        let mut lines = Vec::new();
+        for name in ["transfer", "dashboard"] {
+            let (Some(repo), Some(floor), Some(lite)) = (
+                us_of(name, |row| Some(&row.sqlrepo)),
+                us_of(name, |row| row.floor.as_ref()),
+                us_of(name, |row| row.rusqlite.as_ref()),
+            ) else {
+                continue;
+            };
+            let composite = floor - rusqlite_get + lite;
+            lines.push(format!(
+                "{name} {} µs vs {} µs = {:.2}x",
+                report::format_us(repo),
+                report::format_us(composite),
+                repo / composite
+            ));
+        }
+        if !lines.is_empty() {
+            self.notes.push(format!(
+                "floor of one operation (a floor get, less rusqlite's get, plus rusqlite's \
+                 operation): {}.",
+                lines.join("; ")
+            ));
+        }
+    }
+}
