@@ -73,11 +73,8 @@ pub(crate) async fn fetch(conn: &mut SqliteConnection, user_id: i64) -> Result<D
         entity: "user",
         id: user_id,
     })?;
-    let recent: Vec<OrderJson> = serde_json::from_str(&row.recent).map_err(|err| {
-        Error::Schema(format!(
-            "dashboard orders did not decode ({err}); is the schema current?"
-        ))
-    })?;
+    let recent: Vec<OrderJson> = serde_json::from_str(&row.recent)
+        .map_err(|err| Error::Database(sqlx::Error::Decode(err.into())))?;
     Ok(Dashboard {
         user: User {
             id: row.id,

@@ -208,7 +208,7 @@ impl Db {
             .connect()
             .await?;
         if options.migrate {
-            MIGRATOR.run(&mut writer).await?;
+            migrate_on(&mut writer).await?;
         }
         // Readers are read-only, so a write can never slip past the single writer.
         let mut readers = Vec::with_capacity(options.readers.max(1));
@@ -267,8 +267,7 @@ impl Db {
     /// that changed since it ran; [`Error::Busy`] when another writer holds the lock.
     pub async fn migrate(&self) -> Result<()> {
         let mut conn = self.write_lease().await?;
-        MIGRATOR.run(&mut *conn).await?;
-        Ok(())
+        migrate_on(&mut conn).await
     }
 
     /// The items repository.
@@ -373,11 +372,46 @@ impl Db {
     }
 }
 
-/// Waits for a held connection, at most `timeout`.
+/// Applies the pending migrations, if any, in one `BEGIN IMMEDIATE` transaction.
+///
+/// sqlx's migrator takes no lock on SQLite, so two processes opening a fresh file at once
+/// would both apply migration 1; holding the write lock from the start makes the second wait
+/// (up to the busy timeout), then find nothing left to do. Each migration runs in a savepoint
+/// inside it. A file that is already current is only checked, without the write lock, so it
+/// opens while another process is writing.
+async fn migrate_on(conn: &mut SqliteConnection) -> Result<()> {
+    if all_applied(conn).await {
+        // Nothing to apply: this only checks the applied ones against ours.
+        MIGRATOR.run(&mut *conn).await?;
+        return Ok(());
+    }
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    MIGRATOR.run(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Whether every migration of this release is recorded as applied (a missing table: no).
+async fn all_applied(conn: &mut SqliteConnection) -> bool {
+    use sqlx::migrate::Migrate;
+    let Ok(applied) = conn.list_applied_migrations(&MIGRATOR.table_name).await else {
+        return false;
+    };
+    MIGRATOR
+        .iter()
+        .filter(|migration| !migration.migration_type.is_down_migration())
+        .all(|migration| applied.iter().any(|done| done.version == migration.version))
+}
+
+/// Waits for a held connection, at most `timeout`. A free one is taken without a timer, so a
+/// runtime built without Tokio's time driver works as long as calls do not queue.
 async fn wait_for(
     slot: &Slot,
     timeout: Duration,
 ) -> Result<OwnedMutexGuard<Option<SqliteConnection>>> {
+    if let Ok(guard) = slot.clone().try_lock_owned() {
+        return Ok(guard);
+    }
     tokio::time::timeout(timeout, slot.clone().lock_owned())
         .await
         .map_err(|_| Error::Busy)

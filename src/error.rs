@@ -105,6 +105,15 @@ impl From<sqlx::migrate::MigrateError> for Error {
                 "migration {version} failed part-way on an earlier run; repair the database by hand"
             )),
             MigrateError::Execute(err) => classify(err),
+            // A lock keeps its meaning (Busy, retry); anything else that stops a migration is a
+            // schema problem, such as a table of that name already in the file.
+            MigrateError::ExecuteMigration(err, version) => match classify(err) {
+                Error::Database(err) => Error::Schema(format!(
+                    "migration {version} could not be applied ({err}); the file holds a schema \
+                     this release did not make"
+                )),
+                other => other,
+            },
             other => Error::Schema(format!("migrations could not run: {other}")),
         }
     }

@@ -467,11 +467,10 @@ impl From<ItemJson> for Item {
 
 /// Decodes a page built by `select_page` or `select_many`, in id order.
 fn parse_page(page: &str) -> Result<Vec<Item>> {
-    let rows: Vec<ItemJson> = serde_json::from_str(page).map_err(|err| {
-        Error::Schema(format!(
-            "an items page did not decode ({err}); is the schema current?"
-        ))
-    })?;
+    // A row serde cannot read (say, data nested past its limit, written by other SQL) is a
+    // decode error, as it is for `get`.
+    let rows: Vec<ItemJson> = serde_json::from_str(page)
+        .map_err(|err| Error::Database(sqlx::Error::Decode(err.into())))?;
     let mut items: Vec<Item> = rows.into_iter().map(Item::from).collect();
     // SQLite aggregates the ordered subquery in order; this keeps paging right even if a
     // future planner did not (one comparison per row).

@@ -1352,8 +1352,6 @@ async fn run_named(name: &str) {
 }
 
 #[tokio::test]
-#[ignore = "defect: a stored item whose JSON serde cannot read streams as Error::Schema \
-            (\"is the schema current?\"), while get gives Error::Database"]
 async fn items_stream_past_undecodable_data_is_a_database_error_like_get() {
     run_named(STREAM_UNDECODABLE).await;
 }

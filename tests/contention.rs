@@ -593,8 +593,6 @@ async fn opening_a_migrated_file_while_another_connection_holds_the_lock_succeed
 }
 
 #[tokio::test]
-#[ignore = "defect: a migration refused by another writer's lock is Error::Schema \
-            (\"database is locked\"), not the retryable Error::Busy"]
 async fn migrating_while_another_connection_holds_the_lock_is_busy_and_applies_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("migrate-busy.db");
@@ -773,8 +771,6 @@ async fn racing_transfers_reusing_a_key_with_different_amounts_land_exactly_one(
 }
 
 #[test]
-#[ignore = "defect: every write panics (tokio::time::timeout in db.rs wait_for) on a Tokio \\
-            runtime built without the time driver, even with no contention at all"]
 fn uncontended_writes_on_a_runtime_without_timers_do_not_panic() {
     // `Builder::new_current_thread().build()` without `enable_time()`: a service that builds
     // its own runtime can easily end up with one.

@@ -294,8 +294,6 @@ async fn a_database_missing_its_last_migration_is_brought_up_to_date_on_open() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: concurrent Db::open of a fresh file race the migrations; the losers fail \
-            with Error::Schema (table items already exists)"]
 async fn several_handles_opening_a_fresh_file_at_once_all_succeed() {
     const OPENERS: usize = 4;
     let dir = tempfile::tempdir().unwrap();
