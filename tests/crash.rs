@@ -6,8 +6,11 @@
 //! `--exact writer_process_for_crash_tests --ignored`, and that `#[ignore]`d test runs the write
 //! loop when `SQLREPO_CRASH_CHILD_DB` names a file (and returns at once otherwise).
 //!
+//! A second test kills the writer in the middle of batches that span several statements (an
+//! `insert_many` of 50,050 rows, a caller-owned transaction of 40 transfers).
+//!
 //! Replay a failure with `SQLREPO_CRASH_SEED=<seed printed by the failing run>`; run longer with
-//! `SQLREPO_CRASH_CYCLES=500 cargo test --test crash`.
+//! `SQLREPO_CRASH_CYCLES=500 SQLREPO_CRASH_BIG_CYCLES=40 cargo test --test crash`.
 
 #[path = "reliability_common/mod.rs"]
 mod reliability_common;
