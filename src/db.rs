@@ -201,12 +201,11 @@ impl Db {
     /// As [`Db::open`].
     pub async fn open_with(options: DbOptions) -> Result<Db> {
         let base = options.connect_options();
-        let mut writer = base
+        let writer_options = base
             .clone()
             .create_if_missing(options.create_if_missing)
-            .journal_mode(SqliteJournalMode::Wal)
-            .connect()
-            .await?;
+            .journal_mode(SqliteJournalMode::Wal);
+        let mut writer = connect_when_free(&writer_options, options.busy_timeout).await?;
         if options.migrate {
             migrate_on(&mut writer).await?;
         }
@@ -386,11 +385,11 @@ impl Db {
 async fn migrate_on(conn: &mut SqliteConnection) -> Result<()> {
     if all_applied(conn).await {
         // Nothing to apply: this only checks the applied ones against ours.
-        MIGRATOR.run(&mut *conn).await?;
+        MIGRATOR.run_direct(None, &mut *conn, false).await?;
         return Ok(());
     }
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    MIGRATOR.run(&mut *tx).await?;
+    MIGRATOR.run_direct(None, &mut *tx, false).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -405,6 +404,24 @@ async fn all_applied(conn: &mut SqliteConnection) -> bool {
         .iter()
         .filter(|migration| !migration.migration_type.is_down_migration())
         .all(|migration| applied.iter().any(|done| done.version == migration.version))
+}
+
+/// Connects, retrying for up to `timeout` while the file is locked. Switching a fresh file to
+/// WAL needs a moment of exclusive access that SQLite's busy handler does not wait for, so two
+/// processes opening a new file at once could otherwise fail with `SQLITE_BUSY`.
+async fn connect_when_free(
+    options: &SqliteConnectOptions,
+    timeout: Duration,
+) -> Result<SqliteConnection> {
+    let started = std::time::Instant::now();
+    loop {
+        match options.connect().await.map_err(Error::from) {
+            Err(Error::Busy) if started.elapsed() < timeout => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Waits for a held connection, at most `timeout`. A free one is taken without a timer, so a

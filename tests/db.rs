@@ -126,3 +126,20 @@ async fn reopening_a_file_keeps_everything_and_migrates_nothing_twice() {
     assert_eq!(reopened.items().count().await.unwrap(), 1);
     assert_eq!(dump_all(&db.path), before);
 }
+
+#[tokio::test]
+async fn opening_runs_in_a_spawned_task() {
+    // Db::open's future must be Send: services open the database inside spawned tasks.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spawned.db");
+    let db = tokio::spawn(async move { Db::open(path).await })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(db.items().count().await.unwrap(), 0);
+    let migrated = tokio::spawn({
+        let db = db.clone();
+        async move { db.migrate().await }
+    });
+    migrated.await.unwrap().unwrap();
+}

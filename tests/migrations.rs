@@ -299,8 +299,7 @@ async fn several_handles_opening_a_fresh_file_at_once_all_succeed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("race.db");
     // Polled together in one task: each handle's connections run on their own threads, so
-    // the migrations really race. (`tokio::spawn(Db::open(..))` does not compile: the future is
-    // not provably `Send`, see the report of this suite.)
+    // the migrations really race.
     let opens = (0..OPENERS).map(|_| Db::open(path.clone()));
     let mut failures = Vec::new();
     let mut dbs = Vec::new();
