@@ -145,6 +145,21 @@ impl RepoSide {
         Ok(Measured::since(started, user_ids.len()))
     }
 
+    /// The seed's dashboard shape, measured against `Db::dashboard`'s one statement: the user,
+    /// the recent orders and the stats as three queries run concurrently (three readers).
+    pub async fn dashboard_three_queries(&self, user_ids: &[i64]) -> anyhow::Result<Measured> {
+        let started = Instant::now();
+        for &user_id in user_ids {
+            let (user, recent, stats) = tokio::join!(
+                self.db.users().get(user_id),
+                self.db.orders().recent_for_user(user_id, 10),
+                self.db.orders().stats_for_user(user_id)
+            );
+            std::hint::black_box((user?, recent?, stats?));
+        }
+        Ok(Measured::since(started, user_ids.len()))
+    }
+
     /// One tokio task per plan, all on this `Db`.
     pub async fn mixed(&self, plan: &[Vec<MixedOp>]) -> anyhow::Result<(Measured, TaskTally)> {
         let started = Instant::now();

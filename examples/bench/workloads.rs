@@ -369,6 +369,23 @@ impl<'a> Bench<'a> {
             target: Target::Floor(1.2),
             ..Row::new("dashboard", "dashboard", repo)
         });
+        // The shape Db::dashboard keeps, against the seed's three concurrent queries: the same
+        // users, alternating, on the same Db.
+        let empty = || Measured::since(std::time::Instant::now(), 0);
+        let (mut one, mut three) = (empty(), empty());
+        for round in 0..rounds {
+            let mine = &users[slice(users.len(), rounds, round)];
+            one += self.runtime.block_on(self.repo.dashboard(mine))?;
+            three += self
+                .runtime
+                .block_on(self.repo.dashboard_three_queries(mine))?;
+        }
+        self.notes.push(format!(
+            "dashboard shape: one statement {:.1} µs vs the seed's three queries run concurrently \
+             {:.1} µs per dashboard (sqlrepo, same users, alternating rounds)",
+            one.us_per_op(),
+            three.us_per_op()
+        ));
         Ok(())
     }
 
