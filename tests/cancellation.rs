@@ -635,59 +635,38 @@ async fn write_is_visible(db: &Db, name: &str) -> bool {
 
 #[tokio::test]
 async fn a_transaction_dropped_after_a_cancelled_commit_of_another_still_rolls_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path().join("commit.db")).await.unwrap();
-    let first = db.begin().await.unwrap();
-    first
-        .items()
-        .create(&NewItem::new("committed", json!(1)))
-        .await
-        .unwrap();
-    let finished = poll_once_then_drop(first.commit()).await;
-    assert!(
-        !finished,
-        "the commit should still have been waiting for its answer"
-    );
-    tokio::time::sleep(Duration::from_millis(50)).await;
-
-    let second = db.begin().await.unwrap();
-    second
-        .items()
-        .create(&NewItem::new("abandoned", json!(2)))
-        .await
-        .unwrap();
-    drop(second);
-
-    assert!(
-        write_is_visible(&db, "after").await,
-        "the writer is stuck inside `second`"
-    );
-    let names: Vec<String> = db
-        .items()
-        .list_by_status(ItemStatus::Active)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|item| item.name)
-        .collect();
-    assert_eq!(names, ["committed", "after"]);
-    assert!(db.begin().await.is_ok(), "a new transaction cannot begin");
+    let names = after_a_cancelled_finish(|tx| Box::pin(tx.commit())).await;
+    assert_eq!(names, ["first", "after"]);
 }
 
 #[tokio::test]
 async fn a_transaction_dropped_after_a_cancelled_rollback_of_another_still_rolls_back() {
+    let names = after_a_cancelled_finish(|tx| Box::pin(tx.rollback())).await;
+    assert_eq!(names, ["after"]);
+}
+
+/// Writes "first" in a transaction, cancels `finish` (commit or rollback) of it before its
+/// answer, then drops a second transaction uncommitted; the writer must be free again and the
+/// second's write gone. Returns the active item names left.
+async fn after_a_cancelled_finish(
+    finish: impl FnOnce(
+        sqlrepo::Tx,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = sqlrepo::Result<()>> + Send>,
+    >,
+) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path().join("rollback.db")).await.unwrap();
+    let db = Db::open(dir.path().join("finish.db")).await.unwrap();
     let first = db.begin().await.unwrap();
     first
         .items()
-        .create(&NewItem::new("undone", json!(1)))
+        .create(&NewItem::new("first", json!(1)))
         .await
         .unwrap();
-    let finished = poll_once_then_drop(first.rollback()).await;
+    let finished = poll_once_then_drop(finish(first)).await;
     assert!(
         !finished,
-        "the rollback should still have been waiting for its answer"
+        "the finish should still have been waiting for its answer"
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
 
@@ -703,14 +682,12 @@ async fn a_transaction_dropped_after_a_cancelled_rollback_of_another_still_rolls
         write_is_visible(&db, "after").await,
         "the writer is stuck inside `second`"
     );
-    let names: Vec<String> = db
-        .items()
+    assert!(db.begin().await.is_ok(), "a new transaction cannot begin");
+    db.items()
         .list_by_status(ItemStatus::Active)
         .await
         .unwrap()
         .into_iter()
         .map(|item| item.name)
-        .collect();
-    assert_eq!(names, ["after"]);
-    assert!(db.begin().await.is_ok(), "a new transaction cannot begin");
+        .collect()
 }
