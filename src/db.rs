@@ -125,6 +125,10 @@ type Slot = Arc<Mutex<Option<SqliteConnection>>>;
 
 /// The handle a service keeps: cheap to clone, `Send + Sync`, one per database file.
 ///
+/// Calls that have to wait for one another (a write behind a long transaction, say) wait at
+/// most the busy timeout, timed by Tokio: the runtime needs its time driver (`#[tokio::main]`
+/// and `#[tokio::test]` enable it; a hand-built runtime needs `enable_time()`).
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> sqlrepo::Result<()> {
