@@ -255,20 +255,22 @@ impl AccountRepo {
         ts: &[Transfer],
     ) -> impl Future<Output = Result<()>> + Send + use<> {
         let handle = self.handle.clone();
-        let batch = check_batch("transfer_batch", ts.len()).and_then(|()| {
-            let steps = distinct_steps(ts)?;
-            let json = steps_json(&steps)?;
-            Ok((steps.into_iter().cloned().collect::<Vec<_>>(), json))
-        });
+        // Only the JSON text travels into the future: the happy path needs nothing else, and
+        // the rare failure path reads the steps back from it.
+        let steps_json = check_batch("transfer_batch", ts.len())
+            .and_then(|()| distinct_steps(ts))
+            .and_then(|steps| steps_json(&steps));
         traced("accounts", "transfer_batch", async move {
-            let (steps, steps_json) = batch?;
-            if steps.is_empty() {
+            let Some(steps_json) = steps_json? else {
                 return Ok(());
-            }
+            };
             let mut conn = handle.writer().await?;
             match insert_transfers(&mut conn, &steps_json).await {
                 Ok(_) => Ok(()),
-                Err(err) => Err(explain_failure(&mut conn, &steps, err).await),
+                Err(err) => match steps_from_json(&steps_json) {
+                    Some(steps) => Err(explain_failure(&mut conn, &steps, err).await),
+                    None => Err(err),
+                },
             }
         })
     }
@@ -315,12 +317,33 @@ fn distinct_steps(ts: &[Transfer]) -> Result<Vec<&Transfer>> {
 }
 
 /// The steps as the JSON array `insert_transfers` reads: `[[from, to, amount, key], ...]`.
-fn steps_json(steps: &[&Transfer]) -> Result<String> {
+/// `None` for no steps.
+fn steps_json(steps: &[&Transfer]) -> Result<Option<String>> {
+    if steps.is_empty() {
+        return Ok(None);
+    }
     let rows: Vec<(i64, i64, i64, Option<&str>)> = steps
         .iter()
         .map(|t| (t.from, t.to, t.amount_cents, t.idempotency_key.as_deref()))
         .collect();
-    serde_json::to_string(&rows).map_err(|err| Error::invalid(format!("not JSON: {err}")))
+    serde_json::to_string(&rows)
+        .map(Some)
+        .map_err(|err| Error::invalid(format!("not JSON: {err}")))
+}
+
+/// The steps `steps_json` wrote, read back for `explain_failure`.
+fn steps_from_json(steps_json: &str) -> Option<Vec<Transfer>> {
+    let rows: Vec<(i64, i64, i64, Option<String>)> = serde_json::from_str(steps_json).ok()?;
+    Some(
+        rows.into_iter()
+            .map(|(from, to, amount_cents, idempotency_key)| Transfer {
+                from,
+                to,
+                amount_cents,
+                idempotency_key,
+            })
+            .collect(),
+    )
 }
 
 /// Turns a refused transfer statement into the error that names the cause, by reading the
