@@ -643,12 +643,13 @@ async fn migrating_while_another_connection_holds_the_lock_is_busy_and_applies_n
     assert_eq!(applied.len(), versions.len());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_replays_of_the_same_keys_from_two_handles_land_each_transfer_once() {
-    const KEYS: usize = 20;
-    const RACERS: usize = 8;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("replays.db");
+/// Two `Db` handles on one new file (two writers that only SQLite's lock orders), with accounts
+/// 1 and 2 funded by a 10,000-cent deposit each.
+async fn two_handles_on_two_funded_accounts(
+    dir: &tempfile::TempDir,
+    name: &str,
+) -> (std::path::PathBuf, Db, Db) {
+    let path = dir.path().join(format!("{name}.db"));
     let options = DbOptions::new(&path).busy_timeout(Duration::from_secs(5));
     let first = Db::open_with(options.clone()).await.unwrap();
     let second = Db::open_with(options).await.unwrap();
@@ -663,6 +664,15 @@ async fn racing_replays_of_the_same_keys_from_two_handles_land_each_transfer_onc
             .unwrap();
         first.accounts().deposit(id, 10_000).await.unwrap();
     }
+    (path, first, second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_replays_of_the_same_keys_from_two_handles_land_each_transfer_once() {
+    const KEYS: usize = 20;
+    const RACERS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, first, second) = two_handles_on_two_funded_accounts(&dir, "replays").await;
     let racers: Vec<_> = (0..RACERS)
         .map(|racer| {
             let db = if racer % 2 == 0 {
@@ -716,21 +726,7 @@ async fn racing_replays_of_the_same_keys_from_two_handles_land_each_transfer_onc
 async fn racing_transfers_reusing_a_key_with_different_amounts_land_exactly_one() {
     const RACERS: i64 = 8;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("reuse.db");
-    let options = DbOptions::new(&path).busy_timeout(Duration::from_secs(5));
-    let first = Db::open_with(options.clone()).await.unwrap();
-    let second = Db::open_with(options).await.unwrap();
-    for _ in 0..2 {
-        let id = first
-            .accounts()
-            .open(&NewAccount {
-                user_id: None,
-                balance_cents: 0,
-            })
-            .await
-            .unwrap();
-        first.accounts().deposit(id, 10_000).await.unwrap();
-    }
+    let (path, first, second) = two_handles_on_two_funded_accounts(&dir, "reuse").await;
     let racers: Vec<_> = (1..=RACERS)
         .map(|amount| {
             let db = if amount % 2 == 0 {
