@@ -2,15 +2,11 @@
 
 mod common;
 
-use common::{dump_all, fresh_db};
+use common::{dump_all, fresh_db, user};
 use sqlrepo::{Error, NewAccount, NewItem, NewOrder, NewUser, Transfer};
 
 async fn buyer_and_shop(db: &sqlrepo::Db, wallet_cents: i64) -> (i64, i64, i64) {
-    let buyer = db
-        .users()
-        .create(&NewUser::new("ann@example.com", "Ann"))
-        .await
-        .unwrap();
+    let buyer = user(db, "ann@example.com", "Ann").await;
     let wallet = db
         .accounts()
         .open(&NewAccount {

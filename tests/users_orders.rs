@@ -2,18 +2,14 @@
 
 mod common;
 
-use common::{dump, dump_all, fresh_db};
+use common::{dump, dump_all, fresh_db, user};
 use futures_util::TryStreamExt;
 use sqlrepo::{Error, NewAccount, NewOrder, NewUser, UserPatch};
 
 #[tokio::test]
 async fn create_get_and_get_by_email_agree() {
     let db = fresh_db().await;
-    let id = db
-        .users()
-        .create(&NewUser::new("ann@example.com", "Ann O'Neil"))
-        .await
-        .unwrap();
+    let id = user(&db, "ann@example.com", "Ann O'Neil").await;
     let user = db.users().get(id).await.unwrap().unwrap();
     assert_eq!(user.email, "ann@example.com");
     assert_eq!(user.name, "Ann O'Neil");
@@ -39,10 +35,7 @@ async fn create_get_and_get_by_email_agree() {
 #[tokio::test]
 async fn duplicate_email_in_any_case_is_duplicate_users_email() {
     let db = fresh_db().await;
-    db.users()
-        .create(&NewUser::new("ann@example.com", "Ann"))
-        .await
-        .unwrap();
+    user(&db, "ann@example.com", "Ann").await;
     let before = dump(&db.path, "users");
     for email in ["ann@example.com", "Ann@Example.com"] {
         let err = db
@@ -86,16 +79,8 @@ async fn malformed_email_and_blank_name_are_refused_before_the_database() {
 #[tokio::test]
 async fn update_applies_the_patch_and_reports_real_changes() {
     let db = fresh_db().await;
-    let id = db
-        .users()
-        .create(&NewUser::new("ann@example.com", "Ann"))
-        .await
-        .unwrap();
-    let other = db
-        .users()
-        .create(&NewUser::new("bob@example.com", "Bob"))
-        .await
-        .unwrap();
+    let id = user(&db, "ann@example.com", "Ann").await;
+    let other = user(&db, "bob@example.com", "Bob").await;
     let patch = UserPatch {
         name: Some("Ann Smith".into()),
         ..Default::default()
@@ -135,21 +120,9 @@ async fn update_applies_the_patch_and_reports_real_changes() {
 #[tokio::test]
 async fn deleting_a_user_with_orders_or_accounts_is_foreign_key_and_deletes_nothing() {
     let db = fresh_db().await;
-    let ann = db
-        .users()
-        .create(&NewUser::new("ann@example.com", "Ann"))
-        .await
-        .unwrap();
-    let bob = db
-        .users()
-        .create(&NewUser::new("bob@example.com", "Bob"))
-        .await
-        .unwrap();
-    let carl = db
-        .users()
-        .create(&NewUser::new("carl@example.com", "Carl"))
-        .await
-        .unwrap();
+    let ann = user(&db, "ann@example.com", "Ann").await;
+    let bob = user(&db, "bob@example.com", "Bob").await;
+    let carl = user(&db, "carl@example.com", "Carl").await;
     db.orders().create(&NewOrder::new(ann, 100)).await.unwrap();
     db.accounts()
         .open(&NewAccount {
@@ -185,11 +158,7 @@ async fn an_order_for_an_unknown_user_is_foreign_key() {
 #[tokio::test]
 async fn negative_totals_are_refused_and_zero_is_allowed() {
     let db = fresh_db().await;
-    let ann = db
-        .users()
-        .create(&NewUser::new("ann@example.com", "Ann"))
-        .await
-        .unwrap();
+    let ann = user(&db, "ann@example.com", "Ann").await;
     assert!(matches!(
         db.orders()
             .create(&NewOrder::new(ann, -1))
@@ -209,16 +178,8 @@ async fn negative_totals_are_refused_and_zero_is_allowed() {
 #[tokio::test]
 async fn recent_for_user_is_newest_first_with_ties_to_the_later_id() {
     let db = fresh_db().await;
-    let ann = db
-        .users()
-        .create(&NewUser::new("ann@example.com", "Ann"))
-        .await
-        .unwrap();
-    let bob = db
-        .users()
-        .create(&NewUser::new("bob@example.com", "Bob"))
-        .await
-        .unwrap();
+    let ann = user(&db, "ann@example.com", "Ann").await;
+    let bob = user(&db, "bob@example.com", "Bob").await;
     // One statement: every row gets the same created_at, so only the id orders them.
     let orders: Vec<NewOrder> = (1..=15).map(|t| NewOrder::new(ann, t * 100)).collect();
     assert_eq!(db.orders().insert_many(&orders).await.unwrap(), 15);
@@ -246,11 +207,7 @@ async fn recent_for_user_is_newest_first_with_ties_to_the_later_id() {
 #[tokio::test]
 async fn stats_are_zero_for_a_user_without_orders() {
     let db = fresh_db().await;
-    let ann = db
-        .users()
-        .create(&NewUser::new("ann@example.com", "Ann"))
-        .await
-        .unwrap();
+    let ann = user(&db, "ann@example.com", "Ann").await;
     let stats = db.orders().stats_for_user(ann).await.unwrap();
     assert_eq!((stats.count, stats.total_cents), (0, 0));
     let stats = db.orders().stats_for_user(12345).await.unwrap();
@@ -266,11 +223,7 @@ async fn stats_are_zero_for_a_user_without_orders() {
 #[tokio::test]
 async fn order_get_and_delete() {
     let db = fresh_db().await;
-    let ann = db
-        .users()
-        .create(&NewUser::new("ann@example.com", "Ann"))
-        .await
-        .unwrap();
+    let ann = user(&db, "ann@example.com", "Ann").await;
     let id = db.orders().create(&NewOrder::new(ann, 999)).await.unwrap();
     let order = db.orders().get(id).await.unwrap().unwrap();
     assert_eq!((order.user_id, order.total_cents), (ann, 999));
@@ -284,11 +237,7 @@ async fn order_get_and_delete() {
 #[tokio::test]
 async fn order_insert_many_with_one_unknown_user_writes_nothing() {
     let db = fresh_db().await;
-    let ann = db
-        .users()
-        .create(&NewUser::new("ann@example.com", "Ann"))
-        .await
-        .unwrap();
+    let ann = user(&db, "ann@example.com", "Ann").await;
     assert_eq!(db.orders().insert_many(&[]).await.unwrap(), 0);
     let mut orders: Vec<NewOrder> = (0..1_000).map(|i| NewOrder::new(ann, i)).collect();
     orders[900].user_id = ann + 1;
@@ -332,16 +281,8 @@ async fn user_insert_many_is_all_or_nothing_and_streams_in_order() {
 #[tokio::test]
 async fn dashboard_shows_the_user_their_ten_newest_orders_and_stats() {
     let db = fresh_db().await;
-    let ann = db
-        .users()
-        .create(&NewUser::new("ann@example.com", "Ann"))
-        .await
-        .unwrap();
-    let bob = db
-        .users()
-        .create(&NewUser::new("bob@example.com", "Bob"))
-        .await
-        .unwrap();
+    let ann = user(&db, "ann@example.com", "Ann").await;
+    let bob = user(&db, "bob@example.com", "Bob").await;
     let orders: Vec<NewOrder> = (1..=12).map(|t| NewOrder::new(ann, t)).collect();
     db.orders().insert_many(&orders).await.unwrap();
     db.orders()
@@ -363,11 +304,7 @@ async fn dashboard_shows_the_user_their_ten_newest_orders_and_stats() {
 #[tokio::test]
 async fn dashboard_of_a_user_without_orders_has_zeros_and_unknown_user_is_not_found() {
     let db = fresh_db().await;
-    let ann = db
-        .users()
-        .create(&NewUser::new("ann@example.com", "Ann"))
-        .await
-        .unwrap();
+    let ann = user(&db, "ann@example.com", "Ann").await;
     let dash = db.dashboard(ann).await.unwrap();
     assert!(dash.recent_orders.is_empty());
     assert_eq!((dash.stats.count, dash.stats.total_cents), (0, 0));

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use sqlrepo::{Db, DbOptions};
+use sqlrepo::{Db, DbOptions, NewUser};
 use tempfile::TempDir;
 
 /// A migrated database in its own temporary directory (removed when dropped).
@@ -75,4 +75,12 @@ pub fn dump_all(path: &std::path::Path) -> Vec<String> {
                 .map(move |row| format!("{table}: {row}"))
         })
         .collect()
+}
+
+/// Creates a user and returns the id (setup only: panics on failure).
+pub async fn user(db: &Db, email: &str, name: &str) -> i64 {
+    db.users()
+        .create(&NewUser::new(email, name))
+        .await
+        .expect("create user")
 }
