@@ -649,25 +649,33 @@ async fn a_transaction_dropped_after_a_cancelled_rollback_of_another_still_rolls
 /// answer, then drops a second transaction uncommitted; the writer must be free again and the
 /// second's write gone. Returns the active item names left.
 async fn after_a_cancelled_finish(
-    finish: impl FnOnce(
+    finish: impl Fn(
         sqlrepo::Tx,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = sqlrepo::Result<()>> + Send>,
-    >,
+    )
+        -> std::pin::Pin<Box<dyn std::future::Future<Output = sqlrepo::Result<()>> + Send>>,
 ) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path().join("finish.db")).await.unwrap();
-    let first = db.begin().await.unwrap();
-    first
-        .items()
-        .create(&NewItem::new("first", json!(1)))
-        .await
-        .unwrap();
-    let finished = poll_once_then_drop(finish(first)).await;
-    assert!(
-        !finished,
-        "the finish should still have been waiting for its answer"
-    );
+    // The worker thread may answer before the single poll returns; then nothing was
+    // cancelled, so set up again until a cancel really lands mid-answer.
+    let mut attempts = 0;
+    let (_dir, db) = loop {
+        attempts += 1;
+        assert!(
+            attempts <= 50,
+            "no finish was ever cancelled before its answer"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path().join("finish.db")).await.unwrap();
+        let first = db.begin().await.unwrap();
+        first
+            .items()
+            .create(&NewItem::new("first", json!(1)))
+            .await
+            .unwrap();
+        if !poll_once_then_drop(finish(first)).await {
+            break (dir, db);
+        }
+        db.close().await;
+    };
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     let second = db.begin().await.unwrap();
