@@ -67,6 +67,47 @@ pub enum Error {
     #[error("the database schema is not as expected: {0}")]
     Schema(String),
 
+    /// The disk (or the file system's quota) is full: the write that needed the space failed
+    /// and nothing of it was stored. Reads go on; writes succeed again once space is freed,
+    /// on the same `Db`.
+    #[error("the disk is full: this write was not stored; free space, then retry")]
+    DiskFull,
+
+    /// The operating system refused to read or write the database file (an I/O error, a file
+    /// too large for `ulimit -f`, a vanished disk); the operation was not stored.
+    #[error("the database file could not be read or written (an I/O error): {0}")]
+    Io(String),
+
+    /// The database file is damaged or is not a SQLite database; restore it from a backup.
+    #[error("the database file is damaged or is not a database: {0}")]
+    Corrupt(String),
+
+    /// The file or the connection is read-only (a reader [`Conn`](crate::Conn), or a file the
+    /// process may not write); nothing was written.
+    #[error("the database is read-only here: {0}")]
+    ReadOnly(String),
+
+    /// A value is larger than SQLite accepts in one piece (a string or blob past its length
+    /// limit); nothing was written.
+    #[error("a value is too big for the database: {0}")]
+    TooBig(String),
+
+    /// A number computed from stored data is out of range (for example a sum of balances that
+    /// does not fit in 64 bits): the data is legal, the caller's input is not at fault.
+    #[error("a result computed from stored data is out of range: {0}")]
+    Overflow(String),
+
+    /// The transaction is over and nothing of it was stored: SQLite rolled it back after an
+    /// error (a full disk, an I/O error, a trigger's `RAISE(ROLLBACK)`), or it was dropped or
+    /// finished already. Begin a new one.
+    #[error("the transaction was rolled back and stored nothing: {0}; begin a new one")]
+    RolledBack(String),
+
+    /// A caller-supplied pool or file is configured in a way that would break sqlrepo's
+    /// guarantees (for example `foreign_keys` off); nothing was written.
+    #[error("unsafe database configuration: {0}")]
+    Config(String),
+
     /// Any other database failure, with the `sqlx` error kept as the source.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
@@ -122,6 +163,12 @@ impl From<sqlx::migrate::MigrateError> for Error {
 // SQLite extended result codes (sqlite3.h) that change the meaning of an error.
 const SQLITE_BUSY: i32 = 5;
 const SQLITE_LOCKED: i32 = 6;
+const SQLITE_READONLY: i32 = 8;
+const SQLITE_IOERR: i32 = 10;
+const SQLITE_CORRUPT: i32 = 11;
+const SQLITE_FULL: i32 = 13;
+const SQLITE_TOOBIG: i32 = 18;
+const SQLITE_NOTADB: i32 = 26;
 const SQLITE_CONSTRAINT_CHECK: i32 = 275;
 const SQLITE_CONSTRAINT_PRIMARYKEY: i32 = 1555;
 const SQLITE_CONSTRAINT_UNIQUE: i32 = 2067;
@@ -169,10 +216,18 @@ pub(crate) fn classify(err: sqlx::Error) -> Error {
         ),
         // The primary code is the low byte of the extended one (SQLITE_BUSY_SNAPSHOT, ...).
         c if c & 0xff == SQLITE_BUSY || c & 0xff == SQLITE_LOCKED => Error::Busy,
-        // SQLite's sum() raises this instead of wrapping around.
-        _ if message == "integer overflow" => Error::InvalidInput(
-            "a sum is out of range: it would overflow a 64-bit integer".to_owned(),
-        ),
+        // Storage failures, by their primary code: each asks for a different remedy.
+        c if c & 0xff == SQLITE_FULL => Error::DiskFull,
+        c if c & 0xff == SQLITE_IOERR => Error::Io(message),
+        c if c & 0xff == SQLITE_CORRUPT || c & 0xff == SQLITE_NOTADB => Error::Corrupt(message),
+        c if c & 0xff == SQLITE_READONLY => Error::ReadOnly(format!(
+            "{message}; write through Handle::writer, on a file this process may write"
+        )),
+        c if c & 0xff == SQLITE_TOOBIG => Error::TooBig(message),
+        // SQLite's sum() raises this instead of wrapping around: stored data, not input.
+        _ if message == "integer overflow" => {
+            Error::Overflow("a sum would overflow a 64-bit integer".to_owned())
+        }
         _ if message.starts_with("no such table") || message.starts_with("no such column") => {
             Error::Schema(format!(
                 "{message}; the migrations have not run on this database \

@@ -29,31 +29,37 @@
 //! repository nor the arguments, which are validated and copied when the method is called), so
 //! `db.items().get(id)` can go straight into `tokio::spawn`, `join!` or `try_join_all`.
 //!
-//! The modules: [`db`] opens connections, [`error`] classifies failures, one module per table
-//! holds that table's types and SQL, [`tx`] holds transactions that callers own, and
-//! [`limits`] the documented input limits. PostgreSQL support would sit beside `db` as a
-//! second backend; nothing outside `db` and `tx` names SQLite connections.
+//! # The layers
+//!
+//! The arrows point one way, down:
+//!
+//! - **front door**: [`Db`] opens a database and hands out repositories, [`Tx`]s and
+//!   [`Handle`]s;
+//! - **repositories** ([`tables`]): one module per table with its types, its repository and its
+//!   SQL; a service's own repositories sit at this level too, built on [`Handle`];
+//! - **connections** ([`conn`]): opening, lending ([`Handle`], [`Conn`]), transactions'
+//!   plumbing and sqlrepo's own migrations ([`MIGRATOR`]);
+//! - **errors and limits** ([`error`], [`limits`]): the one [`Error`] type with its one
+//!   classifier, and the documented input limits.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod accounts;
-pub mod dashboard;
+pub mod conn;
 pub mod db;
 pub mod error;
-pub mod items;
 pub mod limits;
-pub mod orders;
-mod paging;
+pub mod tables;
 mod trace;
 pub mod tx;
-pub mod users;
 
-pub use accounts::{Account, AccountRepo, NewAccount, Transfer, TransferOutcome};
-pub use dashboard::Dashboard;
-pub use db::{Db, DbOptions};
+pub use conn::{Conn, DbOptions, Handle, MIGRATOR};
+pub use db::Db;
 pub use error::{Error, Result};
-pub use items::{Item, ItemPatch, ItemRepo, ItemStatus, NewItem};
-pub use orders::{NewOrder, Order, OrderRepo, OrderStats};
+pub use tables::accounts::{Account, AccountRepo, NewAccount, Transfer, TransferOutcome};
+pub use tables::dashboard::Dashboard;
+pub use tables::items::{Item, ItemPatch, ItemRepo, ItemStatus, NewItem};
+pub use tables::orders::{NewOrder, Order, OrderRepo, OrderStats};
+pub use tables::users::{NewUser, User, UserPatch, UserRepo};
+pub use tables::{accounts, dashboard, items, orders, users};
 pub use tx::Tx;
-pub use users::{NewUser, User, UserPatch, UserRepo};

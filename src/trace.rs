@@ -50,6 +50,14 @@ fn variant(err: &Error) -> &'static str {
         Error::InvalidInput(_) => "invalid_input",
         Error::Busy => "busy",
         Error::Schema(_) => "schema",
+        Error::DiskFull => "disk_full",
+        Error::Io(_) => "io",
+        Error::Corrupt(_) => "corrupt",
+        Error::ReadOnly(_) => "read_only",
+        Error::TooBig(_) => "too_big",
+        Error::Overflow(_) => "overflow",
+        Error::RolledBack(_) => "rolled_back",
+        Error::Config(_) => "config",
         Error::Database(_) => "database",
     }
 }
@@ -94,23 +102,5 @@ impl<T> Rows for Option<T> {
 impl<T> Rows for Vec<T> {
     fn rows(&self) -> u64 {
         self.len() as u64
-    }
-}
-
-impl Rows for crate::orders::OrderStats {
-    fn rows(&self) -> u64 {
-        1
-    }
-}
-
-impl Rows for crate::dashboard::Dashboard {
-    fn rows(&self) -> u64 {
-        1 + self.recent_orders.len() as u64
-    }
-}
-
-impl Rows for crate::accounts::TransferOutcome {
-    fn rows(&self) -> u64 {
-        u64::from(*self == crate::accounts::TransferOutcome::Landed)
     }
 }

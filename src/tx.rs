@@ -8,21 +8,15 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use sqlx::sqlite::SqliteConnection;
-use sqlx::{SqlSafeStr, Sqlite};
-use sqlx_core::transaction::TransactionManager;
 use tokio::sync::Mutex;
 
-use crate::accounts::AccountRepo;
-use crate::dashboard::{self, Dashboard};
-use crate::db::{Handle, Lease};
+use crate::conn::{Connections, Handle, TxState};
 use crate::error::Result;
-use crate::items::ItemRepo;
-use crate::orders::OrderRepo;
-use crate::trace::traced;
-use crate::users::UserRepo;
-
-type Manager = <Sqlite as sqlx::Database>::TransactionManager;
+use crate::tables::accounts::AccountRepo;
+use crate::tables::dashboard::{self, Dashboard};
+use crate::tables::items::ItemRepo;
+use crate::tables::orders::OrderRepo;
+use crate::tables::users::UserRepo;
 
 /// A transaction the caller owns, begun by [`Db::begin`](crate::Db::begin).
 ///
@@ -50,49 +44,18 @@ pub struct Tx {
     state: Arc<Mutex<TxState>>,
 }
 
-/// The connection of an open transaction; `None` once it is committed or rolled back.
-#[derive(Debug)]
-pub(crate) struct TxState {
-    lease: Option<Lease>,
-}
-
-impl TxState {
-    pub(crate) fn connection(&mut self) -> Option<&mut SqliteConnection> {
-        self.lease.as_deref_mut()
-    }
-}
-
-impl Drop for TxState {
-    fn drop(&mut self) {
-        if let Some(conn) = self.lease.as_deref_mut() {
-            roll_back_unfinished(conn);
-        }
-    }
-}
-
-/// Queues a rollback of the transaction `conn` was lent for; the connection's worker runs it
-/// before the next statement anyone sends, so the next user of the writer starts clean.
-///
-/// Unconditional, as sqlx's own `Transaction` does on drop: when a COMMIT or ROLLBACK ran but
-/// its answer was never read (the future was dropped), sqlx's worker expects exactly one such
-/// call and skips it; a rollback with no transaction open does nothing.
-fn roll_back_unfinished(conn: &mut SqliteConnection) {
-    Manager::start_rollback(conn);
-}
-
 impl Tx {
-    pub(crate) async fn begin(mut lease: Lease) -> Result<Tx> {
-        // If this future is dropped mid-BEGIN, sqlx's worker rolls the BEGIN back itself.
-        Manager::begin(&mut lease, Some("BEGIN IMMEDIATE".into_sql_str())).await?;
+    pub(crate) async fn begin(connections: &Connections) -> Result<Tx> {
         Ok(Tx {
-            state: Arc::new(Mutex::new(TxState { lease: Some(lease) })),
+            state: Arc::new(Mutex::new(TxState::begin(connections).await?)),
         })
     }
 
-    fn handle(&self) -> Handle {
-        Handle::Tx(self.state.clone())
+    /// The [`Handle`] of this transaction: a service's own repository built on it runs its
+    /// statements inside this transaction, committed or rolled back with ours.
+    pub fn handle(&self) -> Handle {
+        Handle::tx(self.state.clone())
     }
-
     /// The items repository, inside this transaction.
     pub fn items(&self) -> ItemRepo {
         ItemRepo::new(self.handle())
@@ -121,11 +84,7 @@ impl Tx {
         &self,
         user_id: i64,
     ) -> impl Future<Output = Result<Dashboard>> + Send + use<> {
-        let handle = self.handle();
-        traced("users", "dashboard", async move {
-            let mut conn = handle.reader().await?;
-            dashboard::fetch(&mut conn, user_id).await
-        })
+        dashboard::read(self.handle(), user_id)
     }
 
     /// Makes every write of the transaction durable and visible, and releases the writer.
@@ -134,14 +93,7 @@ impl Tx {
     /// [`Error::Database`](crate::Error::Database) if SQLite cannot commit (disk full, I/O error); the transaction is
     /// then rolled back.
     pub async fn commit(self) -> Result<()> {
-        // The lease stays in the state until the COMMIT is answered: if this future is dropped
-        // or the COMMIT fails, dropping the `Tx` rolls back (see `roll_back_unfinished`).
-        let mut state = self.state.lock().await;
-        if let Some(lease) = state.lease.as_mut() {
-            Manager::commit(lease).await?;
-            state.lease = None;
-        }
-        Ok(())
+        self.state.lock().await.commit().await
     }
 
     /// Undoes every write of the transaction and releases the writer (dropping the `Tx` does the
@@ -150,12 +102,7 @@ impl Tx {
     /// # Errors
     /// [`Error::Database`](crate::Error::Database) if SQLite reports a failure while rolling back.
     pub async fn rollback(self) -> Result<()> {
-        let mut state = self.state.lock().await;
-        if let Some(lease) = state.lease.as_mut() {
-            Manager::rollback(lease).await?;
-            state.lease = None;
-        }
-        Ok(())
+        self.state.lock().await.rollback().await
     }
 }
 
@@ -163,10 +110,8 @@ impl Drop for Tx {
     fn drop(&mut self) {
         // Roll back now and release the writer, unless a repository call of this transaction is
         // running right now; then the rollback happens when the last handle to it goes.
-        if let Ok(mut state) = self.state.try_lock()
-            && let Some(mut lease) = state.lease.take()
-        {
-            roll_back_unfinished(&mut lease);
+        if let Ok(mut state) = self.state.try_lock() {
+            state.abandon();
         }
     }
 }

@@ -531,10 +531,11 @@ async fn the_bank_test_conserves_money_under_concurrent_valid_and_invalid_transf
 }
 
 #[tokio::test]
-async fn a_total_balance_past_i64_is_invalid_input_not_a_wrong_number() {
+async fn a_total_balance_past_i64_is_overflow_not_a_wrong_number_nor_the_callers_fault() {
     let db = fresh_db().await;
     open(&db, i64::MAX).await;
     open(&db, 1).await;
     let err = db.accounts().total_balance().await.unwrap_err();
-    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    // Stored data overflows, not input: InvalidInput would tell a service to answer 422.
+    assert!(matches!(err, Error::Overflow(_)), "{err:?}");
 }

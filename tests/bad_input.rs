@@ -151,12 +151,16 @@ enum Kind {
         requested_cents: i64,
     },
     Schema,
+    Overflow,
+    Corrupt,
     Database,
 }
 
 fn kind_of(err: &Error) -> Option<Kind> {
     Some(match err {
         Error::InvalidInput(_) => Kind::InvalidInput,
+        Error::Overflow(_) => Kind::Overflow,
+        Error::Corrupt(_) => Kind::Corrupt,
         Error::NotFound { entity, id } => Kind::NotFound(entity, *id),
         Error::Duplicate { constraint } => match constraint.as_str() {
             "items.name" => Kind::Duplicate("items.name"),
@@ -1176,7 +1180,7 @@ fn cases() -> Vec<Case> {
                     .await
             }),
             op(|db, _| async move { db.accounts().total_balance().await }),
-            Err(InvalidInput),
+            Err(Overflow),
         ),
         case_with_setup(
             "item data with a lone surrogate written by another client",
@@ -1361,7 +1365,7 @@ async fn items_stream_past_undecodable_data_is_a_database_error_like_get() {
 // ---- opening files that are not what they should be ----
 
 #[tokio::test]
-async fn opening_a_file_that_is_not_sqlite_is_a_database_error_and_leaves_it_alone() {
+async fn opening_a_file_that_is_not_sqlite_is_corrupt_and_leaves_it_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notes.db");
     let bytes: Vec<u8> = b"this is not a database, it is a shopping list\n"
@@ -1372,7 +1376,7 @@ async fn opening_a_file_that_is_not_sqlite_is_a_database_error_and_leaves_it_alo
         .collect();
     std::fs::write(&path, &bytes).unwrap();
     let result = Db::open(&path).await;
-    assert!(matches!(result, Err(Error::Database(_))), "{result:?}");
+    assert!(matches!(result, Err(Error::Corrupt(_))), "{result:?}");
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file was changed");
 }
 

@@ -6,10 +6,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
-use crate::db::Handle;
+use crate::conn::Handle;
 use crate::error::{Error, Result};
 use crate::limits::batch_json;
-use crate::trace::traced;
+use crate::trace::{Rows, traced};
 
 /// A stored order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +63,12 @@ pub struct OrderStats {
     pub total_cents: i64,
 }
 
+impl Rows for OrderStats {
+    fn rows(&self) -> u64 {
+        1
+    }
+}
+
 /// Orders: checked CRUD, newest-first listing, per-user stats and a one-statement batch.
 ///
 /// ```
@@ -83,7 +89,9 @@ pub struct OrderRepo {
 }
 
 impl OrderRepo {
-    pub(crate) fn new(handle: Handle) -> Self {
+    /// The repository on `handle`: a [`Db`](crate::Db)\'s, a [`Tx`](crate::Tx)\'s, or any
+    /// [`Handle`] a service holds.
+    pub fn new(handle: Handle) -> Self {
         OrderRepo { handle }
     }
 
@@ -97,7 +105,7 @@ impl OrderRepo {
         traced("orders", "create", async move {
             let order = order?;
             let mut conn = handle.writer().await?;
-            insert_one(&mut conn, order.user_id, order.total_cents).await
+            insert_one(conn.sqlite()?, order.user_id, order.total_cents).await
         })
     }
 
@@ -109,7 +117,7 @@ impl OrderRepo {
         let handle = self.handle.clone();
         traced("orders", "get", async move {
             let mut conn = handle.reader().await?;
-            select_one(&mut conn, id).await
+            select_one(conn.sqlite()?, id).await
         })
     }
 
@@ -126,7 +134,7 @@ impl OrderRepo {
         let handle = self.handle.clone();
         traced("orders", "recent_for_user", async move {
             let mut conn = handle.reader().await?;
-            select_recent(&mut conn, user_id, i64::from(limit)).await
+            select_recent(conn.sqlite()?, user_id, i64::from(limit)).await
         })
     }
 
@@ -141,7 +149,7 @@ impl OrderRepo {
         let handle = self.handle.clone();
         traced("orders", "stats_for_user", async move {
             let mut conn = handle.reader().await?;
-            select_stats(&mut conn, user_id).await
+            select_stats(conn.sqlite()?, user_id).await
         })
     }
 
@@ -153,7 +161,7 @@ impl OrderRepo {
         let handle = self.handle.clone();
         traced("orders", "delete", async move {
             let mut conn = handle.writer().await?;
-            delete_one(&mut conn, id).await
+            delete_one(conn.sqlite()?, id).await
         })
     }
 
@@ -174,7 +182,7 @@ impl OrderRepo {
                 return Ok(0);
             };
             let mut conn = handle.writer().await?;
-            insert_batch(&mut conn, &rows).await
+            insert_batch(conn.sqlite()?, &rows).await
         })
     }
 }

@@ -6,7 +6,7 @@ use std::future::Future;
 use futures_core::Stream;
 use futures_util::stream;
 
-use crate::db::Handle;
+use crate::conn::Handle;
 use crate::error::Result;
 use crate::trace::traced;
 

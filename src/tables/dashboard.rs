@@ -1,12 +1,16 @@
 //! The dashboard: a user, their newest orders and their order stats in one read.
 
+use std::future::Future;
+
 use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
+use super::orders::{Order, OrderStats};
+use super::users::User;
+use crate::conn::Handle;
 use crate::error::{Error, Result};
-use crate::orders::{Order, OrderStats};
-use crate::users::User;
+use crate::trace::{Rows, traced};
 
 /// How many orders a dashboard shows (the literal `LIMIT 10` in its statement).
 pub const DASHBOARD_RECENT_ORDERS: i64 = 10;
@@ -39,7 +43,24 @@ struct OrderJson(
     #[serde(with = "time::serde::rfc3339")] OffsetDateTime,
 );
 
-pub(crate) async fn fetch(conn: &mut SqliteConnection, user_id: i64) -> Result<Dashboard> {
+/// Reads a dashboard on `handle`'s reader (for a transaction: its own connection).
+pub(crate) fn read(
+    handle: Handle,
+    user_id: i64,
+) -> impl Future<Output = Result<Dashboard>> + Send + use<> {
+    traced("users", "dashboard", async move {
+        let mut conn = handle.reader().await?;
+        fetch(conn.sqlite()?, user_id).await
+    })
+}
+
+impl Rows for Dashboard {
+    fn rows(&self) -> u64 {
+        1 + self.recent_orders.len() as u64
+    }
+}
+
+async fn fetch(conn: &mut SqliteConnection, user_id: i64) -> Result<Dashboard> {
     // One statement, one snapshot, one round trip. The recent orders come from reading the
     // (user_id, created_at, id, total) index backwards, stopping after ten, and travel as one
     // JSON array; count and sum are covered by the same index. Measured with rusqlite on 10k

@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
-use crate::db::Handle;
+use crate::conn::Handle;
 use crate::error::{Error, Result};
 use crate::limits::{MAX_KEY_CHARS, at_position, check_amount, check_batch};
-use crate::trace::traced;
+use crate::trace::{Rows, traced};
 
 /// The constraint a reused idempotency key reports in [`Error::Duplicate`].
 pub const IDEMPOTENCY_KEY_CONSTRAINT: &str = "transfers.idempotency_key";
@@ -110,6 +110,12 @@ pub enum TransferOutcome {
     Replayed,
 }
 
+impl Rows for TransferOutcome {
+    fn rows(&self) -> u64 {
+        u64::from(*self == TransferOutcome::Landed)
+    }
+}
+
 /// Accounts: opening, deposits, and atomic, idempotent transfers recorded in the ledger.
 ///
 /// ```
@@ -132,7 +138,9 @@ pub struct AccountRepo {
 }
 
 impl AccountRepo {
-    pub(crate) fn new(handle: Handle) -> Self {
+    /// The repository on `handle`: a [`Db`](crate::Db)\'s, a [`Tx`](crate::Tx)\'s, or any
+    /// [`Handle`] a service holds.
+    pub fn new(handle: Handle) -> Self {
         AccountRepo { handle }
     }
 
@@ -153,7 +161,7 @@ impl AccountRepo {
                 )));
             }
             let mut conn = handle.writer().await?;
-            insert_account(&mut conn, user_id, balance_cents).await
+            insert_account(conn.sqlite()?, user_id, balance_cents).await
         })
     }
 
@@ -165,7 +173,7 @@ impl AccountRepo {
         let handle = self.handle.clone();
         traced("accounts", "get", async move {
             let mut conn = handle.reader().await?;
-            select_account(&mut conn, id).await
+            select_account(conn.sqlite()?, id).await
         })
     }
 
@@ -231,10 +239,12 @@ impl AccountRepo {
         traced("accounts", "transfer", async move {
             let t = t?;
             let mut conn = handle.writer().await?;
-            match insert_transfer(&mut conn, &t).await {
+            match insert_transfer(conn.sqlite()?, &t).await {
                 Ok(0) => Ok(TransferOutcome::Replayed),
                 Ok(_) => Ok(TransferOutcome::Landed),
-                Err(err) => Err(explain_failure(&mut conn, std::slice::from_ref(&t), err).await),
+                Err(err) => {
+                    Err(explain_failure(conn.sqlite()?, std::slice::from_ref(&t), err).await)
+                }
             }
         })
     }
@@ -265,10 +275,10 @@ impl AccountRepo {
                 return Ok(());
             };
             let mut conn = handle.writer().await?;
-            match insert_transfers(&mut conn, &steps_json).await {
+            match insert_transfers(conn.sqlite()?, &steps_json).await {
                 Ok(_) => Ok(()),
                 Err(err) => match steps_from_json(&steps_json) {
-                    Some(steps) => Err(explain_failure(&mut conn, &steps, err).await),
+                    Some(steps) => Err(explain_failure(conn.sqlite()?, &steps, err).await),
                     None => Err(err),
                 },
             }
@@ -286,7 +296,7 @@ impl AccountRepo {
             Ok(sqlx::query_scalar!(
                 r#"SELECT coalesce(sum(balance), 0) AS "total!: i64" FROM accounts"#
             )
-            .fetch_one(&mut *conn)
+            .fetch_one(conn.sqlite()?)
             .await?)
         })
     }

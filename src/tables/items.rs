@@ -10,10 +10,10 @@ use serde_json::Value;
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
-use crate::db::Handle;
+use super::paging::{self, Keyed};
+use crate::conn::Handle;
 use crate::error::{Error, Result};
 use crate::limits::{at_position, check_batch, check_data_depth, check_data_size, check_name};
-use crate::paging::{self, Keyed};
 use crate::trace::traced;
 
 /// Where an item is in its life. Stored as lowercase text, which a `CHECK` restricts to these.
@@ -162,7 +162,9 @@ const INSERT_CHUNK_ROWS: usize = 50_000;
 const STREAM_PAGE_ROWS: i64 = 2_000;
 
 impl ItemRepo {
-    pub(crate) fn new(handle: Handle) -> Self {
+    /// The repository on `handle`: a [`Db`](crate::Db)\'s, a [`Tx`](crate::Tx)\'s, or any
+    /// [`Handle`] a service holds.
+    pub fn new(handle: Handle) -> Self {
         ItemRepo { handle }
     }
 
@@ -179,7 +181,7 @@ impl ItemRepo {
         traced("items", "create", async move {
             let (name, data, status) = row?;
             let mut conn = handle.writer().await?;
-            insert_one(&mut conn, &name, &data, status).await
+            insert_one(conn.sqlite()?, &name, &data, status).await
         })
     }
 
@@ -191,7 +193,7 @@ impl ItemRepo {
         let handle = self.handle.clone();
         traced("items", "get", async move {
             let mut conn = handle.reader().await?;
-            select_one(&mut conn, id).await
+            select_one(conn.sqlite()?, id).await
         })
     }
 
@@ -207,7 +209,7 @@ impl ItemRepo {
                 return Ok(Vec::new());
             };
             let mut conn = handle.reader().await?;
-            select_many(&mut conn, &ids).await
+            select_many(conn.sqlite()?, &ids).await
         })
     }
 
@@ -222,7 +224,7 @@ impl ItemRepo {
         let handle = self.handle.clone();
         traced("items", "list_by_status", async move {
             let mut conn = handle.reader().await?;
-            select_by_status(&mut conn, status).await
+            select_by_status(conn.sqlite()?, status).await
         })
     }
 
@@ -245,7 +247,7 @@ impl ItemRepo {
                 return Ok(false);
             };
             let mut conn = handle.writer().await?;
-            update_one(&mut conn, id, name.as_deref(), data.as_deref(), status).await
+            update_one(conn.sqlite()?, id, name.as_deref(), data.as_deref(), status).await
         })
     }
 
@@ -257,7 +259,7 @@ impl ItemRepo {
         let handle = self.handle.clone();
         traced("items", "delete", async move {
             let mut conn = handle.writer().await?;
-            delete_one(&mut conn, id).await
+            delete_one(conn.sqlite()?, id).await
         })
     }
 
@@ -290,7 +292,7 @@ impl ItemRepo {
             match chunks.as_slice() {
                 [] => Ok(0),
                 // One statement is atomic by itself: no transaction, one round trip.
-                [rows] => insert_batch(&mut conn, rows).await,
+                [rows] => insert_batch(conn.sqlite()?, rows).await,
                 _ => {
                     let mut tx = conn.atomic().await?;
                     let mut inserted = 0;
@@ -321,7 +323,7 @@ impl ItemRepo {
                 return Ok(0);
             };
             let mut conn = handle.writer().await?;
-            update_status_batch(&mut conn, &ids, status).await
+            update_status_batch(conn.sqlite()?, &ids, status).await
         })
     }
 
@@ -335,7 +337,7 @@ impl ItemRepo {
             STREAM_PAGE_ROWS,
             |handle, after| async move {
                 let mut conn = handle.reader().await?;
-                select_page(&mut conn, after, STREAM_PAGE_ROWS).await
+                select_page(conn.sqlite()?, after, STREAM_PAGE_ROWS).await
             },
         )
     }
@@ -350,7 +352,7 @@ impl ItemRepo {
             let mut conn = handle.reader().await?;
             Ok(
                 sqlx::query_scalar!(r#"SELECT count(*) AS "count!: i64" FROM items"#)
-                    .fetch_one(&mut *conn)
+                    .fetch_one(conn.sqlite()?)
                     .await?,
             )
         })

@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
-use crate::db::Handle;
+use super::paging::{self, Keyed};
+use crate::conn::Handle;
 use crate::error::Result;
 use crate::limits::{batch_json, check_email, check_name};
-use crate::paging::{self, Keyed};
 use crate::trace::traced;
 
 /// A stored user.
@@ -88,7 +88,9 @@ pub struct UserRepo {
 const STREAM_PAGE_ROWS: i64 = 2_000;
 
 impl UserRepo {
-    pub(crate) fn new(handle: Handle) -> Self {
+    /// The repository on `handle`: a [`Db`](crate::Db)\'s, a [`Tx`](crate::Tx)\'s, or any
+    /// [`Handle`] a service holds.
+    pub fn new(handle: Handle) -> Self {
         UserRepo { handle }
     }
 
@@ -103,7 +105,7 @@ impl UserRepo {
         traced("users", "create", async move {
             let user = user?;
             let mut conn = handle.writer().await?;
-            insert_one(&mut conn, &user.email, &user.name).await
+            insert_one(conn.sqlite()?, &user.email, &user.name).await
         })
     }
 
@@ -115,7 +117,7 @@ impl UserRepo {
         let handle = self.handle.clone();
         traced("users", "get", async move {
             let mut conn = handle.reader().await?;
-            select_one(&mut conn, id).await
+            select_one(conn.sqlite()?, id).await
         })
     }
 
@@ -131,7 +133,7 @@ impl UserRepo {
         let email = email.to_owned();
         traced("users", "get_by_email", async move {
             let mut conn = handle.reader().await?;
-            select_by_email(&mut conn, &email).await
+            select_by_email(conn.sqlite()?, &email).await
         })
     }
 
@@ -153,7 +155,13 @@ impl UserRepo {
                 return Ok(false);
             }
             let mut conn = handle.writer().await?;
-            update_one(&mut conn, id, patch.email.as_deref(), patch.name.as_deref()).await
+            update_one(
+                conn.sqlite()?,
+                id,
+                patch.email.as_deref(),
+                patch.name.as_deref(),
+            )
+            .await
         })
     }
 
@@ -166,7 +174,7 @@ impl UserRepo {
         let handle = self.handle.clone();
         traced("users", "delete", async move {
             let mut conn = handle.writer().await?;
-            delete_one(&mut conn, id).await
+            delete_one(conn.sqlite()?, id).await
         })
     }
 
@@ -188,7 +196,7 @@ impl UserRepo {
                 return Ok(0);
             };
             let mut conn = handle.writer().await?;
-            insert_batch(&mut conn, &rows).await
+            insert_batch(conn.sqlite()?, &rows).await
         })
     }
 
@@ -200,7 +208,7 @@ impl UserRepo {
             STREAM_PAGE_ROWS,
             |handle, after| async move {
                 let mut conn = handle.reader().await?;
-                select_page(&mut conn, after, STREAM_PAGE_ROWS).await
+                select_page(conn.sqlite()?, after, STREAM_PAGE_ROWS).await
             },
         )
     }

@@ -1,0 +1,82 @@
+//! [`DbOptions`]: where the database file is and how its connections are configured.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteSynchronous};
+
+/// How to open a database file: where, how many readers, how long to wait for a lock.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = sqlrepo::DbOptions::new("app.db")
+///     .readers(2)
+///     .busy_timeout(Duration::from_secs(1))
+///     .migrate(false);
+/// assert_eq!(options.readers, 2);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DbOptions {
+    /// The database file.
+    pub path: PathBuf,
+    /// Read-only connections held beside the one writer (at least 1; default 4).
+    pub readers: usize,
+    /// How long a call waits for a lock (another process's, or this process's writer held by
+    /// a long transaction) before [`Error::Busy`] (default 5 s).
+    pub busy_timeout: Duration,
+    /// Create the file when it does not exist (default true).
+    pub create_if_missing: bool,
+    /// Apply the embedded migrations on open (default true).
+    pub migrate: bool,
+}
+
+impl DbOptions {
+    /// Options for the file at `path`, with the defaults listed on each field.
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        DbOptions {
+            path: path.as_ref().to_path_buf(),
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+            create_if_missing: true,
+            migrate: true,
+        }
+    }
+
+    /// Sets the number of read-only connections (0 is taken as 1).
+    pub fn readers(mut self, readers: usize) -> Self {
+        self.readers = readers.max(1);
+        self
+    }
+
+    /// Sets how long a statement waits for a lock held by another connection.
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// Sets whether a missing file is created.
+    pub fn create_if_missing(mut self, create: bool) -> Self {
+        self.create_if_missing = create;
+        self
+    }
+
+    /// Sets whether the embedded migrations run on open.
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// The pragmas every connection gets. WAL lets readers run beside the writer;
+    /// `synchronous=NORMAL` is durable against application crashes in WAL mode and saves an
+    /// fsync per commit; foreign keys are what stop money leaving for a missing account.
+    pub(crate) fn connect_options(&self) -> SqliteConnectOptions {
+        SqliteConnectOptions::new()
+            .filename(&self.path)
+            .foreign_keys(true)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(self.busy_timeout)
+            // Most statements here are prepared once and reused; keep them all.
+            .statement_cache_capacity(128)
+    }
+}
