@@ -23,7 +23,7 @@ pub struct DbOptions {
     /// Read-only connections held beside the one writer (at least 1; default 4).
     pub readers: usize,
     /// How long a call waits for a lock (another process's, or this process's writer held by
-    /// a long transaction) before [`Error::Busy`] (default 5 s).
+    /// a long transaction) before [`Error::Busy`](crate::Error::Busy) (default 5 s).
     pub busy_timeout: Duration,
     /// Create the file when it does not exist (default true).
     pub create_if_missing: bool,
