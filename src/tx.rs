@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Mutex;
 
@@ -42,12 +43,16 @@ use crate::tables::users::UserRepo;
 #[derive(Debug)]
 pub struct Tx {
     state: Arc<Mutex<TxState>>,
+    /// Shared with the state: set when this `Tx` is dropped while a call holds the state.
+    abandoned: Arc<AtomicBool>,
 }
 
 impl Tx {
     pub(crate) async fn begin(connections: &Connections) -> Result<Tx> {
+        let state = TxState::begin(connections).await?;
         Ok(Tx {
-            state: Arc::new(Mutex::new(TxState::begin(connections).await?)),
+            abandoned: state.abandoned_flag(),
+            state: Arc::new(Mutex::new(state)),
         })
     }
 
@@ -110,8 +115,10 @@ impl Drop for Tx {
     fn drop(&mut self) {
         // Roll back now and release the writer, unless a repository call of this transaction is
         // running right now; then the rollback happens when the last handle to it goes.
-        if let Ok(mut state) = self.state.try_lock() {
-            state.abandon();
+        match self.state.try_lock() {
+            Ok(mut state) => state.abandon(),
+            // A call of this transaction is running: it sees the flag when it ends.
+            Err(_) => self.abandoned.store(true, Ordering::Release),
         }
     }
 }

@@ -2,16 +2,13 @@
 //! statements on, outside or inside a transaction.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{Connection, SqlSafeStr, Sqlite};
-use sqlx_core::transaction::TransactionManager;
-use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::pool::{Connections, Lease};
+use super::pool::{Connections, Lease, TxEvents, no_transaction_active};
 use crate::error::{Error, Result};
-
-type Manager = <Sqlite as sqlx::Database>::TransactionManager;
 
 /// Where a repository runs its statements: a database's own connections, or the connection of
 /// a transaction. Cheap to clone, `Send + Sync + 'static`.
@@ -106,6 +103,26 @@ impl Handle {
 }
 
 /// A connection lent to one piece of work; the next caller gets it when this is dropped.
+///
+/// Two ways in, for two kinds of work:
+///
+/// - [`sqlite`](Conn::sqlite): anything, including `BEGIN` and `SAVEPOINT` of your own. When
+///   the `Conn` comes back from a [`Db`](crate::Db)'s handle, sqlrepo rolls back whatever it
+///   left open (one `ROLLBACK` before the connection is lent again), so a transaction a
+///   service forgot, or left behind in a panic, never swallows the next caller's writes.
+/// - [`statements`](Conn::statements): single statements, each complete by itself, as every
+///   built-in repository runs them: no clean-up round trip. Use [`atomic`](Conn::atomic) for
+///   several statements that must land together.
+///
+/// Inside a [`Tx`](crate::Tx) both give the transaction's connection, and a transaction that
+/// SQLite rolls back by itself (a full disk, an I/O error, a trigger's `RAISE(ROLLBACK)`) is
+/// noticed when the `Conn` comes back: later calls and `commit` fail with
+/// [`Error::RolledBack`] instead of running outside any transaction.
+///
+/// What sqlrepo cannot do for a service's own statements: step them to the end. A write read
+/// with `fetch_one`/`fetch_optional` (say `INSERT … RETURNING`) is reset after its first row,
+/// and a commit that fails at that point is not reported by sqlx; run writes with `execute`
+/// or `fetch_all`, as the built-in repositories do.
 #[derive(Debug)]
 pub struct Conn {
     lent: Lent,
@@ -114,7 +131,7 @@ pub struct Conn {
 #[derive(Debug)]
 enum Lent {
     Lease(Lease),
-    Tx(OwnedMappedMutexGuard<TxState, SqliteConnection>),
+    Tx(OwnedMutexGuard<TxState>),
 }
 
 impl Conn {
@@ -126,101 +143,279 @@ impl Conn {
 
     async fn in_tx(state: &Arc<Mutex<TxState>>) -> Result<Conn> {
         let guard = state.clone().lock_owned().await;
-        OwnedMutexGuard::try_map(guard, TxState::connection)
-            .map(|conn| Conn {
-                lent: Lent::Tx(conn),
-            })
-            .map_err(|_| {
-                Error::invalid("the transaction has already been committed or rolled back")
-            })
+        guard.usable()?;
+        Ok(Conn {
+            lent: Lent::Tx(guard),
+        })
     }
 
-    /// The SQLite connection, to run statements on (`query!(...).execute(conn.sqlite()?)`).
+    /// The SQLite connection, for any statements (`query!(...).execute(conn.sqlite()?)`).
+    ///
+    /// A transaction you begin here and do not finish is rolled back when the `Conn` is
+    /// dropped (before anyone else uses the connection); inside a [`Tx`](crate::Tx) the
+    /// connection is the transaction's.
     ///
     /// # Errors
     /// None on SQLite; the `Result` leaves room for other backends.
     pub fn sqlite(&mut self) -> Result<&mut SqliteConnection> {
-        Ok(match &mut self.lent {
-            Lent::Lease(conn) => conn,
-            Lent::Tx(conn) => conn,
-        })
+        if let Lent::Lease(lease) = &mut self.lent {
+            lease.set_in_doubt(true);
+        }
+        self.statements()
+    }
+
+    /// The SQLite connection, for statements that are each complete by themselves (no
+    /// `BEGIN`, `SAVEPOINT` or `COMMIT` of your own): no clean-up is needed when the `Conn`
+    /// comes back. The built-in repositories use this.
+    ///
+    /// # Errors
+    /// None on SQLite; the `Result` leaves room for other backends.
+    pub fn statements(&mut self) -> Result<&mut SqliteConnection> {
+        match &mut self.lent {
+            Lent::Lease(lease) => Ok(lease.conn()),
+            Lent::Tx(state) => state.conn(),
+        }
     }
 
     /// Starts an all-or-nothing unit of several statements: a `BEGIN IMMEDIATE` transaction
-    /// (the write lock up front, so no upgrade can fail with `SQLITE_BUSY`), or a savepoint
-    /// inside a caller's transaction. Dropping it unfinished rolls it back.
+    /// on a database's writer (the write lock up front, so no upgrade can fail with
+    /// `SQLITE_BUSY`), or a savepoint inside a [`Tx`](crate::Tx). Finish it with
+    /// [`Atomic::commit`] or [`Atomic::rollback`]; dropped unfinished, it is rolled back (inside
+    /// a `Tx`, the whole transaction then fails with [`Error::RolledBack`], since the caller
+    /// cannot know how far it got).
     ///
     /// # Errors
     /// [`Error::Busy`] when another process holds the write lock past the busy timeout.
-    pub async fn atomic(&mut self) -> Result<sqlx::Transaction<'_, Sqlite>> {
-        let tx = match &mut self.lent {
-            Lent::Lease(conn) => conn.begin_with("BEGIN IMMEDIATE").await?,
-            Lent::Tx(conn) => (**conn).begin().await?,
-        };
-        Ok(tx)
+    pub async fn atomic(&mut self) -> Result<Atomic<'_>> {
+        match &mut self.lent {
+            Lent::Lease(lease) => {
+                lease.set_in_doubt(true);
+                sqlx::query!("BEGIN IMMEDIATE").execute(lease.conn()).await?;
+            }
+            Lent::Tx(state) => {
+                sqlx::query!("SAVEPOINT sqlrepo_atomic")
+                    .execute(state.conn()?)
+                    .await?;
+            }
+        }
+        Ok(Atomic {
+            conn: self,
+            finished: false,
+        })
     }
 }
 
-/// The connection of an open transaction; `None` once it is committed or rolled back.
+/// An all-or-nothing unit of statements begun by [`Conn::atomic`].
+#[derive(Debug)]
+pub struct Atomic<'c> {
+    conn: &'c mut Conn,
+    finished: bool,
+}
+
+impl Atomic<'_> {
+    /// The connection to run the unit's statements on.
+    ///
+    /// # Errors
+    /// None on SQLite; the `Result` leaves room for other backends.
+    pub fn sqlite(&mut self) -> Result<&mut SqliteConnection> {
+        self.conn.statements()
+    }
+
+    /// Makes the unit's statements stick (`COMMIT`, or `RELEASE` of the savepoint in a `Tx`).
+    ///
+    /// # Errors
+    /// The commit's own failure ([`Error::DiskFull`], [`Error::Io`], [`Error::Busy`]): then
+    /// nothing of the unit is stored.
+    pub async fn commit(mut self) -> Result<()> {
+        match &mut self.conn.lent {
+            Lent::Lease(lease) => {
+                // Failed: the lease stays in doubt and is rolled back before its next use.
+                sqlx::query!("COMMIT").execute(lease.conn()).await?;
+                lease.set_in_doubt(false);
+            }
+            Lent::Tx(state) => {
+                sqlx::query!("RELEASE sqlrepo_atomic")
+                    .execute(state.conn()?)
+                    .await?;
+            }
+        }
+        // Only now: a failure above drops the unit unfinished (see Drop).
+        self.finished = true;
+        Ok(())
+    }
+
+    /// Undoes the unit's statements.
+    ///
+    /// # Errors
+    /// [`Error::Database`] (or a storage variant) if SQLite cannot roll back; the connection is
+    /// then reset before it is used again.
+    pub async fn rollback(mut self) -> Result<()> {
+        match &mut self.conn.lent {
+            Lent::Lease(lease) => match sqlx::query!("ROLLBACK").execute(lease.conn()).await {
+                Ok(_) => lease.set_in_doubt(false),
+                Err(err) if no_transaction_active(&err) => lease.set_in_doubt(false),
+                Err(err) => return Err(err.into()),
+            },
+            Lent::Tx(state) => {
+                let conn = state.conn()?;
+                sqlx::query!("ROLLBACK TO sqlrepo_atomic")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query!("RELEASE sqlrepo_atomic")
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for Atomic<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        match &mut self.conn.lent {
+            // Still in doubt: the lease rolls back before the writer is lent again.
+            Lent::Lease(_) => {}
+            Lent::Tx(state) => state.kill("a call inside it was cancelled part-way"),
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Lent::Tx(state) = &mut self.lent {
+            state.after_call();
+        }
+    }
+}
+
+/// The connection of an open transaction, and whether the transaction can still commit.
 #[derive(Debug)]
 pub(crate) struct TxState {
+    /// The writer, from `BEGIN IMMEDIATE` until the transaction is over.
     lease: Option<Lease>,
+    /// Counts transactions ended on the writer, and its value after our `BEGIN`: a change means
+    /// SQLite (or someone's raw `COMMIT`/`ROLLBACK`) ended this one.
+    events: Arc<TxEvents>,
+    began_at: u64,
+    /// Why the transaction can no longer commit, once it cannot.
+    dead: Option<&'static str>,
+    /// Set by the `Tx` when it is dropped while one of its calls is running (it cannot take
+    /// the lock then); the call finishes the transaction when its `Conn` comes back.
+    abandoned: Arc<AtomicBool>,
 }
 
 impl TxState {
-    fn connection(&mut self) -> Option<&mut SqliteConnection> {
-        self.lease.as_deref_mut()
-    }
-
     /// Begins a transaction on the writer with `BEGIN IMMEDIATE`.
     pub(crate) async fn begin(connections: &Connections) -> Result<TxState> {
         let mut lease = connections.write_lease().await?;
-        // If this future is dropped mid-BEGIN, sqlx's worker rolls the BEGIN back itself.
-        Manager::begin(&mut lease, Some("BEGIN IMMEDIATE".into_sql_str())).await?;
-        Ok(TxState { lease: Some(lease) })
+        let events = lease.tx_events().await?;
+        // In doubt until COMMIT or ROLLBACK is answered: if this future or the `Tx` is dropped
+        // anywhere in between, the lease rolls back before the writer is lent again.
+        lease.set_in_doubt(true);
+        sqlx::query!("BEGIN IMMEDIATE").execute(lease.conn()).await?;
+        Ok(TxState {
+            lease: Some(lease),
+            began_at: events.ended(),
+            events,
+            dead: None,
+            abandoned: Arc::default(),
+        })
+    }
+
+    /// Whether calls may run: the transaction is open and SQLite has not ended it.
+    fn usable(&self) -> Result<()> {
+        if let Some(reason) = self.dead {
+            return Err(Error::RolledBack(reason.to_owned()));
+        }
+        if self.lease.is_none() {
+            return Err(Error::invalid(
+                "the transaction has already been committed or rolled back",
+            ));
+        }
+        Ok(())
+    }
+
+    fn conn(&mut self) -> Result<&mut SqliteConnection> {
+        self.usable()?;
+        match self.lease.as_mut() {
+            Some(lease) => Ok(lease.conn()),
+            None => Err(Error::invalid("the transaction is over")),
+        }
+    }
+
+    /// Marks the transaction dead and lets the writer go (rolled back before its next use).
+    fn kill(&mut self, reason: &'static str) {
+        if self.lease.is_some() {
+            self.dead.get_or_insert(reason);
+        }
+        self.lease = None;
+    }
+
+    /// Runs when a call's `Conn` comes back: notices a transaction SQLite ended during the
+    /// call, and finishes a `Tx` that was dropped while the call ran.
+    fn after_call(&mut self) {
+        if self.lease.is_some() && self.events.ended() != self.began_at {
+            self.kill(
+                "SQLite rolled it back after an error (a full disk, an I/O error, or a \
+                 trigger's RAISE(ROLLBACK))",
+            );
+        }
+        if self.abandoned.load(Ordering::Acquire) {
+            self.kill("the Tx was dropped before it committed");
+        }
     }
 
     /// Commits, and releases the writer.
     pub(crate) async fn commit(&mut self) -> Result<()> {
-        // The lease stays in the state until the COMMIT is answered: if this future is dropped
-        // or the COMMIT fails, dropping the state rolls back (see `roll_back_unfinished`).
-        if let Some(lease) = self.lease.as_mut() {
-            Manager::commit(lease).await?;
-            self.lease = None;
+        self.after_call();
+        self.usable()?;
+        let Some(lease) = self.lease.as_mut() else {
+            return Ok(());
+        };
+        // If the COMMIT fails (or this future is dropped before its answer), the lease stays in
+        // doubt: it is rolled back before the writer is used again, so "Err" means nothing was
+        // stored.
+        let result = sqlx::query!("COMMIT").execute(lease.conn()).await;
+        if result.is_ok() {
+            lease.set_in_doubt(false);
         }
+        self.lease = None;
+        result?;
         Ok(())
     }
 
     /// Rolls back, and releases the writer.
     pub(crate) async fn rollback(&mut self) -> Result<()> {
-        if let Some(lease) = self.lease.as_mut() {
-            Manager::rollback(lease).await?;
-            self.lease = None;
+        let Some(lease) = self.lease.as_mut() else {
+            self.dead = None; // rolled back already: that is what the caller asked for
+            return Ok(());
+        };
+        let result = sqlx::query!("ROLLBACK").execute(lease.conn()).await;
+        match result {
+            Ok(_) => lease.set_in_doubt(false),
+            Err(err) if no_transaction_active(&err) => lease.set_in_doubt(false),
+            Err(err) => {
+                self.lease = None;
+                return Err(err.into());
+            }
         }
+        self.lease = None;
         Ok(())
     }
 
-    /// Rolls back without waiting (the connection's worker runs it before anything else) and
-    /// releases the writer.
+    /// The flag a `Tx` sets when it is dropped while a call holds the state.
+    pub(crate) fn abandoned_flag(&self) -> Arc<AtomicBool> {
+        self.abandoned.clone()
+    }
+
+    /// Gives up the transaction without waiting: the writer is released now and rolled back
+    /// before its next use. If a call is running (the caller could not take the state), the
+    /// call finishes the job when its `Conn` comes back.
     pub(crate) fn abandon(&mut self) {
-        if let Some(mut lease) = self.lease.take() {
-            roll_back_unfinished(&mut lease);
-        }
+        self.kill("the Tx was dropped before it committed");
     }
-}
-
-impl Drop for TxState {
-    fn drop(&mut self) {
-        self.abandon();
-    }
-}
-
-/// Queues a rollback of the transaction `conn` was lent for; the connection's worker runs it
-/// before the next statement anyone sends, so the next user of the writer starts clean.
-///
-/// Unconditional, as sqlx's own `Transaction` does on drop: when a COMMIT or ROLLBACK ran but
-/// its answer was never read (the future was dropped), sqlx's worker expects exactly one such
-/// call and skips it; a rollback with no transaction open does nothing.
-fn roll_back_unfinished(conn: &mut SqliteConnection) {
-    Manager::start_rollback(conn);
 }

@@ -17,20 +17,17 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool};
 use sqlx::{ConnectOptions, Connection, Sqlite};
-use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
+use tokio::sync::{Mutex, OnceCell, OwnedMappedMutexGuard, OwnedMutexGuard};
 
 use super::migrate::migrate_on;
 use super::options::DbOptions;
 use crate::error::{Error, Result};
-
-/// A connection held for the life of the database; `None` once closed.
-type Slot = Arc<Mutex<Option<SqliteConnection>>>;
 
 /// Every connection of one database, shared by the `Db` and every [`Handle`](super::Handle)
 /// taken from it.
@@ -46,15 +43,138 @@ pub(crate) struct Connections {
 #[derive(Debug)]
 enum Kind {
     Held {
-        writer: Slot,
-        readers: Vec<Slot>,
+        writer: Arc<Slot>,
+        readers: Vec<Arc<Slot>>,
         next_reader: AtomicUsize,
         /// How long a call waits for a connection held by another call of this process (a
         /// long `Tx`, say) before it gives up with [`Error::Busy`], as SQLite does for locks
         /// held by other processes.
         busy_timeout: Duration,
     },
-    Pool(SqlitePool),
+    Pool {
+        pool: SqlitePool,
+        /// The caller's settings, checked once before the first write (see `check_settings`).
+        checked: OnceCell<()>,
+    },
+}
+
+/// One held connection, and what is needed to put it back in order.
+#[derive(Debug)]
+struct Slot {
+    /// The connection; `None` once the database is closed.
+    conn: Arc<Mutex<Option<SqliteConnection>>>,
+    /// Set when a lease was returned while a transaction may still be open on the connection
+    /// (a cancelled call, a failed `COMMIT`, a service's own statements): whoever takes the
+    /// connection next rolls back first.
+    needs_reset: AtomicBool,
+    /// How to connect a replacement when a reset fails.
+    options: SqliteConnectOptions,
+    /// Counts the transactions that ended on this connection (see [`TxEvents`]).
+    events: Arc<TxEvents>,
+}
+
+/// How many transactions have ended (committed or rolled back, by anyone, SQLite included) on a
+/// writer connection, counted by SQLite's commit and rollback hooks as they happen.
+///
+/// SQLite rolls a whole transaction back by itself on some errors (a full disk, an I/O error,
+/// a trigger's `RAISE(ROLLBACK)`); statements sent afterwards would run outside any
+/// transaction and commit one by one. A transaction that sees this count move while it is
+/// open knows it is over, without a round trip to ask.
+#[derive(Debug, Default)]
+pub(crate) struct TxEvents {
+    ended: AtomicU64,
+}
+
+impl TxEvents {
+    /// The number of transactions ended so far.
+    pub(crate) fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// Installs the hooks that count on `conn`. One round trip to the connection's worker.
+    async fn watch(self: &Arc<Self>, conn: &mut SqliteConnection) -> Result<()> {
+        let mut handle = conn.lock_handle().await?;
+        let on_commit = self.clone();
+        handle.set_commit_hook(move || {
+            on_commit.ended.fetch_add(1, Ordering::AcqRel);
+            true // let the commit go ahead
+        });
+        let on_rollback = self.clone();
+        handle.set_rollback_hook(move || {
+            on_rollback.ended.fetch_add(1, Ordering::AcqRel);
+        });
+        Ok(())
+    }
+}
+
+impl Slot {
+    async fn open(options: SqliteConnectOptions, conn: SqliteConnection) -> Result<Arc<Slot>> {
+        let slot = Slot {
+            conn: Arc::new(Mutex::new(None)),
+            needs_reset: AtomicBool::new(false),
+            options,
+            events: Arc::default(),
+        };
+        let mut conn = conn;
+        slot.events.watch(&mut conn).await?;
+        *slot.conn.lock().await = Some(conn);
+        Ok(Arc::new(slot))
+    }
+
+    /// Lends the connection, waiting at most `timeout` for the call that has it, and first
+    /// rolls back whatever a previous lease left open.
+    async fn lend(self: &Arc<Self>, timeout: Duration) -> Result<Lease> {
+        let guard = wait_for(&self.conn, timeout).await?;
+        self.lend_locked(guard).await
+    }
+
+    /// Lends the connection whose lock `guard` holds.
+    async fn lend_locked(
+        self: &Arc<Self>,
+        mut guard: OwnedMutexGuard<Option<SqliteConnection>>,
+    ) -> Result<Lease> {
+        if self.needs_reset.load(Ordering::Acquire) {
+            self.reset(&mut guard).await?;
+        }
+        let conn = OwnedMutexGuard::try_map(guard, Option::as_mut)
+            .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
+        Ok(Lease {
+            kind: LeaseKind::Held {
+                conn,
+                slot: self.clone(),
+            },
+            in_doubt: false,
+        })
+    }
+
+    /// Ends any transaction left open on the connection: `ROLLBACK`, where "no transaction is
+    /// active" is the good answer. If even that fails, the connection's state is unknown, so it
+    /// is closed (SQLite rolls back on close) and replaced by a fresh one.
+    async fn reset(&self, guard: &mut Option<SqliteConnection>) -> Result<()> {
+        let Some(conn) = guard.as_mut() else {
+            return Ok(()); // closed: nothing to reset, and nothing will be lent
+        };
+        match sqlx::query!("ROLLBACK").execute(&mut *conn).await {
+            Ok(_) => {}
+            Err(err) if no_transaction_active(&err) => {}
+            Err(_) => {
+                if let Some(old) = guard.take() {
+                    // Closing rolls back; its own failure changes nothing we can act on.
+                    let _ = old.close().await;
+                }
+                let mut fresh = self.options.connect().await?;
+                self.events.watch(&mut fresh).await?;
+                *guard = Some(fresh);
+            }
+        }
+        self.needs_reset.store(false, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// True for SQLite's answer to a `COMMIT` or `ROLLBACK` with no transaction open.
+pub(crate) fn no_transaction_active(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.message().contains("no transaction is active"))
 }
 
 /// A database file (and its `-wal` and `-shm` companions) deleted on drop.
@@ -84,15 +204,18 @@ impl Connections {
         if options.migrate {
             migrate_on(&mut writer).await?;
         }
+        // A replacement writer must not create a file that was deleted under us.
+        let writer = Slot::open(writer_options.create_if_missing(false), writer).await?;
         // Readers are read-only, so a write can never slip past the single writer.
+        let reader_options = base.read_only(true);
         let mut readers = Vec::with_capacity(options.readers.max(1));
         for _ in 0..options.readers.max(1) {
-            let reader = base.clone().read_only(true).connect().await?;
-            readers.push(Arc::new(Mutex::new(Some(reader))));
+            let reader = reader_options.connect().await?;
+            readers.push(Slot::open(reader_options.clone(), reader).await?);
         }
         Ok(Connections {
             kind: Kind::Held {
-                writer: Arc::new(Mutex::new(Some(writer))),
+                writer,
                 readers,
                 next_reader: AtomicUsize::new(0),
                 busy_timeout: options.busy_timeout,
@@ -104,7 +227,10 @@ impl Connections {
     /// A caller's pool, used as it is.
     pub(crate) fn from_pool(pool: SqlitePool) -> Self {
         Connections {
-            kind: Kind::Pool(pool),
+            kind: Kind::Pool {
+                pool,
+                checked: OnceCell::new(),
+            },
             temp_file: None,
         }
     }
@@ -116,14 +242,14 @@ impl Connections {
                 writer, readers, ..
             } => {
                 for slot in readers.iter().chain(std::iter::once(writer)) {
-                    let conn = slot.lock().await.take();
+                    let conn = slot.conn.lock().await.take();
                     if let Some(conn) = conn {
                         // Nothing useful can be done about a failed close; the file is intact.
                         let _ = conn.close().await;
                     }
                 }
             }
-            Kind::Pool(pool) => pool.close().await,
+            Kind::Pool { pool, .. } => pool.close().await,
         }
     }
 
@@ -134,8 +260,14 @@ impl Connections {
                 writer,
                 busy_timeout,
                 ..
-            } => held(wait_for(writer, *busy_timeout).await?),
-            Kind::Pool(pool) => Ok(Lease::Pooled(pool.acquire().await?)),
+            } => writer.lend(*busy_timeout).await,
+            Kind::Pool { pool, checked } => {
+                let mut conn = pool.acquire().await?;
+                checked
+                    .get_or_try_init(|| check_settings(&mut conn))
+                    .await?;
+                Ok(Lease::pooled(conn))
+            }
         }
     }
 
@@ -153,15 +285,15 @@ impl Connections {
                 // point gets ~30% faster than rotating over 4 worker threads); concurrent
                 // callers spread over the others.
                 for slot in readers {
-                    if let Ok(guard) = slot.clone().try_lock_owned() {
-                        return held(guard);
+                    if let Ok(guard) = slot.conn.clone().try_lock_owned() {
+                        return slot.lend_locked(guard).await;
                     }
                 }
                 // All busy: queue on the next in turn.
                 let start = next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
-                held(wait_for(&readers[start], *busy_timeout).await?)
+                readers[start].lend(*busy_timeout).await
             }
-            Kind::Pool(pool) => Ok(Lease::Pooled(pool.acquire().await?)),
+            Kind::Pool { pool, .. } => Ok(Lease::pooled(pool.acquire().await?)),
         }
     }
 }
@@ -187,45 +319,153 @@ async fn connect_when_free(
 /// Waits for a held connection, at most `timeout`. A free one is taken without a timer, so a
 /// runtime built without Tokio's time driver works as long as calls do not queue.
 async fn wait_for(
-    slot: &Slot,
+    conn: &Arc<Mutex<Option<SqliteConnection>>>,
     timeout: Duration,
 ) -> Result<OwnedMutexGuard<Option<SqliteConnection>>> {
-    if let Ok(guard) = slot.clone().try_lock_owned() {
+    if let Ok(guard) = conn.clone().try_lock_owned() {
         return Ok(guard);
     }
-    tokio::time::timeout(timeout, slot.clone().lock_owned())
+    tokio::time::timeout(timeout, conn.clone().lock_owned())
         .await
         .map_err(|_| Error::Busy)
 }
 
-fn held(guard: OwnedMutexGuard<Option<SqliteConnection>>) -> Result<Lease> {
-    OwnedMutexGuard::try_map(guard, Option::as_mut)
-        .map(Lease::Held)
-        .map_err(|_| Error::Database(sqlx::Error::PoolClosed))
+/// Refuses a caller's pool whose settings would let a write break sqlrepo's rules: with
+/// foreign keys off a transfer to a missing account destroys money, with CHECK constraints
+/// ignored balances go negative, and without a rollback journal a transaction cannot be undone.
+/// (Rollback-journal modes are accepted: a write blocked by a reader fails with
+/// [`Error::Busy`], it is not acknowledged.)
+async fn check_settings(conn: &mut SqliteConnection) -> Result<()> {
+    // Each pragma through its table-valued function, wrapped in an expression so sqlx does not
+    // look for the virtual table's columns in the schema.
+    let settings = sqlx::query!(
+        r#"
+        SELECT coalesce((SELECT foreign_keys FROM pragma_foreign_keys()), -1)
+                   AS "foreign_keys!: i64",
+               coalesce((SELECT ignore_check_constraints FROM pragma_ignore_check_constraints()), -1)
+                   AS "ignore_check_constraints!: i64",
+               coalesce((SELECT journal_mode FROM pragma_journal_mode()), '')
+                   AS "journal_mode!: String",
+               coalesce((SELECT file FROM pragma_database_list() WHERE name = 'main'), '')
+                   AS "file!: String"
+        "#
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if settings.foreign_keys != 1 {
+        return Err(Error::Config(
+            "the pool's connections have foreign_keys off; sqlrepo relies on foreign keys to \
+             refuse transfers to missing accounts (use SqliteConnectOptions::foreign_keys(true))"
+                .to_owned(),
+        ));
+    }
+    if settings.ignore_check_constraints != 0 {
+        return Err(Error::Config(
+            "the pool's connections ignore CHECK constraints; sqlrepo relies on them to keep \
+             balances from going negative (turn PRAGMA ignore_check_constraints off)"
+                .to_owned(),
+        ));
+    }
+    let journal = settings.journal_mode.to_ascii_lowercase();
+    let on_disk = !settings.file.is_empty();
+    if journal == "off" || (journal == "memory" && on_disk) {
+        return Err(Error::Config(format!(
+            "the pool's connections use journal_mode={journal}; a transaction could not be \
+             rolled back safely (use WAL, the default of Db::open)"
+        )));
+    }
+    Ok(())
 }
 
 /// A connection lent to one operation: a held connection, or one from a pool.
+///
+/// While `in_doubt` is set, a transaction may be open on the connection that nobody will
+/// finish (it is set before a `BEGIN` and cleared once a `COMMIT` or `ROLLBACK` is answered).
+/// A lease dropped in doubt is rolled back before the connection is used again: a held one by
+/// whoever takes it next (and right away by a task, when a Tokio runtime is at hand), a pooled
+/// one by closing it instead of returning it to the pool.
 #[derive(Debug)]
-pub(crate) enum Lease {
-    Held(OwnedMappedMutexGuard<Option<SqliteConnection>, SqliteConnection>),
-    Pooled(PoolConnection<Sqlite>),
+pub(crate) struct Lease {
+    kind: LeaseKind,
+    in_doubt: bool,
 }
 
-impl std::ops::Deref for Lease {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        match self {
-            Lease::Held(conn) => conn,
-            Lease::Pooled(conn) => conn,
+#[derive(Debug)]
+enum LeaseKind {
+    Held {
+        conn: OwnedMappedMutexGuard<Option<SqliteConnection>, SqliteConnection>,
+        slot: Arc<Slot>,
+    },
+    Pooled {
+        conn: PoolConnection<Sqlite>,
+        /// Hooks installed on this pooled connection, for a transaction that needs them.
+        events: Option<Arc<TxEvents>>,
+    },
+}
+
+impl Lease {
+    fn pooled(conn: PoolConnection<Sqlite>) -> Lease {
+        Lease {
+            kind: LeaseKind::Pooled { conn, events: None },
+            in_doubt: false,
+        }
+    }
+
+    /// The connection.
+    pub(crate) fn conn(&mut self) -> &mut SqliteConnection {
+        match &mut self.kind {
+            LeaseKind::Held { conn, .. } => conn,
+            LeaseKind::Pooled { conn, .. } => conn,
+        }
+    }
+
+    /// Marks (or clears) the connection as possibly holding a transaction nobody will finish.
+    pub(crate) fn set_in_doubt(&mut self, in_doubt: bool) {
+        self.in_doubt = in_doubt;
+    }
+
+    /// The counter of transactions ended on this connection, installing the hooks on a pooled
+    /// connection first (held writers have them from the start).
+    pub(crate) async fn tx_events(&mut self) -> Result<Arc<TxEvents>> {
+        match &mut self.kind {
+            LeaseKind::Held { slot, .. } => Ok(slot.events.clone()),
+            LeaseKind::Pooled { conn, events } => {
+                if let Some(events) = events {
+                    return Ok(events.clone());
+                }
+                let fresh = Arc::new(TxEvents::default());
+                fresh.watch(conn).await?;
+                *events = Some(fresh.clone());
+                Ok(fresh)
+            }
         }
     }
 }
 
-impl std::ops::DerefMut for Lease {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        match self {
-            Lease::Held(conn) => conn,
-            Lease::Pooled(conn) => conn,
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.in_doubt {
+            return;
+        }
+        match &mut self.kind {
+            LeaseKind::Held { slot, .. } => {
+                slot.needs_reset.store(true, Ordering::Release);
+                // Roll back now rather than at the next call, so a transaction left open does
+                // not keep the write lock (and other processes) waiting meanwhile. The task
+                // queues for the connection like any caller, after this lease is released.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let slot = slot.clone();
+                    runtime.spawn(async move {
+                        let mut guard = slot.conn.clone().lock_owned().await;
+                        if slot.needs_reset.load(Ordering::Acquire) {
+                            // A failure leaves the flag set: the next caller tries again.
+                            let _ = slot.reset(&mut guard).await;
+                        }
+                    });
+                }
+            }
+            // SQLite rolls back what a closed connection left open.
+            LeaseKind::Pooled { conn, .. } => conn.close_on_drop(),
         }
     }
 }

@@ -161,7 +161,7 @@ impl AccountRepo {
                 )));
             }
             let mut conn = handle.writer().await?;
-            insert_account(conn.sqlite()?, user_id, balance_cents).await
+            insert_account(conn.statements()?, user_id, balance_cents).await
         })
     }
 
@@ -173,7 +173,7 @@ impl AccountRepo {
         let handle = self.handle.clone();
         traced("accounts", "get", async move {
             let mut conn = handle.reader().await?;
-            select_account(conn.sqlite()?, id).await
+            select_account(conn.statements()?, id).await
         })
     }
 
@@ -196,11 +196,11 @@ impl AccountRepo {
             };
             let mut conn = handle.writer().await?;
             let mut tx = conn.atomic().await?;
-            match insert_deposit(&mut tx, id, amount_cents).await {
+            match insert_deposit(tx.sqlite()?, id, amount_cents).await {
                 Err(Error::ForeignKey) => return Err(not_found),
                 other => other?,
             }
-            let balance = select_balance(&mut tx, id).await?;
+            let balance = select_balance(tx.sqlite()?, id).await?;
             tx.commit().await?;
             // The row was just credited inside the transaction, so it exists.
             balance.ok_or(not_found)
@@ -239,11 +239,11 @@ impl AccountRepo {
         traced("accounts", "transfer", async move {
             let t = t?;
             let mut conn = handle.writer().await?;
-            match insert_transfer(conn.sqlite()?, &t).await {
+            match insert_transfer(conn.statements()?, &t).await {
                 Ok(0) => Ok(TransferOutcome::Replayed),
                 Ok(_) => Ok(TransferOutcome::Landed),
                 Err(err) => {
-                    Err(explain_failure(conn.sqlite()?, std::slice::from_ref(&t), err).await)
+                    Err(explain_failure(conn.statements()?, std::slice::from_ref(&t), err).await)
                 }
             }
         })
@@ -275,10 +275,10 @@ impl AccountRepo {
                 return Ok(());
             };
             let mut conn = handle.writer().await?;
-            match insert_transfers(conn.sqlite()?, &steps_json).await {
+            match insert_transfers(conn.statements()?, &steps_json).await {
                 Ok(_) => Ok(()),
                 Err(err) => match steps_from_json(&steps_json) {
-                    Some(steps) => Err(explain_failure(conn.sqlite()?, &steps, err).await),
+                    Some(steps) => Err(explain_failure(conn.statements()?, &steps, err).await),
                     None => Err(err),
                 },
             }
@@ -296,7 +296,7 @@ impl AccountRepo {
             Ok(sqlx::query_scalar!(
                 r#"SELECT coalesce(sum(balance), 0) AS "total!: i64" FROM accounts"#
             )
-            .fetch_one(conn.sqlite()?)
+            .fetch_one(conn.statements()?)
             .await?)
         })
     }
@@ -440,17 +440,20 @@ async fn insert_account(
     user_id: Option<i64>,
     balance_cents: i64,
 ) -> Result<i64> {
-    Ok(sqlx::query_scalar!(
+    // `execute` steps the statement to its end, where an autocommit write commits, so a
+    // failed commit (a full disk, a lock) is an error here. `INSERT … RETURNING` read with
+    // `fetch_one` stops after the row and sqlx drops the commit's result at the reset.
+    let result = sqlx::query!(
         r#"
         INSERT INTO accounts (user_id, balance)
         VALUES (?1, ?2)
-        RETURNING id AS "id!: i64"
         "#,
         user_id,
         balance_cents,
     )
-    .fetch_one(conn)
-    .await?)
+    .execute(conn)
+    .await?;
+    Ok(result.last_insert_rowid())
 }
 
 async fn select_account(conn: &mut SqliteConnection, id: i64) -> Result<Option<Account>> {

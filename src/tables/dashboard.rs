@@ -50,7 +50,7 @@ pub(crate) fn read(
 ) -> impl Future<Output = Result<Dashboard>> + Send + use<> {
     traced("users", "dashboard", async move {
         let mut conn = handle.reader().await?;
-        fetch(conn.sqlite()?, user_id).await
+        fetch(conn.statements()?, user_id).await
     })
 }
 

@@ -181,7 +181,7 @@ impl ItemRepo {
         traced("items", "create", async move {
             let (name, data, status) = row?;
             let mut conn = handle.writer().await?;
-            insert_one(conn.sqlite()?, &name, &data, status).await
+            insert_one(conn.statements()?, &name, &data, status).await
         })
     }
 
@@ -193,7 +193,7 @@ impl ItemRepo {
         let handle = self.handle.clone();
         traced("items", "get", async move {
             let mut conn = handle.reader().await?;
-            select_one(conn.sqlite()?, id).await
+            select_one(conn.statements()?, id).await
         })
     }
 
@@ -209,7 +209,7 @@ impl ItemRepo {
                 return Ok(Vec::new());
             };
             let mut conn = handle.reader().await?;
-            select_many(conn.sqlite()?, &ids).await
+            select_many(conn.statements()?, &ids).await
         })
     }
 
@@ -224,7 +224,7 @@ impl ItemRepo {
         let handle = self.handle.clone();
         traced("items", "list_by_status", async move {
             let mut conn = handle.reader().await?;
-            select_by_status(conn.sqlite()?, status).await
+            select_by_status(conn.statements()?, status).await
         })
     }
 
@@ -247,7 +247,7 @@ impl ItemRepo {
                 return Ok(false);
             };
             let mut conn = handle.writer().await?;
-            update_one(conn.sqlite()?, id, name.as_deref(), data.as_deref(), status).await
+            update_one(conn.statements()?, id, name.as_deref(), data.as_deref(), status).await
         })
     }
 
@@ -259,7 +259,7 @@ impl ItemRepo {
         let handle = self.handle.clone();
         traced("items", "delete", async move {
             let mut conn = handle.writer().await?;
-            delete_one(conn.sqlite()?, id).await
+            delete_one(conn.statements()?, id).await
         })
     }
 
@@ -292,12 +292,21 @@ impl ItemRepo {
             match chunks.as_slice() {
                 [] => Ok(0),
                 // One statement is atomic by itself: no transaction, one round trip.
-                [rows] => insert_batch(conn.sqlite()?, rows).await,
+                [rows] => insert_batch(conn.statements()?, rows).await,
                 _ => {
                     let mut tx = conn.atomic().await?;
                     let mut inserted = 0;
                     for rows in &chunks {
-                        inserted += insert_batch(&mut tx, rows).await?;
+                        match insert_batch(tx.sqlite()?, rows).await {
+                            Ok(count) => inserted += count,
+                            Err(err) => {
+                                // The error to report is the batch's. A rollback that fails
+                                // too leaves the unit unfinished, and its Drop resets the
+                                // writer (or ends the caller's Tx): nothing half-done stays.
+                                let _unfinished = tx.rollback().await;
+                                return Err(err);
+                            }
+                        }
                     }
                     tx.commit().await?;
                     Ok(inserted)
@@ -323,7 +332,7 @@ impl ItemRepo {
                 return Ok(0);
             };
             let mut conn = handle.writer().await?;
-            update_status_batch(conn.sqlite()?, &ids, status).await
+            update_status_batch(conn.statements()?, &ids, status).await
         })
     }
 
@@ -337,7 +346,7 @@ impl ItemRepo {
             STREAM_PAGE_ROWS,
             |handle, after| async move {
                 let mut conn = handle.reader().await?;
-                select_page(conn.sqlite()?, after, STREAM_PAGE_ROWS).await
+                select_page(conn.statements()?, after, STREAM_PAGE_ROWS).await
             },
         )
     }
@@ -352,7 +361,7 @@ impl ItemRepo {
             let mut conn = handle.reader().await?;
             Ok(
                 sqlx::query_scalar!(r#"SELECT count(*) AS "count!: i64" FROM items"#)
-                    .fetch_one(conn.sqlite()?)
+                    .fetch_one(conn.statements()?)
                     .await?,
             )
         })
@@ -488,18 +497,21 @@ async fn insert_one(
     data: &str,
     status: ItemStatus,
 ) -> Result<i64> {
-    Ok(sqlx::query_scalar!(
+    // `execute` steps the statement to its end, where an autocommit write commits, so a
+    // failed commit (a full disk, a lock) is an error here. `INSERT … RETURNING` read with
+    // `fetch_one` stops after the row and sqlx drops the commit's result at the reset.
+    let result = sqlx::query!(
         r#"
         INSERT INTO items (name, data, status)
         VALUES (?1, ?2, ?3)
-        RETURNING id AS "id!: i64"
         "#,
         name,
         data,
         status,
     )
-    .fetch_one(conn)
-    .await?)
+    .execute(conn)
+    .await?;
+    Ok(result.last_insert_rowid())
 }
 
 async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<Item>> {

@@ -105,7 +105,7 @@ impl OrderRepo {
         traced("orders", "create", async move {
             let order = order?;
             let mut conn = handle.writer().await?;
-            insert_one(conn.sqlite()?, order.user_id, order.total_cents).await
+            insert_one(conn.statements()?, order.user_id, order.total_cents).await
         })
     }
 
@@ -117,7 +117,7 @@ impl OrderRepo {
         let handle = self.handle.clone();
         traced("orders", "get", async move {
             let mut conn = handle.reader().await?;
-            select_one(conn.sqlite()?, id).await
+            select_one(conn.statements()?, id).await
         })
     }
 
@@ -134,7 +134,7 @@ impl OrderRepo {
         let handle = self.handle.clone();
         traced("orders", "recent_for_user", async move {
             let mut conn = handle.reader().await?;
-            select_recent(conn.sqlite()?, user_id, i64::from(limit)).await
+            select_recent(conn.statements()?, user_id, i64::from(limit)).await
         })
     }
 
@@ -149,7 +149,7 @@ impl OrderRepo {
         let handle = self.handle.clone();
         traced("orders", "stats_for_user", async move {
             let mut conn = handle.reader().await?;
-            select_stats(conn.sqlite()?, user_id).await
+            select_stats(conn.statements()?, user_id).await
         })
     }
 
@@ -161,7 +161,7 @@ impl OrderRepo {
         let handle = self.handle.clone();
         traced("orders", "delete", async move {
             let mut conn = handle.writer().await?;
-            delete_one(conn.sqlite()?, id).await
+            delete_one(conn.statements()?, id).await
         })
     }
 
@@ -182,7 +182,7 @@ impl OrderRepo {
                 return Ok(0);
             };
             let mut conn = handle.writer().await?;
-            insert_batch(conn.sqlite()?, &rows).await
+            insert_batch(conn.statements()?, &rows).await
         })
     }
 }
@@ -196,17 +196,20 @@ fn batch_text(orders: &[NewOrder]) -> Result<Option<String>> {
 }
 
 async fn insert_one(conn: &mut SqliteConnection, user_id: i64, total_cents: i64) -> Result<i64> {
-    Ok(sqlx::query_scalar!(
+    // `execute` steps the statement to its end, where an autocommit write commits, so a
+    // failed commit (a full disk, a lock) is an error here. `INSERT … RETURNING` read with
+    // `fetch_one` stops after the row and sqlx drops the commit's result at the reset.
+    let result = sqlx::query!(
         r#"
         INSERT INTO orders (user_id, total)
         VALUES (?1, ?2)
-        RETURNING id AS "id!: i64"
         "#,
         user_id,
         total_cents,
     )
-    .fetch_one(conn)
-    .await?)
+    .execute(conn)
+    .await?;
+    Ok(result.last_insert_rowid())
 }
 
 async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<Order>> {

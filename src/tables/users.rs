@@ -105,7 +105,7 @@ impl UserRepo {
         traced("users", "create", async move {
             let user = user?;
             let mut conn = handle.writer().await?;
-            insert_one(conn.sqlite()?, &user.email, &user.name).await
+            insert_one(conn.statements()?, &user.email, &user.name).await
         })
     }
 
@@ -117,7 +117,7 @@ impl UserRepo {
         let handle = self.handle.clone();
         traced("users", "get", async move {
             let mut conn = handle.reader().await?;
-            select_one(conn.sqlite()?, id).await
+            select_one(conn.statements()?, id).await
         })
     }
 
@@ -133,7 +133,7 @@ impl UserRepo {
         let email = email.to_owned();
         traced("users", "get_by_email", async move {
             let mut conn = handle.reader().await?;
-            select_by_email(conn.sqlite()?, &email).await
+            select_by_email(conn.statements()?, &email).await
         })
     }
 
@@ -156,7 +156,7 @@ impl UserRepo {
             }
             let mut conn = handle.writer().await?;
             update_one(
-                conn.sqlite()?,
+                conn.statements()?,
                 id,
                 patch.email.as_deref(),
                 patch.name.as_deref(),
@@ -174,7 +174,7 @@ impl UserRepo {
         let handle = self.handle.clone();
         traced("users", "delete", async move {
             let mut conn = handle.writer().await?;
-            delete_one(conn.sqlite()?, id).await
+            delete_one(conn.statements()?, id).await
         })
     }
 
@@ -196,7 +196,7 @@ impl UserRepo {
                 return Ok(0);
             };
             let mut conn = handle.writer().await?;
-            insert_batch(conn.sqlite()?, &rows).await
+            insert_batch(conn.statements()?, &rows).await
         })
     }
 
@@ -208,7 +208,7 @@ impl UserRepo {
             STREAM_PAGE_ROWS,
             |handle, after| async move {
                 let mut conn = handle.reader().await?;
-                select_page(conn.sqlite()?, after, STREAM_PAGE_ROWS).await
+                select_page(conn.statements()?, after, STREAM_PAGE_ROWS).await
             },
         )
     }
@@ -230,17 +230,20 @@ fn batch_text(users: &[NewUser]) -> Result<Option<String>> {
 }
 
 async fn insert_one(conn: &mut SqliteConnection, email: &str, name: &str) -> Result<i64> {
-    Ok(sqlx::query_scalar!(
+    // `execute` steps the statement to its end, where an autocommit write commits, so a
+    // failed commit (a full disk, a lock) is an error here. `INSERT … RETURNING` read with
+    // `fetch_one` stops after the row and sqlx drops the commit's result at the reset.
+    let result = sqlx::query!(
         r#"
         INSERT INTO users (email, name)
         VALUES (?1, ?2)
-        RETURNING id AS "id!: i64"
         "#,
         email,
         name,
     )
-    .fetch_one(conn)
-    .await?)
+    .execute(conn)
+    .await?;
+    Ok(result.last_insert_rowid())
 }
 
 async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<User>> {
