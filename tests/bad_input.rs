@@ -1666,7 +1666,11 @@ async fn repositories_of_a_finished_transaction_refuse_work_and_change_nothing()
     for outcome in &outcomes[..3] {
         assert!(outcome.starts_with("Err(InvalidInput("), "{outcome}");
     }
-    assert!(outcomes[3].starts_with("Err(RolledBack("), "{}", outcomes[3]);
+    assert!(
+        outcomes[3].starts_with("Err(RolledBack("),
+        "{}",
+        outcomes[3]
+    );
     assert_eq!(dump_file(&path), before);
     // The Db itself still writes.
     db.items()

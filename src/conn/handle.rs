@@ -190,7 +190,9 @@ impl Conn {
         match &mut self.lent {
             Lent::Lease(lease) => {
                 lease.set_in_doubt(true);
-                sqlx::query!("BEGIN IMMEDIATE").execute(lease.conn()).await?;
+                sqlx::query!("BEGIN IMMEDIATE")
+                    .execute(lease.conn())
+                    .await?;
             }
             Lent::Tx(state) => {
                 sqlx::query!("SAVEPOINT sqlrepo_atomic")
@@ -316,7 +318,9 @@ impl TxState {
         // In doubt until COMMIT or ROLLBACK is answered: if this future or the `Tx` is dropped
         // anywhere in between, the lease rolls back before the writer is lent again.
         lease.set_in_doubt(true);
-        sqlx::query!("BEGIN IMMEDIATE").execute(lease.conn()).await?;
+        sqlx::query!("BEGIN IMMEDIATE")
+            .execute(lease.conn())
+            .await?;
         Ok(TxState {
             lease: Some(lease),
             began_at: events.ended(),

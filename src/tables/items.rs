@@ -247,7 +247,14 @@ impl ItemRepo {
                 return Ok(false);
             };
             let mut conn = handle.writer().await?;
-            update_one(conn.statements()?, id, name.as_deref(), data.as_deref(), status).await
+            update_one(
+                conn.statements()?,
+                id,
+                name.as_deref(),
+                data.as_deref(),
+                status,
+            )
+            .await
         })
     }
 
