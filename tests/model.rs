@@ -108,6 +108,8 @@ enum Out {
 #[derive(Clone, Debug, PartialEq)]
 enum ErrOut {
     Invalid,
+    /// A result computed from stored data does not fit (not the caller's input).
+    Overflow,
     /// The entity and every id the error may name.
     NotFound(&'static str, Vec<i64>),
     Duplicate(String),
@@ -641,7 +643,7 @@ impl Model {
                 let total: i128 = self.accounts.values().map(|a| i128::from(a.balance)).sum();
                 match i64::try_from(total) {
                     Ok(total) => Out::Cents(total),
-                    Err(_) => err(Invalid),
+                    Err(_) => err(ErrOut::Overflow),
                 }
             }
             Op::InTx(..) => unreachable!("transactions are applied by `apply`"),
@@ -937,6 +939,7 @@ impl ReferenceStateMachine for ModelMachine {
 fn err_out(err: Error) -> ErrOut {
     match err {
         Error::InvalidInput(_) => ErrOut::Invalid,
+        Error::Overflow(_) => ErrOut::Overflow,
         Error::NotFound { entity, id } => ErrOut::NotFound(entity, vec![id]),
         Error::Duplicate { constraint } => ErrOut::Duplicate(constraint),
         Error::ForeignKey => ErrOut::ForeignKey,

@@ -31,9 +31,9 @@ use crate::error::{Error, Result};
 /// impl CountRepo {
 ///     async fn items(&self) -> sqlrepo::Result<i64> {
 ///         let mut conn = self.handle.reader().await?;
-///         // In a service this is `sqlx::query_scalar!(...)`, checked against its schema.
-///         let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM items")
-///             .fetch_one(conn.sqlite()?)
+///         // Checked at compile time, like every statement of sqlrepo's own repositories.
+///         let count = sqlx::query_scalar!(r#"SELECT count(*) AS "count!: i64" FROM items"#)
+///             .fetch_one(conn.statements()?)
 ///             .await?;
 ///         Ok(count)
 ///     }
@@ -142,8 +142,9 @@ impl Conn {
     }
 
     async fn in_tx(state: &Arc<Mutex<TxState>>) -> Result<Conn> {
-        let guard = state.clone().lock_owned().await;
+        let mut guard = state.clone().lock_owned().await;
         guard.usable()?;
+        guard.undo_unfinished_unit().await?;
         Ok(Conn {
             lent: Lent::Tx(guard),
         })
@@ -180,9 +181,9 @@ impl Conn {
     /// Starts an all-or-nothing unit of several statements: a `BEGIN IMMEDIATE` transaction
     /// on a database's writer (the write lock up front, so no upgrade can fail with
     /// `SQLITE_BUSY`), or a savepoint inside a [`Tx`](crate::Tx). Finish it with
-    /// [`Atomic::commit`] or [`Atomic::rollback`]; dropped unfinished, it is rolled back (inside
-    /// a `Tx`, the whole transaction then fails with [`Error::RolledBack`], since the caller
-    /// cannot know how far it got).
+    /// [`Atomic::commit`] or [`Atomic::rollback`]; dropped unfinished (an error path, a
+    /// cancelled call) it is rolled back: before the writer is lent again, or inside a `Tx`
+    /// before the transaction's next call or its commit.
     ///
     /// # Errors
     /// [`Error::Busy`] when another process holds the write lock past the busy timeout.
@@ -281,7 +282,8 @@ impl Drop for Atomic<'_> {
         match &mut self.conn.lent {
             // Still in doubt: the lease rolls back before the writer is lent again.
             Lent::Lease(_) => {}
-            Lent::Tx(state) => state.kill("a call inside it was cancelled part-way"),
+            // Undone before the transaction's next call or its commit (see TxState).
+            Lent::Tx(state) => state.unfinished_unit = true,
         }
     }
 }
@@ -305,6 +307,9 @@ pub(crate) struct TxState {
     began_at: u64,
     /// Why the transaction can no longer commit, once it cannot.
     dead: Option<&'static str>,
+    /// An [`Atomic`] unit (savepoint) was dropped unfinished, by an error path or a cancelled
+    /// call: its statements are rolled back before anything else runs in the transaction.
+    unfinished_unit: bool,
     /// Set by the `Tx` when it is dropped while one of its calls is running (it cannot take
     /// the lock then); the call finishes the transaction when its `Conn` comes back.
     abandoned: Arc<AtomicBool>,
@@ -326,6 +331,7 @@ impl TxState {
             began_at: events.ended(),
             events,
             dead: None,
+            unfinished_unit: false,
             abandoned: Arc::default(),
         })
     }
@@ -349,6 +355,32 @@ impl TxState {
             Some(lease) => Ok(lease.conn()),
             None => Err(Error::invalid("the transaction is over")),
         }
+    }
+
+    /// Rolls back the savepoint of an [`Atomic`] unit that was dropped unfinished, so a failed
+    /// or cancelled call leaves nothing behind in the transaction. If even that fails, the
+    /// transaction cannot be trusted and is over.
+    async fn undo_unfinished_unit(&mut self) -> Result<()> {
+        if !self.unfinished_unit {
+            return Ok(());
+        }
+        let conn = self.conn()?;
+        let undone = match sqlx::query!("ROLLBACK TO sqlrepo_atomic")
+            .execute(&mut *conn)
+            .await
+        {
+            Ok(_) => sqlx::query!("RELEASE sqlrepo_atomic")
+                .execute(&mut *conn)
+                .await
+                .map(|_| ()),
+            Err(err) => Err(err),
+        };
+        self.unfinished_unit = false;
+        if let Err(err) = undone {
+            self.kill("a failed call's statements could not be undone");
+            return Err(err.into());
+        }
+        Ok(())
     }
 
     /// Marks the transaction dead and lets the writer go (rolled back before its next use).
@@ -377,6 +409,7 @@ impl TxState {
     pub(crate) async fn commit(&mut self) -> Result<()> {
         self.after_call();
         self.usable()?;
+        self.undo_unfinished_unit().await?;
         let Some(lease) = self.lease.as_mut() else {
             return Ok(());
         };
