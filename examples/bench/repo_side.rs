@@ -115,6 +115,16 @@ impl RepoSide {
         seed_people(&self.db, inputs).await
     }
 
+    /// One `ItemRepo::create` per item, each its own committed write.
+    pub async fn create_each(&self, items: &[NewItem]) -> anyhow::Result<Measured> {
+        let repo = self.db.items();
+        let started = Instant::now();
+        for item in items {
+            repo.create(item).await?;
+        }
+        Ok(Measured::since(started, items.len()))
+    }
+
     pub async fn transfer(&self, transfers: &[Transfer]) -> anyhow::Result<Measured> {
         let accounts = self.db.accounts();
         let started = Instant::now();

@@ -281,6 +281,19 @@ impl RusqliteSide {
         Ok(())
     }
 
+    /// A prepared `INSERT` per item in autocommit mode: each row its own committed write.
+    pub fn create_each(&mut self, items: &[NewItem]) -> anyhow::Result<Measured> {
+        let started = Instant::now();
+        let mut insert = self
+            .conn
+            .prepare_cached("INSERT INTO items (name, data, status) VALUES (?1, ?2, ?3)")?;
+        for item in items {
+            let data = serde_json::to_string(&item.data)?;
+            insert.execute(params![item.name, data, item.status.as_str()])?;
+        }
+        Ok(Measured::since(started, items.len()))
+    }
+
     pub fn transfer(&mut self, transfers: &[Transfer]) -> anyhow::Result<Measured> {
         let started = Instant::now();
         for t in transfers {

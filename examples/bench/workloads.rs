@@ -95,6 +95,7 @@ impl<'a> Bench<'a> {
         self.get()?;
         self.get_many()?;
         self.stream()?;
+        self.create()?;
         progress(format_args!(
             "seeding {} users, {} orders, {} accounts on each side (untimed)",
             sizes.users, sizes.orders, sizes.accounts
@@ -273,6 +274,45 @@ impl<'a> Bench<'a> {
             target: Target::Rusqlite(5.0),
             rss_growth_mib: Some((repo_rss, STREAM_RSS_LIMIT_MIB)),
             ..Row::new("stream", "row", repo)
+        });
+        Ok(())
+    }
+
+    /// Single-row creates, each its own commit: what a service does per request.
+    fn create(&mut self) -> anyhow::Result<()> {
+        let inputs = self.inputs;
+        let (count, rounds) = (inputs.sizes.transfers, inputs.sizes.rounds);
+        // Named apart from every bulk-inserted and streamed item, so names stay unique.
+        let created = |range: Range<usize>| -> Vec<_> {
+            item_range(range.start, range.end)
+                .into_iter()
+                .map(|mut item| {
+                    item.name = format!("created-{}", item.name);
+                    item
+                })
+                .collect()
+        };
+        let items = created(0..count);
+        let naive_items = created(count..count + inputs.sizes.naive_transfers);
+        let [repo, lite, naive, floor] =
+            self.take_turns("create", true, |bench, side, round| {
+                let mine = &items[slice(items.len(), rounds, round)];
+                match side {
+                    Side::Repo => bench.runtime.block_on(bench.repo.create_each(mine)),
+                    Side::Lite => bench.lite.create_each(mine),
+                    Side::Naive => {
+                        let mine = &naive_items[slice(naive_items.len(), rounds, round)];
+                        bench.runtime.block_on(bench.naive.insert_many(mine))
+                    }
+                    Side::Floor => bench.turn_floor(items.len(), round),
+                }
+            })?;
+        self.rows.push(Row {
+            rusqlite: Some(lite),
+            naive: Some(naive),
+            floor: Some(floor),
+            target: Target::Compared,
+            ..Row::new("create", "create", repo)
         });
         Ok(())
     }
