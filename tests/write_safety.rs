@@ -251,6 +251,44 @@ async fn a_tx_that_a_trigger_rolled_back_refuses_later_calls_and_commit() {
 }
 
 #[tokio::test]
+async fn a_tx_on_a_callers_pool_that_a_trigger_rolled_back_is_dead_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = migrated_file(dir.path()).await;
+    install_veto_trigger(&path);
+    let pool = SqlitePoolOptions::new()
+        .connect_with(SqliteConnectOptions::new().filename(&path))
+        .await
+        .unwrap();
+    let db = Db::from_pool(pool);
+    let tx = db.begin().await.unwrap();
+    tx.items()
+        .create(&NewItem::new("first-in-tx", json!(1)))
+        .await
+        .unwrap();
+    assert!(
+        tx.items()
+            .create(&NewItem::new("veto", json!(2)))
+            .await
+            .is_err()
+    );
+    let after = tx
+        .items()
+        .create(&NewItem::new("after-veto", json!(3)))
+        .await;
+    assert!(matches!(after, Err(Error::RolledBack(_))), "{after:?}");
+    assert!(matches!(tx.commit().await, Err(Error::RolledBack(_))));
+    assert!(stored_names(&path).is_empty());
+    let id = db
+        .items()
+        .create(&NewItem::new("next", json!(4)))
+        .await
+        .unwrap();
+    assert!(db.items().get(id).await.unwrap().is_some());
+    db.close().await;
+    assert_eq!(stored_names(&path), ["next"]);
+}
+
+#[tokio::test]
 async fn a_constraint_error_inside_a_tx_fails_only_its_statement() {
     // SQLite aborts only the statement here; the transaction lives on and commits.
     let test = common::fresh_db().await;
