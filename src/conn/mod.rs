@@ -10,7 +10,7 @@ mod migrate;
 mod options;
 mod pool;
 
-pub use handle::{Conn, Handle};
+pub use handle::{Atomic, Conn, Handle};
 pub use migrate::MIGRATOR;
 pub use options::DbOptions;
 
