@@ -533,7 +533,10 @@ async fn the_bank_test_conserves_money_under_concurrent_valid_and_invalid_transf
     assert_eq!(rows.len(), ACCOUNTS as usize);
     for (id, balance, credits, debits) in rows {
         assert_eq!(balance, credits - debits, "account {id}");
-        assert!(credits >= opening[&id], "account {id}: its opening is in the ledger");
+        assert!(
+            credits >= opening[&id],
+            "account {id}: its opening is in the ledger"
+        );
     }
     let ledger_rows: i64 = conn
         .query_row("SELECT count(*) FROM transfers", [], |r| r.get(0))

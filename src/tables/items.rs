@@ -434,7 +434,13 @@ impl ItemRepo {
     pub fn stream(&self) -> impl Stream<Item = Result<Item>> + Send + use<> {
         paging::keyset(self.handle.clone(), "items", |handle, from| async move {
             let mut conn = handle.reader().await?;
-            select_page(conn.sqlite()?, from, STREAM_PAGE_ROWS, MAX_PAGE_BYTES as i64).await
+            select_page(
+                conn.sqlite()?,
+                from,
+                STREAM_PAGE_ROWS,
+                MAX_PAGE_BYTES as i64,
+            )
+            .await
         })
     }
 

@@ -56,19 +56,22 @@ where
     // Rowids may be zero or negative (a row inserted with an explicit id by other SQL), so the
     // first page starts at the smallest key there is, not after 0.
     let state = (fetch, handle, Some(i64::MIN), VecDeque::<T>::new());
-    stream::try_unfold(state, move |(fetch, handle, mut from, mut buffer)| async move {
-        loop {
-            if let Some(row) = buffer.pop_front() {
-                return Ok(Some((row, (fetch, handle, from, buffer))));
+    stream::try_unfold(
+        state,
+        move |(fetch, handle, mut from, mut buffer)| async move {
+            loop {
+                if let Some(row) = buffer.pop_front() {
+                    return Ok(Some((row, (fetch, handle, from, buffer))));
+                }
+                let Some(first) = from else {
+                    return Ok(None);
+                };
+                let page = traced(table, "stream_page", fetch(handle.clone(), first)).await?;
+                from = page.next_from();
+                buffer.extend(page.rows);
             }
-            let Some(first) = from else {
-                return Ok(None);
-            };
-            let page = traced(table, "stream_page", fetch(handle.clone(), first)).await?;
-            from = page.next_from();
-            buffer.extend(page.rows);
-        }
-    })
+        },
+    )
 }
 
 impl<T> Rows for Page<T> {
