@@ -167,8 +167,8 @@ const STREAM_PAGE_ROWS: i64 = 2_000;
 
 /// The byte budget of one page of `get_many`. Its caller gets the whole result in memory
 /// anyway, so the budget only keeps each value SQLite builds far below its 1e9-byte limit while
-/// ordinary results (up to 100,000 rows of a few hundred bytes) stay one statement.
-const GET_MANY_PAGE_BYTES: i64 = 64 << 20;
+/// ordinary results (tens of thousands of rows of a few hundred bytes) stay one statement.
+const GET_MANY_PAGE_BYTES: i64 = 16 << 20;
 
 /// What SQLite's page statements count per row on top of the name and data: the id, status,
 /// two timestamps, quotes, brackets and commas of its JSON element (about 90 bytes).
@@ -179,9 +179,8 @@ const ROW_OVERHEAD_BYTES: i64 = 128;
 pub struct ItemPage {
     /// The items of this page, in id order.
     pub items: Vec<Item>,
-    /// The cursor of the next page (pass it as `after`), or `None` when this page is the last.
-    /// It is the id of this page's last item; a page that ends exactly at the last matching row
-    /// may still give a cursor, whose page is then empty with `next: None`.
+    /// The cursor of the next page (pass it as `after`), or `None` when this page is the last:
+    /// the id of this page's last item when more items with the status lie past it.
     pub next: Option<i64>,
 }
 
@@ -230,7 +229,7 @@ impl ItemRepo {
     /// The items with these ids, in id order; unknown ids are skipped and repeated ids given
     /// once.
     ///
-    /// One statement while the result is under 64 MiB of JSON text; a larger one (big `data`
+    /// One statement while the result is under 16 MiB of JSON text; a larger one (big `data`
     /// values) is read in several statements inside one read transaction, so it is still one
     /// consistent snapshot and no single value nears SQLite's 1e9-byte limit.
     ///
@@ -605,12 +604,12 @@ impl From<ItemJson> for Item {
 }
 
 /// Decodes a page built by `select_page`, `select_many_page` or `select_status_page`, in id
-/// order. `candidates` is how many rows the statement considered (at most `limit`): a page
-/// shorter than that stopped at its byte budget, so rows may remain, as they may after a full
-/// page.
-fn parse_page(page: &str, candidates: i64, limit: i64) -> Result<Page<Item>> {
+/// order. `candidates` is how many rows the statement looked at: one more than the page's row
+/// limit when there are that many, so a page holding fewer rows than that stopped at its row or
+/// byte limit with rows left, and a page holding all of them is the last one.
+fn parse_page(page: &str, candidates: i64) -> Result<Page<Item>> {
     let rows = parse_items(page)?;
-    let more = candidates >= limit || (rows.len() as i64) < candidates;
+    let more = (rows.len() as i64) < candidates;
     Ok(Page { rows, more })
 }
 
@@ -697,10 +696,11 @@ async fn select_by_status(conn: &mut SqliteConnection, status: ItemStatus) -> Re
 // ORDER BY inside it. The rows arrive in the subquery's order; `parse_items` checks it.
 //
 // The page is bounded by bytes as well as rows, because that one value must stay far below
-// SQLite's 1e9-byte limit while an item may hold 1 MiB: `candidate` takes the next `?2` ids
-// with the size of each row's JSON element (the sizes only: `octet_length` of a column reads
-// its length from the record header, not the value), a running sum over them finds the last row
-// that starts within `?3` bytes, and only rows up to it are built. The first row always fits.
+// SQLite's 1e9-byte limit while an item may hold 1 MiB: `candidate` takes the next `?2` ids,
+// and one more to tell whether rows remain, with the size of each row's JSON element (the
+// sizes only: `octet_length` of a column reads its length from the record header, not the
+// value); a running sum over them finds the last row within the row limit that starts within
+// `?3` bytes, and only rows up to it are built. The first row always fits.
 // `id >= ?1`: the stream starts at i64::MIN, so ids of zero and below are read too.
 async fn select_page(
     conn: &mut SqliteConnection,
@@ -712,6 +712,7 @@ async fn select_page(
         r#"
         WITH candidate AS (
             SELECT id,
+                   row_number() OVER (ORDER BY id) AS position,
                    sum(bytes) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) - bytes AS bytes_before
             FROM (
                 SELECT id,
@@ -719,7 +720,7 @@ async fn select_page(
                 FROM items
                 WHERE id >= ?1
                 ORDER BY id
-                LIMIT ?2
+                LIMIT ?2 + 1
             )
         )
         SELECT coalesce(
@@ -736,7 +737,9 @@ async fn select_page(
             SELECT id, name, data, status, created_at, updated_at
             FROM items
             WHERE id >= ?1
-              AND id <= (SELECT max(id) FROM candidate WHERE bytes_before < ?3)
+              AND id <= (
+                  SELECT max(id) FROM candidate WHERE position <= ?2 AND bytes_before < ?3
+              )
             ORDER BY id
         )
         "#,
@@ -747,7 +750,7 @@ async fn select_page(
     )
     .fetch_one(conn)
     .await?;
-    parse_page(&row.page, row.candidates, limit)
+    parse_page(&row.page, row.candidates)
 }
 
 /// The items with these ids, every page of them, in one snapshot: the first page alone when it
@@ -779,12 +782,13 @@ async fn select_many_page(
     ids_json: &str,
     from_id: i64,
 ) -> Result<Page<Item>> {
-    // One more than the most ids a call takes, so that a full result never looks cut short.
-    let limit = crate::limits::MAX_BATCH_ROWS as i64 + 1;
+    // No row limit beyond the most ids a call takes: only the byte budget splits a result.
+    let limit = crate::limits::MAX_BATCH_ROWS as i64;
     let row = sqlx::query!(
         r#"
         WITH candidate AS (
             SELECT id,
+                   row_number() OVER (ORDER BY id) AS position,
                    sum(bytes) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) - bytes AS bytes_before
             FROM (
                 SELECT id,
@@ -793,7 +797,7 @@ async fn select_many_page(
                 WHERE id IN (SELECT value FROM json_each(?1))
                   AND id >= ?2
                 ORDER BY id
-                LIMIT ?3
+                LIMIT ?3 + 1
             )
         )
         SELECT coalesce(
@@ -811,7 +815,9 @@ async fn select_many_page(
             FROM items
             WHERE id IN (SELECT value FROM json_each(?1))
               AND id >= ?2
-              AND id <= (SELECT max(id) FROM candidate WHERE bytes_before < ?4)
+              AND id <= (
+                  SELECT max(id) FROM candidate WHERE position <= ?3 AND bytes_before < ?4
+              )
             ORDER BY id
         )
         "#,
@@ -823,7 +829,7 @@ async fn select_many_page(
     )
     .fetch_one(conn)
     .await?;
-    parse_page(&row.page, row.candidates, limit)
+    parse_page(&row.page, row.candidates)
 }
 
 // A keyset page of one status, built and bounded as in `select_page`; the (status) index holds
@@ -839,6 +845,7 @@ async fn select_status_page(
         r#"
         WITH candidate AS (
             SELECT id,
+                   row_number() OVER (ORDER BY id) AS position,
                    sum(bytes) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) - bytes AS bytes_before
             FROM (
                 SELECT id,
@@ -847,7 +854,7 @@ async fn select_status_page(
                 WHERE status = ?1
                   AND id >= ?2
                 ORDER BY id
-                LIMIT ?3
+                LIMIT ?3 + 1
             )
         )
         SELECT coalesce(
@@ -865,7 +872,9 @@ async fn select_status_page(
             FROM items
             WHERE status = ?1
               AND id >= ?2
-              AND id <= (SELECT max(id) FROM candidate WHERE bytes_before < ?4)
+              AND id <= (
+                  SELECT max(id) FROM candidate WHERE position <= ?3 AND bytes_before < ?4
+              )
             ORDER BY id
         )
         "#,
@@ -877,7 +886,7 @@ async fn select_status_page(
     )
     .fetch_one(conn)
     .await?;
-    parse_page(&row.page, row.candidates, limit)
+    parse_page(&row.page, row.candidates)
 }
 
 // `IS NOT` compares with NULL-safety, so the WHERE clause matches only when some value really
