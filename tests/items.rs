@@ -497,8 +497,8 @@ const BIG_ROWS: usize = 20;
 
 #[tokio::test]
 async fn big_items_insert_stream_and_get_many_across_byte_bounded_pages() {
-    assert!(BIG_ROWS * MAX_DATA_BYTES > MAX_CHUNK_BYTES);
-    assert!(BIG_ROWS * MAX_DATA_BYTES > MAX_PAGE_BYTES);
+    const { assert!(BIG_ROWS * MAX_DATA_BYTES > MAX_CHUNK_BYTES) };
+    const { assert!(BIG_ROWS * MAX_DATA_BYTES > MAX_PAGE_BYTES) };
     let db = fresh_db().await;
     let items = big_items(BIG_ROWS, MAX_DATA_BYTES);
     assert_eq!(

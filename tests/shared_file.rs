@@ -148,7 +148,7 @@ async fn users_and_accounts_written_with_current_timestamp_read_back() {
     let account = conn.last_insert_rowid();
     let got = db.users().get(py).await.unwrap().unwrap();
     let streamed: Vec<_> = db.users().stream().try_collect().await.unwrap();
-    assert_eq!(streamed, [got.clone()]);
+    assert_eq!(streamed, std::slice::from_ref(&got));
     assert_eq!(db.dashboard(py).await.unwrap().user, got);
     let opened = db.accounts().get(account).await.unwrap().unwrap();
     assert!(
