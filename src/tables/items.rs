@@ -270,7 +270,7 @@ impl ItemRepo {
 
     /// One page of the items with this status, in id order: those with ids above `after`
     /// (`None`: from the first), at most `limit` of them and at most
-    /// [`MAX_PAGE_BYTES`](crate::limits::MAX_PAGE_BYTES) of JSON beyond the first, with the
+    /// [`MAX_PAGE_BYTES`] of JSON beyond the first, with the
     /// cursor of the next page. One statement; each page is a consistent read, and rows written
     /// between pages show up if their ids lie ahead (keyset paging, so nothing is skipped or
     /// repeated when earlier rows change).
@@ -292,7 +292,7 @@ impl ItemRepo {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a `limit` of 0 or above
-    /// [`MAX_PAGE_ROWS`](crate::limits::MAX_PAGE_ROWS); [`Error::Schema`] when migrations have
+    /// [`MAX_PAGE_ROWS`]; [`Error::Schema`] when migrations have
     /// not run.
     pub fn list_by_status_page(
         &self,
@@ -367,7 +367,7 @@ impl ItemRepo {
     ///
     /// At most [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) (100,000) items per call. The
     /// rows travel as one JSON array per chunk of at most 50,000 rows and
-    /// [`MAX_CHUNK_BYTES`](crate::limits::MAX_CHUNK_BYTES) of JSON, each chunk one statement,
+    /// [`MAX_CHUNK_BYTES`] of JSON, each chunk one statement,
     /// several chunks in one `BEGIN IMMEDIATE` transaction. Each item's `data` is measured
     /// alone against [`MAX_DATA_BYTES`](crate::limits::MAX_DATA_BYTES), as `create` measures it.
     /// The JSON text of every chunk is built before the call starts, so the call holds about
@@ -426,7 +426,7 @@ impl ItemRepo {
     }
 
     /// Every item in id order (every id, zero and negative ones included), fetched in keyset
-    /// pages of at most 2,000 rows and [`MAX_PAGE_BYTES`](crate::limits::MAX_PAGE_BYTES) of
+    /// pages of at most 2,000 rows and [`MAX_PAGE_BYTES`] of
     /// JSON beyond their first row, so memory stays flat whatever the table's size and however
     /// big its rows. Each page is one consistent read; rows committed while the stream runs
     /// appear if their ids are past the current page.
