@@ -968,3 +968,50 @@ async fn update_status_batch(
     .await?;
     Ok(result.rows_affected())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn names_in(chunk: &str) -> Vec<String> {
+        let rows: Vec<(String, Value, ItemStatus)> = serde_json::from_str(chunk).unwrap();
+        rows.into_iter().map(|(name, ..)| name).collect()
+    }
+
+    fn ten_items() -> Vec<NewItem> {
+        (0..10)
+            .map(|i| NewItem::new(format!("n{i}"), json!("x".repeat(100))))
+            .collect()
+    }
+
+    #[test]
+    fn chunks_close_at_their_row_limit() {
+        let chunks = batch_chunks(&ten_items(), 4, usize::MAX).unwrap();
+        let sizes: Vec<usize> = chunks.iter().map(|c| names_in(c).len()).collect();
+        assert_eq!(sizes, [4, 4, 2]);
+    }
+
+    #[test]
+    fn chunks_close_before_their_byte_budget_and_keep_the_slice_order() {
+        let chunks = batch_chunks(&ten_items(), 1_000, 300).unwrap();
+        assert!(chunks.len() > 1);
+        assert!(chunks.iter().all(|c| c.len() <= 300), "{chunks:?}");
+        let names: Vec<String> = chunks.iter().flat_map(|c| names_in(c)).collect();
+        assert_eq!(names, (0..10).map(|i| format!("n{i}")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_row_bigger_than_the_byte_budget_is_a_chunk_of_its_own() {
+        let chunks = batch_chunks(&ten_items(), 1_000, 10).unwrap();
+        assert_eq!(chunks.len(), 10);
+    }
+
+    #[test]
+    fn data_is_measured_alone_against_the_size_limit() {
+        // A long name and the status do not count: data of exactly MAX_DATA_BYTES passes.
+        let at_limit = json!("x".repeat(crate::limits::MAX_DATA_BYTES - 2));
+        let item = NewItem::new("n".repeat(256), at_limit);
+        assert!(batch_chunks(&[item], 10, usize::MAX).is_ok());
+    }
+}
