@@ -5,10 +5,14 @@
 -- which sorts wrongly against ours ("newest first" breaks) and fails the JSON-built pages.
 -- So every write is brought to the one canonical form, whatever wrote it: existing rows once,
 -- here, and new or changed rows by the triggers below. A canonical value is a fixed point of the
--- `strftime` below, so the `WHEN` clauses cost one function call per timestamp and change nothing
--- for our own writes. A value `strftime` cannot read at all is refused (`RAISE(ABORT)`), so
--- nothing unreadable is stored; rows that already hold one keep it (a migration must not fail
--- on old data), and reads of them report a decode error as before.
+-- `strftime` below, so the `WHEN` clauses change nothing for our own writes. They cost one
+-- `strftime` per timestamp per row: measured on a 100,000-row `insert_many` of items (SQLite's
+-- CPU time, best of six), 3.8 µs per row without the trigger, 5.0 µs with it; a cheaper shape
+-- test (length and the `T`) measured 4.5 µs but lets malformed dates of the right shape through.
+-- A single-row write costs its round trip (~30 µs), so there the trigger is noise.
+-- A value `strftime` cannot read at all is refused (`RAISE(ABORT)`), so nothing unreadable is
+-- stored; rows that already hold one keep it (a migration must not fail on old data), and reads
+-- of them report a decode error as before.
 
 UPDATE items
 SET created_at = coalesce(strftime('%Y-%m-%dT%H:%M:%fZ', created_at), created_at),
