@@ -156,8 +156,8 @@ pub struct ItemRepo {
 }
 
 /// Rows per statement in `insert_many`, besides [`MAX_CHUNK_BYTES`]. One statement per chunk
-/// bounds the JSON text we build and SQLite parses (~3 MB here for ordinary rows). Measured on 100k items (release, CPU time per row, three
-/// rounds each): 10k rows 4.0-4.4 µs, 25k 4.4-5.9 µs, 50k 4.2-4.3 µs, 100k 4.2-5.5 µs: no
+/// bounds the JSON text we build and SQLite parses (~3 MB here for ordinary rows). Measured on
+/// 100k items (release, CPU time per row, three rounds each): 10k rows 4.0-4.4 µs, 25k 4.4-5.9 µs, 50k 4.2-4.3 µs, 100k 4.2-5.5 µs: no
 /// difference beyond noise, so the larger chunk (fewer round trips) with bounded memory.
 const INSERT_CHUNK_ROWS: usize = 50_000;
 
@@ -269,11 +269,10 @@ impl ItemRepo {
     }
 
     /// One page of the items with this status, in id order: those with ids above `after`
-    /// (`None`: from the first), at most `limit` of them and at most
-    /// [`MAX_PAGE_BYTES`] of JSON beyond the first, with the
-    /// cursor of the next page. One statement; each page is a consistent read, and rows written
-    /// between pages show up if their ids lie ahead (keyset paging, so nothing is skipped or
-    /// repeated when earlier rows change).
+    /// (`None`: from the first), at most `limit` of them and at most [`MAX_PAGE_BYTES`] of JSON
+    /// beyond the first, with the cursor of the next page. One statement; each page is a
+    /// consistent read, and rows written between pages show up if their ids lie ahead (keyset
+    /// paging, so nothing is skipped or repeated when earlier rows change).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -281,7 +280,8 @@ impl ItemRepo {
     /// use sqlrepo::{Db, ItemStatus, NewItem};
     /// use serde_json::json;
     /// let items = Db::in_memory().await?.items();
-    /// items.insert_many(&[NewItem::new("a", json!(1)), NewItem::new("b", json!(2)), NewItem::new("c", json!(3))]).await?;
+    /// let new = [NewItem::new("a", json!(1)), NewItem::new("b", json!(2)), NewItem::new("c", json!(3))];
+    /// items.insert_many(&new).await?;
     /// let first = items.list_by_status_page(ItemStatus::Active, None, 2).await?;
     /// assert_eq!(first.items.len(), 2);
     /// let second = items.list_by_status_page(ItemStatus::Active, first.next, 2).await?;
@@ -291,9 +291,8 @@ impl ItemRepo {
     /// ```
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a `limit` of 0 or above
-    /// [`MAX_PAGE_ROWS`]; [`Error::Schema`] when migrations have
-    /// not run.
+    /// [`Error::InvalidInput`] for a `limit` of 0 or above [`MAX_PAGE_ROWS`], before the
+    /// database is touched; [`Error::Schema`] when migrations have not run.
     pub fn list_by_status_page(
         &self,
         status: ItemStatus,
@@ -366,12 +365,12 @@ impl ItemRepo {
     /// the slice order). `&[]` is `Ok(0)`.
     ///
     /// At most [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) (100,000) items per call. The
-    /// rows travel as one JSON array per chunk of at most 50,000 rows and
-    /// [`MAX_CHUNK_BYTES`] of JSON, each chunk one statement,
-    /// several chunks in one `BEGIN IMMEDIATE` transaction. Each item's `data` is measured
-    /// alone against [`MAX_DATA_BYTES`](crate::limits::MAX_DATA_BYTES), as `create` measures it.
-    /// The JSON text of every chunk is built before the call starts, so the call holds about
-    /// as many bytes again as the items' JSON.
+    /// rows travel as one JSON array per chunk of at most 50,000 rows and [`MAX_CHUNK_BYTES`]
+    /// of JSON, each chunk one statement, several chunks in one `BEGIN IMMEDIATE` transaction.
+    /// Each item's `data` is measured alone against
+    /// [`MAX_DATA_BYTES`](crate::limits::MAX_DATA_BYTES), as `create` and `update` measure it.
+    /// The JSON text of every chunk is built before the call starts, so the call holds about as
+    /// many bytes again as the items' JSON.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for an invalid item (naming its position) or an oversized batch;
@@ -426,9 +425,8 @@ impl ItemRepo {
     }
 
     /// Every item in id order (every id, zero and negative ones included), fetched in keyset
-    /// pages of at most 2,000 rows and [`MAX_PAGE_BYTES`] of
-    /// JSON beyond their first row, so memory stays flat whatever the table's size and however
-    /// big its rows. Each page is one consistent read; rows committed while the stream runs
+    /// pages of at most 2,000 rows and [`MAX_PAGE_BYTES`] of JSON beyond their first row, so
+    /// memory stays flat whatever the table's size and however big its rows. Each page is one consistent read; rows committed while the stream runs
     /// appear if their ids are past the current page.
     pub fn stream(&self) -> impl Stream<Item = Result<Item>> + Send + use<> {
         paging::keyset(self.handle.clone(), "items", |handle, from| async move {
