@@ -644,3 +644,17 @@ async fn a_deposit_returns_exactly_the_balance_it_stored() {
     }
     assert_eq!(balances_and_ledger(&db.path), [(a, 1_000_100, 1_000_100)]);
 }
+
+#[tokio::test]
+async fn open_returns_the_new_accounts_id_not_its_opening_ledger_rows() {
+    let db = fresh_db().await;
+    let a = open(&db, 0).await;
+    for _ in 0..3 {
+        db.accounts().deposit(a, 5).await.unwrap();
+    }
+    // The opening row written inside this INSERT is ledger row 4; the account is 2.
+    let b = open(&db, 500).await;
+    assert_eq!(b, a + 1);
+    assert_eq!(balance(&db, b).await, 500);
+    assert_eq!(balances_and_ledger(&db.path), [(a, 15, 15), (b, 500, 500)]);
+}
