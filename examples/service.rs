@@ -22,7 +22,7 @@
 //!      -d '{"name":"lamp","data":{"watts":40}}'
 //! curl -s localhost:3000/items/1
 //! curl -s -X PATCH localhost:3000/items/1 -H 'content-type: application/json' -d '{"status":"archived"}'
-//! curl -s 'localhost:3000/items?status=archived'
+//! curl -s 'localhost:3000/items?status=archived&limit=50'   # {"items":[...],"next":null}
 //! curl -s -X POST localhost:3000/accounts -H 'content-type: application/json' -d '{"balance_cents":1000}'
 //! curl -s -X POST localhost:3000/accounts -H 'content-type: application/json' -d '{"balance_cents":0}'
 //! curl -s -X POST localhost:3000/transfers -H 'content-type: application/json' \
@@ -35,7 +35,7 @@
 //! | Method and path                    | Body                                   | Success                      |
 //! |------------------------------------|----------------------------------------|------------------------------|
 //! | `POST /items`                      | `{name, data?, status?}`               | 201, the item                |
-//! | `GET /items?status=active`         |                                        | 200, the items in that status|
+//! | `GET /items?status=active&after=&limit=` |                                  | 200, `{items, next}`: a page |
 //! | `GET /items/{id}`                  |                                        | 200, the item                |
 //! | `PATCH /items/{id}`                | `{name?, data?, status?}` (ItemPatch)  | 200, the item after it       |
 //! | `DELETE /items/{id}`               |                                        | 204                          |
@@ -293,7 +293,25 @@ pub fn error_response(err: &Error) -> Response {
             )
                 .into_response();
         }
-        // Schema, Database and whatever variants sqlrepo adds later: the operator's problem.
+        // The request was fine; the machine was not (a full disk, a failing one): try again
+        // later, and tell the operator.
+        Error::DiskFull | Error::Io(_) => {
+            tracing::error!(error = ?err, "storage failure; asking the client to retry later");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({
+                    "error": "storage_unavailable",
+                    "message": "the server cannot store or read data right now; retry later",
+                }),
+            )
+        }
+        // A value bigger than the database takes in one piece: the request was too large.
+        Error::TooBig(_) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({"error": "too_big", "message": "a value in the request is too large to store"}),
+        ),
+        // Corrupt, Overflow (stored data out of range: not the client's fault), Schema,
+        // Database and whatever variants sqlrepo adds later: the operator's problem.
         _ => {
             tracing::error!(error = ?err, "request failed inside the database layer");
             (
@@ -409,18 +427,33 @@ async fn get_item(State(db): State<Db>, Id(id): Id) -> Result<Response, ApiError
     Ok(Json(item).into_response())
 }
 
-/// The query of `GET /items`.
+/// Items per page of `GET /items` when the client names no `limit`.
+pub const DEFAULT_PAGE_ITEMS: u32 = 100;
+
+/// The query of `GET /items`: one page of the items in a status.
 #[derive(Debug, Deserialize)]
 pub struct ListItems {
     /// Which items to list: `active`, `inactive` or `archived`.
     pub status: ItemStatus,
+    /// The cursor from the previous page's `next`; absent for the first page.
+    pub after: Option<i64>,
+    /// Items per page, 1 to [`sqlrepo::limits::MAX_PAGE_ROWS`] (default [`DEFAULT_PAGE_ITEMS`]);
+    /// more is 422.
+    pub limit: Option<u32>,
 }
 
+/// A page of a table that may hold millions of rows: never the whole list in one response.
+/// `next` is the `after` of the following page, `null` after the last.
 async fn list_items(
     State(db): State<Db>,
     Params(query): Params<ListItems>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(db.items().list_by_status(query.status).await?).into_response())
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE_ITEMS);
+    let page = db
+        .items()
+        .list_by_status_page(query.status, query.after, limit)
+        .await?;
+    Ok(Json(json!({"items": page.items, "next": page.next})).into_response())
 }
 
 async fn patch_item(

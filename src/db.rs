@@ -140,7 +140,9 @@ impl Db {
     /// snapshot and one round trip; see [`Dashboard`] for what was measured).
     ///
     /// # Errors
-    /// [`Error::NotFound`](crate::Error::NotFound) for an unknown user.
+    /// [`Error::NotFound`](crate::Error::NotFound) for an unknown user;
+    /// [`Error::Overflow`](crate::Error::Overflow) when their stored order totals add up past
+    /// `i64`.
     pub fn dashboard(
         &self,
         user_id: i64,

@@ -58,7 +58,7 @@ pub use db::Db;
 pub use error::{Error, Result};
 pub use tables::accounts::{Account, AccountRepo, NewAccount, Transfer, TransferOutcome};
 pub use tables::dashboard::Dashboard;
-pub use tables::items::{Item, ItemPatch, ItemRepo, ItemStatus, NewItem};
+pub use tables::items::{Item, ItemPage, ItemPatch, ItemRepo, ItemStatus, NewItem};
 pub use tables::orders::{NewOrder, Order, OrderRepo, OrderStats};
 pub use tables::users::{NewUser, User, UserPatch, UserRepo};
 pub use tables::{accounts, dashboard, items, orders, users};

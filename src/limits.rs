@@ -25,6 +25,30 @@ pub const MAX_DATA_DEPTH: usize = 64;
 /// The largest `items.data` accepted, as compact JSON text, in bytes.
 pub const MAX_DATA_BYTES: usize = 1 << 20;
 
+/// The most JSON text one page of items carries, in bytes, beyond its first row: the byte
+/// budget of a page of [`ItemRepo::stream`](crate::ItemRepo::stream) and
+/// [`ItemRepo::list_by_status_page`](crate::ItemRepo::list_by_status_page), besides their row
+/// limits.
+///
+/// A page travels from SQLite as one text value, and SQLite refuses any value past 1e9 bytes
+/// (`SQLITE_TOOBIG`), while one item may legally hold [`MAX_DATA_BYTES`]: with rows alone as the
+/// bound, 2,000 big items would be 2 GB in one value. 4 MiB holds 2,000 ordinary rows, so small
+/// rows still page by count (one round trip per 2,000), and keeps a stream's memory flat
+/// whatever the rows weigh. A page always holds at least one row.
+pub const MAX_PAGE_BYTES: usize = 4 << 20;
+
+/// The most JSON text one statement of [`ItemRepo::insert_many`](crate::ItemRepo::insert_many)
+/// carries, in bytes, beyond its first row; a larger batch is split into several statements in
+/// one transaction (still all or nothing).
+///
+/// Far below SQLite's 1e9-byte limit on one bound value; at this size the round trip of each
+/// statement is lost in the time SQLite spends parsing the text.
+pub const MAX_CHUNK_BYTES: usize = 16 << 20;
+
+/// The largest `limit` of one [`ItemRepo::list_by_status_page`](crate::ItemRepo::list_by_status_page)
+/// call.
+pub const MAX_PAGE_ROWS: u32 = 1_000;
+
 /// A person-facing name: not blank, no NUL, at most [`MAX_NAME_CHARS`] characters.
 pub(crate) fn check_name(field: &str, value: &str) -> Result<()> {
     if value.trim().is_empty() {

@@ -478,6 +478,44 @@ fn cases() -> Vec<Case> {
             Ok("[\"lamp\"]"),
         ),
         case(
+            "items list_by_status_page with a limit of 0",
+            op(|db, _| async move {
+                db.items()
+                    .list_by_status_page(ItemStatus::Active, None, 0)
+                    .await
+            }),
+            Err(InvalidInput),
+        ),
+        case(
+            "items list_by_status_page with a limit of u32::MAX",
+            op(|db, _| async move {
+                db.items()
+                    .list_by_status_page(ItemStatus::Active, None, u32::MAX)
+                    .await
+            }),
+            Err(InvalidInput),
+        ),
+        case(
+            "items list_by_status_page after i64::MAX and after i64::MIN",
+            op(|db, _| async move {
+                let past_the_end = db
+                    .items()
+                    .list_by_status_page(ItemStatus::Active, Some(i64::MAX), 10)
+                    .await?;
+                // After i64::MIN is everything but a row keyed i64::MIN itself.
+                let after_min = db
+                    .items()
+                    .list_by_status_page(ItemStatus::Active, Some(i64::MIN), 10)
+                    .await?;
+                let first = db
+                    .items()
+                    .list_by_status_page(ItemStatus::Active, None, 10)
+                    .await?;
+                Result::Ok((past_the_end, after_min == first && !first.items.is_empty()))
+            }),
+            Ok("(ItemPage { items: [], next: None }, true)"),
+        ),
+        case(
             "item get of i64::MIN and i64::MAX",
             op(|db, _| async move {
                 Result::Ok((

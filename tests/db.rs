@@ -96,6 +96,7 @@ async fn a_file_that_is_not_sqlite_is_refused_and_left_alone() {
     let text = "these are my notes, not a database\n".repeat(200);
     std::fs::write(&path, &text).unwrap();
     let err = Db::open(&path).await.unwrap_err();
+    // SQLITE_NOTADB: the file needs restoring, not the query fixing.
     assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
 }
@@ -142,4 +143,33 @@ async fn opening_runs_in_a_spawned_task() {
         async move { db.migrate().await }
     });
     migrated.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_wal_file_shrinks_back_after_a_big_write_instead_of_keeping_its_high_water_size() {
+    const LIMIT_BYTES: u64 = 16 << 20; // the `journal_size_limit` every connection gets
+    let db = fresh_db_with(|options| options).await;
+    let wal = db.path.with_extension("db-wal");
+    // 24 MiB in one statement: the WAL has to hold all of it until the checkpoint.
+    let big: Vec<NewItem> = (0..24)
+        .map(|i| NewItem::new(format!("big-{i}"), json!("x".repeat((1 << 20) - 2))))
+        .collect();
+    db.items().insert_many(&big).await.unwrap();
+    let high_water = std::fs::metadata(&wal).unwrap().len();
+    assert!(high_water > LIMIT_BYTES, "{high_water}");
+
+    // The commit checkpointed it (autocheckpoint); the next writes start the WAL over, and
+    // with the limit SQLite truncates the file then instead of reusing its full size.
+    for i in 0..3 {
+        db.items()
+            .create(&NewItem::new(format!("small-{i}"), json!({})))
+            .await
+            .unwrap();
+    }
+    let after = std::fs::metadata(&wal).unwrap().len();
+    assert!(
+        after <= LIMIT_BYTES,
+        "the WAL kept {after} bytes (limit {LIMIT_BYTES})"
+    );
+    assert_eq!(db.items().count().await.unwrap(), 27);
 }

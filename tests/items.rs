@@ -5,7 +5,9 @@ mod common;
 use common::{dump, fresh_db, fresh_db_with};
 use futures_util::TryStreamExt;
 use serde_json::json;
-use sqlrepo::limits::MAX_BATCH_ROWS;
+use sqlrepo::limits::{
+    MAX_BATCH_ROWS, MAX_CHUNK_BYTES, MAX_DATA_BYTES, MAX_PAGE_BYTES, MAX_PAGE_ROWS,
+};
 use sqlrepo::{Db, DbOptions, Error, ItemPatch, ItemStatus, NewItem};
 
 fn item(name: &str) -> NewItem {
@@ -414,4 +416,212 @@ async fn repository_futures_borrow_nothing_so_they_can_be_joined_and_spawned() {
     );
     assert_eq!(first.unwrap().unwrap().data, json!({"i": 0}));
     assert_eq!(stream_len.unwrap().unwrap().len(), 20);
+}
+
+/// Item data whose compact JSON text is exactly `bytes` bytes: one string.
+fn data_of_bytes(bytes: usize) -> serde_json::Value {
+    json!("x".repeat(bytes - 2))
+}
+
+/// `count` items of `bytes` bytes of data each, named `big-0`, `big-1`, ...
+fn big_items(count: usize, bytes: usize) -> Vec<NewItem> {
+    (0..count)
+        .map(|i| NewItem::new(format!("big-{i}"), data_of_bytes(bytes)))
+        .collect()
+}
+
+#[tokio::test]
+async fn data_at_the_size_limit_is_accepted_by_create_update_and_insert_many_alike() {
+    let db = fresh_db().await;
+    let at_limit = data_of_bytes(MAX_DATA_BYTES);
+    let created = db
+        .items()
+        .create(&NewItem::new("one", at_limit.clone()))
+        .await
+        .unwrap();
+    let patch = ItemPatch {
+        data: Some(at_limit.clone()),
+        name: Some("one renamed".into()),
+        ..Default::default()
+    };
+    assert!(db.items().update(created, &patch).await.unwrap());
+    // The batch measures `data` alone too: name and status do not count against it.
+    let inserted = db
+        .items()
+        .insert_many(&[NewItem::new("two", at_limit.clone())])
+        .await
+        .unwrap();
+    assert_eq!(inserted, 1);
+    let stored = db.items().get_many(&[1, 2]).await.unwrap();
+    assert!(stored.iter().all(|item| item.data == at_limit));
+}
+
+#[tokio::test]
+async fn data_one_byte_past_the_limit_is_refused_by_every_path_and_writes_nothing() {
+    let db = fresh_db().await;
+    let id = db.items().create(&item("kept")).await.unwrap();
+    let before = dump(&db.path, "items");
+    let past = data_of_bytes(MAX_DATA_BYTES + 1);
+    let refusals = [
+        db.items()
+            .create(&NewItem::new("past", past.clone()))
+            .await
+            .map(|_| ()),
+        db.items()
+            .update(
+                id,
+                &ItemPatch {
+                    data: Some(past.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map(|_| ()),
+        db.items()
+            .insert_many(&[item("fine"), NewItem::new("past", past)])
+            .await
+            .map(|_| ()),
+    ];
+    for refusal in refusals {
+        assert!(
+            matches!(&refusal, Err(Error::InvalidInput(m)) if m.contains("bytes")),
+            "{refusal:?}"
+        );
+    }
+    assert_eq!(dump(&db.path, "items"), before);
+}
+
+/// 20 items of 1 MiB: past one page of the stream (`MAX_PAGE_BYTES`), one page of
+/// `get_many` and one `insert_many` statement (`MAX_CHUNK_BYTES`), so every path has to split.
+const BIG_ROWS: usize = 20;
+
+#[tokio::test]
+async fn big_items_insert_stream_and_get_many_across_byte_bounded_pages() {
+    const { assert!(BIG_ROWS * MAX_DATA_BYTES > MAX_CHUNK_BYTES) };
+    const { assert!(BIG_ROWS * MAX_DATA_BYTES > MAX_PAGE_BYTES) };
+    let db = fresh_db().await;
+    let items = big_items(BIG_ROWS, MAX_DATA_BYTES);
+    assert_eq!(
+        db.items().insert_many(&items).await.unwrap(),
+        BIG_ROWS as u64
+    );
+
+    let streamed: Vec<_> = db.items().stream().try_collect().await.unwrap();
+    let ids: Vec<i64> = (1..=BIG_ROWS as i64).collect();
+    let fetched = db.items().get_many(&ids).await.unwrap();
+    assert_eq!(streamed.len(), BIG_ROWS);
+    assert_eq!(streamed, fetched);
+    for (stored, new) in streamed.iter().zip(&items) {
+        assert_eq!((&stored.name, &stored.data), (&new.name, &new.data));
+    }
+    assert_eq!(streamed.iter().map(|i| i.id).collect::<Vec<_>>(), ids);
+}
+
+#[tokio::test]
+async fn insert_many_split_by_bytes_is_still_all_or_nothing() {
+    let db = fresh_db().await;
+    db.items().create(&item("taken")).await.unwrap();
+    let before = dump(&db.path, "items");
+    // The last item's name is taken: it lands in the last statement, after the first
+    // statements of the same call have run.
+    let mut items = big_items(BIG_ROWS, MAX_DATA_BYTES);
+    items.push(item("taken"));
+    let err = db.items().insert_many(&items).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Duplicate { constraint } if constraint == "items.name"),
+        "{err:?}"
+    );
+    assert_eq!(dump(&db.path, "items"), before);
+}
+
+#[tokio::test]
+async fn list_by_status_page_walks_one_status_with_a_cursor() {
+    let db = fresh_db().await;
+    let items: Vec<NewItem> = (0..10)
+        .map(|i| NewItem {
+            status: if i % 3 == 0 {
+                ItemStatus::Archived
+            } else {
+                ItemStatus::Active
+            },
+            ..item(&format!("item-{i}"))
+        })
+        .collect();
+    db.items().insert_many(&items).await.unwrap();
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = db
+            .items()
+            .list_by_status_page(ItemStatus::Active, after, 3)
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 3);
+        assert!(page.items.iter().all(|i| i.status == ItemStatus::Active));
+        pages.push(page.items.iter().map(|i| i.id).collect::<Vec<_>>());
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, [vec![2, 3, 5], vec![6, 8, 9]]);
+    let archived = db
+        .items()
+        .list_by_status_page(ItemStatus::Archived, None, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        archived.items.iter().map(|i| i.id).collect::<Vec<_>>(),
+        [1, 4, 7, 10]
+    );
+    assert_eq!(archived.next, None);
+}
+
+#[tokio::test]
+async fn list_by_status_page_bounds_big_rows_by_bytes() {
+    let db = fresh_db().await;
+    db.items()
+        .insert_many(&big_items(10, MAX_DATA_BYTES))
+        .await
+        .unwrap();
+    let first = db
+        .items()
+        .list_by_status_page(ItemStatus::Active, None, MAX_PAGE_ROWS)
+        .await
+        .unwrap();
+    let per_page = MAX_PAGE_BYTES / MAX_DATA_BYTES;
+    assert_eq!(
+        first.items.len(),
+        per_page,
+        "a page stops at its byte budget"
+    );
+    assert_eq!(first.next, Some(per_page as i64));
+    let mut seen = first.items.len();
+    let mut after = first.next;
+    while let Some(cursor) = after {
+        let page = db
+            .items()
+            .list_by_status_page(ItemStatus::Active, Some(cursor), MAX_PAGE_ROWS)
+            .await
+            .unwrap();
+        assert!(page.items.len() <= per_page);
+        seen += page.items.len();
+        after = page.next;
+    }
+    assert_eq!(seen, 10);
+}
+
+#[tokio::test]
+async fn a_page_limit_of_zero_or_past_the_maximum_is_refused_before_the_database() {
+    let db = fresh_db().await;
+    db.close().await;
+    // A closed database would fail any statement: InvalidInput proves none was sent.
+    for limit in [0, MAX_PAGE_ROWS + 1, u32::MAX] {
+        let err = db
+            .items()
+            .list_by_status_page(ItemStatus::Active, None, limit)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{limit}: {err:?}");
+    }
 }

@@ -599,6 +599,15 @@ impl Model {
                         balance: *balance,
                     },
                 );
+                // A positive opening balance is a ledger row from no account, like a deposit.
+                if *balance > 0 {
+                    self.ledger.push(MLedger {
+                        from: None,
+                        to: id,
+                        amount: *balance,
+                        key: None,
+                    });
+                }
                 Out::Id(id)
             }
             Op::GetAccount(id) => Out::Account(self.accounts.get(id).map(|a| (a.user, a.balance))),

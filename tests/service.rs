@@ -230,13 +230,14 @@ async fn batch_insert_then_status_change_counts_only_real_changes() {
 
     let (status, active) = service.get("/items?status=active").await;
     assert_eq!(status, StatusCode::OK);
-    let active_ids = ids(&active);
+    assert_eq!(active["next"], Value::Null, "{active}");
+    let active_ids = ids(&active["items"]);
     assert_eq!(active_ids.len(), 2);
 
     // Two active items change; the inactive one and an unknown id do not count.
     let (_, inactive) = service.get("/items?status=inactive").await;
     let mut targets = active_ids.clone();
-    targets.extend(ids(&inactive));
+    targets.extend(ids(&inactive["items"]));
     targets.push(9_999);
     let request = json!({"ids": targets, "status": "inactive"});
     let (status, body) = service.post("/items/status", request.clone()).await;
@@ -245,8 +246,14 @@ async fn batch_insert_then_status_change_counts_only_real_changes() {
     let (_, body) = service.post("/items/status", request).await;
     assert_eq!(body["changed"], 0);
 
-    assert_eq!(ids(&service.get("/items?status=inactive").await.1).len(), 3);
-    assert_eq!(ids(&service.get("/items?status=active").await.1).len(), 0);
+    assert_eq!(
+        ids(&service.get("/items?status=inactive").await.1["items"]).len(),
+        3
+    );
+    assert_eq!(
+        ids(&service.get("/items?status=active").await.1["items"]).len(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -255,7 +262,62 @@ async fn batch_with_a_repeated_name_inserts_nothing() {
     let batch = json!([{"name": "a"}, {"name": "b"}, {"name": "a"}]);
     let (status, body) = service.post("/items/batch", batch).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(service.get("/items?status=active").await.1, json!([]));
+    assert_eq!(
+        service.get("/items?status=active").await.1,
+        json!({"items": [], "next": null})
+    );
+}
+
+#[tokio::test]
+async fn listing_items_pages_with_a_cursor_until_next_is_null() {
+    let service = Service::start().await;
+    let batch: Vec<Value> = (0..7)
+        .map(|i| json!({"name": format!("item-{i}"), "status": if i == 3 { "archived" } else { "active" }}))
+        .collect();
+    let (status, body) = service.post("/items/batch", Value::Array(batch)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let mut path = "/items?status=active&limit=4".to_owned();
+    loop {
+        let (status, page) = service.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let items = ids(&page["items"]);
+        assert!(items.len() <= 4, "{page}");
+        seen.extend(items);
+        pages += 1;
+        match page["next"].as_i64() {
+            Some(next) => path = format!("/items?status=active&limit=4&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, [1, 2, 3, 5, 6, 7]);
+    assert_eq!(pages, 2);
+}
+
+#[tokio::test]
+async fn a_page_limit_past_the_maximum_or_zero_is_422_and_the_default_is_bounded() {
+    let service = Service::start().await;
+    let too_many = sqlrepo::limits::MAX_PAGE_ROWS + 1;
+    for limit in [0, too_many] {
+        let (status, body) = service
+            .get(&format!("/items?status=active&limit={limit}"))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{limit}: {body}");
+        assert_eq!(body["error"], "invalid_input");
+    }
+    let batch: Vec<Value> = (0..service::DEFAULT_PAGE_ITEMS + 5)
+        .map(|i| json!({"name": format!("item-{i}")}))
+        .collect();
+    service.post("/items/batch", Value::Array(batch)).await;
+    let (status, page) = service.get("/items?status=active").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        ids(&page["items"]).len(),
+        service::DEFAULT_PAGE_ITEMS as usize
+    );
+    assert_eq!(page["next"], i64::from(service::DEFAULT_PAGE_ITEMS));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -679,4 +741,61 @@ async fn busy_is_503_with_retry_after() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(retry_after.expect("Retry-After"), "1");
     assert!(body.contains("\"busy\""), "{body}");
+}
+
+#[tokio::test]
+async fn storage_errors_map_to_statuses_a_client_and_an_operator_can_act_on() {
+    let cases = [
+        (
+            Error::DiskFull,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+        ),
+        (
+            Error::Io("disk I/O error".to_owned()),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+        ),
+        (
+            Error::TooBig("string or blob too big".to_owned()),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_big",
+        ),
+        (
+            Error::Corrupt("database disk image is malformed".to_owned()),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+        ),
+        // Stored data out of range is not the client's fault: never a 422.
+        (
+            Error::Overflow("a sum would overflow a 64-bit integer".to_owned()),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+        ),
+    ];
+    for (err, expected, kind) in cases {
+        let (status, body) = body_of(service::error_response(&err)).await;
+        assert_eq!(status, expected, "{err:?}");
+        let body: Value = serde_json::from_str(&body).expect("JSON body");
+        assert_eq!(body["error"], kind, "{err:?}");
+        assert!(!body.to_string().contains("malformed"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn an_order_total_that_overflows_on_the_dashboard_is_500_not_422() {
+    let service = Service::start().await;
+    let (_, user) = service
+        .post("/users", json!({"email": "big@example.com", "name": "Big"}))
+        .await;
+    let user = user["id"].as_i64().expect("user id");
+    for total in [i64::MAX, 1] {
+        let (status, body) = service
+            .post("/orders", json!({"user_id": user, "total_cents": total}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = service.get(&format!("/users/{user}/dashboard")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["error"], "internal");
 }

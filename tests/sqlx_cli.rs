@@ -1,48 +1,56 @@
 //! The embedded migrator and `cargo sqlx migrate run` produce the same database.
 //!
-//! CI creates a file with `cargo sqlx database create` and `cargo sqlx migrate run` and names it
-//! in `SQLREPO_CLI_DB`. These tests compare its schema and its migration bookkeeping with a
-//! fresh file migrated by the crate, and use it through `Db`. Without `SQLREPO_CLI_DB` they fail
-//! when `CI` is set (CI must provide the file) and otherwise print how to run them and pass.
-//!
-//! Locally:
-//! ```sh
-//! export SQLREPO_CLI_DB=/tmp/cli.db DATABASE_URL=sqlite:///tmp/cli.db
-//! rm -f /tmp/cli.db && cargo sqlx database create && cargo sqlx migrate run
-//! cargo test --test sqlx_cli
-//! ```
+//! These tests compare a file made by `cargo sqlx database create` and `cargo sqlx migrate run`
+//! with a fresh file migrated by the crate (schema and migration bookkeeping), and use it
+//! through `Db`. CI makes that file once and names it in `SQLREPO_CLI_DB`; without the variable
+//! each test makes its own with sqlx-cli in a temporary directory. Either way every test does
+//! its work: without sqlx-cli installed (and no `SQLREPO_CLI_DB`) they fail, saying how to
+//! install it, rather than pass having compared nothing.
 
 #[path = "reliability_common/mod.rs"]
 mod reliability_common;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use reliability_common::{SchemaRow, applied_migrations, dump_file, raw, schema};
 use serde_json::json;
 use sqlrepo::{Db, DbOptions, NewAccount, NewItem, NewUser, Transfer};
 
-/// The file CI migrated with sqlx-cli, or `None` (after failing in CI) when it is not given.
-fn cli_database() -> Option<PathBuf> {
-    match std::env::var_os("SQLREPO_CLI_DB") {
-        Some(path) => {
-            let path = PathBuf::from(path);
-            assert!(
-                path.is_file(),
-                "SQLREPO_CLI_DB names {path:?}, which is not a file"
-            );
-            Some(path)
-        }
-        None if std::env::var_os("CI").is_some() => {
-            panic!("CI must set SQLREPO_CLI_DB to a file migrated by `cargo sqlx migrate run`")
-        }
-        None => {
-            println!(
-                "note: SQLREPO_CLI_DB is not set, so the sqlx-cli comparison is skipped; see \
-                 tests/sqlx_cli.rs for how to run it"
-            );
-            None
-        }
+/// The sqlx-cli version CI pins (`.ci/run`), for the install hint.
+const SQLX_CLI_VERSION: &str = "0.9.0";
+
+/// A file migrated by sqlx-cli: CI's (`SQLREPO_CLI_DB`), or one made here in `dir` by running
+/// `cargo sqlx database create` and `cargo sqlx migrate run` on this crate's `migrations/`.
+fn cli_database(dir: &Path) -> PathBuf {
+    if let Some(path) = std::env::var_os("SQLREPO_CLI_DB") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "SQLREPO_CLI_DB names {path:?}, which is not a file"
+        );
+        return path;
     }
+    let path = dir.join("cli.db");
+    let url = format!("sqlite://{}", path.display());
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    for step in [["sqlx", "database", "create"], ["sqlx", "migrate", "run"]] {
+        let output = Command::new(&cargo)
+            .args(step)
+            .env("DATABASE_URL", &url)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap_or_else(|err| panic!("could not run cargo: {err}"));
+        assert!(
+            output.status.success(),
+            "`cargo {}` failed: {}\nThese tests need sqlx-cli: `cargo install sqlx-cli \
+             --version ={SQLX_CLI_VERSION} --locked --no-default-features --features sqlite`, \
+             or SQLREPO_CLI_DB naming a file it migrated.",
+            step.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim(),
+        );
+    }
+    path
 }
 
 /// The schema without the bookkeeping table, whose DDL belongs to the sqlx version that
@@ -63,8 +71,8 @@ async fn embedded(dir: &Path) -> PathBuf {
 
 #[tokio::test]
 async fn the_cli_and_the_embedded_migrator_produce_the_same_schema() {
-    let Some(cli) = cli_database() else { return };
     let dir = tempfile::tempdir().unwrap();
+    let cli = cli_database(dir.path());
     let ours = embedded(dir.path()).await;
     let theirs = app_schema(&cli);
     assert!(
@@ -76,8 +84,8 @@ async fn the_cli_and_the_embedded_migrator_produce_the_same_schema() {
 
 #[tokio::test]
 async fn the_cli_and_the_embedded_migrator_record_the_same_migrations() {
-    let Some(cli) = cli_database() else { return };
     let dir = tempfile::tempdir().unwrap();
+    let cli = cli_database(dir.path());
     let ours = embedded(dir.path()).await;
     // Same versions, same checksums (so neither side will call the other's edited), all
     // successful.
@@ -89,7 +97,8 @@ async fn the_cli_and_the_embedded_migrator_record_the_same_migrations() {
 
 #[tokio::test]
 async fn a_cli_migrated_file_opens_without_migrating_and_serves_every_repository() {
-    let Some(cli) = cli_database() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cli = cli_database(dir.path());
     let before = dump_file(&cli);
     let db = Db::open_with(DbOptions::new(&cli).migrate(false))
         .await
@@ -136,8 +145,8 @@ async fn a_cli_migrated_file_opens_without_migrating_and_serves_every_repository
 
 #[tokio::test]
 async fn a_copy_of_the_cli_migrated_file_opens_with_migrations_on_and_keeps_its_writes() {
-    let Some(cli) = cli_database() else { return };
     let dir = tempfile::tempdir().unwrap();
+    let cli = cli_database(dir.path());
     let copy = dir.path().join("copy.db");
     raw(&cli)
         .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])

@@ -149,3 +149,55 @@ async fn repository_calls_emit_spans_with_rows_and_elapsed_but_no_user_data() {
         }
     }
 }
+
+/// The `rows` of every `stream_page` span of `table`, in order.
+fn page_rows(captured: &Captured, table: &str) -> Vec<usize> {
+    captured
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, fields)| fields)
+        .filter(|f| f.get("table").map(String::as_str) == Some(table))
+        .filter(|f| f.get("operation").map(String::as_str) == Some("stream_page"))
+        .map(|f| f["rows"].parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_stream_of_big_items_holds_at_most_a_page_budget_of_bytes_at_a_time() {
+    use futures_util::TryStreamExt;
+    use sqlrepo::limits::{MAX_DATA_BYTES, MAX_PAGE_BYTES};
+
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::registry().with(
+        captured
+            .clone()
+            .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG),
+    );
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let db = fresh_db().await;
+    // Ten items of 1 MiB each, the most `data` may hold; then a few small ones.
+    let mut items: Vec<NewItem> = (0..10)
+        .map(|i| NewItem::new(format!("big-{i}"), json!("x".repeat(MAX_DATA_BYTES - 2))))
+        .collect();
+    items.extend((0..5).map(|i| NewItem::new(format!("small-{i}"), json!({"i": i}))));
+    db.items().insert_many(&items).await.unwrap();
+
+    let streamed: Vec<_> = db.items().stream().try_collect().await.unwrap();
+    assert_eq!(streamed.len(), items.len());
+
+    // Each page starts within the budget: every row but its last began before MAX_PAGE_BYTES
+    // of JSON, so no page holds more than the budget plus one row.
+    let pages = page_rows(&captured, "items");
+    let big_per_page = MAX_PAGE_BYTES / MAX_DATA_BYTES;
+    assert_eq!(pages.iter().sum::<usize>(), items.len(), "{pages:?}");
+    assert_eq!(
+        &pages[..2],
+        [big_per_page, big_per_page],
+        "pages of big rows stop at the byte budget: {pages:?}"
+    );
+    // The last page holds the two remaining big rows and the small ones.
+    assert_eq!(pages[2..], [10 - 2 * big_per_page + 5], "{pages:?}");
+}

@@ -469,12 +469,19 @@ impl<'a> Bench<'a> {
     }
 
     /// Every side's bank still holds what it opened with, and has one ledger row per transfer
-    /// it made (`ledger_rows`: sqlrepo, rusqlite, naive sqlx).
+    /// it made (`ledger_rows`: sqlrepo, rusqlite, naive sqlx) besides the row the schema writes
+    /// for each account's opening balance.
     fn check_bank(&self, when: &str, ledger_rows: [usize; 3]) -> anyhow::Result<()> {
         let sizes = &self.inputs.sizes;
         let opened = sizes.accounts as i64 * sizes.opening_balance_cents;
+        let openings = if sizes.opening_balance_cents > 0 {
+            sizes.accounts
+        } else {
+            0
+        };
         let paths = [self.repo.path(), &self.lite_path, &self.naive_path];
         for (path, rows) in paths.into_iter().zip(ledger_rows) {
+            let rows = rows + openings;
             let bank = audit(path)?;
             ensure!(
                 bank.total_balance_cents == opened && bank.ledger_rows == rows as i64,

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteSynchronous};
 
+/// The size SQLite truncates the WAL file to when it restarts it (`PRAGMA journal_size_limit`).
+const JOURNAL_SIZE_LIMIT_BYTES: &str = "16777216"; // 16 MiB
+
 /// How to open a database file: where, how many readers, how long to wait for a lock.
 ///
 /// ```
@@ -78,5 +81,10 @@ impl DbOptions {
             .busy_timeout(self.busy_timeout)
             // Most statements here are prepared once and reused; keep them all.
             .statement_cache_capacity(128)
+            // A WAL file keeps its high-water size after a checkpoint unless told otherwise:
+            // one big batch would leave the disk holding it until the file is closed. Truncate
+            // it back to 16 MiB (a few checkpoints' worth at the default 1,000-page
+            // autocheckpoint) whenever SQLite restarts it.
+            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)
     }
 }

@@ -146,6 +146,10 @@ impl AccountRepo {
 
     /// Opens an account with an opening balance and returns its id.
     ///
+    /// A positive opening balance is recorded in the ledger as a row from no account (as a
+    /// deposit is), by the schema itself, so every balance equals its ledger credits minus its
+    /// ledger debits.
+    ///
     /// # Errors
     /// [`Error::InvalidInput`] for a negative balance; [`Error::ForeignKey`] for an unknown user.
     pub fn open(&self, new: &NewAccount) -> impl Future<Output = Result<i64>> + Send + use<> {
@@ -178,6 +182,7 @@ impl AccountRepo {
     }
 
     /// Credits an account (recorded as a ledger row with no source) and returns the new balance.
+    /// One statement: one round trip, atomic by itself.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a non-positive amount or a balance that would overflow `i64`;
@@ -195,15 +200,17 @@ impl AccountRepo {
                 id,
             };
             let mut conn = handle.writer().await?;
-            let mut tx = conn.atomic().await?;
-            match insert_deposit(tx.sqlite()?, id, amount_cents).await {
+            let before = match insert_deposit(conn.statements()?, id, amount_cents).await {
                 Err(Error::ForeignKey) => return Err(not_found),
-                other => other?,
-            }
-            let balance = select_balance(tx.sqlite()?, id).await?;
-            tx.commit().await?;
-            // The row was just credited inside the transaction, so it exists.
-            balance.ok_or(not_found)
+                other => other?.ok_or(not_found)?,
+            };
+            // The statement landed, so the trigger added exactly `amount_cents` to `before`
+            // (an overflow would have refused it); checked all the same.
+            before.checked_add(amount_cents).ok_or_else(|| {
+                Error::invalid(format!(
+                    "crediting {amount_cents} cents would overflow the balance of account {id}"
+                ))
+            })
         })
     }
 
@@ -288,7 +295,8 @@ impl AccountRepo {
     /// The sum of every balance, in cents: constant under transfers, for auditors.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] if the sum overflows `i64`.
+    /// [`Error::Overflow`] if the stored balances add up past `i64` (legal data, not the
+    /// caller's fault).
     pub fn total_balance(&self) -> impl Future<Output = Result<i64>> + Send + use<> {
         let handle = self.handle.clone();
         traced("accounts", "total_balance", async move {
@@ -473,27 +481,30 @@ async fn select_account(conn: &mut SqliteConnection, id: i64) -> Result<Option<A
     .await?)
 }
 
-async fn select_balance(conn: &mut SqliteConnection, id: i64) -> Result<Option<i64>> {
-    Ok(
-        sqlx::query_scalar!("SELECT balance FROM accounts WHERE id = ?1", id)
-            .fetch_optional(conn)
-            .await?,
-    )
-}
-
-// A deposit is a ledger row without a source; the trigger credits the account.
-async fn insert_deposit(conn: &mut SqliteConnection, id: i64, amount_cents: i64) -> Result<()> {
-    sqlx::query!(
+// A deposit is a ledger row without a source; the `transfers_apply` trigger credits the
+// account, and a missing account fails the foreign key (787). One statement instead of BEGIN,
+// INSERT, SELECT, COMMIT: `RETURNING` hands back the balance the row was credited on.
+// SQLite computes RETURNING values as the row is inserted, before AFTER triggers run, so this
+// is the balance *before* the credit (tests/accounts.rs checks the sum against the stored
+// balance, so a SQLite that changed this would fail there, not silently). `fetch_all` steps
+// the statement to its end, so an error raised at its end (the foreign key) is not lost.
+async fn insert_deposit(
+    conn: &mut SqliteConnection,
+    id: i64,
+    amount_cents: i64,
+) -> Result<Option<i64>> {
+    let rows = sqlx::query_scalar!(
         r#"
         INSERT INTO transfers (from_account, to_account, amount)
         VALUES (NULL, ?1, ?2)
+        RETURNING (SELECT balance FROM accounts WHERE id = ?1) AS "balance_before?: i64"
         "#,
         id,
         amount_cents,
     )
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(())
+    Ok(rows.into_iter().next().flatten())
 }
 
 // One ledger row; the `transfers_apply` trigger moves the money, and the schema refuses a

@@ -10,11 +10,14 @@ use serde_json::Value;
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
-use super::paging::{self, Keyed};
-use crate::conn::Handle;
+use super::paging::{self, Keyed, Page};
+use crate::conn::{Conn, Handle};
 use crate::error::{Error, Result};
-use crate::limits::{at_position, check_batch, check_data_depth, check_data_size, check_name};
-use crate::trace::traced;
+use crate::limits::{
+    MAX_CHUNK_BYTES, MAX_PAGE_BYTES, MAX_PAGE_ROWS, at_position, check_batch, check_data_depth,
+    check_data_size, check_name,
+};
+use crate::trace::{Rows, traced};
 
 /// Where an item is in its life. Stored as lowercase text, which a `CHECK` restricts to these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, sqlx::Type)]
@@ -152,14 +155,40 @@ pub struct ItemRepo {
     handle: Handle,
 }
 
-/// Rows per statement in `insert_many`. One statement per chunk bounds the JSON text we build
-/// and SQLite parses (~3 MB here). Measured on 100k items (release, CPU time per row, three
-/// rounds each): 10k rows 4.0-4.4 µs, 25k 4.4-5.9 µs, 50k 4.2-4.3 µs, 100k 4.2-5.5 µs: no
+/// Rows per statement in `insert_many`, besides [`MAX_CHUNK_BYTES`]. One statement per chunk
+/// bounds the JSON text we build and SQLite parses (~3 MB here for ordinary rows). Measured on
+/// 100k items (release, CPU time per row, three rounds each): 10k rows 4.0-4.4 µs, 25k 4.4-5.9 µs, 50k 4.2-4.3 µs, 100k 4.2-5.5 µs: no
 /// difference beyond noise, so the larger chunk (fewer round trips) with bounded memory.
 const INSERT_CHUNK_ROWS: usize = 50_000;
 
-/// Rows per page of `stream`: one round trip per page, ~1.8 µs/row measured as a JSON page.
+/// Rows per page of `stream`, besides [`MAX_PAGE_BYTES`]: one round trip per page, ~1.8 µs/row
+/// measured as a JSON page.
 const STREAM_PAGE_ROWS: i64 = 2_000;
+
+/// The byte budget of one page of `get_many`. Its caller gets the whole result in memory
+/// anyway, so the budget only keeps each value SQLite builds far below its 1e9-byte limit while
+/// ordinary results (tens of thousands of rows of a few hundred bytes) stay one statement.
+const GET_MANY_PAGE_BYTES: i64 = 16 << 20;
+
+/// What SQLite's page statements count per row on top of the name and data: the id, status,
+/// two timestamps, quotes, brackets and commas of its JSON element (about 90 bytes).
+const ROW_OVERHEAD_BYTES: i64 = 128;
+
+/// One page of [`ItemRepo::list_by_status_page`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemPage {
+    /// The items of this page, in id order.
+    pub items: Vec<Item>,
+    /// The cursor of the next page (pass it as `after`), or `None` when this page is the last:
+    /// the id of this page's last item when more items with the status lie past it.
+    pub next: Option<i64>,
+}
+
+impl Rows for ItemPage {
+    fn rows(&self) -> u64 {
+        self.items.len() as u64
+    }
+}
 
 impl ItemRepo {
     /// The repository on `handle`: a [`Db`](crate::Db)\'s, a [`Tx`](crate::Tx)\'s, or any
@@ -197,10 +226,16 @@ impl ItemRepo {
         })
     }
 
-    /// The items with these ids, in id order; unknown ids are skipped. One statement.
+    /// The items with these ids, in id order; unknown ids are skipped and repeated ids given
+    /// once.
+    ///
+    /// One statement while the result is under 16 MiB of JSON text; a larger one (big `data`
+    /// values) is read in several statements inside one read transaction, so it is still one
+    /// consistent snapshot and no single value nears SQLite's 1e9-byte limit.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for more than [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) ids.
+    /// [`Error::InvalidInput`] for more than [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) ids;
+    /// [`Error::TooBig`] only for a single stored row past SQLite's limits (written by other SQL).
     pub fn get_many(&self, ids: &[i64]) -> impl Future<Output = Result<Vec<Item>>> + Send + use<> {
         let handle = self.handle.clone();
         let ids = check_batch("get_many", ids.len()).and_then(|()| id_list(ids));
@@ -209,11 +244,16 @@ impl ItemRepo {
                 return Ok(Vec::new());
             };
             let mut conn = handle.reader().await?;
-            select_many(conn.statements()?, &ids).await
+            select_many(&mut conn, &ids).await
         })
     }
 
-    /// Every item with this status, in id order.
+    /// Every item with this status, in id order, in one result.
+    ///
+    /// Its cost grows with the table: every matching row is read, decoded and held in memory
+    /// at once (a million matching items of 1 KiB each is a gigabyte). Use it for tables known
+    /// to stay small; page anything a client can grow with
+    /// [`list_by_status_page`](Self::list_by_status_page).
     ///
     /// # Errors
     /// [`Error::Schema`] when migrations have not run; [`Error::Database`] otherwise.
@@ -225,6 +265,64 @@ impl ItemRepo {
         traced("items", "list_by_status", async move {
             let mut conn = handle.reader().await?;
             select_by_status(conn.statements()?, status).await
+        })
+    }
+
+    /// One page of the items with this status, in id order: those with ids above `after`
+    /// (`None`: from the first), at most `limit` of them and at most [`MAX_PAGE_BYTES`] of JSON
+    /// beyond the first, with the cursor of the next page. One statement; each page is a
+    /// consistent read, and rows written between pages show up if their ids lie ahead (keyset
+    /// paging, so nothing is skipped or repeated when earlier rows change).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sqlrepo::Result<()> {
+    /// use sqlrepo::{Db, ItemStatus, NewItem};
+    /// use serde_json::json;
+    /// let items = Db::in_memory().await?.items();
+    /// let new = [NewItem::new("a", json!(1)), NewItem::new("b", json!(2)), NewItem::new("c", json!(3))];
+    /// items.insert_many(&new).await?;
+    /// let first = items.list_by_status_page(ItemStatus::Active, None, 2).await?;
+    /// assert_eq!(first.items.len(), 2);
+    /// let second = items.list_by_status_page(ItemStatus::Active, first.next, 2).await?;
+    /// assert_eq!(second.items[0].name, "c");
+    /// assert_eq!(second.next, None);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a `limit` of 0 or above [`MAX_PAGE_ROWS`], before the
+    /// database is touched; [`Error::Schema`] when migrations have not run.
+    pub fn list_by_status_page(
+        &self,
+        status: ItemStatus,
+        after: Option<i64>,
+        limit: u32,
+    ) -> impl Future<Output = Result<ItemPage>> + Send + use<> {
+        let handle = self.handle.clone();
+        let limit = check_page_limit(limit);
+        traced("items", "list_by_status_page", async move {
+            let limit = limit?;
+            // Keys are inclusive lower bounds inside, so that `None` can mean "from i64::MIN".
+            let from = match after {
+                None => i64::MIN,
+                Some(after) => match after.checked_add(1) {
+                    Some(from) => from,
+                    None => {
+                        return Ok(ItemPage {
+                            items: Vec::new(),
+                            next: None,
+                        });
+                    }
+                },
+            };
+            let mut conn = handle.reader().await?;
+            let page = select_status_page(conn.statements()?, status, from, limit).await?;
+            let next = page.next_from().and(page.rows.last().map(|item| item.id));
+            Ok(ItemPage {
+                items: page.rows,
+                next,
+            })
         })
     }
 
@@ -274,8 +372,12 @@ impl ItemRepo {
     /// the slice order). `&[]` is `Ok(0)`.
     ///
     /// At most [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) (100,000) items per call. The
-    /// rows travel as one JSON array per chunk of 50,000, each chunk one statement, all chunks
-    /// in one `BEGIN IMMEDIATE` transaction.
+    /// rows travel as one JSON array per chunk of at most 50,000 rows and [`MAX_CHUNK_BYTES`]
+    /// of JSON, each chunk one statement, several chunks in one `BEGIN IMMEDIATE` transaction.
+    /// Each item's `data` is measured alone against
+    /// [`MAX_DATA_BYTES`](crate::limits::MAX_DATA_BYTES), as `create` and `update` measure it.
+    /// The JSON text of every chunk is built before the call starts, so the call holds about as
+    /// many bytes again as the items' JSON.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for an invalid item (naming its position) or an oversized batch;
@@ -286,13 +388,8 @@ impl ItemRepo {
         items: &[NewItem],
     ) -> impl Future<Output = Result<u64>> + Send + use<> {
         let handle = self.handle.clone();
-        let chunks = check_batch("insert_many", items.len()).and_then(|()| {
-            items
-                .chunks(INSERT_CHUNK_ROWS)
-                .enumerate()
-                .map(|(number, chunk)| batch_text(chunk, number * INSERT_CHUNK_ROWS))
-                .collect::<Result<Vec<_>>>()
-        });
+        let chunks = check_batch("insert_many", items.len())
+            .and_then(|()| batch_chunks(items, INSERT_CHUNK_ROWS, MAX_CHUNK_BYTES));
         traced("items", "insert_many", async move {
             let chunks = chunks?;
             let mut conn = handle.writer().await?;
@@ -343,19 +440,21 @@ impl ItemRepo {
         })
     }
 
-    /// Every item in id order, fetched in keyset pages of 2,000 so memory stays flat whatever
-    /// the table's size. Each page is one consistent read; rows committed while the stream runs
+    /// Every item in id order (every id, zero and negative ones included), fetched in keyset
+    /// pages of at most 2,000 rows and [`MAX_PAGE_BYTES`] of JSON beyond their first row, so
+    /// memory stays flat whatever the table's size and however big its rows. Each page is one consistent read; rows committed while the stream runs
     /// appear if their ids are past the current page.
     pub fn stream(&self) -> impl Stream<Item = Result<Item>> + Send + use<> {
-        paging::keyset(
-            self.handle.clone(),
-            "items",
-            STREAM_PAGE_ROWS,
-            |handle, after| async move {
-                let mut conn = handle.reader().await?;
-                select_page(conn.statements()?, after, STREAM_PAGE_ROWS).await
-            },
-        )
+        paging::keyset(self.handle.clone(), "items", |handle, from| async move {
+            let mut conn = handle.reader().await?;
+            select_page(
+                conn.statements()?,
+                from,
+                STREAM_PAGE_ROWS,
+                MAX_PAGE_BYTES as i64,
+            )
+            .await
+        })
     }
 
     /// How many items there are.
@@ -414,26 +513,61 @@ fn json_text<T: Serialize + ?Sized>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|err| Error::invalid(format!("not JSON: {err}")))
 }
 
-/// One chunk of items as the JSON array `insert_batch` reads: `[[name, data, status], ...]`.
-/// Validates each item on the way, so a bad one is reported before anything is sent.
-/// `first_index` is the position of the chunk's first item in the caller's slice.
-fn batch_text(chunk: &[NewItem], first_index: usize) -> Result<String> {
-    let mut out = Vec::with_capacity(chunk.len() * 64);
-    out.push(b'[');
-    for (offset, item) in chunk.iter().enumerate() {
-        let index = first_index + offset;
+/// The items as the JSON arrays `insert_batch` reads, `[[name, data, status], ...]`, one per
+/// statement: a chunk closes before it would pass `max_rows` rows or `max_bytes` bytes (a
+/// single row bigger than that is a chunk by itself). Validates each item on the way, so a bad
+/// one is reported, by position, before anything is sent; `data` is measured alone against
+/// [`MAX_DATA_BYTES`](crate::limits::MAX_DATA_BYTES), as in `create` and `update`.
+fn batch_chunks(items: &[NewItem], max_rows: usize, max_bytes: usize) -> Result<Vec<String>> {
+    let not_json = |index: usize, err: serde_json::Error| {
+        Error::invalid(format!("item {index}: not JSON: {err}"))
+    };
+    let mut chunks = Vec::new();
+    let mut chunk: Vec<u8> = Vec::new();
+    let mut rows_in_chunk = 0;
+    let mut row: Vec<u8> = Vec::new();
+    for (index, item) in items.iter().enumerate() {
         item.validate()
             .map_err(|err| at_position("item", index, err))?;
-        if offset > 0 {
-            out.push(b',');
+        row.clear();
+        row.push(b'[');
+        serde_json::to_writer(&mut row, &item.name).map_err(|err| not_json(index, err))?;
+        row.push(b',');
+        let data_start = row.len();
+        serde_json::to_writer(&mut row, &item.data).map_err(|err| not_json(index, err))?;
+        check_data_size(row.len() - data_start).map_err(|err| at_position("item", index, err))?;
+        row.push(b',');
+        serde_json::to_writer(&mut row, &item.status).map_err(|err| not_json(index, err))?;
+        row.push(b']');
+        if rows_in_chunk > 0
+            && (rows_in_chunk == max_rows || chunk.len() + 1 + row.len() + 1 > max_bytes)
+        {
+            chunks.push(close_chunk(std::mem::take(&mut chunk))?);
+            rows_in_chunk = 0;
         }
-        let start = out.len();
-        serde_json::to_writer(&mut out, &(&item.name, &item.data, item.status))
-            .map_err(|err| Error::invalid(format!("item {index}: not JSON: {err}")))?;
-        check_data_size(out.len() - start).map_err(|err| at_position("item", index, err))?;
+        chunk.push(if rows_in_chunk == 0 { b'[' } else { b',' });
+        chunk.extend_from_slice(&row);
+        rows_in_chunk += 1;
     }
-    out.push(b']');
-    String::from_utf8(out).map_err(|err| Error::invalid(format!("not UTF-8: {err}")))
+    if rows_in_chunk > 0 {
+        chunks.push(close_chunk(chunk)?);
+    }
+    Ok(chunks)
+}
+
+fn close_chunk(mut chunk: Vec<u8>) -> Result<String> {
+    chunk.push(b']');
+    String::from_utf8(chunk).map_err(|err| Error::invalid(format!("not UTF-8: {err}")))
+}
+
+/// A `list_by_status_page` limit within 1..=[`MAX_PAGE_ROWS`].
+fn check_page_limit(limit: u32) -> Result<i64> {
+    if limit == 0 || limit > MAX_PAGE_ROWS {
+        return Err(Error::invalid(format!(
+            "a page holds 1 to {MAX_PAGE_ROWS} items, not {limit}"
+        )));
+    }
+    Ok(i64::from(limit))
 }
 
 /// The row shape of every item query.
@@ -483,8 +617,16 @@ impl From<ItemJson> for Item {
     }
 }
 
-/// Decodes a page built by `select_page` or `select_many`, in id order.
-fn parse_page(page: &str) -> Result<Vec<Item>> {
+/// Decodes a page built by `select_page`, `select_many_page` or `select_status_page`, in id
+/// order; `more` is the statement's answer to whether rows remain past it.
+fn parse_page(page: &str, more: bool) -> Result<Page<Item>> {
+    Ok(Page {
+        rows: parse_items(page)?,
+        more,
+    })
+}
+
+fn parse_items(page: &str) -> Result<Vec<Item>> {
     // A row serde cannot read (say, data nested past its limit, written by other SQL) is a
     // decode error, as it is for `get`.
     let rows: Vec<ItemJson> = serde_json::from_str(page)
@@ -567,10 +709,59 @@ async fn select_by_status(conn: &mut SqliteConnection, status: ItemStatus) -> Re
 // is concatenated rather than built with json_array(json(data)): `data` is already valid JSON
 // (a CHECK says so) and needs no re-parse. Measured for 300k rows (rusqlite, SQLite's work per
 // row): 0.66 µs concatenated, 1.1 µs with json_group_array, 1.5 µs with json_group_array and an
-// ORDER BY inside it. The rows arrive in the subquery's order; `parse_page` checks it.
-async fn select_page(conn: &mut SqliteConnection, after_id: i64, limit: i64) -> Result<Vec<Item>> {
-    let page = sqlx::query_scalar!(
+// ORDER BY inside it. The rows arrive in the subquery's order; `parse_items` checks it.
+//
+// The page is bounded by bytes as well as rows, because that one value must stay far below
+// SQLite's 1e9-byte limit while an item may hold 1 MiB. `bound` adds up the size of the next
+// `?2` rows (the sizes only: `octet_length` of a column reads its length from the record
+// header, not the value; `?4` per row stands for the id, status, timestamps and punctuation, so
+// the budget is a soft one that hostile names can pass by a few KiB per row). When they fit in
+// `?3` bytes, as ordinary rows do, they are the page; only when they do not does a running sum
+// (a window function, measured at twice the cost of the whole page, so kept off the common
+// path) find the last row that starts within the budget. The first row always fits. Measured
+// against the statement without a byte bound (rusqlite, 100k rows of ~110 bytes, debug build):
+// 3.5-4.6 µs/row before, 4.1-5.2 after. `more` is one probe of the primary key.
+// `id >= ?1`: the stream starts at i64::MIN, so ids of zero and below are read too.
+async fn select_page(
+    conn: &mut SqliteConnection,
+    from_id: i64,
+    limit: i64,
+    max_bytes: i64,
+) -> Result<Page<Item>> {
+    let row = sqlx::query!(
         r#"
+        WITH bound AS MATERIALIZED (
+            SELECT max(id) AS last_id, sum(bytes) AS total_bytes
+            FROM (
+                SELECT id, octet_length(name) + octet_length(data) + ?4 AS bytes
+                FROM items
+                WHERE id >= ?1
+                ORDER BY id
+                LIMIT ?2
+            )
+        ),
+        page_end AS MATERIALIZED (
+            SELECT CASE
+                       WHEN total_bytes <= ?3 THEN last_id
+                       ELSE (
+                           SELECT max(id)
+                           FROM (
+                               SELECT id,
+                                      sum(bytes) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING)
+                                          - bytes AS bytes_before
+                               FROM (
+                                   SELECT id, octet_length(name) + octet_length(data) + ?4 AS bytes
+                                   FROM items
+                                   WHERE id >= ?1
+                                   ORDER BY id
+                                   LIMIT ?2
+                               )
+                           )
+                           WHERE bytes_before < ?3
+                       )
+                   END AS end_id
+            FROM bound
+        )
         SELECT coalesce(
                    '[' || group_concat(
                        '[' || id || ',' || json_quote(name) || ',' || data || ',' ||
@@ -579,28 +770,96 @@ async fn select_page(conn: &mut SqliteConnection, after_id: i64, limit: i64) -> 
                        ','
                    ) || ']',
                    '[]'
-               ) AS "page!: String"
+               ) AS "page!: String",
+               EXISTS (
+                   SELECT 1 FROM items WHERE id > (SELECT end_id FROM page_end)
+               ) AS "more!: bool"
         FROM (
             SELECT id, name, data, status, created_at, updated_at
             FROM items
-            WHERE id > ?1
+            WHERE id >= ?1
+              AND id <= (SELECT end_id FROM page_end)
             ORDER BY id
-            LIMIT ?2
         )
         "#,
-        after_id,
+        from_id,
         limit,
+        max_bytes,
+        ROW_OVERHEAD_BYTES,
     )
     .fetch_one(conn)
     .await?;
-    parse_page(&page)
+    parse_page(&row.page, row.more)
+}
+
+/// The items with these ids, every page of them, in one snapshot: the first page alone when it
+/// holds them all (the common case, one statement), else every page inside a read transaction.
+async fn select_many(conn: &mut Conn, ids_json: &str) -> Result<Vec<Item>> {
+    let first = select_many_page(conn.statements()?, ids_json, i64::MIN).await?;
+    if first.next_from().is_none() {
+        return Ok(first.rows);
+    }
+    // Several pages: read them all again under one savepoint, so they agree with each other
+    // (the first page came from a snapshot that has ended). Outside a transaction SAVEPOINT
+    // opens a read transaction; inside a `Tx` it nests. `sqlite()` because the statements
+    // open and close a transaction: a read failing part-way leaves it to be rolled back
+    // before the reader is lent again. Costs one page and two statements more, only here.
+    let conn = conn.sqlite()?;
+    sqlx::query!("SAVEPOINT sqlrepo_read")
+        .execute(&mut *conn)
+        .await?;
+    let mut items = Vec::new();
+    let mut from = Some(i64::MIN);
+    while let Some(first_id) = from {
+        let page = select_many_page(&mut *conn, ids_json, first_id).await?;
+        from = page.next_from();
+        items.extend(page.rows);
+    }
+    sqlx::query!("RELEASE sqlrepo_read")
+        .execute(&mut *conn)
+        .await?;
+    Ok(items)
 }
 
 // The ids travel as one JSON array; `json_each` turns it into a table SQLite joins by primary
-// key, so any number of ids costs one statement. The page is built as in `select_page`.
-async fn select_many(conn: &mut SqliteConnection, ids_json: &str) -> Result<Vec<Item>> {
-    let page = sqlx::query_scalar!(
+// key, so any number of ids costs one statement. The page is built and bounded by bytes as in
+// `select_page`, with no row limit (the caller holds every row anyway): rows remain when the
+// page ends before the last wanted id.
+async fn select_many_page(
+    conn: &mut SqliteConnection,
+    ids_json: &str,
+    from_id: i64,
+) -> Result<Page<Item>> {
+    let row = sqlx::query!(
         r#"
+        WITH bound AS MATERIALIZED (
+            SELECT max(id) AS last_id, sum(octet_length(name) + octet_length(data) + ?4) AS total_bytes
+            FROM items
+            WHERE id IN (SELECT value FROM json_each(?1))
+              AND id >= ?2
+        ),
+        page_end AS MATERIALIZED (
+            SELECT CASE
+                       WHEN total_bytes <= ?3 THEN last_id
+                       ELSE (
+                           SELECT max(id)
+                           FROM (
+                               SELECT id,
+                                      sum(bytes) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING)
+                                          - bytes AS bytes_before
+                               FROM (
+                                   SELECT id, octet_length(name) + octet_length(data) + ?4 AS bytes
+                                   FROM items
+                                   WHERE id IN (SELECT value FROM json_each(?1))
+                                     AND id >= ?2
+                               )
+                           )
+                           WHERE bytes_before < ?3
+                       )
+                   END AS end_id,
+                   last_id
+            FROM bound
+        )
         SELECT coalesce(
                    '[' || group_concat(
                        '[' || id || ',' || json_quote(name) || ',' || data || ',' ||
@@ -609,19 +868,105 @@ async fn select_many(conn: &mut SqliteConnection, ids_json: &str) -> Result<Vec<
                        ','
                    ) || ']',
                    '[]'
-               ) AS "page!: String"
+               ) AS "page!: String",
+               coalesce((SELECT end_id < last_id FROM page_end), 0) AS "more!: bool"
         FROM (
             SELECT id, name, data, status, created_at, updated_at
             FROM items
             WHERE id IN (SELECT value FROM json_each(?1))
+              AND id >= ?2
+              AND id <= (SELECT end_id FROM page_end)
             ORDER BY id
         )
         "#,
         ids_json,
+        from_id,
+        GET_MANY_PAGE_BYTES,
+        ROW_OVERHEAD_BYTES,
     )
     .fetch_one(conn)
     .await?;
-    parse_page(&page)
+    parse_page(&row.page, row.more)
+}
+
+// A keyset page of one status, built and bounded as in `select_page`; the (status) index holds
+// the rowid, so `status = ?1 AND id >= ?2` is a range of that index, and `more` one probe of it.
+async fn select_status_page(
+    conn: &mut SqliteConnection,
+    status: ItemStatus,
+    from_id: i64,
+    limit: i64,
+) -> Result<Page<Item>> {
+    let max_bytes = MAX_PAGE_BYTES as i64;
+    let row = sqlx::query!(
+        r#"
+        WITH bound AS MATERIALIZED (
+            SELECT max(id) AS last_id, sum(bytes) AS total_bytes
+            FROM (
+                SELECT id, octet_length(name) + octet_length(data) + ?5 AS bytes
+                FROM items
+                WHERE status = ?1
+                  AND id >= ?2
+                ORDER BY id
+                LIMIT ?3
+            )
+        ),
+        page_end AS MATERIALIZED (
+            SELECT CASE
+                       WHEN total_bytes <= ?4 THEN last_id
+                       ELSE (
+                           SELECT max(id)
+                           FROM (
+                               SELECT id,
+                                      sum(bytes) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING)
+                                          - bytes AS bytes_before
+                               FROM (
+                                   SELECT id, octet_length(name) + octet_length(data) + ?5 AS bytes
+                                   FROM items
+                                   WHERE status = ?1
+                                     AND id >= ?2
+                                   ORDER BY id
+                                   LIMIT ?3
+                               )
+                           )
+                           WHERE bytes_before < ?4
+                       )
+                   END AS end_id
+            FROM bound
+        )
+        SELECT coalesce(
+                   '[' || group_concat(
+                       '[' || id || ',' || json_quote(name) || ',' || data || ',' ||
+                       json_quote(status) || ',' || json_quote(created_at) || ',' ||
+                       json_quote(updated_at) || ']',
+                       ','
+                   ) || ']',
+                   '[]'
+               ) AS "page!: String",
+               EXISTS (
+                   SELECT 1
+                   FROM items
+                   WHERE status = ?1
+                     AND id > (SELECT end_id FROM page_end)
+               ) AS "more!: bool"
+        FROM (
+            SELECT id, name, data, status, created_at, updated_at
+            FROM items
+            WHERE status = ?1
+              AND id >= ?2
+              AND id <= (SELECT end_id FROM page_end)
+            ORDER BY id
+        )
+        "#,
+        status,
+        from_id,
+        limit,
+        max_bytes,
+        ROW_OVERHEAD_BYTES,
+    )
+    .fetch_one(conn)
+    .await?;
+    parse_page(&row.page, row.more)
 }
 
 // `IS NOT` compares with NULL-safety, so the WHERE clause matches only when some value really
@@ -702,4 +1047,51 @@ async fn update_status_batch(
     .execute(conn)
     .await?;
     Ok(result.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn names_in(chunk: &str) -> Vec<String> {
+        let rows: Vec<(String, Value, ItemStatus)> = serde_json::from_str(chunk).unwrap();
+        rows.into_iter().map(|(name, ..)| name).collect()
+    }
+
+    fn ten_items() -> Vec<NewItem> {
+        (0..10)
+            .map(|i| NewItem::new(format!("n{i}"), json!("x".repeat(100))))
+            .collect()
+    }
+
+    #[test]
+    fn chunks_close_at_their_row_limit() {
+        let chunks = batch_chunks(&ten_items(), 4, usize::MAX).unwrap();
+        let sizes: Vec<usize> = chunks.iter().map(|c| names_in(c).len()).collect();
+        assert_eq!(sizes, [4, 4, 2]);
+    }
+
+    #[test]
+    fn chunks_close_before_their_byte_budget_and_keep_the_slice_order() {
+        let chunks = batch_chunks(&ten_items(), 1_000, 300).unwrap();
+        assert!(chunks.len() > 1);
+        assert!(chunks.iter().all(|c| c.len() <= 300), "{chunks:?}");
+        let names: Vec<String> = chunks.iter().flat_map(|c| names_in(c)).collect();
+        assert_eq!(names, (0..10).map(|i| format!("n{i}")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_row_bigger_than_the_byte_budget_is_a_chunk_of_its_own() {
+        let chunks = batch_chunks(&ten_items(), 1_000, 10).unwrap();
+        assert_eq!(chunks.len(), 10);
+    }
+
+    #[test]
+    fn data_is_measured_alone_against_the_size_limit() {
+        // A long name and the status do not count: data of exactly MAX_DATA_BYTES passes.
+        let at_limit = json!("x".repeat(crate::limits::MAX_DATA_BYTES - 2));
+        let item = NewItem::new("n".repeat(256), at_limit);
+        assert!(batch_chunks(&[item], 10, usize::MAX).is_ok());
+    }
 }

@@ -141,7 +141,8 @@ impl OrderRepo {
     /// How many orders a user has and their sum; zeros (never NULL) for a user with none.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] if the sum would overflow `i64`.
+    /// [`Error::Overflow`] if the stored totals add up past `i64` (legal data, not the
+    /// caller's fault).
     pub fn stats_for_user(
         &self,
         user_id: i64,

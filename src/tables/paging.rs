@@ -8,46 +8,74 @@ use futures_util::stream;
 
 use crate::conn::Handle;
 use crate::error::Result;
-use crate::trace::traced;
+use crate::trace::{Rows, traced};
 
 /// A row with the integer key its table is paged by (the rowid).
 pub(crate) trait Keyed {
     fn key(&self) -> i64;
 }
 
-/// Every row of a table in key order, fetched `page_rows` at a time by `fetch(handle, after)`,
-/// which returns the rows with keys above `after`. Only one page is held at a time, and no
+/// One page of a keyset read: its rows in key order, and whether rows past them may remain
+/// (the page stopped at its row or byte budget rather than at the end of the table).
+pub(crate) struct Page<T> {
+    pub(crate) rows: Vec<T>,
+    pub(crate) more: bool,
+}
+
+impl<T: Keyed> Page<T> {
+    /// A page of at most `limit` rows that stopped only at the end of the data when it is short.
+    pub(crate) fn by_rows(rows: Vec<T>, limit: i64) -> Page<T> {
+        let more = rows.len() as i64 >= limit;
+        Page { rows, more }
+    }
+
+    /// The first key of the next page, or `None` when this page was the last. Keys are
+    /// inclusive lower bounds so that every `i64`, `i64::MIN` and ids ≤ 0 included, can be read;
+    /// after a row keyed `i64::MAX` there is nothing left.
+    pub(crate) fn next_from(&self) -> Option<i64> {
+        match self.rows.last() {
+            Some(row) if self.more => row.key().checked_add(1),
+            _ => None,
+        }
+    }
+}
+
+/// Every row of a table in key order, fetched a page at a time by `fetch(handle, from)`, which
+/// returns the rows with keys from `from` up. Only one page is held at a time, and no
 /// connection is held between pages, so a slow consumer blocks no writer and no checkpoint.
 pub(crate) fn keyset<T, F, Fut>(
     handle: Handle,
     table: &'static str,
-    page_rows: i64,
     fetch: F,
 ) -> impl Stream<Item = Result<T>> + Send
 where
     T: Keyed + Send + 'static,
     F: Fn(Handle, i64) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Vec<T>>> + Send,
+    Fut: Future<Output = Result<Page<T>>> + Send,
 {
-    let state = (fetch, handle, Some(0_i64), VecDeque::<T>::new());
+    // Rowids may be zero or negative (a row inserted with an explicit id by other SQL), so the
+    // first page starts at the smallest key there is, not after 0.
+    let state = (fetch, handle, Some(i64::MIN), VecDeque::<T>::new());
     stream::try_unfold(
         state,
-        move |(fetch, handle, mut after, mut buffer)| async move {
+        move |(fetch, handle, mut from, mut buffer)| async move {
             loop {
                 if let Some(row) = buffer.pop_front() {
-                    return Ok(Some((row, (fetch, handle, after, buffer))));
+                    return Ok(Some((row, (fetch, handle, from, buffer))));
                 }
-                let Some(last) = after else {
+                let Some(first) = from else {
                     return Ok(None);
                 };
-                let page = traced(table, "stream_page", fetch(handle.clone(), last)).await?;
-                // A short page is the last one.
-                after = match page.last() {
-                    Some(row) if page.len() as i64 == page_rows => Some(row.key()),
-                    _ => None,
-                };
-                buffer.extend(page);
+                let page = traced(table, "stream_page", fetch(handle.clone(), first)).await?;
+                from = page.next_from();
+                buffer.extend(page.rows);
             }
         },
     )
+}
+
+impl<T> Rows for Page<T> {
+    fn rows(&self) -> u64 {
+        self.rows.len() as u64
+    }
 }

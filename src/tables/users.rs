@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
-use super::paging::{self, Keyed};
+use super::paging::{self, Keyed, Page};
 use crate::conn::Handle;
 use crate::error::Result;
 use crate::limits::{batch_json, check_email, check_name};
@@ -84,7 +84,8 @@ pub struct UserRepo {
     handle: Handle,
 }
 
-/// Rows per page of `stream`.
+/// Rows per page of `stream`. A user row is small (email and name are at most 256 characters
+/// each), so a page needs no byte budget besides.
 const STREAM_PAGE_ROWS: i64 = 2_000;
 
 impl UserRepo {
@@ -202,15 +203,11 @@ impl UserRepo {
 
     /// Every user in id order, in keyset pages, with memory that does not grow with the table.
     pub fn stream(&self) -> impl Stream<Item = Result<User>> + Send + use<> {
-        paging::keyset(
-            self.handle.clone(),
-            "users",
-            STREAM_PAGE_ROWS,
-            |handle, after| async move {
-                let mut conn = handle.reader().await?;
-                select_page(conn.statements()?, after, STREAM_PAGE_ROWS).await
-            },
-        )
+        paging::keyset(self.handle.clone(), "users", |handle, from| async move {
+            let mut conn = handle.reader().await?;
+            let rows = select_page(conn.statements()?, from, STREAM_PAGE_ROWS).await?;
+            Ok(Page::by_rows(rows, STREAM_PAGE_ROWS))
+        })
     }
 }
 
@@ -280,7 +277,8 @@ async fn select_by_email(conn: &mut SqliteConnection, email: &str) -> Result<Opt
     .await?)
 }
 
-async fn select_page(conn: &mut SqliteConnection, after_id: i64, limit: i64) -> Result<Vec<User>> {
+// `id >= ?1`: the first page starts at i64::MIN, so ids of zero and below are read too.
+async fn select_page(conn: &mut SqliteConnection, from_id: i64, limit: i64) -> Result<Vec<User>> {
     Ok(sqlx::query_as!(
         User,
         r#"
@@ -289,11 +287,11 @@ async fn select_page(conn: &mut SqliteConnection, after_id: i64, limit: i64) -> 
                name,
                created_at AS "created_at: OffsetDateTime"
         FROM users
-        WHERE id > ?1
+        WHERE id >= ?1
         ORDER BY id
         LIMIT ?2
         "#,
-        after_id,
+        from_id,
         limit,
     )
     .fetch_all(conn)
