@@ -1,11 +1,11 @@
-//! The example service (`examples/service.rs`) on a real socket, driven by a real HTTP client.
+//! The example service (`src/main.rs`) on a real socket, driven by a real HTTP client.
 //!
 //! Each test starts the service on `127.0.0.1:0` over a fresh database file and talks to it with
 //! reqwest, checking statuses, bodies, and what the database holds afterwards (through the API).
 
 // `main` and a few helpers of the example are not used by the tests.
 #[allow(dead_code)]
-#[path = "../examples/service.rs"]
+#[path = "../src/main.rs"]
 mod service;
 
 use std::time::Duration;
