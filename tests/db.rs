@@ -96,7 +96,7 @@ async fn a_file_that_is_not_sqlite_is_refused_and_left_alone() {
     let text = "these are my notes, not a database\n".repeat(200);
     std::fs::write(&path, &text).unwrap();
     let err = Db::open(&path).await.unwrap_err();
-    assert!(matches!(err, Error::Database(_)), "{err:?}");
+    assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
 }
 
