@@ -254,3 +254,30 @@ async fn the_services_migrations_and_sqlrepos_share_a_file_in_either_order_repea
         db.close().await;
     }
 }
+
+#[tokio::test]
+async fn a_shipment_behind_another_processs_write_lock_is_busy_and_writes_nothing() {
+    let (db, dir) = open().await;
+    let (_, order) = order(&db, "ann@example.com", 700).await;
+    db.close().await;
+    let path = dir.path().join("shop.db");
+    let db =
+        Db::open_with(DbOptions::new(&path).busy_timeout(std::time::Duration::from_millis(200)))
+            .await
+            .unwrap();
+    // Another handle on the file (as another process would be) holds the write lock.
+    let other = Db::open(&path).await.unwrap();
+    let holder = other.begin().await.unwrap();
+
+    let shipments = ShipmentRepo::new(db.handle());
+    let refused = shipments.create(&ship(order)).await;
+    assert!(matches!(refused, Err(Error::Busy)), "{refused:?}");
+    assert!(refused.unwrap_err().is_retryable());
+
+    holder.rollback().await.unwrap();
+    assert_eq!(shipments.count().await.unwrap(), 0);
+    shipments.create(&ship(order)).await.unwrap();
+    assert_eq!(shipments.count().await.unwrap(), 1);
+    other.close().await;
+    db.close().await;
+}
