@@ -643,3 +643,74 @@ async fn a_0_1_0_file_with_a_half_applied_migration_is_refused_and_left_as_it_wa
     }
     assert_eq!(whole(&path), before);
 }
+
+/// Names the file an opener process opens (see [`opener_process_for_migration_tests`]).
+const OPENER_DB: &str = "SQLREPO_MIGRATIONS_OPENER_DB";
+/// Names the file whose appearance starts every opener process at once.
+const OPENER_GO: &str = "SQLREPO_MIGRATIONS_OPENER_GO";
+
+#[test]
+#[ignore = "an opener process of the migration tests; it runs only when they spawn it"]
+fn opener_process_for_migration_tests() {
+    let (Ok(path), Ok(go)) = (std::env::var(OPENER_DB), std::env::var(OPENER_GO)) else {
+        return;
+    };
+    while !Path::new(&go).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let db = Db::open(&path).await.expect("open in the opener process");
+            db.close().await;
+        });
+}
+
+#[test]
+fn several_processes_opening_a_0_1_0_file_at_once_adopt_it_once() {
+    const PROCESSES: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v0.1.0-processes.db");
+    let go = dir.path().join("go");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(file_of_0_1_0(&path, None));
+    let recorded_by_0_1_0 = bookkeeping(&path, SQLX_DEFAULT_TABLE).unwrap();
+
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "opener_process_for_migration_tests",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(OPENER_DB, &path)
+                .env(OPENER_GO, &go)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Every process is waiting for this file: they all open at once.
+    std::fs::write(&go, b"go").unwrap();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "an opener process failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    assert_eq!(
+        bookkeeping(&path, "_sqlrepo_migrations").unwrap(),
+        recorded_by_0_1_0
+    );
+    assert_eq!(recorded_in(&path, SQLX_DEFAULT_TABLE), Vec::<i64>::new());
+    runtime.block_on(works(&path));
+}
