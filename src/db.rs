@@ -42,12 +42,16 @@ pub struct Db {
 }
 
 impl Db {
-    /// Opens (creating if missing) and migrates the database file at `path`.
+    /// Opens (creating if missing) and migrates the database file at `path`: sqlrepo's
+    /// migrations ([`MIGRATOR`](crate::MIGRATOR)), adopting a file migrated by sqlrepo 0.1.0
+    /// as [`Db::migrate`] says. A service's own migrations run after it (see
+    /// [`Db::handle`]).
     ///
     /// # Errors
     /// [`Error::Database`](crate::Error::Database) when the file cannot be opened (a missing
-    /// directory, not a SQLite file); [`Error::Schema`](crate::Error::Schema) when the
-    /// migrations cannot run (for example the file was migrated by a newer release).
+    /// directory); [`Error::Corrupt`](crate::Error::Corrupt) when it is not a SQLite file;
+    /// [`Error::Schema`](crate::Error::Schema) when the migrations cannot run (for example the
+    /// file was migrated by a newer release).
     pub async fn open(path: impl AsRef<Path>) -> Result<Db> {
         Db::open_with(DbOptions::new(path)).await
     }
@@ -99,12 +103,21 @@ impl Db {
         }
     }
 
-    /// Applies sqlrepo's migrations ([`MIGRATOR`](crate::MIGRATOR)) that have not run yet.
+    /// Applies sqlrepo's migrations ([`MIGRATOR`](crate::MIGRATOR)) that have not run yet,
+    /// recording them in `_sqlrepo_migrations`; a service's own migrator keeps sqlx's default
+    /// `_sqlx_migrations`, and neither refuses the other's versions.
+    ///
+    /// A file migrated by sqlrepo 0.1.0, which recorded its migrations in `_sqlx_migrations`,
+    /// is adopted first, in the same `BEGIN IMMEDIATE` transaction: sqlrepo's rows there are
+    /// checked against this release and moved to `_sqlrepo_migrations` as they were (their
+    /// times and checksums); the service's rows stay. Of several processes opening such a file
+    /// at once, the first adopts it and the others find it done.
     ///
     /// # Errors
     /// [`Error::Schema`](crate::Error::Schema) when the database holds a migration this release
-    /// does not know, or one that changed since it ran; [`Error::Busy`](crate::Error::Busy)
-    /// when another writer holds the lock.
+    /// does not know, or one that changed since it ran (also one recorded by 0.1.0: then
+    /// nothing is adopted); [`Error::Busy`](crate::Error::Busy) when another writer holds the
+    /// lock.
     pub async fn migrate(&self) -> Result<()> {
         let mut conn = self.handle().writer().await?;
         migrate_on(conn.sqlite()?).await
@@ -112,6 +125,27 @@ impl Db {
 
     /// The [`Handle`] this database's repositories use: a service's own repositories take
     /// their connections from it too, so their writes queue with ours.
+    ///
+    /// A service runs its own migrations (its `sqlx::migrate!()`, recorded in sqlx's default
+    /// `_sqlx_migrations`) on the writer, after [`Db::open`] applied sqlrepo's:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use sqlx::migrate::{Migration, MigrationType, Migrator};
+    /// # let service_migrator = Migrator::with_migrations(vec![Migration::new(
+    /// #     1,
+    /// #     "notes".into(),
+    /// #     MigrationType::Simple,
+    /// #     sqlx::SqlStr::from_static("CREATE TABLE notes (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users (id))"),
+    /// #     false,
+    /// # )]);
+    /// // In a service: `static MIGRATOR: Migrator = sqlx::migrate!();`
+    /// let db = sqlrepo::Db::in_memory().await?;
+    /// let mut conn = db.handle().writer().await?;
+    /// service_migrator.run(conn.sqlite()?).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn handle(&self) -> Handle {
         Handle::db(self.connections.clone())
     }

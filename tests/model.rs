@@ -1,7 +1,7 @@
 //! Model-based tests: random sequences of repository operations — items, users, orders,
 //! accounts, deposits, transfers, batches, replayed and reused idempotency keys, and
 //! caller-owned transactions that commit or roll back — run against a fresh database file and
-//! against a plain in-memory model of the API contract (`/work/shared/API.md`). Every return
+//! against a plain in-memory model of the documented API (the README and the rustdoc). Every return
 //! value, errors included, must agree, and at the end every table must hold what the model holds.
 //!
 //! `SQLREPO_MODEL_CASES` sets the number of cases (default 256), `SQLREPO_MODEL_SEED` replays a

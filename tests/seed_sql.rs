@@ -1,5 +1,6 @@
-//! The Python seed's own SQL statements (`shared/seed/async-patterns.md`), verbatim, against a
-//! database our migrations made: a service being ported can share the file meanwhile.
+//! The SQL statements of the Python aiosqlite service this crate ports (its "async patterns",
+//! the seed), verbatim, against a database our migrations made: a service being ported can
+//! share the file meanwhile.
 //!
 //! Left out on purpose: `safe_insert`'s `INSERT INTO items (name, value)`, which names a column
 //! `value` that no other part of the seed has; it exists there to show error handling.

@@ -6,6 +6,10 @@
 //! each test makes its own with sqlx-cli in a temporary directory. Either way every test does
 //! its work: without sqlx-cli installed (and no `SQLREPO_CLI_DB`) they fail, saying how to
 //! install it, rather than pass having compared nothing.
+//!
+//! sqlx-cli reads this crate's `sqlx.toml`, so it records our migrations in
+//! `_sqlrepo_migrations`, as the embedded migrator does (it needs sqlx-cli built with its
+//! `sqlx-toml` feature, as `.ci/run` installs it).
 
 #[path = "reliability_common/mod.rs"]
 mod reliability_common;
@@ -13,7 +17,9 @@ mod reliability_common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use reliability_common::{SchemaRow, applied_migrations, dump_file, raw, schema};
+use reliability_common::{
+    SchemaRow, applied_migrations, applied_migrations_in, dump_file, raw, schema, table_rows,
+};
 use serde_json::json;
 use sqlrepo::{Db, DbOptions, NewAccount, NewItem, NewUser, Transfer};
 
@@ -44,7 +50,7 @@ fn cli_database(dir: &Path) -> PathBuf {
         assert!(
             output.status.success(),
             "`cargo {}` failed: {}\nThese tests need sqlx-cli: `cargo install sqlx-cli \
-             --version ={SQLX_CLI_VERSION} --locked --no-default-features --features sqlite`, \
+             --version ={SQLX_CLI_VERSION} --locked --no-default-features --features sqlite,sqlx-toml`, \
              or SQLREPO_CLI_DB naming a file it migrated.",
             step.join(" "),
             String::from_utf8_lossy(&output.stderr).trim(),
@@ -53,12 +59,13 @@ fn cli_database(dir: &Path) -> PathBuf {
     path
 }
 
-/// The schema without the bookkeeping table, whose DDL belongs to the sqlx version that
-/// created it.
+/// The schema without the bookkeeping tables, whose DDL belongs to the sqlx version that
+/// created them (and sqlx's default one may be there for the checked statements that adopt
+/// files of sqlrepo 0.1.0, see the README).
 fn app_schema(path: &Path) -> Vec<SchemaRow> {
     schema(&raw(path))
         .into_iter()
-        .filter(|(_, name, ..)| name != "_sqlx_migrations")
+        .filter(|(_, name, ..)| name != "_sqlrepo_migrations" && name != "_sqlx_migrations")
         .collect()
 }
 
@@ -93,6 +100,29 @@ async fn the_cli_and_the_embedded_migrator_record_the_same_migrations() {
         applied_migrations(&raw(&cli)),
         applied_migrations(&raw(&ours))
     );
+}
+
+#[tokio::test]
+async fn the_cli_records_our_migrations_in_sqlrepos_own_table_not_in_sqlxs_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = cli_database(dir.path());
+    let ours: Vec<i64> = sqlrepo::MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .collect();
+    let recorded: Vec<i64> = applied_migrations(&raw(&cli))
+        .into_iter()
+        .map(|(version, ..)| version)
+        .collect();
+    assert_eq!(recorded, ours, "sqlx-cli did not use `_sqlrepo_migrations`");
+    if table_rows(&raw(&cli), "_sqlx_migrations").is_some() {
+        assert_eq!(
+            applied_migrations_in(&raw(&cli), "_sqlx_migrations"),
+            Vec::new(),
+            "sqlx-cli recorded migrations in sqlx's default table"
+        );
+    }
 }
 
 #[tokio::test]

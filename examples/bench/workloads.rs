@@ -495,7 +495,8 @@ impl<'a> Bench<'a> {
     }
 
     /// Notes that read the table: what the naive side skipped, and the floor of one operation
-    /// as MEASURED.md defines it (one round trip plus what SQLite needs for the job).
+    /// (one sqlx round trip on a held connection, plus what SQLite itself needs for the job,
+    /// measured as rusqlite doing it in-process with the same checks).
     fn explain(&mut self) {
         let naive_cut: Vec<String> = self
             .rows

@@ -1,15 +1,39 @@
-//! sqlrepo's own migrations: [`MIGRATOR`], and applying them safely when several processes open
-//! one file at once.
+//! sqlrepo's own migrations: [`MIGRATOR`], recorded in their own bookkeeping table
+//! (`_sqlrepo_migrations`) so that a service's migrator keeps sqlx's default one to itself;
+//! adopting a file migrated by sqlrepo 0.1.0; and applying them safely when several processes
+//! open one file at once.
 
 use sqlx::Connection;
+use sqlx::migrate::{MigrateError, Migration};
 use sqlx::sqlite::SqliteConnection;
 
 use crate::error::Result;
 
-/// sqlrepo's migrations (`migrations/` in this crate), embedded at compile time.
+/// sqlrepo's migrations (`migrations/` in this crate), embedded at compile time and recorded in
+/// the bookkeeping table `_sqlrepo_migrations` (set by `[migrate] table-name` in this crate's
+/// `sqlx.toml`, which `sqlx::migrate!()` and sqlx-cli both read).
+///
+/// A service's own `sqlx::migrate!()` records its migrations in sqlx's default
+/// `_sqlx_migrations`, so the two run on one file in either order, as often as you like, and
+/// neither refuses the other's. [`Db::open`](crate::Db::open) runs this migrator (and adopts a
+/// file migrated by sqlrepo 0.1.0, see [`Db::migrate`](crate::Db::migrate)); running it yourself
+/// is for tools, such as a test that builds a database step by step:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use sqlx::Connection;
+/// let dir = tempfile::tempdir()?;
+/// let url = format!("sqlite://{}?mode=rwc", dir.path().join("tool.db").display());
+/// let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+/// sqlrepo::MIGRATOR.run(&mut conn).await?;
+/// assert_eq!(sqlrepo::MIGRATOR.table_name, "_sqlrepo_migrations");
+/// # Ok(()) }
+/// ```
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
-/// Applies the pending migrations, if any, in one `BEGIN IMMEDIATE` transaction.
+/// Applies the pending migrations, if any, in one `BEGIN IMMEDIATE` transaction, after adopting
+/// the bookkeeping of a file migrated by sqlrepo 0.1.0 (see [`adopt`]) in the same transaction.
 ///
 /// sqlx's migrator takes no lock on SQLite, so two processes opening a fresh file at once
 /// would both apply migration 1; holding the write lock from the start makes the second wait
@@ -17,12 +41,15 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 /// inside it. A file that is already current is only checked, without the write lock, so it
 /// opens while another process is writing.
 pub(crate) async fn migrate_on(conn: &mut SqliteConnection) -> Result<()> {
-    if all_applied(conn).await {
+    if all_applied(conn).await && !has_rows_to_adopt(conn).await? {
         // Nothing to apply: this only checks the applied ones against ours.
         MIGRATOR.run_direct(None, &mut *conn, false).await?;
         return Ok(());
     }
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    // Under the write lock, so of several processes adopting one file at once, the first moves
+    // the rows and the others find none left.
+    adopt(&mut tx).await?;
     MIGRATOR.run_direct(None, &mut *tx, false).await?;
     tx.commit().await?;
     Ok(())
@@ -34,8 +61,127 @@ async fn all_applied(conn: &mut SqliteConnection) -> bool {
     let Ok(applied) = conn.list_applied_migrations(&MIGRATOR.table_name).await else {
         return false;
     };
+    up_migrations().all(|migration| applied.iter().any(|done| done.version == migration.version))
+}
+
+/// This release's up migrations.
+fn up_migrations() -> impl Iterator<Item = &'static Migration> {
     MIGRATOR
         .iter()
         .filter(|migration| !migration.migration_type.is_down_migration())
-        .all(|migration| applied.iter().any(|done| done.version == migration.version))
+}
+
+/// A row of sqlx's default bookkeeping table, `_sqlx_migrations`.
+struct SqlxDefaultRow {
+    version: i64,
+    checksum: Vec<u8>,
+    success: bool,
+}
+
+/// Whether sqlx's default bookkeeping table holds a row for one of our versions (a file
+/// migrated by sqlrepo 0.1.0, not adopted yet).
+async fn has_rows_to_adopt(conn: &mut SqliteConnection) -> Result<bool> {
+    Ok(!rows_to_adopt(conn).await?.is_empty())
+}
+
+/// The rows of `_sqlx_migrations` whose versions are ours, each with our migration of that
+/// version; none when the table does not exist. Other rows are the service's own migrations.
+///
+/// The statements are checked against the development database, which holds
+/// `_sqlx_migrations` as sqlx itself creates it (see the README, "Checked queries").
+async fn rows_to_adopt(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<(SqlxDefaultRow, &'static Migration)>> {
+    let exists = sqlx::query_scalar!(
+        r#"
+        SELECT COUNT(*) AS "count!: i64"
+        FROM sqlite_master
+        WHERE type = 'table'
+          AND name = '_sqlx_migrations'
+        "#
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if exists == 0 {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query_as!(
+        SqlxDefaultRow,
+        r#"
+        SELECT version AS "version!: i64",
+               checksum,
+               success AS "success: bool"
+        FROM _sqlx_migrations
+        ORDER BY version
+        "#
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let ours = up_migrations().find(|migration| migration.version == row.version)?;
+            Some((row, ours))
+        })
+        .collect())
+}
+
+/// Moves our rows from `_sqlx_migrations` (where sqlrepo 0.1.0 recorded its migrations, in
+/// sqlx's default table) to `_sqlrepo_migrations`, keeping their description, time and
+/// checksum. The service's rows in `_sqlx_migrations` stay, and so does the table itself (a
+/// service's migrator would only create it again).
+///
+/// Runs inside the caller's transaction, so the rows move all together or not at all. A row of
+/// ours that failed part-way, or whose checksum differs from this release's migration of that
+/// version (the migration was edited after it ran, or the row tampered with), is refused, as
+/// the migrator refuses one in our own table: nothing moves.
+async fn adopt(conn: &mut SqliteConnection) -> Result<()> {
+    let rows = rows_to_adopt(conn).await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    for (row, ours) in &rows {
+        if !row.success {
+            return Err(MigrateError::Dirty(row.version).into());
+        }
+        if row.checksum.as_slice() != &*ours.checksum {
+            return Err(MigrateError::VersionMismatch(row.version).into());
+        }
+    }
+    {
+        use sqlx::migrate::Migrate;
+        conn.ensure_migrations_table(&MIGRATOR.table_name).await?;
+    }
+    for (row, _) in &rows {
+        // A version already in our table (both tables written by hand) keeps the row there;
+        // the migrator then checks it.
+        sqlx::query!(
+            r#"
+            INSERT INTO _sqlrepo_migrations
+                (version, description, installed_on, success, checksum, execution_time)
+            SELECT version, description, installed_on, success, checksum, execution_time
+            FROM _sqlx_migrations
+            WHERE version = ?1
+            ON CONFLICT (version) DO NOTHING
+            "#,
+            row.version
+        )
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query!(
+            r#"
+            DELETE FROM _sqlx_migrations
+            WHERE version = ?1
+            "#,
+            row.version
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    tracing::info!(
+        target: "sqlrepo",
+        migrations = rows.len(),
+        "adopted the migrations sqlrepo 0.1.0 recorded in _sqlx_migrations"
+    );
+    Ok(())
 }

@@ -17,13 +17,14 @@ pub const DASHBOARD_RECENT_ORDERS: i64 = 10;
 
 /// What [`Db::dashboard`](crate::Db::dashboard) returns.
 ///
-/// The seed ran three queries concurrently. Here it is one statement: the user row, the recent
-/// orders as a `json_group_array` and the stats as subqueries: one round trip to sqlx's worker
-/// thread and one snapshot, so the parts always agree. Measured side by side (release build,
-/// 10k users, 100k orders, 1,000 dashboards): the one statement took 34 µs per dashboard, the
-/// three queries run concurrently on three reader connections 89 µs, a plain point get 20 µs.
-/// The benchmark harness (`cargo run --release --example bench`, workload `dashboard`) keeps
-/// measuring it against the floor.
+/// The Python service this crate ports ran three queries concurrently. Here it is one
+/// statement: the user row, the recent orders as a `json_group_array` and the stats as
+/// subqueries: one round trip to sqlx's worker thread and one snapshot, so the parts always
+/// agree. Measured side by side (release build, 10k users, 100k orders, 1,000 dashboards): the
+/// one statement took 34 µs per dashboard, the three queries run concurrently on three reader
+/// connections 89 µs, a plain point get 20 µs. The benchmark harness
+/// (`cargo run --release --example bench`, workload `dashboard`) keeps measuring it against
+/// the floor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dashboard {
     /// The user.

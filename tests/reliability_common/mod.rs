@@ -289,12 +289,24 @@ pub fn schema(conn: &rusqlite::Connection) -> Vec<SchemaRow> {
     .expect("read the schema")
 }
 
-/// The applied migrations of the file: version, checksum, success.
+/// sqlrepo's applied migrations in the file (`_sqlrepo_migrations`): version, checksum, success.
 pub fn applied_migrations(conn: &rusqlite::Connection) -> Vec<(i64, Vec<u8>, bool)> {
-    conn.prepare("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
-        .and_then(|mut s| {
-            s.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .expect("read _sqlx_migrations")
+    applied_migrations_in(conn, "_sqlrepo_migrations")
+}
+
+/// The migrations a bookkeeping table records (sqlrepo's `_sqlrepo_migrations`, or sqlx's
+/// default `_sqlx_migrations`, which a service's own migrator uses): version, checksum,
+/// success.
+pub fn applied_migrations_in(
+    conn: &rusqlite::Connection,
+    table: &str,
+) -> Vec<(i64, Vec<u8>, bool)> {
+    conn.prepare(&format!(
+        "SELECT version, checksum, success FROM {table} ORDER BY version"
+    ))
+    .and_then(|mut s| {
+        s.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+    })
+    .unwrap_or_else(|err| panic!("read {table}: {err}"))
 }

@@ -1,11 +1,11 @@
-//! The example service (`examples/service.rs`) on a real socket, driven by a real HTTP client.
+//! The example service (`src/main.rs`) on a real socket, driven by a real HTTP client.
 //!
 //! Each test starts the service on `127.0.0.1:0` over a fresh database file and talks to it with
 //! reqwest, checking statuses, bodies, and what the database holds afterwards (through the API).
 
 // `main` and a few helpers of the example are not used by the tests.
 #[allow(dead_code)]
-#[path = "../examples/service.rs"]
+#[path = "../src/main.rs"]
 mod service;
 
 use std::time::Duration;
@@ -21,6 +21,8 @@ use tokio::task::{JoinHandle, JoinSet};
 struct Service {
     base: String,
     client: reqwest::Client,
+    /// The service's database, to check what it holds without going through HTTP.
+    db: Db,
     _dir: TempDir,
     server: JoinHandle<anyhow::Result<()>>,
 }
@@ -35,12 +37,16 @@ impl Drop for Service {
 type Reply = (StatusCode, Value);
 
 impl Service {
-    /// The service over a fresh, migrated database file.
+    /// The service over a fresh database file, migrated as `main` does it: sqlrepo's
+    /// migrations, then the service's own.
     async fn start() -> Service {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Db::open(dir.path().join("service.db"))
             .await
             .expect("open db");
+        service::shipments::migrate(&db)
+            .await
+            .expect("the service's migrations");
         Service::start_on(db, dir).await
     }
 
@@ -48,7 +54,7 @@ impl Service {
     async fn start_on(db: Db, dir: TempDir) -> Service {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("local addr"));
-        let server = tokio::spawn(service::serve(db, listener));
+        let server = tokio::spawn(service::serve(db.clone(), listener));
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
@@ -57,6 +63,7 @@ impl Service {
         Service {
             base,
             client,
+            db,
             _dir: dir,
             server,
         }
@@ -631,6 +638,175 @@ async fn checkout_creates_the_order_and_pays_or_does_neither() {
         StatusCode::CREATED
     );
     assert_eq!(service.balance(wallet).await, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shipments: the service's own table, in sqlrepo's transactions
+
+impl Service {
+    /// A buyer with a wallet holding `balance_cents`, and the shop's account: (user, wallet,
+    /// shop).
+    async fn buyer(&self, email: &str, balance_cents: i64) -> (i64, i64, i64) {
+        let user = self.user(email).await;
+        let (status, wallet) = self
+            .post(
+                "/accounts",
+                json!({"user_id": user, "balance_cents": balance_cents}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{wallet}");
+        let shop = self.account(0).await;
+        (user, wallet["id"].as_i64().expect("wallet id"), shop)
+    }
+
+    /// How many shipments and orders the database holds.
+    async fn shipments_and_orders(&self) -> (i64, i64) {
+        let shipments = service::shipments::ShipmentRepo::new(self.db.handle())
+            .count()
+            .await
+            .expect("count shipments");
+        // The service's checked statements may read sqlrepo's tables too.
+        let mut conn = self.db.handle().reader().await.expect("a reader");
+        let orders = sqlx::query_scalar!(
+            r#"
+            SELECT COUNT(*) AS "count!: i64"
+            FROM orders
+            "#
+        )
+        .fetch_one(conn.sqlite().expect("the connection"))
+        .await
+        .expect("count orders");
+        (shipments, orders)
+    }
+}
+
+#[tokio::test]
+async fn checkout_ships_the_order_in_the_same_transaction_as_the_order_and_the_payment() {
+    let service = Service::start().await;
+    let (user, wallet, shop) = service.buyer("shipper@example.com", 500).await;
+    let checkout = |total: i64| {
+        json!({"user_id": user, "account_id": wallet, "shop_account_id": shop,
+               "total_cents": total, "ship_to": "1 Quay Street"})
+    };
+
+    let (status, body) = service.post("/checkout", checkout(300)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let order = body["order"]["id"].as_i64().unwrap();
+    assert_eq!(body["shipment"]["order_id"], order);
+    assert_eq!(body["shipment"]["address"], "1 Quay Street");
+    let (status, shipment) = service.get(&format!("/orders/{order}/shipment")).await;
+    assert_eq!(status, StatusCode::OK, "{shipment}");
+    assert_eq!(shipment, body["shipment"]);
+    assert_eq!(service.shipments_and_orders().await, (1, 1));
+
+    // The order and the shipment are written first, then the payment is refused: the
+    // service's shipment rolls back with sqlrepo's order.
+    let (status, body) = service.post("/checkout", checkout(1_000)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"], "insufficient_funds");
+    assert_eq!(service.shipments_and_orders().await, (1, 1));
+    assert_eq!(
+        (service.balance(wallet).await, service.balance(shop).await),
+        (200, 300)
+    );
+
+    // A shipment the service refuses (a blank address) takes the order back too.
+    let mut blank = checkout(100);
+    blank["ship_to"] = json!("  ");
+    let (status, body) = service.post("/checkout", blank).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"], "invalid_input");
+    assert_eq!(service.shipments_and_orders().await, (1, 1));
+    assert_eq!(service.balance(wallet).await, 200);
+}
+
+#[tokio::test]
+async fn the_services_own_constraint_errors_are_sqlrepos_409s() {
+    let service = Service::start().await;
+    let (user, wallet, shop) = service.buyer("twice@example.com", 500).await;
+    let (_, body) = service
+        .post(
+            "/checkout",
+            json!({"user_id": user, "account_id": wallet, "shop_account_id": shop,
+                   "total_cents": 100}),
+        )
+        .await;
+    let order = body["order"]["id"].as_i64().unwrap();
+    assert_eq!(body["shipment"], Value::Null);
+    let (status, _) = service.get(&format!("/orders/{order}/shipment")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let ship = |order_id: i64| json!({"order_id": order_id, "address": "2 Dock Road"});
+    let (status, body) = service.post("/shipments", ship(order)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // A second shipment of the order: Duplicate, naming the service's column.
+    let (status, body) = service.post("/shipments", ship(order)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"], "duplicate");
+    assert_eq!(body["constraint"], "shipments.order_id");
+
+    // A shipment of an order that does not exist: ForeignKey.
+    let (status, body) = service.post("/shipments", ship(999)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"], "foreign_key");
+
+    // sqlrepo's own delete now meets the service's reference to the order.
+    assert!(matches!(
+        service.db.orders().delete(order).await,
+        Err(Error::ForeignKey)
+    ));
+    assert_eq!(service.shipments_and_orders().await, (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_checkouts_ship_exactly_the_orders_that_were_paid() {
+    const BUYERS: usize = 12;
+    let service = std::sync::Arc::new(Service::start().await);
+    // Every buyer can pay for one 400-cent checkout, not two.
+    let mut buyers = Vec::new();
+    for index in 0..BUYERS {
+        buyers.push(
+            service
+                .buyer(&format!("rush{index}@example.com"), 500)
+                .await,
+        );
+    }
+    let mut requests = JoinSet::new();
+    for attempt in 0..2 {
+        for &(user, wallet, shop) in &buyers {
+            let service = service.clone();
+            requests.spawn(async move {
+                let body = json!({"user_id": user, "account_id": wallet,
+                                  "shop_account_id": shop, "total_cents": 400,
+                                  "ship_to": format!("{attempt} Rush Lane")});
+                service.post("/checkout", body).await
+            });
+        }
+    }
+    let mut paid = 0;
+    while let Some(reply) = requests.join_next().await {
+        let (status, body) = reply.expect("task");
+        match status {
+            StatusCode::CREATED => {
+                assert_eq!(body["shipment"]["order_id"], body["order"]["id"]);
+                paid += 1;
+            }
+            StatusCode::UNPROCESSABLE_ENTITY => assert_eq!(body["error"], "insufficient_funds"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(paid, BUYERS, "each buyer pays exactly once");
+    assert_eq!(
+        service.shipments_and_orders().await,
+        (BUYERS as i64, BUYERS as i64)
+    );
+    for &(_, wallet, shop) in &buyers {
+        assert_eq!(
+            (service.balance(wallet).await, service.balance(shop).await),
+            (100, 400)
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

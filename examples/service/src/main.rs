@@ -1,19 +1,20 @@
 //! An HTTP service over [`sqlrepo::Db`]: axum 0.8 on tokio, JSON in and out.
 //!
 //! It shows how a service uses sqlrepo: one [`Db`] in the router's state (cloning it is cheap),
-//! one handler per repository call, a caller-owned transaction for a unit of work that spans two
-//! repositories (`POST /checkout`), and every [`sqlrepo::Error`] turned into an HTTP response in
-//! one function, [`error_response`].
+//! one handler per repository call, a table of its own beside sqlrepo's ([`shipments`], with
+//! its own migrations and checked queries), a caller-owned transaction for a unit of work that
+//! spans sqlrepo's repositories and the service's (`POST /checkout`), and every
+//! [`sqlrepo::Error`] turned into an HTTP response in one function, [`error_response`].
 //!
 //! # Running it
 //!
 //! ```text
-//! cargo run --example service                      # ./service.db, http://127.0.0.1:3000
-//! cargo run --example service -- /tmp/shop.db      # another database file (or SQLREPO_DB)
-//! SQLREPO_ADDR=127.0.0.1:8080 RUST_LOG=debug cargo run --example service
+//! cargo run -p example-service                    # ./service.db, http://127.0.0.1:3000
+//! cargo run -p example-service -- /tmp/shop.db    # another database file (or SQLREPO_DB)
+//! SQLREPO_ADDR=127.0.0.1:8080 RUST_LOG=debug cargo run -p example-service
 //! ```
 //!
-//! The file is created and migrated on start. `RUST_LOG` filters the log (default `info`, which
+//! The file is created and migrated on start (sqlrepo's migrations, then the service's). `RUST_LOG` filters the log (default `info`, which
 //! shows one line per request on stderr: method, path, status, latency). Ctrl-C or SIGTERM
 //! stops accepting connections and closes the database.
 //!
@@ -53,7 +54,9 @@
 //! | `POST /accounts/{id}/deposit`      | `{amount_cents}`                       | 200, `{id, balance_cents}`   |
 //! | `POST /transfers`                  | `{from, to, amount_cents}`             | 201, the transfer            |
 //! | `POST /transfers/batch`            | `[{from, to, amount_cents, idempotency_key?}, ...]` | 201, `{steps}`  |
-//! | `POST /checkout`                   | `{user_id, account_id, shop_account_id, total_cents}` | 201, `{order, ...}` |
+//! | `POST /checkout`                   | `{user_id, account_id, shop_account_id, total_cents, ship_to?}` | 201, `{order, shipment, ...}` |
+//! | `POST /shipments`                  | `{order_id, address}`                  | 201, the shipment            |
+//! | `GET /orders/{id}/shipment`        |                                        | 200, the order's shipment    |
 //!
 //! `POST /transfers` takes an optional `Idempotency-Key` header: a replay with the same key and
 //! the same body answers 201 again and moves nothing; the same key with another body is 409.
@@ -86,6 +89,10 @@ use sqlrepo::{Db, Error, ItemPatch, ItemStatus, NewAccount, NewItem, NewOrder, N
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+use shipments::{NewShipment, ShipmentRepo};
+
+pub mod shipments;
+
 /// The largest `limit` `GET /users/{id}/orders` accepts, so one request cannot read a table.
 pub const MAX_ORDERS_LIMIT: u32 = 1_000;
 
@@ -112,6 +119,9 @@ async fn main() -> anyhow::Result<()> {
     let db = Db::open(&path)
         .await
         .with_context(|| format!("cannot open the database {path}"))?;
+    shipments::migrate(&db)
+        .await
+        .with_context(|| format!("cannot apply the service's migrations to {path}"))?;
     let listener = TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -180,6 +190,8 @@ pub fn router(db: Db) -> Router {
         .route("/users/{id}/dashboard", get(dashboard))
         .route("/orders", post(create_order))
         .route("/orders/{id}", get(get_order))
+        .route("/orders/{id}/shipment", get(get_shipment))
+        .route("/shipments", post(create_shipment))
         .route("/accounts", post(open_account))
         .route("/accounts/total", get(total_balance))
         .route("/accounts/{id}", get(get_account))
@@ -653,9 +665,13 @@ pub struct Checkout {
     pub shop_account_id: i64,
     /// The order's total, moved from `account_id` to `shop_account_id`.
     pub total_cents: i64,
+    /// Where to ship the order, if anywhere: a shipment in the service's own table.
+    #[serde(default)]
+    pub ship_to: Option<String>,
 }
 
-/// Creates the order and pays for it in one caller-owned transaction: both land or neither.
+/// Creates the order, ships it (when `ship_to` is given) and pays for it in one caller-owned
+/// transaction: sqlrepo's order and transfer and the service's own shipment all land, or none.
 async fn checkout(
     State(db): State<Db>,
     Body(request): Body<Checkout>,
@@ -665,7 +681,18 @@ async fn checkout(
         .orders()
         .create(&NewOrder::new(request.user_id, request.total_cents))
         .await?;
-    // An early return drops `tx`, which rolls the order back.
+    // The service's repository on the transaction's handle: its insert commits or rolls back
+    // with sqlrepo's.
+    let shipment = match request.ship_to {
+        Some(address) => {
+            let shipments = ShipmentRepo::new(tx.handle());
+            let new = NewShipment { order_id, address };
+            let id = shipments.create(&new).await?;
+            shipments.get(id).await?
+        }
+        None => None,
+    };
+    // An early return drops `tx`, which rolls the order and the shipment back.
     tx.accounts()
         .transfer(&Transfer::new(
             request.account_id,
@@ -677,10 +704,30 @@ async fn checkout(
     tx.commit().await?;
     let body = json!({
         "order": order,
+        "shipment": shipment,
         "paid_from": request.account_id,
         "paid_to": request.shop_account_id,
     });
     Ok(created(format!("/orders/{order_id}"), body))
+}
+
+async fn create_shipment(
+    State(db): State<Db>,
+    Body(new): Body<NewShipment>,
+) -> Result<Response, ApiError> {
+    let shipments = ShipmentRepo::new(db.handle());
+    let id = shipments.create(&new).await?;
+    let shipment = found(shipments.get(id).await?, "shipment", id)?;
+    Ok(created(
+        format!("/orders/{}/shipment", new.order_id),
+        shipment,
+    ))
+}
+
+async fn get_shipment(State(db): State<Db>, Id(order_id): Id) -> Result<Response, ApiError> {
+    let shipment = ShipmentRepo::new(db.handle()).for_order(order_id).await?;
+    let shipment = found(shipment, "shipment of order", order_id)?;
+    Ok(Json(shipment).into_response())
 }
 
 /// 201 with a `Location` header and the created resource as JSON.
