@@ -518,6 +518,26 @@ async fn big_items_insert_stream_and_get_many_across_byte_bounded_pages() {
 }
 
 #[tokio::test]
+async fn big_items_span_byte_bounded_pages_inside_a_transaction_too() {
+    // Inside a Tx the multi-page paths nest in the transaction (a savepoint, not a second
+    // BEGIN) and see its uncommitted rows; the Tx then commits as usual.
+    let db = fresh_db().await;
+    let items = big_items(BIG_ROWS, MAX_DATA_BYTES);
+    let tx = db.begin().await.unwrap();
+    assert_eq!(
+        tx.items().insert_many(&items).await.unwrap(),
+        BIG_ROWS as u64
+    );
+    let ids: Vec<i64> = (1..=BIG_ROWS as i64).collect();
+    let fetched = tx.items().get_many(&ids).await.unwrap();
+    assert_eq!(fetched.iter().map(|i| i.id).collect::<Vec<_>>(), ids);
+    let streamed: Vec<_> = tx.items().stream().try_collect().await.unwrap();
+    assert_eq!(streamed, fetched);
+    tx.commit().await.unwrap();
+    assert_eq!(db.items().get_many(&ids).await.unwrap(), fetched);
+}
+
+#[tokio::test]
 async fn insert_many_split_by_bytes_is_still_all_or_nothing() {
     let db = fresh_db().await;
     db.items().create(&item("taken")).await.unwrap();
