@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod tmpfs;
+
 use std::path::PathBuf;
 
 use sqlrepo::{Db, DbOptions, NewUser};
