@@ -7,6 +7,7 @@
 
 mod handle;
 mod migrate;
+mod ops;
 mod options;
 mod pool;
 
@@ -16,4 +17,5 @@ pub use options::DbOptions;
 
 pub(crate) use handle::TxState;
 pub(crate) use migrate::migrate_on;
+pub(crate) use ops::{backup_into, claim_backup_path, integrity_problems};
 pub(crate) use pool::{Connections, TempFile};
