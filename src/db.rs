@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sqlx::sqlite::SqlitePool;
 
 use crate::conn::{
-    Connections, DbOptions, Handle, TempFile, backup_into, claim_backup_path, integrity_problems,
-    migrate_on,
+    Connections, DbOptions, Handle, TempFile, WalStats, backup_into, claim_backup_path,
+    integrity_problems, migrate_on,
 };
 use crate::error::{Error, Result};
 use crate::tables::accounts::AccountRepo;
@@ -228,6 +228,16 @@ impl Db {
         } else {
             Err(Error::Corrupt(problems.join("; ")))
         }
+    }
+
+    /// What the WAL checkpoints of this `Db` did since it was opened: the largest `-wal` file
+    /// seen, how many checkpoints ran and how long writes waited for them. All zeros for a
+    /// `Db` made by [`Db::from_pool`], whose checkpoints are left to SQLite.
+    ///
+    /// The `-wal` file stays under [`WAL_BOUND_BYTES`](crate::conn::WAL_BOUND_BYTES); the
+    /// [`conn`](crate::conn) module's `WAL_*` constants say how.
+    pub fn wal_stats(&self) -> WalStats {
+        self.connections.wal_stats()
     }
 
     /// Closes every connection (the WAL is checkpointed as the last one closes). Calls made

@@ -5,12 +5,16 @@
 //! A second backend (PostgreSQL) would sit beside `pool` here, behind the same `Handle` and
 //! `Conn`.
 
+mod checkpoint;
 mod handle;
 mod migrate;
 mod ops;
 mod options;
 mod pool;
 
+pub use checkpoint::{
+    CHECKPOINT_WAIT, RETRY_GROWTH_BYTES, WAL_BOUND_BYTES, WAL_CHECKPOINT_BYTES, WalStats,
+};
 pub use handle::{Conn, Handle};
 pub use migrate::MIGRATOR;
 pub use options::DbOptions;

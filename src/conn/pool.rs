@@ -25,6 +25,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, Sq
 use sqlx::{ConnectOptions, Connection, Sqlite};
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
+use super::checkpoint::{Checkpointer, WalStats};
 use super::migrate::migrate_on;
 use super::options::DbOptions;
 use crate::error::{Error, Result};
@@ -53,6 +54,8 @@ enum Kind {
         /// long `Tx`, say) before it gives up with [`Error::Busy`], as SQLite does for locks
         /// held by other processes.
         busy_timeout: Duration,
+        /// Keeps the WAL under its bound (issue 13; see `checkpoint`).
+        checkpoints: Checkpointer,
     },
     Pool(SqlitePool),
 }
@@ -90,12 +93,14 @@ impl Connections {
             let reader = base.clone().read_only(true).connect().await?;
             readers.push(Arc::new(Mutex::new(Some(reader))));
         }
+        let checkpoints = Checkpointer::open(&base).await?;
         Ok(Connections {
             kind: Kind::Held {
                 writer: Arc::new(Mutex::new(Some(writer))),
                 readers,
                 next_reader: AtomicUsize::new(0),
                 busy_timeout: options.busy_timeout,
+                checkpoints,
             },
             temp_file,
         })
@@ -113,8 +118,12 @@ impl Connections {
     pub(crate) async fn close(&self) {
         match &self.kind {
             Kind::Held {
-                writer, readers, ..
+                writer,
+                readers,
+                checkpoints,
+                ..
             } => {
+                checkpoints.close().await;
                 for slot in readers.iter().chain(std::iter::once(writer)) {
                     let conn = slot.lock().await.take();
                     if let Some(conn) = conn {
@@ -133,9 +142,22 @@ impl Connections {
             Kind::Held {
                 writer,
                 busy_timeout,
+                checkpoints,
                 ..
-            } => held(wait_for(writer, *busy_timeout).await?),
+            } => {
+                let writer = wait_for(writer, *busy_timeout).await?;
+                checkpoints.before_write().await;
+                held(writer)
+            }
             Kind::Pool(pool) => Ok(Lease::Pooled(pool.acquire().await?)),
+        }
+    }
+
+    /// What the WAL checkpoints did (zeros for a caller's pool, which this does not manage).
+    pub(crate) fn wal_stats(&self) -> WalStats {
+        match &self.kind {
+            Kind::Held { checkpoints, .. } => checkpoints.stats(),
+            Kind::Pool(_) => WalStats::default(),
         }
     }
 
