@@ -680,3 +680,58 @@ async fn busy_is_503_with_retry_after() {
     assert_eq!(retry_after.expect("Retry-After"), "1");
     assert!(body.contains("\"busy\""), "{body}");
 }
+
+#[tokio::test]
+async fn health_is_200_with_the_wal_figures_on_a_sound_database() {
+    let service = Service::start().await;
+    service.post("/items", json!({"name": "lamp"})).await;
+    let (status, body) = service.get("/health").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ok");
+    assert!(body["wal"]["largest_wal_bytes"].is_u64(), "{body}");
+    assert!(body["wal"]["checkpoints"].is_u64(), "{body}");
+}
+
+#[tokio::test]
+async fn health_is_503_corrupt_on_a_damaged_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("service.db");
+    {
+        let db = Db::open(&path).await.expect("open db");
+        let items: Vec<sqlrepo::NewItem> = (0..3_000)
+            .map(|i| sqlrepo::NewItem::new(format!("item {i:05}"), json!({"i": i})))
+            .collect();
+        db.items().insert_many(&items).await.expect("insert");
+        db.close().await;
+    }
+    // Scribble over half of the items.name index's root page, as a bad sector might.
+    let (page_size, index_root): (i64, i64) = {
+        let conn = rusqlite::Connection::open(&path).expect("raw");
+        let page_size = conn
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .expect("page size");
+        let root = conn
+            .query_row(
+                "SELECT rootpage FROM sqlite_schema
+                 WHERE type = 'index' AND tbl_name = 'items' AND sql IS NULL LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
+            .expect("index root");
+        (page_size, root)
+    };
+    let (page_size, index_root) = (page_size as usize, index_root as usize);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let start = (index_root - 1) * page_size + page_size / 2;
+    bytes[start..start + page_size / 2].fill(0x5a);
+    std::fs::write(&path, &bytes).expect("write");
+
+    let db = Db::open_with(DbOptions::new(&path).migrate(false))
+        .await
+        .expect("open damaged db");
+    let service = Service::start_on(db, dir).await;
+    let (status, body) = service.get("/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "corrupt");
+    assert!(!body.to_string().contains("page"), "detail leaked: {body}");
+}
