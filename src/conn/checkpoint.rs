@@ -25,7 +25,8 @@
 //! The connection's busy timeout is [`CHECKPOINT_WAIT`], not the `Db`'s: a reader that holds
 //! its snapshot longer (a backup, an integrity check, a service's long report) makes the
 //! checkpoint give up after that wait instead of stalling every write for the busy timeout.
-//! It is tried again once the WAL has grown by another [`RETRY_GROWTH_BYTES`].
+//! It is tried again once the WAL has grown by another [`RETRY_GROWTH_BYTES`], then at
+//! growing spacing.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -54,8 +55,9 @@ pub const WAL_BOUND_BYTES: u64 = 2 * WAL_CHECKPOINT_BYTES;
 /// writes queued behind it wait for that) before it gives up until the next try.
 pub const CHECKPOINT_WAIT: Duration = Duration::from_millis(200);
 
-/// After a checkpoint that could not finish, how much more the WAL grows before the next try,
-/// so that writes do not each pay [`CHECKPOINT_WAIT`] while a long read goes on.
+/// After a checkpoint that could not finish, how much more the WAL grows at least before the
+/// next try (and as much again as it had grown past [`WAL_CHECKPOINT_BYTES`], so the tries
+/// space out), so that writes do not each pay [`CHECKPOINT_WAIT`] while a long read goes on.
 pub const RETRY_GROWTH_BYTES: u64 = WAL_CHECKPOINT_BYTES / 4;
 
 /// What the checkpoints of one [`Db`](crate::Db) did since it was opened: for an operator's
@@ -157,7 +159,10 @@ impl Checkpointer {
             state.next_try_bytes = WAL_CHECKPOINT_BYTES;
         } else {
             stats.incomplete_checkpoints += 1;
-            state.next_try_bytes = wal_bytes + RETRY_GROWTH_BYTES;
+            // A long read (a backup, say) keeps failing them: space the tries out as the WAL
+            // grows (5, 6, 8, 12, 20 MiB …), so writes pay the wait a few times, not per MiB.
+            let grown = wal_bytes.saturating_sub(WAL_CHECKPOINT_BYTES);
+            state.next_try_bytes = wal_bytes + grown.max(RETRY_GROWTH_BYTES);
         }
     }
 
