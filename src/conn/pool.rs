@@ -25,7 +25,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, Sq
 use sqlx::{ConnectOptions, Connection, Sqlite};
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
-use super::checkpoint::{Checkpointer, WalStats};
+use super::checkpoint::{Checkpointer, LongRead, WalStats};
 use super::migrate::migrate_on;
 use super::options::DbOptions;
 use crate::error::{Error, Result};
@@ -158,6 +158,15 @@ impl Connections {
         match &self.kind {
             Kind::Held { checkpoints, .. } => checkpoints.stats(),
             Kind::Pool(_) => WalStats::default(),
+        }
+    }
+
+    /// Marks a read that holds one snapshot for long (a backup, an integrity check) until the
+    /// guard drops, after which the next write tries a checkpoint (none for a caller's pool).
+    pub(crate) fn long_read(&self) -> Option<LongRead<'_>> {
+        match &self.kind {
+            Kind::Held { checkpoints, .. } => Some(checkpoints.long_read()),
+            Kind::Pool(_) => None,
         }
     }
 
