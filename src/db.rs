@@ -16,7 +16,7 @@ use crate::conn::{
     Connections, DbOptions, Handle, TempFile, WalStats, backup_into, claim_backup_path,
     integrity_problems, migrate_on,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tables::accounts::AccountRepo;
 use crate::tables::dashboard::{self, Dashboard};
 use crate::tables::items::ItemRepo;
@@ -194,10 +194,10 @@ impl Db {
     /// ```
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] when something already exists at `path` (it is left untouched)
-    /// or the path is not valid UTF-8; [`Error::DiskFull`] when the copy does not fit (the
-    /// partial copy is removed); [`Error::Io`] when the file cannot be created or synced (a
-    /// missing directory, no permission); [`Error::Busy`] when every reader stays taken past
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) when something already exists at `path` (it is left untouched)
+    /// or the path is not valid UTF-8; [`Error::DiskFull`](crate::Error::DiskFull) when the copy does not fit (the
+    /// partial copy is removed); [`Error::Io`](crate::Error::Io) when the file cannot be created or synced (a
+    /// missing directory, no permission); [`Error::Busy`](crate::Error::Busy) when every reader stays taken past
     /// the busy timeout.
     pub async fn backup_to(&self, path: impl AsRef<Path>) -> Result<()> {
         let target = claim_backup_path(path.as_ref())?;
@@ -223,9 +223,9 @@ impl Db {
     /// [`Db::backup_to`].
     ///
     /// # Errors
-    /// [`Error::Corrupt`] naming what SQLite found wrong (up to 100 problems) when the file is
-    /// damaged; [`Error::Corrupt`] or [`Error::Io`] when the file cannot even be read;
-    /// [`Error::Busy`] when every reader stays taken past the busy timeout.
+    /// [`Error::Corrupt`](crate::Error::Corrupt) naming what SQLite found wrong (up to 100 problems) when the file is
+    /// damaged; [`Error::Corrupt`](crate::Error::Corrupt) or [`Error::Io`](crate::Error::Io) when the file cannot even be read;
+    /// [`Error::Busy`](crate::Error::Busy) when every reader stays taken past the busy timeout.
     pub async fn integrity_check(&self) -> Result<()> {
         let _long_read = self.connections.long_read();
         let mut conn = self.handle().reader().await?;
@@ -233,7 +233,7 @@ impl Db {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Error::Corrupt(problems.join("; ")))
+            Err(crate::Error::Corrupt(problems.join("; ")))
         }
     }
 

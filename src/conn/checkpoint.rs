@@ -73,10 +73,10 @@ pub struct WalStats {
     /// Of those, the ones a reader kept from finishing within [`CHECKPOINT_WAIT`], or that
     /// failed (a full disk, say); the WAL was then left as it was.
     pub incomplete_checkpoints: u64,
-    /// The time writes waited for checkpoints, in total.
-    pub checkpoint_time: Duration,
-    /// The longest one checkpoint took.
-    pub longest_checkpoint: Duration,
+    /// The time writes waited for checkpoints, in total, in microseconds.
+    pub checkpoint_time_us: u64,
+    /// The longest one checkpoint took, in microseconds.
+    pub longest_checkpoint_us: u64,
 }
 
 /// The row `PRAGMA wal_checkpoint` answers.
@@ -179,8 +179,9 @@ impl Checkpointer {
         let mut state = self.lock_state();
         let stats = &mut state.stats;
         stats.checkpoints += 1;
-        stats.checkpoint_time += took;
-        stats.longest_checkpoint = stats.longest_checkpoint.max(took);
+        let took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        stats.checkpoint_time_us = stats.checkpoint_time_us.saturating_add(took_us);
+        stats.longest_checkpoint_us = stats.longest_checkpoint_us.max(took_us);
         if finished {
             state.next_try_bytes = WAL_CHECKPOINT_BYTES;
         } else {
