@@ -75,10 +75,8 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        // Quietly: "target is busy" is expected when a connection is still closing.
         let unmounted = Command::new("umount")
             .arg(&self.mount_point)
-            .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|status| status.success());
         if !unmounted {
