@@ -218,7 +218,7 @@ impl Db {
     /// against its table, every `CHECK` and `NOT NULL`; for an operator's health endpoint.
     ///
     /// It reads every page in one snapshot, on a read-only connection: about as long as reading
-    /// the whole file (1.7–2.2 s for a 1M-row, 194 MiB file here), so call it every few
+    /// the whole file (0.9–2.3 s for a 1M-row, 194 MiB file here), so call it every few
     /// minutes, not on every probe. Writers go on meanwhile, with the WAL growing as during
     /// [`Db::backup_to`].
     ///
