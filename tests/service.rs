@@ -704,26 +704,13 @@ async fn health_is_503_corrupt_on_a_damaged_file() {
         db.items().insert_many(&items).await.expect("insert");
         db.close().await;
     }
-    // Scribble over half of the items.name index's root page, as a bad sector might.
-    let (page_size, index_root): (i64, i64) = {
-        let conn = rusqlite::Connection::open(&path).expect("raw");
-        let page_size = conn
-            .query_row("PRAGMA page_size", [], |row| row.get(0))
-            .expect("page size");
-        let root = conn
-            .query_row(
-                "SELECT rootpage FROM sqlite_schema
-                 WHERE type = 'index' AND tbl_name = 'items' AND sql IS NULL LIMIT 1",
-                [],
-                |row| row.get(0),
-            )
-            .expect("index root");
-        (page_size, root)
-    };
-    let (page_size, index_root) = (page_size as usize, index_root as usize);
+    // Scribble over the second half of the file's last page (a page of the items table or of
+    // an index on it, never the schema on page 1), as a bad sector might. The page size is in
+    // the file header (bytes 16-17, big-endian).
     let mut bytes = std::fs::read(&path).expect("read");
-    let start = (index_root - 1) * page_size + page_size / 2;
-    bytes[start..start + page_size / 2].fill(0x5a);
+    let page_size = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    let last_page = bytes.len() - page_size;
+    bytes[last_page + page_size / 2..].fill(0x5a);
     std::fs::write(&path, &bytes).expect("write");
 
     let db = Db::open_with(DbOptions::new(&path).migrate(false))
