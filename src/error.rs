@@ -167,6 +167,9 @@ const SQLITE_READONLY: i32 = 8;
 const SQLITE_IOERR: i32 = 10;
 const SQLITE_CORRUPT: i32 = 11;
 const SQLITE_FULL: i32 = 13;
+// Growing the WAL's shared-memory index (`-shm`) failed: SQLite documents it as the I/O error
+// a full volume gives in WAL mode, so it is a full disk to the caller.
+const SQLITE_IOERR_SHMSIZE: i32 = 4874;
 const SQLITE_TOOBIG: i32 = 18;
 const SQLITE_NOTADB: i32 = 26;
 const SQLITE_CONSTRAINT_CHECK: i32 = 275;
@@ -217,7 +220,7 @@ pub(crate) fn classify(err: sqlx::Error) -> Error {
         // The primary code is the low byte of the extended one (SQLITE_BUSY_SNAPSHOT, ...).
         c if c & 0xff == SQLITE_BUSY || c & 0xff == SQLITE_LOCKED => Error::Busy,
         // Storage failures, by their primary code: each asks for a different remedy.
-        c if c & 0xff == SQLITE_FULL => Error::DiskFull,
+        c if c & 0xff == SQLITE_FULL || c == SQLITE_IOERR_SHMSIZE => Error::DiskFull,
         c if c & 0xff == SQLITE_IOERR => Error::Io(message),
         c if c & 0xff == SQLITE_CORRUPT || c & 0xff == SQLITE_NOTADB => Error::Corrupt(message),
         c if c & 0xff == SQLITE_READONLY => Error::ReadOnly(format!(
@@ -293,6 +296,58 @@ mod tests {
             constraint_name("FOREIGN KEY constraint failed"),
             "FOREIGN KEY constraint failed"
         );
+    }
+
+    /// A database error with just an extended code and a message, as SQLite reports one.
+    #[derive(Debug)]
+    struct Coded(i32, &'static str);
+
+    impl std::fmt::Display for Coded {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.1)
+        }
+    }
+
+    impl std::error::Error for Coded {}
+
+    impl sqlx::error::DatabaseError for Coded {
+        fn message(&self) -> &str {
+            self.1
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(self.0.to_string().into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn classify_code(code: i32, message: &'static str) -> Error {
+        classify(sqlx::Error::Database(Box::new(Coded(code, message))))
+    }
+
+    #[test]
+    fn a_full_database_or_wal_index_is_disk_full_and_other_io_errors_are_io() {
+        assert!(matches!(
+            classify_code(13, "database or disk is full"),
+            Error::DiskFull
+        ));
+        assert!(matches!(
+            classify_code(4874, "disk I/O error"),
+            Error::DiskFull
+        ));
+        // SQLITE_IOERR_WRITE: an ENOSPC there is already reported as SQLITE_FULL by SQLite, so
+        // this one is a real I/O failure.
+        assert!(matches!(classify_code(778, "disk I/O error"), Error::Io(_)));
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod data;
 mod floor;
 mod mixed;
 mod naive;
+mod operations;
 mod repo_side;
 mod report;
 mod rss;
@@ -40,13 +41,15 @@ use crate::timing::progress;
 use crate::workloads::Bench;
 
 const USAGE: &str = "\
-usage: cargo run --release --example bench -- [--quick] [--json PATH] [--svg PATH] [--current-thread]
+usage: cargo run --release --example bench -- [--quick] [--json PATH] [--svg PATH] [--current-thread] [--operations]
 
   --quick           every workload small (seconds, even in a debug build); for CI
   --json PATH       also write the results as JSON to PATH
   --svg PATH        write the bar chart to PATH; with --json and no --svg the chart
                     goes to bench.svg next to the JSON file
-  --current-thread  run tokio's current-thread runtime instead of the multi-thread one";
+  --current-thread  run tokio's current-thread runtime instead of the multi-thread one
+  --operations      run only the operations workloads (backup of a 1M-row file, integrity
+                    check, the WAL under steady load) and print their report lines";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -54,6 +57,7 @@ struct Args {
     json: Option<PathBuf>,
     svg: Option<PathBuf>,
     current_thread: bool,
+    operations_only: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -63,6 +67,7 @@ fn parse_args() -> anyhow::Result<Args> {
         match word.as_str() {
             "--quick" => args.quick = true,
             "--current-thread" => args.current_thread = true,
+            "--operations" => args.operations_only = true,
             "--json" => args.json = Some(words.next().context(USAGE)?.into()),
             "--svg" => args.svg = Some(words.next().context(USAGE)?.into()),
             "-h" | "--help" => {
@@ -90,6 +95,19 @@ fn main() -> anyhow::Result<()> {
     }
     .enable_all()
     .build()?;
+    let operation_sizes = if args.quick {
+        operations::OperationSizes::quick()
+    } else {
+        operations::OperationSizes::full()
+    };
+    if args.operations_only {
+        let dir = tempfile::tempdir()?;
+        println!();
+        for line in operations::run(&runtime, operation_sizes, dir.path())? {
+            println!("- {line}");
+        }
+        return Ok(());
+    }
     let sizes = if args.quick {
         Sizes::quick()
     } else {
@@ -98,6 +116,7 @@ fn main() -> anyhow::Result<()> {
     let inputs = Inputs::generate(sizes);
     let dir = tempfile::tempdir()?;
     let (rows, mut notes, verdict) = Bench::open(&runtime, &inputs, dir.path())?.run()?;
+    notes.extend(operations::run(&runtime, operation_sizes, dir.path())?);
 
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let setting = format!(

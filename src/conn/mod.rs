@@ -5,15 +5,21 @@
 //! A second backend (PostgreSQL) would sit beside `pool` here, behind the same `Handle` and
 //! `Conn`.
 
+mod checkpoint;
 mod handle;
 mod migrate;
+mod ops;
 mod options;
 mod pool;
 
+pub use checkpoint::{
+    CHECKPOINT_WAIT, RETRY_GROWTH_BYTES, WAL_BOUND_BYTES, WAL_CHECKPOINT_BYTES, WalStats,
+};
 pub use handle::{Atomic, Conn, Handle};
 pub use migrate::MIGRATOR;
 pub use options::DbOptions;
 
 pub(crate) use handle::TxState;
 pub(crate) use migrate::migrate_on;
+pub(crate) use ops::{backup_into, claim_backup_path, integrity_problems};
 pub(crate) use pool::{Connections, TempFile};

@@ -25,6 +25,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, Sq
 use sqlx::{ConnectOptions, Connection, Sqlite};
 use tokio::sync::{Mutex, OnceCell, OwnedMappedMutexGuard, OwnedMutexGuard};
 
+use super::checkpoint::{Checkpointer, LongRead, WalStats};
 use super::migrate::migrate_on;
 use super::options::DbOptions;
 use crate::error::{Error, Result};
@@ -50,6 +51,8 @@ enum Kind {
         /// long `Tx`, say) before it gives up with [`Error::Busy`], as SQLite does for locks
         /// held by other processes.
         busy_timeout: Duration,
+        /// Keeps the WAL under its bound (issue 13; see `checkpoint`).
+        checkpoints: Checkpointer,
     },
     Pool {
         pool: SqlitePool,
@@ -207,18 +210,20 @@ impl Connections {
         // A replacement writer must not create a file that was deleted under us.
         let writer = Slot::open(writer_options.create_if_missing(false), writer).await?;
         // Readers are read-only, so a write can never slip past the single writer.
-        let reader_options = base.read_only(true);
+        let reader_options = base.clone().read_only(true);
         let mut readers = Vec::with_capacity(options.readers.max(1));
         for _ in 0..options.readers.max(1) {
             let reader = reader_options.connect().await?;
             readers.push(Slot::open(reader_options.clone(), reader).await?);
         }
+        let checkpoints = Checkpointer::open(&base).await?;
         Ok(Connections {
             kind: Kind::Held {
                 writer,
                 readers,
                 next_reader: AtomicUsize::new(0),
                 busy_timeout: options.busy_timeout,
+                checkpoints,
             },
             temp_file,
         })
@@ -239,8 +244,12 @@ impl Connections {
     pub(crate) async fn close(&self) {
         match &self.kind {
             Kind::Held {
-                writer, readers, ..
+                writer,
+                readers,
+                checkpoints,
+                ..
             } => {
+                checkpoints.close().await;
                 for slot in readers.iter().chain(std::iter::once(writer)) {
                     let conn = slot.conn.lock().await.take();
                     if let Some(conn) = conn {
@@ -259,8 +268,13 @@ impl Connections {
             Kind::Held {
                 writer,
                 busy_timeout,
+                checkpoints,
                 ..
-            } => writer.lend(*busy_timeout).await,
+            } => {
+                let lease = writer.lend(*busy_timeout).await?;
+                checkpoints.before_write().await;
+                Ok(lease)
+            }
             Kind::Pool { pool, checked } => {
                 let mut conn = pool.acquire().await?;
                 checked
@@ -268,6 +282,23 @@ impl Connections {
                     .await?;
                 Ok(Lease::pooled(conn))
             }
+        }
+    }
+
+    /// What the WAL checkpoints did (zeros for a caller's pool, which this does not manage).
+    pub(crate) fn wal_stats(&self) -> WalStats {
+        match &self.kind {
+            Kind::Held { checkpoints, .. } => checkpoints.stats(),
+            Kind::Pool { .. } => WalStats::default(),
+        }
+    }
+
+    /// Marks a read that holds one snapshot for long (a backup, an integrity check) until the
+    /// guard drops, after which the next write tries a checkpoint (none for a caller's pool).
+    pub(crate) fn long_read(&self) -> Option<LongRead<'_>> {
+        match &self.kind {
+            Kind::Held { checkpoints, .. } => Some(checkpoints.long_read()),
+            Kind::Pool { .. } => None,
         }
     }
 

@@ -57,6 +57,11 @@
 //! | `POST /checkout`                   | `{user_id, account_id, shop_account_id, total_cents, ship_to?}` | 201, `{order, shipment, ...}` |
 //! | `POST /shipments`                  | `{order_id, address}`                  | 201, the shipment            |
 //! | `GET /orders/{id}/shipment`        |                                        | 200, the order's shipment    |
+//! | `GET /health`                      |                                        | 200, `{status: "ok", wal}`   |
+//!
+//! `GET /health` runs [`Db::integrity_check`] (it reads the whole file: probe it every few
+//! minutes, not every second) and reports the WAL's checkpoint figures ([`Db::wal_stats`]); a
+//! damaged file answers 503 with `{"status": "corrupt"}`, the detail going only to the log.
 //!
 //! `POST /transfers` takes an optional `Idempotency-Key` header: a replay with the same key and
 //! the same body answers 201 again and moves nothing; the same key with another body is 409.
@@ -199,6 +204,7 @@ pub fn router(db: Db) -> Router {
         .route("/transfers", post(transfer))
         .route("/transfers/batch", post(transfer_batch))
         .route("/checkout", post(checkout))
+        .route("/health", get(health))
         .layer(middleware::from_fn(log_request))
         .with_state(db)
 }
@@ -737,4 +743,30 @@ fn created(location: String, body: impl serde::Serialize) -> Response {
         response.headers_mut().insert(header::LOCATION, location);
     }
     response
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+
+/// `GET /health`: the whole file checked, and the WAL's checkpoint figures.
+async fn health(State(db): State<Db>) -> Result<Response, ApiError> {
+    match db.integrity_check().await {
+        Ok(()) => Ok((
+            StatusCode::OK,
+            Json(json!({"status": "ok", "wal": db.wal_stats()})),
+        )
+            .into_response()),
+        Err(Error::Corrupt(detail)) => {
+            tracing::error!(%detail, "integrity check failed");
+            Ok((
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "status": "corrupt",
+                    "message": "the database file is damaged; restore it from a backup",
+                })),
+            )
+                .into_response())
+        }
+        Err(other) => Err(other.into()),
+    }
 }

@@ -975,3 +975,45 @@ async fn an_order_total_that_overflows_on_the_dashboard_is_500_not_422() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert_eq!(body["error"], "internal");
 }
+
+#[tokio::test]
+async fn health_is_200_with_the_wal_figures_on_a_sound_database() {
+    let service = Service::start().await;
+    service.post("/items", json!({"name": "lamp"})).await;
+    let (status, body) = service.get("/health").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ok");
+    assert!(body["wal"]["largest_wal_bytes"].is_u64(), "{body}");
+    assert!(body["wal"]["checkpoints"].is_u64(), "{body}");
+}
+
+#[tokio::test]
+async fn health_is_503_corrupt_on_a_damaged_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("service.db");
+    {
+        let db = Db::open(&path).await.expect("open db");
+        let items: Vec<sqlrepo::NewItem> = (0..3_000)
+            .map(|i| sqlrepo::NewItem::new(format!("item {i:05}"), json!({"i": i})))
+            .collect();
+        db.items().insert_many(&items).await.expect("insert");
+        db.close().await;
+    }
+    // Scribble over the second half of the file's last page (a page of the items table or of
+    // an index on it, never the schema on page 1), as a bad sector might. The page size is in
+    // the file header (bytes 16-17, big-endian).
+    let mut bytes = std::fs::read(&path).expect("read");
+    let page_size = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    let last_page = bytes.len() - page_size;
+    bytes[last_page + page_size / 2..].fill(0x5a);
+    std::fs::write(&path, &bytes).expect("write");
+
+    let db = Db::open_with(DbOptions::new(&path).migrate(false))
+        .await
+        .expect("open damaged db");
+    let service = Service::start_on(db, dir).await;
+    let (status, body) = service.get("/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "corrupt");
+    assert!(!body.to_string().contains("page"), "detail leaked: {body}");
+}

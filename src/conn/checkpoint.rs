@@ -1,0 +1,232 @@
+//! Keeping the WAL small: a `TRUNCATE` checkpoint between writes once the `-wal` file passes
+//! [`WAL_CHECKPOINT_BYTES`], so the bound [`WAL_BOUND_BYTES`] holds even when readers never
+//! pause.
+//!
+//! # Why SQLite's own checkpoints are not enough here
+//!
+//! SQLite checkpoints after a commit once the WAL holds 1000 pages (`wal_autocheckpoint`), in
+//! `PASSIVE` mode: it copies the frames no reader still needs, and never waits. The WAL file
+//! starts over from its beginning only when a checkpoint copied *every* frame and no reader
+//! is reading from the WAL at the next write. Under steady load with readers always active,
+//! some reader always holds a snapshot a few frames old, so that moment never comes and the
+//! file grows without bound (measured with the load of `tests/wal.rs`: 15.8 MiB after 20 s and
+//! still growing, with no checkpoint of ours).
+//!
+//! # What this does instead
+//!
+//! Before the writer is lent out, a `stat` of the `-wal` file (about a microsecond, no round
+//! trip to SQLite). Past [`WAL_CHECKPOINT_BYTES`], while holding the writer (so no write of
+//! this `Db` is in flight), a `PRAGMA wal_checkpoint(TRUNCATE)` runs on a connection of its
+//! own. `TRUNCATE` holds the write lock, copies what is left (little: the passive
+//! checkpoints did most of it), then waits for the readers still on older snapshots to finish;
+//! readers that start meanwhile read from the database file and are not waited for, so with
+//! short reads the wait is a millisecond or two. Then it truncates the file to zero bytes.
+//!
+//! The connection's busy timeout is [`CHECKPOINT_WAIT`], not the `Db`'s: a reader that holds
+//! its snapshot longer (a backup, an integrity check, a service's long report) makes the
+//! checkpoint give up after that wait instead of stalling every write for the busy timeout.
+//! When one of sqlrepo's own long reads (`Db::backup_to`, `Db::integrity_check`) ends, the next
+//! write tries again at once.
+//! It is tried again once the WAL has grown by another [`RETRY_GROWTH_BYTES`], then at
+//! growing spacing.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sqlx::ConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::error::Result;
+
+/// Past this size, the `-wal` file is checkpointed and truncated before the next write: 4 MiB,
+/// what SQLite's default `wal_autocheckpoint` (1000 pages of 4 KiB) lets it reach.
+pub const WAL_CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The size the `-wal` file stays under: twice [`WAL_CHECKPOINT_BYTES`] (8 MiB).
+///
+/// It holds while no single transaction writes more than [`WAL_CHECKPOINT_BYTES`] of pages (a
+/// batch of tens of thousands of rows can: the WAL is then as large as that batch, and is
+/// truncated before the next write) and no read holds its snapshot longer than
+/// [`CHECKPOINT_WAIT`] at every try. Checked under steady load by `tests/wal.rs`.
+pub const WAL_BOUND_BYTES: u64 = 2 * WAL_CHECKPOINT_BYTES;
+
+/// The longest a checkpoint waits for readers on older snapshots (and so the longest the
+/// writes queued behind it wait for that) before it gives up until the next try.
+pub const CHECKPOINT_WAIT: Duration = Duration::from_millis(200);
+
+/// After a checkpoint that could not finish, how much more the WAL grows at least before the
+/// next try (and as much again as it had grown past [`WAL_CHECKPOINT_BYTES`], so the tries
+/// space out), so that writes do not each pay [`CHECKPOINT_WAIT`] while a long read goes on.
+pub const RETRY_GROWTH_BYTES: u64 = WAL_CHECKPOINT_BYTES / 4;
+
+/// What the checkpoints of one [`Db`](crate::Db) did since it was opened: for an operator's
+/// metrics and for the bench harness.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct WalStats {
+    /// The largest size of the `-wal` file seen before a write, in bytes.
+    pub largest_wal_bytes: u64,
+    /// `TRUNCATE` checkpoints run (the WAL had passed [`WAL_CHECKPOINT_BYTES`]).
+    pub checkpoints: u64,
+    /// Of those, the ones a reader kept from finishing within [`CHECKPOINT_WAIT`], or that
+    /// failed (a full disk, say); the WAL was then left as it was.
+    pub incomplete_checkpoints: u64,
+    /// The time writes waited for checkpoints, in total, in microseconds.
+    pub checkpoint_time_us: u64,
+    /// The longest one checkpoint took, in microseconds.
+    pub longest_checkpoint_us: u64,
+}
+
+/// The row `PRAGMA wal_checkpoint` answers.
+#[derive(Debug)]
+struct CheckpointResult {
+    /// 1 when a reader or writer kept the checkpoint from finishing, else 0.
+    busy: i64,
+    /// Frames in the WAL (-1 when it could not be read).
+    #[expect(dead_code, reason = "named so the macro checks the pragma's columns")]
+    log: i64,
+    /// Frames copied into the database file.
+    #[expect(dead_code, reason = "named so the macro checks the pragma's columns")]
+    checkpointed: i64,
+}
+
+/// The checkpoint policy of one database file, with the connection it checkpoints on.
+#[derive(Debug)]
+pub(crate) struct Checkpointer {
+    wal: PathBuf,
+    // Boxed: a connection is large, and this sits in every open `Db`'s connection list.
+    connection: AsyncMutex<Option<Box<SqliteConnection>>>,
+    state: Mutex<State>,
+}
+
+/// Marks a long read (see [`Checkpointer::long_read`]) until dropped.
+#[derive(Debug)]
+pub(crate) struct LongRead<'a>(&'a Checkpointer);
+
+impl Drop for LongRead<'_> {
+    fn drop(&mut self) {
+        // The snapshot that cut checkpoints short is gone: the next write tries one at once,
+        // instead of waiting for the WAL to reach the spaced-out size of the next try.
+        self.0.lock_state().next_try_bytes = WAL_CHECKPOINT_BYTES;
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    stats: WalStats,
+    /// The WAL size at which the next checkpoint is tried.
+    next_try_bytes: u64,
+}
+
+impl Checkpointer {
+    /// Opens the checkpoint connection on the file that `options` name (already created and
+    /// in WAL mode: the writer is opened first).
+    pub(crate) async fn open(options: &SqliteConnectOptions) -> Result<Checkpointer> {
+        let mut wal = options.get_filename().as_os_str().to_owned();
+        wal.push("-wal");
+        let connection = options
+            .clone()
+            .busy_timeout(CHECKPOINT_WAIT)
+            .connect()
+            .await?;
+        Ok(Checkpointer {
+            wal: PathBuf::from(wal),
+            connection: AsyncMutex::new(Some(Box::new(connection))),
+            state: Mutex::new(State {
+                stats: WalStats::default(),
+                next_try_bytes: WAL_CHECKPOINT_BYTES,
+            }),
+        })
+    }
+
+    /// Marks a read that holds one snapshot for long (a backup, an integrity check) until the
+    /// guard drops; then the first write tries a checkpoint at once.
+    ///
+    /// Checkpoints are still tried while it runs, at the spaced-out sizes: each fails after
+    /// [`CHECKPOINT_WAIT`], and that wait is a brake on the writers. Measured on a 1M-row
+    /// backup with a writer updating at full speed (`--operations` in the bench): with the
+    /// tries, the backup took 1.2 s and the WAL reached 13 MiB; skipping them, the writer ran
+    /// free, the WAL reached 640 MiB and the backup, reading through it, took 4.7 s.
+    pub(crate) fn long_read(&self) -> LongRead<'_> {
+        LongRead(self)
+    }
+
+    /// What the checkpoints did so far.
+    pub(crate) fn stats(&self) -> WalStats {
+        self.lock_state().stats
+    }
+
+    /// Called with the writer held, before it is lent out: checkpoints when the WAL is past
+    /// its threshold. Never fails the write that follows: a checkpoint that cannot run now is
+    /// counted and tried again later.
+    pub(crate) async fn before_write(&self) {
+        // A missing WAL (just truncated, or not created yet) is an empty one.
+        let wal_bytes = std::fs::metadata(&self.wal).map_or(0, |meta| meta.len());
+        {
+            let mut state = self.lock_state();
+            let stats = &mut state.stats;
+            stats.largest_wal_bytes = stats.largest_wal_bytes.max(wal_bytes);
+            if wal_bytes < state.next_try_bytes {
+                return;
+            }
+        }
+        let started = Instant::now();
+        let finished = self.checkpoint().await;
+        let took = started.elapsed();
+
+        let mut state = self.lock_state();
+        let stats = &mut state.stats;
+        stats.checkpoints += 1;
+        let took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        stats.checkpoint_time_us = stats.checkpoint_time_us.saturating_add(took_us);
+        stats.longest_checkpoint_us = stats.longest_checkpoint_us.max(took_us);
+        if finished {
+            state.next_try_bytes = WAL_CHECKPOINT_BYTES;
+        } else {
+            stats.incomplete_checkpoints += 1;
+            // A long read (a backup, say) keeps failing them: space the tries out as the WAL
+            // grows (5, 6, 8, 12, 20 MiB …), so writes pay the wait a few times, not per MiB.
+            let grown = wal_bytes.saturating_sub(WAL_CHECKPOINT_BYTES);
+            state.next_try_bytes = wal_bytes + grown.max(RETRY_GROWTH_BYTES);
+        }
+    }
+
+    /// Runs one `TRUNCATE` checkpoint; true when it copied every frame and truncated the WAL.
+    async fn checkpoint(&self) -> bool {
+        let mut slot = self.connection.lock().await;
+        let Some(conn) = slot.as_mut() else {
+            return false;
+        };
+        // Checked against the schema like every statement here, but `_unchecked` for its
+        // output: SQLite declares no types for a pragma's columns, so the checked macros cannot
+        // name one (the columns are integers, SQLite's documentation says).
+        match sqlx::query_as_unchecked!(CheckpointResult, r#"PRAGMA wal_checkpoint(TRUNCATE)"#)
+            .fetch_one(&mut **conn)
+            .await
+        {
+            Ok(row) => row.busy == 0,
+            Err(err) => {
+                tracing::warn!(target: "sqlrepo", error = %err, "WAL checkpoint failed");
+                false
+            }
+        }
+    }
+
+    /// Closes the checkpoint connection.
+    pub(crate) async fn close(&self) {
+        use sqlx::Connection;
+        if let Some(conn) = self.connection.lock().await.take() {
+            // Nothing useful can be done about a failed close; the file is intact.
+            let _ = conn.close().await;
+        }
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is plain numbers, valid whatever a panicking holder left.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
