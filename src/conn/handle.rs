@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sqlx::sqlite::SqliteConnection;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use super::group::WriteGroup;
 use super::pool::{Connections, Lease, TxEvents, no_transaction_active};
 use crate::error::{Error, Result};
 
@@ -100,6 +101,26 @@ impl Handle {
             Route::Tx(state) => Conn::in_tx(state).await,
         }
     }
+
+    /// Applies one write of kind `G`, carried in one trip to the writer with other callers'
+    /// writes of the same kind when they queue for it together (group commit, see
+    /// [`WriteGroup`]). A caller with nobody queued runs [`WriteGroup::apply_one`] exactly as
+    /// it would alone; inside a [`Tx`](crate::Tx), and on a caller's own pool, writes are
+    /// never grouped.
+    ///
+    /// # Errors
+    /// Whatever `G` returns for this request; [`Error::Busy`] when the writer stays taken past
+    /// the busy timeout (the request was then not applied); [`Error::Database`] (`WorkerCrashed`)
+    /// if the group carrying the request stopped without answering (its runtime shut down).
+    pub async fn write_grouped<G: WriteGroup>(&self, request: G::Request) -> Result<G::Outcome> {
+        match &self.route {
+            Route::Db(connections) => super::group::write::<G>(connections, request).await,
+            Route::Tx(_) => {
+                let mut conn = self.writer().await?;
+                G::apply_one(&mut conn, &request).await
+            }
+        }
+    }
 }
 
 /// A connection lent to one piece of work; the next caller gets it when this is dropped.
@@ -135,7 +156,7 @@ enum Lent {
 }
 
 impl Conn {
-    fn lease(lease: Lease) -> Conn {
+    pub(crate) fn lease(lease: Lease) -> Conn {
         Conn {
             lent: Lent::Lease(lease),
         }

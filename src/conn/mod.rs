@@ -5,11 +5,13 @@
 //! A second backend (PostgreSQL) would sit beside `pool` here, behind the same `Handle` and
 //! `Conn`.
 
+mod group;
 mod handle;
 mod migrate;
 mod options;
 mod pool;
 
+pub use group::{MAX_GROUP, WriteGroup};
 pub use handle::{Conn, Handle};
 pub use migrate::MIGRATOR;
 pub use options::DbOptions;

@@ -34,6 +34,9 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub(crate) struct Connections {
     kind: Kind,
+    /// The queues of writes waiting to be carried together (see [`group`](super::group)), one
+    /// per kind of grouped write.
+    groups: super::group::Queues,
     /// Set for a private temporary database: the file to delete once the connections are gone
     /// (declared after `kind`, so it is dropped after them).
     #[expect(dead_code, reason = "held only for its Drop")]
@@ -220,6 +223,7 @@ impl Connections {
                 next_reader: AtomicUsize::new(0),
                 busy_timeout: options.busy_timeout,
             },
+            groups: super::group::Queues::default(),
             temp_file,
         })
     }
@@ -231,6 +235,7 @@ impl Connections {
                 pool,
                 checked: OnceCell::new(),
             },
+            groups: super::group::Queues::default(),
             temp_file: None,
         }
     }
@@ -269,6 +274,28 @@ impl Connections {
                 Ok(Lease::pooled(conn))
             }
         }
+    }
+
+    /// The writer if no other call has it right now, without waiting: `None` when it is taken
+    /// (or for a caller's pool, whose writes are never grouped).
+    pub(crate) async fn write_lease_now(&self) -> Option<Result<Lease>> {
+        match &self.kind {
+            Kind::Held { writer, .. } => match writer.conn.clone().try_lock_owned() {
+                Ok(guard) => Some(writer.lend_locked(guard).await),
+                Err(_) => None,
+            },
+            Kind::Pool { .. } => None,
+        }
+    }
+
+    /// Whether writes may be grouped: only on the held writer, where writes queue in Rust.
+    pub(crate) fn groups_writes(&self) -> bool {
+        matches!(self.kind, Kind::Held { .. })
+    }
+
+    /// The queues of grouped writes.
+    pub(crate) fn groups(&self) -> &super::group::Queues {
+        &self.groups
     }
 
     /// A reader connection: the first idle one from the start of the list, else the next in turn.
