@@ -260,6 +260,7 @@ async fn start_group<G: WriteGroup>(lease: Lease, members: Vec<Pending<G>>) {
             .into_iter()
             .map(|member| (member.request, member.answer))
             .unzip();
+        tracing::debug!(members = requests.len(), "group commit");
         let mut conn = Conn::lease(lease);
         let mut outcomes = G::apply_group(&mut conn, &requests).await.into_iter();
         // Answered before the writer is released: every Ok is already committed.
