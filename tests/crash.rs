@@ -439,7 +439,9 @@ fn killed_writer_with_concurrent_callers_loses_no_acknowledged_grouped_transfer(
             .unwrap_or_else(|err| panic!("seed {seed}, cycle {cycle}: {err}"));
     }
     println!(
-        "crash (grouped, {GROUPED_CALLERS} concurrent callers): {cycles} kill cycles survived in          {:?}; {acknowledged} acknowledged transfers all present; {unacknowledged} committed but          killed before their ack",
+        "crash (grouped, {GROUPED_CALLERS} concurrent callers): {cycles} kill cycles survived in \
+         {:?}; {acknowledged} acknowledged transfers all present; {unacknowledged} committed but \
+         killed before their ack",
         started.elapsed(),
     );
 }
