@@ -110,6 +110,7 @@ impl<'a> Bench<'a> {
         self.dashboard()?;
         let verdict = self.mixed()?;
         self.concurrent()?;
+        self.grouping()?;
         self.readers()?;
         self.explain();
         Ok((self.rows, self.notes, verdict))
@@ -506,6 +507,74 @@ impl<'a> Bench<'a> {
              checks + ledger row + COMMIT, 5 s busy timeout. µs/op is wall time over operations \
              (median of rounds); p50/p99 are per operation, over every round.",
             sizes.concurrent_ops_per_round, sizes.rounds
+        ));
+        Ok(())
+    }
+
+    /// What group commit costs a lone caller and buys 16: the same transfers through the `Db`
+    /// (grouping on, the default) and through a second `Db` on the same file with
+    /// `group_writes(false)`, alternating rounds; one caller, then 16.
+    fn grouping(&mut self) -> anyhow::Result<()> {
+        let inputs = self.inputs;
+        let sizes = &inputs.sizes;
+        let ungrouped = self.runtime.block_on(sqlrepo::Db::open_with(
+            sqlrepo::DbOptions::new(self.repo.path()).group_writes(false),
+        ))?;
+        let mut lines = Vec::new();
+        for callers in [1, 16] {
+            let mut totals: [Measured; 2] = Default::default();
+            let mut latencies: [Latencies; 2] = Default::default();
+            for round in 0..sizes.rounds {
+                let plans = plans(
+                    Workload::Transfers,
+                    sizes,
+                    callers,
+                    sizes.concurrent_ops_per_round,
+                    round + 1_000,
+                );
+                for offset in 0..2 {
+                    let side = (round + offset) % 2;
+                    let db = if side == 0 {
+                        self.repo.db()
+                    } else {
+                        &ungrouped
+                    };
+                    let before = audit(self.repo.path())?;
+                    let (measured, tally, round_latencies) =
+                        self.runtime.block_on(run_sqlrepo(db, &plans))?;
+                    let verdict = verify(self.repo.path(), before, &plans, measured, tally)?;
+                    ensure!(
+                        verdict.clean(),
+                        "grouping experiment broke a rule: {}",
+                        verdict.describe("sqlrepo")
+                    );
+                    totals[side] += verdict.measured;
+                    latencies[side].extend(round_latencies);
+                }
+            }
+            let figure = |side: usize| {
+                let p = latencies[side].percentiles();
+                format!(
+                    "{} µs/op (p50 {}, p99 {})",
+                    report::format_us(totals[side].us_per_op()),
+                    p.map_or("–".to_owned(), |p| report::format_us(p.p50_us)),
+                    p.map_or("–".to_owned(), |p| report::format_us(p.p99_us)),
+                )
+            };
+            report_side("transfer grouped", &format!("×{callers}"), &totals[0]);
+            report_side("transfer ungrouped", &format!("×{callers}"), &totals[1]);
+            lines.push(format!(
+                "{callers} caller(s): grouped {} vs ungrouped {} ({:.2}x)",
+                figure(0),
+                figure(1),
+                totals[0].us_per_op() / totals[1].us_per_op()
+            ));
+        }
+        self.runtime.block_on(ungrouped.close());
+        self.notes.push(format!(
+            "group commit on and off (the same transfers, one Db each on sqlrepo's file, \
+             alternating rounds): {}.",
+            lines.join("; ")
         ));
         Ok(())
     }

@@ -29,6 +29,10 @@ pub struct DbOptions {
     pub create_if_missing: bool,
     /// Apply the embedded migrations on open (default true).
     pub migrate: bool,
+    /// Carry the writes of callers that queue for the writer together in one statement
+    /// (group commit; default true). Each caller's outcome is the same either way; off, every
+    /// write is its own round trip and commit, as for a lone caller. For comparisons.
+    pub group_writes: bool,
 }
 
 impl DbOptions {
@@ -40,6 +44,7 @@ impl DbOptions {
             busy_timeout: Duration::from_secs(5),
             create_if_missing: true,
             migrate: true,
+            group_writes: true,
         }
     }
 
@@ -64,6 +69,12 @@ impl DbOptions {
     /// Sets whether the embedded migrations run on open.
     pub fn migrate(mut self, migrate: bool) -> Self {
         self.migrate = migrate;
+        self
+    }
+
+    /// Sets whether queued writes are carried together (see [`DbOptions::group_writes`]).
+    pub fn group_writes(mut self, group: bool) -> Self {
+        self.group_writes = group;
         self
     }
 

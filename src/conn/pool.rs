@@ -53,6 +53,8 @@ enum Kind {
         /// long `Tx`, say) before it gives up with [`Error::Busy`], as SQLite does for locks
         /// held by other processes.
         busy_timeout: Duration,
+        /// Whether writes queued together are carried as a group (`DbOptions::group_writes`).
+        group_writes: bool,
     },
     Pool {
         pool: SqlitePool,
@@ -222,6 +224,7 @@ impl Connections {
                 readers,
                 next_reader: AtomicUsize::new(0),
                 busy_timeout: options.busy_timeout,
+                group_writes: options.group_writes,
             },
             groups: super::group::Queues::default(),
             temp_file,
@@ -288,9 +291,16 @@ impl Connections {
         }
     }
 
-    /// Whether writes may be grouped: only on the held writer, where writes queue in Rust.
+    /// Whether writes may be grouped: only on the held writer, where writes queue in Rust, and
+    /// unless the options turned it off.
     pub(crate) fn groups_writes(&self) -> bool {
-        matches!(self.kind, Kind::Held { .. })
+        matches!(
+            self.kind,
+            Kind::Held {
+                group_writes: true,
+                ..
+            }
+        )
     }
 
     /// The queues of grouped writes.
