@@ -6,6 +6,8 @@
 //! the idempotency key is `UNIQUE`. So a transfer is **one** `INSERT` and a batch is **one**
 //! `INSERT … SELECT … FROM json_each(?)`, each atomic by itself, each one round trip to sqlx's
 //! worker thread. Only when the database refuses do we read, to say which account and balance.
+//! Transfers of concurrent callers queued for the writer together ride one statement too (group
+//! commit: `GroupedTransfers`).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -211,6 +213,13 @@ impl AccountRepo {
     ///
     /// With an idempotency key that already landed with the same from/to/amount, returns
     /// `Ok(())` and moves nothing, whatever the balances are now.
+    ///
+    /// On a [`Db`](crate::Db), transfers of concurrent callers that wait for the writer
+    /// together are carried as one statement (group commit, see
+    /// [`WriteGroup`](crate::conn::WriteGroup)): one round trip and one commit for all of them.
+    /// Each caller still gets exactly its own answer: a neighbour's refusal makes the group run
+    /// again one by one, and `Ok` means this transfer's ledger row is committed. A caller with
+    /// nobody waiting runs one `INSERT`, as above.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for `from == to`, a non-positive amount or an empty key;
