@@ -415,3 +415,61 @@ async fn repository_futures_borrow_nothing_so_they_can_be_joined_and_spawned() {
     assert_eq!(first.unwrap().unwrap().data, json!({"i": 0}));
     assert_eq!(stream_len.unwrap().unwrap().len(), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_point_gets_each_get_their_own_item_when_coalesced() {
+    // One reader, so concurrent gets queue and are answered together by one statement.
+    let db = fresh_db_with(|options| options.readers(1)).await;
+    let items: Vec<NewItem> = (0..200)
+        .map(|i| NewItem::new(format!("item-{i}"), json!({"i": i})))
+        .collect();
+    db.items().insert_many(&items).await.unwrap();
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(64));
+    let mut tasks = Vec::new();
+    for task in 0..64_i64 {
+        let db = db.db.clone();
+        let start = start.clone();
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut seen = Vec::new();
+            for n in 0..20 {
+                // Ids 1..=200 exist; 201.. do not.
+                let id = (task * 20 + n) % 230 + 1;
+                seen.push((id, db.items().get(id).await.unwrap()));
+            }
+            seen
+        }));
+    }
+    for task in tasks {
+        for (id, item) in task.await.unwrap() {
+            if id <= 200 {
+                let item = item.unwrap_or_else(|| panic!("item {id} missing"));
+                assert_eq!(item.id, id);
+                assert_eq!(item.name, format!("item-{}", id - 1));
+                assert_eq!(item.data, json!({"i": id - 1}));
+            } else {
+                assert_eq!(item, None, "id {id} does not exist");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_get_after_a_write_sees_it_whether_or_not_gets_are_coalesced() {
+    for group_reads in [true, false] {
+        let db = fresh_db_with(|options| options.readers(1).group_reads(group_reads)).await;
+        let id = db
+            .items()
+            .create(&NewItem::new("lamp", json!({"watts": 40})))
+            .await
+            .unwrap();
+        let (a, b, c) = tokio::join!(
+            db.items().get(id),
+            db.items().get(id),
+            db.items().get(id + 1)
+        );
+        assert_eq!(a.unwrap().unwrap().name, "lamp");
+        assert_eq!(b.unwrap().unwrap().name, "lamp");
+        assert_eq!(c.unwrap(), None);
+    }
+}

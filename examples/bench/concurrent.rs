@@ -252,7 +252,8 @@ fn rusqlite_caller(
     Ok((tally, latencies))
 }
 
-/// A `Db` on sqlrepo's file with `readers` read connections, for the readers experiment.
-pub async fn open_with_readers(path: &Path, readers: usize) -> anyhow::Result<Db> {
-    Ok(Db::open_with(DbOptions::new(path).readers(readers)).await?)
+/// A `Db` on sqlrepo's file with `readers` read connections, coalescing queued point gets or
+/// not, for the readers experiment.
+pub async fn open_with_readers(path: &Path, readers: usize, coalesce: bool) -> anyhow::Result<Db> {
+    Ok(Db::open_with(DbOptions::new(path).readers(readers).group_reads(coalesce)).await?)
 }

@@ -583,16 +583,26 @@ impl<'a> Bench<'a> {
     /// 16 read connections (same file, alternating rounds), and rusqlite with 16 threads. The
     /// figures go to the notes; the default (`DbOptions::readers`) is chosen from them.
     fn readers(&mut self) -> anyhow::Result<()> {
-        const COUNTS: [usize; 5] = [1, 2, 4, 8, 16];
+        // (read connections, coalesce point gets): coalescing on is the default.
+        const COUNTS: [(usize, bool); 7] = [
+            (1, true),
+            (2, true),
+            (4, true),
+            (8, true),
+            (16, true),
+            (4, false),
+            (8, false),
+        ];
         const CALLERS_READING: usize = 16;
         let inputs = self.inputs;
         let sizes = &inputs.sizes;
         let mut dbs = Vec::new();
-        for readers in COUNTS {
-            dbs.push(
-                self.runtime
-                    .block_on(open_with_readers(self.repo.path(), readers))?,
-            );
+        for (readers, coalesce) in COUNTS {
+            dbs.push(self.runtime.block_on(open_with_readers(
+                self.repo.path(),
+                readers,
+                coalesce,
+            ))?);
         }
         let mut totals: Vec<Measured> = vec![Measured::default(); COUNTS.len() + 1];
         let mut latencies: Vec<Latencies> = vec![Latencies::default(); COUNTS.len() + 1];
@@ -624,7 +634,8 @@ impl<'a> Bench<'a> {
         let mut figures = Vec::new();
         for (turn, measured) in totals.iter().enumerate() {
             let who = match COUNTS.get(turn) {
-                Some(readers) => format!("{readers} readers"),
+                Some((readers, true)) => format!("{readers} readers"),
+                Some((readers, false)) => format!("{readers} readers, not coalesced"),
                 None => "rusqlite".to_owned(),
             };
             report_side("get_concurrent", &who, measured);
@@ -638,8 +649,8 @@ impl<'a> Bench<'a> {
         }
         self.notes.push(format!(
             "reads under load: {CALLERS_READING} concurrent callers doing point gets, by the \
-             number of read connections of the Db (rusqlite: a thread and connection per \
-             caller): {}.",
+             number of read connections of the Db, with queued gets coalesced into one statement \
+             (the default) or not (rusqlite: a thread and connection per caller): {}.",
             figures.join("; ")
         ));
         Ok(())

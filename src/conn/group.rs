@@ -1,5 +1,6 @@
 //! Group commit: writes of several callers that queue for a database's one writer are carried
-//! together, in one statement or one transaction, by whichever of them gets the writer.
+//! together, in one statement or one transaction, by whichever of them gets the writer. The
+//! same mechanism coalesces point reads that queue for the read connections into one statement.
 //!
 //! # Why
 //!
@@ -11,12 +12,12 @@
 //! # How
 //!
 //! - **Nobody waiting, nothing extra.** A caller that finds the writer free and nobody queued
-//!   runs exactly the ungrouped path ([`WriteGroup::apply_one`]) on its own: no timer waits
+//!   runs exactly the ungrouped path ([`Grouped::apply_one`]) on its own: no timer waits
 //!   for company, no task is spawned.
 //! - **Queued callers are carried.** A caller that finds the writer taken puts its request in
 //!   the queue of its kind and waits for whichever comes first: its answer, or the writer. The
 //!   one that gets the writer takes everything queued (up to [`MAX_GROUP`]) and applies it as a
-//!   group ([`WriteGroup::apply_group`]); each member gets its own result through a channel.
+//!   group ([`Grouped::apply_group`]); each member gets its own result through a channel.
 //! - **A group outlives its callers.** Once members are taken, the group runs in a task of its
 //!   own, so a caller that drops its future (its request cancelled, or the one that happened to
 //!   take the writer) neither breaks the group nor leaves the writer in doubt; the task answers
@@ -46,17 +47,19 @@ use crate::error::{Error, Result};
 /// statement (and the JSON it reads) and the latency of a group's first member.
 pub const MAX_GROUP: usize = 256;
 
-/// A kind of write that several callers' requests can share one trip to the writer for.
+/// A kind of call that several callers' requests can share one trip to a connection for: a
+/// write (carried to the writer together, one commit) or a point read (answered by one
+/// statement).
 ///
 /// Implement it on a marker type and call [`Handle::write_grouped`](super::Handle::write_grouped)
-/// with a request. [`apply_group`](WriteGroup::apply_group) must give every request exactly the
+/// or [`Handle::read_grouped`](super::Handle::read_grouped) with a request. [`apply_group`](Grouped::apply_group) must give every request exactly the
 /// result it would get alone: a refused request must not fail its neighbours (the usual way is
 /// one statement for the group and, when the database refuses it, each request again alone),
 /// and an `Ok` must mean that request's write is committed.
-pub trait WriteGroup: Send + Sync + 'static {
-    /// One caller's write.
+pub trait Grouped: Send + Sync + 'static {
+    /// One caller's request.
     type Request: Send + Sync + 'static;
-    /// What a successful write returns to its caller.
+    /// What a successful request returns to its caller.
     type Outcome: Send + 'static;
 
     /// Applies one request alone: the path a caller with nobody queued runs, unchanged.
@@ -85,7 +88,7 @@ impl fmt::Debug for Queues {
 }
 
 impl Queues {
-    fn get<G: WriteGroup>(&self) -> Option<Arc<Queue<G>>> {
+    fn get<G: Grouped>(&self) -> Option<Arc<Queue<G>>> {
         let mut by_kind = self.by_kind.lock().unwrap_or_else(PoisonError::into_inner);
         by_kind
             .entry(TypeId::of::<G>())
@@ -97,18 +100,18 @@ impl Queues {
 }
 
 /// The requests of one kind waiting for the writer.
-struct Queue<G: WriteGroup> {
+struct Queue<G: Grouped> {
     pending: Mutex<VecDeque<Pending<G>>>,
     next_id: AtomicU64,
 }
 
-struct Pending<G: WriteGroup> {
+struct Pending<G: Grouped> {
     id: u64,
     request: G::Request,
     answer: oneshot::Sender<Result<G::Outcome>>,
 }
 
-impl<G: WriteGroup> Queue<G> {
+impl<G: Grouped> Queue<G> {
     fn new() -> Self {
         Queue {
             pending: Mutex::new(VecDeque::new()),
@@ -153,13 +156,13 @@ impl<G: WriteGroup> Queue<G> {
 
 /// Takes a queued request out when its caller stops waiting (its future dropped) before it
 /// reached the writer.
-struct Withdraw<'q, G: WriteGroup> {
+struct Withdraw<'q, G: Grouped> {
     queue: &'q Queue<G>,
     id: u64,
     armed: bool,
 }
 
-impl<G: WriteGroup> Drop for Withdraw<'_, G> {
+impl<G: Grouped> Drop for Withdraw<'_, G> {
     fn drop(&mut self) {
         if self.armed {
             self.queue.remove(self.id);
@@ -167,20 +170,54 @@ impl<G: WriteGroup> Drop for Withdraw<'_, G> {
     }
 }
 
-/// Applies `request` on the database's writer, carried with other callers' requests of the
-/// same kind when they queue together (see the module docs).
-pub(crate) async fn write<G: WriteGroup>(
+/// Which connections a kind of grouped work runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The one writer.
+    Writer,
+    /// Any of the read-only connections.
+    Reader,
+}
+
+impl Side {
+    fn grouping(self, connections: &Connections) -> bool {
+        match self {
+            Side::Writer => connections.groups_writes(),
+            Side::Reader => connections.groups_reads(),
+        }
+    }
+
+    async fn lease_now(self, connections: &Connections) -> Option<Result<Lease>> {
+        match self {
+            Side::Writer => connections.write_lease_now().await,
+            Side::Reader => connections.read_lease_now().await,
+        }
+    }
+
+    async fn lease(self, connections: &Connections) -> Result<Lease> {
+        match self {
+            Side::Writer => connections.write_lease().await,
+            Side::Reader => connections.read_lease().await,
+        }
+    }
+}
+
+/// Applies `request` on a connection of `side` (the database's writer, or a reader), carried
+/// with other callers' requests of the same kind when they queue together (see the module
+/// docs).
+pub(crate) async fn run<G: Grouped>(
     connections: &Connections,
+    side: Side,
     request: G::Request,
 ) -> Result<G::Outcome> {
     let queue = match connections.groups().get::<G>() {
-        Some(queue) if connections.groups_writes() => queue,
-        _ => return alone::<G>(connections.write_lease().await?, &request).await,
+        Some(queue) if side.grouping(connections) => queue,
+        _ => return alone::<G>(side.lease(connections).await?, &request).await,
     };
 
-    // The writer is free: nobody is ahead of us. Today's path, unless requests queued meanwhile
-    // (their callers have not reached the writer yet), which we then carry too.
-    if let Some(lease) = connections.write_lease_now().await {
+    // A connection is free: nobody is ahead of us. Today's path, unless requests queued
+    // meanwhile (their callers have not reached a connection yet), which we then carry too.
+    if let Some(lease) = side.lease_now(connections).await {
         let lease = lease?;
         let mut members = queue.take();
         if members.is_empty() {
@@ -196,7 +233,7 @@ pub(crate) async fn write<G: WriteGroup>(
         return received(answered.await);
     }
 
-    // The writer is taken: queue, and wait for an answer or the writer, whichever comes first.
+    // Taken: queue, and wait for an answer or a connection, whichever comes first.
     let (answer, mut answered) = oneshot::channel();
     let id = queue.push(request, answer);
     let mut withdraw = Withdraw {
@@ -208,7 +245,7 @@ pub(crate) async fn write<G: WriteGroup>(
         // An answer first: a group carried us; the writer is left to the next caller.
         biased;
         outcome = &mut answered => received(outcome),
-        lease = connections.write_lease() => {
+        lease = side.lease(connections) => {
             // From here on this future does not stop before its request is answered or taken
             // out, so the guard is not needed.
             withdraw.armed = false;
@@ -247,14 +284,14 @@ pub(crate) async fn write<G: WriteGroup>(
 }
 
 /// One request on the writer, as it ran before groups existed.
-async fn alone<G: WriteGroup>(lease: Lease, request: &G::Request) -> Result<G::Outcome> {
+async fn alone<G: Grouped>(lease: Lease, request: &G::Request) -> Result<G::Outcome> {
     let mut conn = Conn::lease(lease);
     G::apply_one(&mut conn, request).await
 }
 
 /// Runs a group in a task of its own (so no caller's cancellation can stop it halfway) and
 /// answers each member; without a Tokio runtime at hand, runs it here.
-async fn start_group<G: WriteGroup>(lease: Lease, members: Vec<Pending<G>>) {
+async fn start_group<G: Grouped>(lease: Lease, members: Vec<Pending<G>>) {
     let work = async move {
         let (requests, answers): (Vec<G::Request>, Vec<_>) = members
             .into_iter()

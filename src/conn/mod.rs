@@ -11,7 +11,7 @@ mod migrate;
 mod options;
 mod pool;
 
-pub use group::{MAX_GROUP, WriteGroup};
+pub use group::{Grouped, MAX_GROUP};
 pub use handle::{Conn, Handle};
 pub use migrate::MIGRATOR;
 pub use options::DbOptions;

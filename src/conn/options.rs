@@ -33,6 +33,10 @@ pub struct DbOptions {
     /// (group commit; default true). Each caller's outcome is the same either way; off, every
     /// write is its own round trip and commit, as for a lone caller. For comparisons.
     pub group_writes: bool,
+    /// Let point reads that find every reader taken share one statement with the other
+    /// queued point reads of their kind (default true). Each caller's answer is the same
+    /// either way. For comparisons.
+    pub group_reads: bool,
 }
 
 impl DbOptions {
@@ -45,6 +49,7 @@ impl DbOptions {
             create_if_missing: true,
             migrate: true,
             group_writes: true,
+            group_reads: true,
         }
     }
 
@@ -75,6 +80,12 @@ impl DbOptions {
     /// Sets whether queued writes are carried together (see [`DbOptions::group_writes`]).
     pub fn group_writes(mut self, group: bool) -> Self {
         self.group_writes = group;
+        self
+    }
+
+    /// Sets whether queued point reads share a statement (see [`DbOptions::group_reads`]).
+    pub fn group_reads(mut self, group: bool) -> Self {
+        self.group_reads = group;
         self
     }
 

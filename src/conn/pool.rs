@@ -55,6 +55,8 @@ enum Kind {
         busy_timeout: Duration,
         /// Whether writes queued together are carried as a group (`DbOptions::group_writes`).
         group_writes: bool,
+        /// Whether point reads queued together share a statement (`DbOptions::group_reads`).
+        group_reads: bool,
     },
     Pool {
         pool: SqlitePool,
@@ -225,6 +227,7 @@ impl Connections {
                 next_reader: AtomicUsize::new(0),
                 busy_timeout: options.busy_timeout,
                 group_writes: options.group_writes,
+                group_reads: options.group_reads,
             },
             groups: super::group::Queues::default(),
             temp_file,
@@ -301,6 +304,34 @@ impl Connections {
                 ..
             }
         )
+    }
+
+    /// Whether point reads may be coalesced: only on held readers, unless the options turned it
+    /// off.
+    pub(crate) fn groups_reads(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Held {
+                group_reads: true,
+                ..
+            }
+        )
+    }
+
+    /// The first idle reader, without waiting: `None` when every reader is taken (or for a
+    /// caller's pool).
+    pub(crate) async fn read_lease_now(&self) -> Option<Result<Lease>> {
+        match &self.kind {
+            Kind::Held { readers, .. } => {
+                for slot in readers {
+                    if let Ok(guard) = slot.conn.clone().try_lock_owned() {
+                        return Some(slot.lend_locked(guard).await);
+                    }
+                }
+                None
+            }
+            Kind::Pool { .. } => None,
+        }
     }
 
     /// The queues of grouped writes.

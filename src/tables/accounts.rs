@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
-use crate::conn::{Conn, Handle, WriteGroup};
+use crate::conn::{Conn, Grouped, Handle};
 use crate::error::{Error, Result};
 use crate::limits::{MAX_KEY_CHARS, at_position, check_amount, check_batch};
 use crate::trace::{Rows, traced};
@@ -216,7 +216,7 @@ impl AccountRepo {
     ///
     /// On a [`Db`](crate::Db), transfers of concurrent callers that wait for the writer
     /// together are carried as one statement (group commit, see
-    /// [`WriteGroup`](crate::conn::WriteGroup)): one round trip and one commit for all of them.
+    /// [`Grouped`](crate::conn::Grouped)): one round trip and one commit for all of them.
     /// Each caller still gets exactly its own answer: a neighbour's refusal makes the group run
     /// again one by one, and `Ok` means this transfer's ledger row is committed. A caller with
     /// nobody waiting runs one `INSERT`, as above.
@@ -304,14 +304,14 @@ impl AccountRepo {
 }
 
 /// Transfers of several callers carried to the writer together (group commit, see
-/// [`WriteGroup`]): one ledger `INSERT … SELECT … FROM json_each(?)` for the whole group.
+/// [`Grouped`]): one ledger `INSERT … SELECT … FROM json_each(?)` for the whole group.
 ///
 /// Measured on this machine kind (2 cores, loaded): 16 callers' transfers one round trip each
 /// cost 68–119 µs per transfer; as one statement a member costs a few µs on top of one shared
 /// round trip and one commit.
 struct GroupedTransfers;
 
-impl WriteGroup for GroupedTransfers {
+impl Grouped for GroupedTransfers {
     type Request = Transfer;
     type Outcome = TransferOutcome;
 
