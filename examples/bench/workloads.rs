@@ -511,22 +511,28 @@ impl<'a> Bench<'a> {
         Ok(())
     }
 
-    /// What group commit costs a lone caller and buys 16: the same transfers through the `Db`
-    /// (grouping on, the default) and through a second `Db` on the same file with
-    /// `group_writes(false)`, alternating rounds; one caller, then 16.
+    /// What grouping costs a lone caller and buys 16: the same transfers (and, for one caller,
+    /// point gets) through the `Db` (grouping on, the default) and through a second `Db` on the
+    /// same file with `group_writes(false)` and `group_reads(false)`, alternating rounds.
     fn grouping(&mut self) -> anyhow::Result<()> {
         let inputs = self.inputs;
         let sizes = &inputs.sizes;
         let ungrouped = self.runtime.block_on(sqlrepo::Db::open_with(
-            sqlrepo::DbOptions::new(self.repo.path()).group_writes(false),
+            sqlrepo::DbOptions::new(self.repo.path())
+                .group_writes(false)
+                .group_reads(false),
         ))?;
         let mut lines = Vec::new();
-        for callers in [1, 16] {
+        for (workload, callers) in [
+            (Workload::Transfers, 1),
+            (Workload::Transfers, 16),
+            (Workload::Gets, 1),
+        ] {
             let mut totals: [Measured; 2] = Default::default();
             let mut latencies: [Latencies; 2] = Default::default();
             for round in 0..sizes.rounds {
                 let plans = plans(
-                    Workload::Transfers,
+                    workload,
                     sizes,
                     callers,
                     sizes.concurrent_ops_per_round,
@@ -561,10 +567,22 @@ impl<'a> Bench<'a> {
                     p.map_or("–".to_owned(), |p| report::format_us(p.p99_us)),
                 )
             };
-            report_side("transfer grouped", &format!("×{callers}"), &totals[0]);
-            report_side("transfer ungrouped", &format!("×{callers}"), &totals[1]);
+            let what = match workload {
+                Workload::Gets => "point gets",
+                _ => "transfers",
+            };
+            report_side(
+                &format!("{what} grouped"),
+                &format!("×{callers}"),
+                &totals[0],
+            );
+            report_side(
+                &format!("{what} ungrouped"),
+                &format!("×{callers}"),
+                &totals[1],
+            );
             lines.push(format!(
-                "{callers} caller(s): grouped {} vs ungrouped {} ({:.2}x)",
+                "{what}, {callers} caller(s): grouped {} vs ungrouped {} ({:.2}x)",
                 figure(0),
                 figure(1),
                 totals[0].us_per_op() / totals[1].us_per_op()
@@ -572,7 +590,7 @@ impl<'a> Bench<'a> {
         }
         self.runtime.block_on(ungrouped.close());
         self.notes.push(format!(
-            "group commit on and off (the same transfers, one Db each on sqlrepo's file, \
+            "grouping on and off (the same operations, one Db each on sqlrepo's file, \
              alternating rounds): {}.",
             lines.join("; ")
         ));

@@ -246,15 +246,14 @@ impl ItemRepo {
             let Some((name, data, status)) = change? else {
                 return Ok(false);
             };
-            let mut conn = handle.writer().await?;
-            update_one(
-                conn.statements()?,
-                id,
-                name.as_deref(),
-                data.as_deref(),
-                status,
-            )
-            .await
+            handle
+                .write_grouped::<GroupedUpdates>(ItemUpdate {
+                    id,
+                    name,
+                    data,
+                    status,
+                })
+                .await
         })
     }
 
@@ -395,7 +394,87 @@ fn patch_values(patch: &ItemPatch) -> Result<PatchValues> {
     Ok(Some((patch.name.clone(), data, patch.status)))
 }
 
-/// Ids as the JSON array a `json_each(?)` statement reads; `None` for no ids.
+/// One caller's `update`: the id and the validated values to set (`None`: keep).
+#[derive(Debug)]
+struct ItemUpdate {
+    id: i64,
+    name: Option<String>,
+    /// The JSON text to store.
+    data: Option<String>,
+    status: Option<ItemStatus>,
+}
+
+/// Updates of concurrent callers queued for the writer together, carried as one
+/// `UPDATE … FROM json_each(?)` (one round trip and one commit for the group).
+///
+/// Measured here (bench `mixed_concurrent`, 16 callers, 2 loaded cores): with transfers grouped
+/// and gets coalesced, the 10 % of updates still paid a writer round trip each.
+struct GroupedUpdates;
+
+impl Grouped for GroupedUpdates {
+    type Request = ItemUpdate;
+    type Outcome = bool;
+
+    async fn apply_one(conn: &mut Conn, u: &ItemUpdate) -> Result<bool> {
+        update_one(
+            conn.statements()?,
+            u.id,
+            u.name.as_deref(),
+            u.data.as_deref(),
+            u.status,
+        )
+        .await
+    }
+
+    /// The group as one statement; `RETURNING id` says which rows really changed. Two updates
+    /// of one item in a group (whose order matters), or a statement the database refuses (a
+    /// name already taken), run one by one instead, in queue order, so each caller gets the
+    /// answer it would get alone. Any other failure (a commit that could not be made) fails
+    /// every member: none of them is stored.
+    async fn apply_group(conn: &mut Conn, updates: &[ItemUpdate]) -> Vec<Result<bool>> {
+        let distinct: std::collections::HashSet<i64> = updates.iter().map(|u| u.id).collect();
+        let changed = if distinct.len() == updates.len() {
+            let rows: Vec<(i64, Option<&str>, Option<&str>, Option<&str>)> = updates
+                .iter()
+                .map(|u| {
+                    (
+                        u.id,
+                        u.name.as_deref(),
+                        u.data.as_deref(),
+                        u.status.map(ItemStatus::as_str),
+                    )
+                })
+                .collect();
+            match (json_text(&rows), conn.statements()) {
+                (Ok(json), Ok(sqlite)) => Some(update_group(sqlite, &json).await),
+                (Err(err), _) | (_, Err(err)) => Some(Err(err)),
+            }
+        } else {
+            None
+        };
+        match changed {
+            Some(Ok(ids)) => updates.iter().map(|u| Ok(ids.contains(&u.id))).collect(),
+            Some(Err(err))
+                if !matches!(
+                    err,
+                    Error::Duplicate { .. } | Error::InvalidInput(_) | Error::ForeignKey
+                ) =>
+            {
+                // A commit may have failed halfway: roll back before the writer's next use.
+                let _ = conn.sqlite();
+                updates.iter().map(|_| Err(err.for_each_caller())).collect()
+            }
+            _ => {
+                let mut outcomes = Vec::with_capacity(updates.len());
+                for u in updates {
+                    outcomes.push(Self::apply_one(conn, u).await);
+                }
+                outcomes
+            }
+        }
+    }
+}
+
 /// Point gets of concurrent callers that find every reader taken, answered together by one
 /// `select_many` statement (one round trip for the group instead of one each).
 ///
@@ -437,6 +516,7 @@ impl Grouped for GroupedGets {
     }
 }
 
+/// Ids as the JSON array a `json_each(?)` statement reads; `None` for no ids.
 fn id_list(ids: &[i64]) -> Result<Option<String>> {
     if ids.is_empty() {
         return Ok(None);
@@ -694,6 +774,35 @@ async fn update_one(
     .execute(conn)
     .await?;
     Ok(result.rows_affected() > 0)
+}
+
+// `update_one` for a group: `[[id, name, data, status], ...]` (null: keep), one row per item
+// (the caller makes sure no id repeats: `UPDATE … FROM` would pick one of them). `RETURNING id`
+// names the rows that really changed; read with `fetch_all`, which steps to the end, where the
+// commit happens, so a failed commit is an error here.
+async fn update_group(
+    conn: &mut SqliteConnection,
+    updates_json: &str,
+) -> Result<std::collections::HashSet<i64>> {
+    let ids = sqlx::query_scalar!(
+        r#"
+        UPDATE items
+        SET name = coalesce(patch.value ->> 1, items.name),
+            data = coalesce(patch.value ->> 2, items.data),
+            status = coalesce(patch.value ->> 3, items.status),
+            updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+        FROM json_each(?1) AS patch
+        WHERE items.id = patch.value ->> 0
+          AND (items.name IS NOT coalesce(patch.value ->> 1, items.name)
+               OR items.data IS NOT coalesce(patch.value ->> 2, items.data)
+               OR items.status IS NOT coalesce(patch.value ->> 3, items.status))
+        RETURNING id AS "id!: i64"
+        "#,
+        updates_json,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(ids.into_iter().collect())
 }
 
 async fn delete_one(conn: &mut SqliteConnection, id: i64) -> Result<bool> {
