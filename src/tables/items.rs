@@ -404,6 +404,9 @@ struct ItemUpdate {
     status: Option<ItemStatus>,
 }
 
+/// One member of `update_group`'s JSON: `[id, name, data, status]`, `null` for "keep".
+type UpdateRow<'a> = (i64, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
 /// Updates of concurrent callers queued for the writer together, carried as one
 /// `UPDATE … FROM json_each(?)` (one round trip and one commit for the group).
 ///
@@ -434,7 +437,7 @@ impl Grouped for GroupedUpdates {
     async fn apply_group(conn: &mut Conn, updates: &[ItemUpdate]) -> Vec<Result<bool>> {
         let distinct: std::collections::HashSet<i64> = updates.iter().map(|u| u.id).collect();
         let changed = if distinct.len() == updates.len() {
-            let rows: Vec<(i64, Option<&str>, Option<&str>, Option<&str>)> = updates
+            let rows: Vec<UpdateRow<'_>> = updates
                 .iter()
                 .map(|u| {
                     (
