@@ -530,14 +530,14 @@ async fn concurrent_updates_each_get_their_own_answer_when_carried_together() {
         let task = task as i64;
         for (round, answer) in handle.await.unwrap() {
             match (task % 4, round % 3, round) {
-                (_, _, 99) => assert_eq!(answer.unwrap(), false, "unknown id"),
+                (_, _, 99) => assert!(!answer.unwrap(), "unknown id"),
                 (0, 0, _) => assert!(
                     matches!(&answer, Err(Error::Duplicate { constraint }) if constraint == "items.name"),
                     "task {task} round {round}: {answer:?}"
                 ),
-                (1, _, _) => assert_eq!(answer.unwrap(), false, "task {task} round {round}"),
+                (1, _, _) => assert!(!answer.unwrap(), "task {task} round {round}"),
                 // The data changes every time.
-                _ => assert_eq!(answer.unwrap(), true, "task {task} round {round}"),
+                _ => assert!(answer.unwrap(), "task {task} round {round}"),
             }
         }
         let item = db.items().get(task + 1).await.unwrap().unwrap();
