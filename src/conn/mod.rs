@@ -12,7 +12,7 @@ mod options;
 mod pool;
 
 pub use group::{Grouped, MAX_GROUP};
-pub use handle::{Conn, Handle};
+pub use handle::{Atomic, Conn, Handle};
 pub use migrate::MIGRATOR;
 pub use options::DbOptions;
 

@@ -216,7 +216,7 @@ impl AccountRepo {
     ///
     /// On a [`Db`](crate::Db), transfers of concurrent callers that wait for the writer
     /// together are carried as one statement (group commit, see
-    /// [`Grouped`](crate::conn::Grouped)): one round trip and one commit for all of them.
+    /// [`crate::conn::Grouped`]): one round trip and one commit for all of them.
     /// Each caller still gets exactly its own answer: a neighbour's refusal makes the group run
     /// again one by one, and `Ok` means this transfer's ledger row is committed. A caller with
     /// nobody waiting runs one `INSERT`, as above.
