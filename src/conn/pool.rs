@@ -12,8 +12,9 @@
 //! - **one writer**: every write goes through it, so writers of this process queue in Rust
 //!   instead of fighting over SQLite's write lock (no `SQLITE_BUSY` between them, and no busy-wait
 //!   sleeps), and a write costs exactly one round trip;
-//! - **`readers` read-only connections** (default 4): WAL lets them read while the writer writes;
-//!   a read takes the first idle one, so reads never wait behind writes.
+//! - **`readers` read-only connections** (default 2): WAL lets them read while the writer writes;
+//!   a read takes the first idle one, so reads never wait behind writes; point gets that find
+//!   them all taken are coalesced (see `DbOptions::readers` for the figures).
 
 use std::path::PathBuf;
 use std::sync::Arc;
