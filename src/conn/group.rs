@@ -246,8 +246,9 @@ pub(crate) async fn run<G: Grouped>(
         biased;
         outcome = &mut answered => received(outcome),
         lease = side.lease(connections) => {
-            // From here on this future does not stop before its request is answered or taken
-            // out, so the guard is not needed.
+            // The guard is no longer needed: before this future next awaits, the lines below
+            // take the request out of the queue (to run it, or to give up), or find that a group
+            // has it.
             withdraw.armed = false;
             let lease = match lease {
                 Ok(lease) => lease,
