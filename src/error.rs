@@ -122,6 +122,40 @@ impl Error {
     pub(crate) fn invalid(message: impl Into<String>) -> Error {
         Error::InvalidInput(message.into())
     }
+
+    /// The same failure for another caller: when one statement carried several callers'
+    /// writes and failed as a whole (a commit that could not be made), each of them gets it.
+    /// A `sqlx::Error` cannot be cloned, so [`Error::Database`] is passed on as its message.
+    pub(crate) fn for_each_caller(&self) -> Error {
+        match self {
+            Error::NotFound { entity, id } => Error::NotFound { entity, id: *id },
+            Error::Duplicate { constraint } => Error::Duplicate {
+                constraint: constraint.clone(),
+            },
+            Error::ForeignKey => Error::ForeignKey,
+            Error::InsufficientFunds {
+                account,
+                balance_cents,
+                requested_cents,
+            } => Error::InsufficientFunds {
+                account: *account,
+                balance_cents: *balance_cents,
+                requested_cents: *requested_cents,
+            },
+            Error::InvalidInput(message) => Error::InvalidInput(message.clone()),
+            Error::Busy => Error::Busy,
+            Error::Schema(message) => Error::Schema(message.clone()),
+            Error::DiskFull => Error::DiskFull,
+            Error::Io(message) => Error::Io(message.clone()),
+            Error::Corrupt(message) => Error::Corrupt(message.clone()),
+            Error::ReadOnly(message) => Error::ReadOnly(message.clone()),
+            Error::TooBig(message) => Error::TooBig(message.clone()),
+            Error::Overflow(message) => Error::Overflow(message.clone()),
+            Error::RolledBack(message) => Error::RolledBack(message.clone()),
+            Error::Config(message) => Error::Config(message.clone()),
+            Error::Database(err) => Error::Database(sqlx::Error::Protocol(err.to_string())),
+        }
+    }
 }
 
 impl From<sqlx::Error> for Error {

@@ -658,3 +658,201 @@ async fn open_returns_the_new_accounts_id_not_its_opening_ledger_rows() {
     assert_eq!(balance(&db, b).await, 500);
     assert_eq!(balances_and_ledger(&db.path), [(a, 15, 15), (b, 500, 500)]);
 }
+
+/// What one transfer of the concurrent-outcomes test must get, whoever it is carried with.
+#[derive(Debug, Clone)]
+enum Expected {
+    Landed,
+    Replayed,
+    Overdrawn { account: i64, requested_cents: i64 },
+    Missing(i64),
+    Duplicate,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_transfers_each_get_exactly_their_own_outcome_and_money_is_conserved() {
+    // Every outcome is fixed whatever the order: rich accounts only pay (and hold more than
+    // all they pay), sinks only receive, the poor (empty) accounts only try to pay, so no
+    // transfer's answer depends on which neighbours its group carried.
+    const TASKS: usize = 64;
+    const OPS: usize = 24;
+    const MISSING: i64 = 9_999_999;
+    let db = fresh_db().await;
+    let mut rich = Vec::new();
+    let mut sinks = Vec::new();
+    let mut poor = Vec::new();
+    for _ in 0..8 {
+        rich.push(open(&db, 1_000_000).await);
+        sinks.push(open(&db, 0).await);
+    }
+    for _ in 0..4 {
+        poor.push(open(&db, 0).await);
+    }
+    let start_total = db.accounts().total_balance().await.unwrap();
+    // Keys that landed before the concurrent part: replayed exactly, or reused with another
+    // amount.
+    let mut landed_before = Vec::new();
+    for i in 0..16 {
+        let t = Transfer::new(rich[i % 8], sinks[i % 8], 7).with_key(format!("before-{i}"));
+        db.accounts().transfer(&t).await.unwrap();
+        landed_before.push(t);
+    }
+
+    let mut plans: Vec<Vec<(Transfer, Expected)>> = Vec::new();
+    for task in 0..TASKS {
+        let mut plan = Vec::new();
+        for op in 0..OPS {
+            let n = task * OPS + op;
+            let amount = 1 + (n as i64 % 97);
+            let (payer, payee) = (rich[n % 8], sinks[(n / 8) % 8]);
+            plan.push(match n % 8 {
+                0 | 1 => (Transfer::new(payer, payee, amount), Expected::Landed),
+                2 => (
+                    Transfer::new(payer, payee, amount).with_key(format!("new-{n}")),
+                    Expected::Landed,
+                ),
+                3 => {
+                    let account = poor[n % 4];
+                    (
+                        Transfer::new(account, payee, amount),
+                        Expected::Overdrawn {
+                            account,
+                            requested_cents: amount,
+                        },
+                    )
+                }
+                4 => (
+                    Transfer::new(payer, MISSING, amount),
+                    Expected::Missing(MISSING),
+                ),
+                5 => (
+                    Transfer::new(MISSING, payee, amount),
+                    Expected::Missing(MISSING),
+                ),
+                6 => {
+                    let earlier = &landed_before[n % 16];
+                    (
+                        Transfer {
+                            amount_cents: earlier.amount_cents + 1,
+                            ..earlier.clone()
+                        },
+                        Expected::Duplicate,
+                    )
+                }
+                _ => (landed_before[n % 16].clone(), Expected::Replayed),
+            });
+        }
+        plans.push(plan);
+    }
+    // Pairs of tasks race the same new key with the same movement: exactly one of each pair
+    // lands, the other is a replay.
+    let racing: Vec<Transfer> = (0..TASKS / 2)
+        .map(|i| Transfer::new(rich[i % 8], sinks[i % 8], 11).with_key(format!("race-{i}")))
+        .collect();
+
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(TASKS));
+    let mut tasks = Vec::new();
+    for (task, plan) in plans.iter().cloned().enumerate() {
+        let db = db.db.clone();
+        let start = start.clone();
+        let race = racing[task / 2].clone();
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let race_outcome = db.accounts().transfer_with_outcome(&race).await;
+            let mut results = Vec::new();
+            for (t, _) in &plan {
+                results.push(db.accounts().transfer_with_outcome(t).await);
+            }
+            (race_outcome, results)
+        }));
+    }
+
+    let mut landed_amounts: HashMap<i64, i64> = HashMap::new();
+    let mut landed_rows = 0;
+    let mut race_landed: HashMap<String, usize> = HashMap::new();
+    for (task, handle) in tasks.into_iter().enumerate() {
+        let (race_outcome, results) = handle.await.unwrap();
+        let race = &racing[task / 2];
+        match race_outcome {
+            Ok(TransferOutcome::Landed) => {
+                *race_landed
+                    .entry(race.idempotency_key.clone().unwrap())
+                    .or_default() += 1;
+                *landed_amounts.entry(race.from).or_default() -= race.amount_cents;
+                *landed_amounts.entry(race.to).or_default() += race.amount_cents;
+                landed_rows += 1;
+            }
+            Ok(TransferOutcome::Replayed) => {}
+            Err(err) => panic!("task {task}: the racing key failed: {err:?}"),
+        }
+        for ((t, expected), result) in plans[task].iter().zip(results) {
+            match (expected, &result) {
+                (Expected::Landed, Ok(TransferOutcome::Landed)) => {
+                    *landed_amounts.entry(t.from).or_default() -= t.amount_cents;
+                    *landed_amounts.entry(t.to).or_default() += t.amount_cents;
+                    landed_rows += 1;
+                }
+                (Expected::Replayed, Ok(TransferOutcome::Replayed)) => {}
+                (
+                    Expected::Overdrawn {
+                        account,
+                        requested_cents,
+                    },
+                    Err(Error::InsufficientFunds {
+                        account: got_account,
+                        balance_cents: 0,
+                        requested_cents: got_requested,
+                    }),
+                ) if account == got_account && requested_cents == got_requested => {}
+                (
+                    Expected::Missing(id),
+                    Err(Error::NotFound {
+                        entity: "account",
+                        id: got,
+                    }),
+                ) if id == got => {}
+                (Expected::Duplicate, Err(Error::Duplicate { constraint }))
+                    if constraint == "transfers.idempotency_key" => {}
+                _ => panic!("task {task}: {t:?} expected {expected:?}, got {result:?}"),
+            }
+        }
+    }
+    assert_eq!(race_landed.len(), TASKS / 2, "every racing key landed once");
+    assert!(race_landed.values().all(|&n| n == 1), "{race_landed:?}");
+
+    // What the database holds is exactly what the callers were told.
+    assert_eq!(db.accounts().total_balance().await.unwrap(), start_total);
+    for (id, opening) in rich
+        .iter()
+        .map(|&id| (id, 1_000_000))
+        .chain(sinks.iter().chain(&poor).map(|&id| (id, 0)))
+    {
+        let before: i64 = landed_before
+            .iter()
+            .map(|t| {
+                if t.from == id {
+                    -t.amount_cents
+                } else if t.to == id {
+                    t.amount_cents
+                } else {
+                    0
+                }
+            })
+            .sum();
+        let during = landed_amounts.get(&id).copied().unwrap_or(0);
+        assert_eq!(
+            balance(&db, id).await,
+            opening + before + during,
+            "account {id}"
+        );
+    }
+    // Rows between accounts: opening balances are ledger rows too, from no account.
+    let ledger_rows: i64 = raw(&db.path)
+        .query_row(
+            "SELECT count(*) FROM transfers WHERE from_account IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(ledger_rows, 16 + landed_rows);
+}

@@ -202,7 +202,59 @@ fn tolerate_overdraft(result: sqlrepo::Result<()>) -> sqlrepo::Result<bool> {
 
 fn random_op(rng: &mut SmallRng, db: &Db, i: usize) -> Op {
     let db = db.clone();
-    match rng.random_range(0..100) {
+    match rng.random_range(0..110) {
+        100..110 => {
+            // Concurrent callers whose transfers queue for the writer together and are carried
+            // as a group (one of them to a missing account now and then, so the group is refused
+            // and its members run again alone); the cancel drops all of them at once, wherever
+            // they are: queued, carrying the group, or waiting for its answer.
+            let size = rng.random_range(2..=8);
+            let transfers: Vec<Transfer> = (0..size)
+                .map(|j| {
+                    let (from, to, amount) = affordable(rng);
+                    Transfer::new(from, to, amount).with_key(member_name(
+                        &format!("g{i}.{j}"),
+                        0,
+                        1,
+                    ))
+                })
+                .collect();
+            let lands = (0..size).map(|j| format!("g{i}.{j}")).collect();
+            let missing = rng.random_bool(0.3).then(|| affordable(rng));
+            Op {
+                kind: "concurrent transfers",
+                work: Box::pin(async move {
+                    let accounts = db.accounts();
+                    let refused = async {
+                        match missing {
+                            Some((from, _, amount)) => {
+                                match accounts.transfer(&Transfer::new(from, 999, amount)).await {
+                                    Err(Error::NotFound { id: 999, .. }) => Ok(()),
+                                    Ok(()) => Err(Error::ForeignKey),
+                                    Err(other) => Err(other),
+                                }
+                            }
+                            None => Ok(()),
+                        }
+                    };
+                    let (results, refused) = tokio::join!(
+                        futures_util::future::join_all(
+                            transfers.iter().map(|t| accounts.transfer(t))
+                        ),
+                        refused
+                    );
+                    refused?;
+                    let mut all_landed = true;
+                    for result in results {
+                        all_landed &= tolerate_overdraft(result)?;
+                    }
+                    Ok(all_landed)
+                }),
+                lands,
+                never: vec![],
+                deposit_cents: 0,
+            }
+        }
         0..20 => {
             let batch = format!("s{i}");
             let (from, to, amount) = affordable(rng);

@@ -88,8 +88,11 @@ fn writer_process_for_crash_tests() {
         .build()
         .unwrap()
         .block_on(async move {
-            if std::env::var(CHILD_MODE).is_ok_and(|mode| mode == "big") {
+            let mode = std::env::var(CHILD_MODE).unwrap_or_default();
+            if mode == "big" {
                 write_big_until_killed(PathBuf::from(path), cycle).await
+            } else if mode == "grouped" {
+                write_grouped_until_killed(PathBuf::from(path), seed, cycle).await
             } else {
                 write_until_killed(PathBuf::from(path), seed, cycle).await
             }
@@ -135,6 +138,54 @@ async fn write_big_until_killed(path: PathBuf, cycle: u64) {
                 .collect();
             acknowledge(&format!("ACK T {batch} {}", listed.join(",")));
         }
+    }
+}
+
+/// Concurrent callers in the writer of the grouped test, each with one transfer in flight.
+const GROUPED_CALLERS: usize = 16;
+
+/// The writer of the grouped test: [`GROUPED_CALLERS`] tasks, each sending keyed transfers one
+/// after another (so their transfers queue for the writer together and are carried in groups),
+/// with a transfer to a missing account now and then (its group is refused and its members run
+/// again alone). Each transfer is acknowledged after it returned `Ok`; its batch is
+/// `c<cycle>-g<task>.<n>`, one step keyed `<batch>#0of1`.
+async fn write_grouped_until_killed(path: PathBuf, seed: u64, cycle: u64) {
+    acknowledge("");
+    let db = Db::open(&path).await.unwrap_or_else(|e| fail("open", e));
+    let mut tasks = Vec::new();
+    for task in 0..GROUPED_CALLERS {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(seed ^ task as u64);
+            for n in 0_u64.. {
+                let from = rng.random_range(1..=ACCOUNTS);
+                let to = (from + rng.random_range(1..ACCOUNTS) - 1) % ACCOUNTS + 1;
+                // Small amounts: no account of OPENING_DEPOSIT_CENTS runs dry within a file's
+                // cycles, so every good transfer is affordable whatever the interleaving.
+                let amount = rng.random_range(1..=5);
+                if rng.random_range(0..10) == 0 {
+                    match db
+                        .accounts()
+                        .transfer(&Transfer::new(from, 999, amount))
+                        .await
+                    {
+                        Err(sqlrepo::Error::NotFound { id: 999, .. }) => continue,
+                        Err(err) => fail("transfer to a missing account", err),
+                        Ok(()) => fail("transfer to a missing account", sqlrepo::Error::ForeignKey),
+                    }
+                }
+                let batch = format!("c{cycle}-g{task}.{n}");
+                let transfer = Transfer::new(from, to, amount).with_key(member_name(&batch, 0, 1));
+                db.accounts()
+                    .transfer(&transfer)
+                    .await
+                    .unwrap_or_else(|e| fail("grouped transfer", e));
+                acknowledge(&format!("ACK T {batch} {from}:{to}:{amount}"));
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
     }
 }
 
@@ -352,6 +403,121 @@ fn killed_writer_leaves_no_part_of_a_batch_that_spans_statements() {
         ledger.acknowledged,
         ledger.committed_unacknowledged,
     );
+}
+
+#[test]
+fn killed_writer_with_concurrent_callers_loses_no_acknowledged_grouped_transfer() {
+    let seed = seed("SQLREPO_CRASH_SEED");
+    let cycles = count("SQLREPO_CRASH_GROUPED_CYCLES", 30);
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let mut known: BTreeMap<String, Vec<Step>> = BTreeMap::new();
+    let (mut acknowledged, mut unacknowledged) = (0, 0);
+    let mut path = PathBuf::new();
+    let mut expected_total = 0;
+    for cycle in 0..cycles {
+        if cycle % CYCLES_PER_FILE == 0 {
+            path = dir.path().join(format!("grouped-{cycle}.db"));
+            expected_total = runtime.block_on(prepare_bank(&path));
+            known.clear();
+        }
+        let delay = rng.random_range(Duration::ZERO..=MAX_KILL_DELAY);
+        let acks = run_and_kill(&path, dir.path(), rng.random(), cycle, delay, "grouped")
+            .unwrap_or_else(|err| panic!("seed {seed}, cycle {cycle}: {err}"));
+        acknowledged += acks.len();
+        unacknowledged += check_grouped_after_kill(&path, cycle, &acks, &mut known, expected_total)
+            .unwrap_or_else(|err| {
+                panic!("seed {seed}, grouped cycle {cycle} (killed after {delay:?}): {err}")
+            });
+        runtime
+            .block_on(check_through_db(&path, expected_total))
+            .unwrap_or_else(|err| panic!("seed {seed}, cycle {cycle}: {err}"));
+    }
+    println!(
+        "crash (grouped, {GROUPED_CALLERS} concurrent callers): {cycles} kill cycles survived in \
+         {:?}; {acknowledged} acknowledged transfers all present; {unacknowledged} committed but \
+         killed before their ack",
+        started.elapsed(),
+    );
+}
+
+/// The grouped test's checks after a kill: the file is intact and the bank balances; every
+/// acknowledged transfer (this cycle's and every earlier one on the file) is present exactly as
+/// written; and every other transfer present is one a caller had in flight when the kill
+/// landed: this cycle's, at most one per caller, newer than that caller's last ack. Returns how
+/// many of those there were.
+fn check_grouped_after_kill(
+    path: &Path,
+    cycle: usize,
+    acks: &[(String, Ack)],
+    known: &mut BTreeMap<String, Vec<Step>>,
+    expected_total: i64,
+) -> Result<usize, String> {
+    let conn = raw(path);
+    check_integrity(&conn)?;
+    check_bank(&conn, expected_total)?;
+    let (_, keys) = item_names_and_keys(&conn);
+    check_batches_whole(keys.iter().map(String::as_str))?;
+    let transfers = transfers_by_batch(&conn);
+    // `c<cycle>-g<task>.<n>` -> (task, n)
+    let caller_and_op = |batch: &str| -> Option<(u64, u64)> {
+        let (task, n) = batch.rsplit_once("-g")?.1.split_once('.')?;
+        Some((task.parse().ok()?, n.parse().ok()?))
+    };
+    let mut last_acked: BTreeMap<u64, u64> = BTreeMap::new();
+    for (batch, ack) in acks {
+        let Ack::Transfers(steps) = ack else {
+            return Err(format!("unexpected ack {batch} {ack:?}"));
+        };
+        let (task, n) = caller_and_op(batch).ok_or_else(|| format!("odd batch name {batch}"))?;
+        let last = last_acked.entry(task).or_insert(n);
+        *last = (*last).max(n);
+        known.insert(batch.clone(), steps.clone());
+    }
+    for (batch, steps) in known.iter() {
+        if transfers.get(batch) != Some(steps) {
+            return Err(format!(
+                "acknowledged transfer {batch} {steps:?} is missing or changed: {:?}",
+                transfers.get(batch)
+            ));
+        }
+    }
+    let prefix = format!("c{cycle}-");
+    let mut in_flight: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for batch in transfers.keys() {
+        if known.contains_key(batch) {
+            continue;
+        }
+        let newer = match caller_and_op(batch) {
+            Some((task, n)) if batch.starts_with(&prefix) => {
+                in_flight.entry(task).or_default().push(batch.clone());
+                last_acked.get(&task).is_none_or(|&last| n > last)
+            }
+            _ => false,
+        };
+        if !newer {
+            return Err(format!(
+                "transfer {batch} is in the file but was never acknowledged, and is not one a \
+                 caller had in flight"
+            ));
+        }
+    }
+    if let Some((task, batches)) = in_flight.iter().find(|(_, batches)| batches.len() > 1) {
+        return Err(format!(
+            "caller {task} has several unacknowledged transfers committed: {batches:?}"
+        ));
+    }
+    let committed_unacknowledged = in_flight.len();
+    for batch in in_flight.into_values().flatten() {
+        let steps = transfers[&batch].clone();
+        known.insert(batch, steps);
+    }
+    Ok(committed_unacknowledged)
 }
 
 /// Creates the file with the accounts, funded by deposits (so the ledger explains every cent),

@@ -645,3 +645,148 @@ async fn a_page_limit_of_zero_or_past_the_maximum_is_refused_before_the_database
         assert!(matches!(err, Error::InvalidInput(_)), "{limit}: {err:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_point_gets_each_get_their_own_item_when_coalesced() {
+    // One reader, so concurrent gets queue and are answered together by one statement.
+    let db = fresh_db_with(|options| options.readers(1)).await;
+    let items: Vec<NewItem> = (0..200)
+        .map(|i| NewItem::new(format!("item-{i}"), json!({"i": i})))
+        .collect();
+    db.items().insert_many(&items).await.unwrap();
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(64));
+    let mut tasks = Vec::new();
+    for task in 0..64_i64 {
+        let db = db.db.clone();
+        let start = start.clone();
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut seen = Vec::new();
+            for n in 0..20 {
+                // Ids 1..=200 exist; 201.. do not.
+                let id = (task * 20 + n) % 230 + 1;
+                seen.push((id, db.items().get(id).await.unwrap()));
+            }
+            seen
+        }));
+    }
+    for task in tasks {
+        for (id, item) in task.await.unwrap() {
+            if id <= 200 {
+                let item = item.unwrap_or_else(|| panic!("item {id} missing"));
+                assert_eq!(item.id, id);
+                assert_eq!(item.name, format!("item-{}", id - 1));
+                assert_eq!(item.data, json!({"i": id - 1}));
+            } else {
+                assert_eq!(item, None, "id {id} does not exist");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_get_after_a_write_sees_it_whether_or_not_gets_are_coalesced() {
+    for group_reads in [true, false] {
+        let db = fresh_db_with(|options| options.readers(1).group_reads(group_reads)).await;
+        let id = db
+            .items()
+            .create(&NewItem::new("lamp", json!({"watts": 40})))
+            .await
+            .unwrap();
+        let (a, b, c) = tokio::join!(
+            db.items().get(id),
+            db.items().get(id),
+            db.items().get(id + 1)
+        );
+        assert_eq!(a.unwrap().unwrap().name, "lamp");
+        assert_eq!(b.unwrap().unwrap().name, "lamp");
+        assert_eq!(c.unwrap(), None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_updates_each_get_their_own_answer_when_carried_together() {
+    let db = fresh_db().await;
+    let items: Vec<NewItem> = (0..64)
+        .map(|i| NewItem::new(format!("item-{i}"), json!({"i": i})))
+        .collect();
+    db.items().insert_many(&items).await.unwrap();
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(64));
+    let mut tasks = Vec::new();
+    for task in 0..64_i64 {
+        let db = db.db.clone();
+        let start = start.clone();
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let id = task + 1;
+            let mut answers = Vec::new();
+            for round in 0..10 {
+                let patch = match (task % 4, round % 3) {
+                    // A name another item holds: Duplicate, for this caller only.
+                    (0, 0) => ItemPatch {
+                        name: Some(format!("item-{}", (task + 1) % 64)),
+                        ..ItemPatch::default()
+                    },
+                    // The value it already has: Ok(false).
+                    (1, _) => ItemPatch {
+                        data: Some(json!({"i": task})),
+                        ..ItemPatch::default()
+                    },
+                    _ => ItemPatch {
+                        data: Some(json!({"task": task, "round": round})),
+                        status: Some(ItemStatus::Inactive),
+                        ..ItemPatch::default()
+                    },
+                };
+                answers.push((round, db.items().update(id, &patch).await));
+            }
+            // An unknown id: Ok(false), nothing changes.
+            answers.push((
+                99,
+                db.items()
+                    .update(
+                        1_000 + id,
+                        &ItemPatch {
+                            data: Some(json!(1)),
+                            ..ItemPatch::default()
+                        },
+                    )
+                    .await,
+            ));
+            answers
+        }));
+    }
+    for (task, handle) in tasks.into_iter().enumerate() {
+        let task = task as i64;
+        for (round, answer) in handle.await.unwrap() {
+            match (task % 4, round % 3, round) {
+                (_, _, 99) => assert!(!answer.unwrap(), "unknown id"),
+                (0, 0, _) => assert!(
+                    matches!(&answer, Err(Error::Duplicate { constraint }) if constraint == "items.name"),
+                    "task {task} round {round}: {answer:?}"
+                ),
+                (1, _, _) => assert!(!answer.unwrap(), "task {task} round {round}"),
+                // The data changes every time.
+                _ => assert!(answer.unwrap(), "task {task} round {round}"),
+            }
+        }
+        let item = db.items().get(task + 1).await.unwrap().unwrap();
+        assert_eq!(item.name, format!("item-{task}"));
+        match task % 4 {
+            1 => assert_eq!(
+                (item.data, item.status),
+                (json!({"i": task}), ItemStatus::Active)
+            ),
+            // Round 9 of a task ≡ 0 (mod 4) is the refused rename.
+            0 => assert_eq!(
+                (item.data, item.status),
+                (json!({"task": task, "round": 8}), ItemStatus::Inactive)
+            ),
+            _ => assert_eq!(
+                (item.data, item.status),
+                (json!({"task": task, "round": 9}), ItemStatus::Inactive)
+            ),
+        }
+    }
+    assert_eq!(db.items().count().await.unwrap(), 64);
+}

@@ -230,6 +230,9 @@ enum Op {
     TransferBatch(Vec<T>),
     TotalBalance,
     InTx(Vec<Op>, bool),
+    /// Transfers of concurrent callers that queue for the writer together, in this order, and
+    /// are carried as one group: each must get exactly what it would get alone, in turn.
+    Grouped(Vec<T>),
 }
 
 impl Model {
@@ -656,6 +659,7 @@ impl Model {
                 }
             }
             Op::InTx(..) => unreachable!("transactions are applied by `apply`"),
+            Op::Grouped(..) => unreachable!("groups are applied by `apply`"),
         }
     }
 }
@@ -912,6 +916,7 @@ impl ReferenceStateMachine for ModelMachine {
             12 => plain_op(state),
             1 => (proptest::collection::vec(plain_op(state), 1..5), any::<bool>())
                 .prop_map(|(ops, commit)| Op::InTx(ops, commit)),
+            2 => proptest::collection::vec(transfer(state), 2..6).prop_map(Op::Grouped),
         ]
         .boxed()
     }
@@ -933,6 +938,14 @@ impl ReferenceStateMachine for ModelMachine {
                 } else {
                     "transaction rolled back"
                 });
+                outs
+            }
+            Op::Grouped(ts) => {
+                let outs = ts
+                    .iter()
+                    .map(|t| state.step(&Op::Transfer(t.clone())))
+                    .collect();
+                state.notes.push("grouped transfers");
                 outs
             }
             op => vec![state.step(op)],
@@ -1132,6 +1145,7 @@ async fn run(repos: &Repos<'_>, op: &Op) -> Out {
         }
         Op::TotalBalance => out(repos.accounts.total_balance().await, Out::Cents),
         Op::InTx(..) => unreachable!("transactions are run by `run_transition`"),
+        Op::Grouped(..) => unreachable!("groups are run by `run_transition`"),
     }
 }
 
@@ -1163,6 +1177,7 @@ async fn run_transition(db: &Db, op: &Op) -> Vec<Out> {
             outs.push(out(end, |()| Out::Unit));
             outs
         }
+        Op::Grouped(ts) => run_grouped(db, ts).await,
         op => {
             let repos = Repos {
                 items: db.items(),
@@ -1175,6 +1190,47 @@ async fn run_transition(db: &Db, op: &Op) -> Vec<Out> {
             vec![run(&repos, op).await]
         }
     }
+}
+
+/// Runs transfers as concurrent callers whose requests queue for the writer together: a
+/// transaction holds the writer while each transfer is polled once (so it queues, in order),
+/// then lets go, and whichever transfer gets the writer carries all of them as one group.
+async fn run_grouped(db: &Db, ts: &[T]) -> Vec<Out> {
+    use std::future::Future;
+    use std::task::Poll;
+
+    let holder = match db.begin().await {
+        Ok(tx) => tx,
+        Err(err) => return vec![Out::Err(err_out(err)); ts.len()],
+    };
+    let accounts = db.accounts();
+    let mut calls: Vec<_> = ts
+        .iter()
+        .map(|t| Box::pin(accounts.transfer(&t.transfer())))
+        .collect();
+    // An invalid transfer is answered on its first poll, before it queues.
+    let mut answered: Vec<Option<Out>> = vec![None; ts.len()];
+    std::future::poll_fn(|cx| {
+        for (call, answer) in calls.iter_mut().zip(&mut answered) {
+            if let Poll::Ready(result) = call.as_mut().poll(cx) {
+                *answer = Some(out(result, |()| Out::Unit));
+            }
+        }
+        Poll::Ready(())
+    })
+    .await;
+    holder
+        .rollback()
+        .await
+        .expect("the holding transaction rolls back");
+    let mut outs = Vec::with_capacity(ts.len());
+    for (call, answer) in calls.into_iter().zip(answered) {
+        outs.push(match answer {
+            Some(answer) => answer,
+            None => out(call.await, |()| Out::Unit),
+        });
+    }
+    outs
 }
 
 // ---------------------------------------------------------------------------------------------

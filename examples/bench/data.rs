@@ -28,6 +28,8 @@ pub struct Sizes {
     pub dashboards: usize,
     pub mixed_tasks: usize,
     pub mixed_ops_per_task: usize,
+    /// Operations per round of each concurrent workload, shared out among its callers.
+    pub concurrent_ops_per_round: usize,
     /// Rounds in which the sides take turns at the workloads of many small operations (get,
     /// get_many, transfer, transfer_batch, dashboard), so machine noise hits all alike.
     pub rounds: usize,
@@ -58,6 +60,7 @@ impl Sizes {
             dashboards: 1_000,
             mixed_tasks: 8,
             mixed_ops_per_task: 2_000,
+            concurrent_ops_per_round: 3_200,
             rounds: 10,
             naive_items: 10_000,
             naive_get_many_rows: 10_000,
@@ -86,6 +89,7 @@ impl Sizes {
             dashboards: 100,
             mixed_tasks: 8,
             mixed_ops_per_task: 50,
+            concurrent_ops_per_round: 128,
             rounds: 2,
             naive_items: 500,
             naive_get_many_rows: 200,

@@ -19,6 +19,7 @@
 //! `main.rs` reads the arguments and writes the results; `workloads.rs` runs the workloads;
 //! one file per side (`repo_side.rs`, `rusqlite_side.rs`, `naive.rs`, `floor.rs`).
 
+mod concurrent;
 mod data;
 mod floor;
 mod mixed;

@@ -30,6 +30,10 @@ impl RepoSide {
         })
     }
 
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::concurrent::Percentiles;
 use crate::timing::Measured;
 
 /// What issue 5 asks of a workload, as a ratio of µs per operation.
@@ -34,6 +35,17 @@ pub struct Row {
     pub target: Target,
     /// For `stream`: sqlrepo's peak RSS growth, and the limit the issue sets.
     pub rss_growth_mib: Option<(f64, f64)>,
+    /// For the concurrent workloads: the callers, and each side's p50/p99 latency per
+    /// operation (sqlrepo, rusqlite).
+    pub concurrent: Option<Concurrent>,
+}
+
+/// The extra figures of a concurrent workload's row.
+#[derive(Debug, Clone, Copy)]
+pub struct Concurrent {
+    pub callers: usize,
+    pub sqlrepo: Percentiles,
+    pub rusqlite: Percentiles,
 }
 
 impl Row {
@@ -47,6 +59,7 @@ impl Row {
             floor: None,
             target: Target::None,
             rss_growth_mib: None,
+            concurrent: None,
         }
     }
 
@@ -143,6 +156,36 @@ pub fn print_table(rows: &[Row], notes: &[String]) {
             met,
         );
     }
+    let concurrent: Vec<(&Row, Concurrent)> = rows
+        .iter()
+        .filter_map(|row| Some((row, row.concurrent?)))
+        .collect();
+    if !concurrent.is_empty() {
+        println!();
+        println!(
+            "| concurrent workload | callers | sqlrepo ops/s | rusqlite ops/s | sqlrepo µs/op | rusqlite µs/op | sqlrepo / rusqlite | sqlrepo p50 / p99 µs | rusqlite p50 / p99 µs |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (row, figures) in concurrent {
+            let per_second = |m: Option<&Measured>| {
+                m.map_or_else(|| "–".to_owned(), |m| format!("{:.0}", 1e6 / m.us_per_op()))
+            };
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} |",
+                row.name,
+                figures.callers,
+                per_second(Some(&row.sqlrepo)),
+                per_second(row.rusqlite.as_ref()),
+                us(Some(&row.sqlrepo)),
+                us(row.rusqlite.as_ref()),
+                times(row.ratio()),
+                format_us(figures.sqlrepo.p50_us),
+                format_us(figures.sqlrepo.p99_us),
+                format_us(figures.rusqlite.p50_us),
+                format_us(figures.rusqlite.p99_us),
+            );
+        }
+    }
     println!();
     for note in notes {
         println!("- {note}");
@@ -171,6 +214,13 @@ struct JsonRow<'a> {
     target: String,
     target_met: Option<bool>,
     rss_growth_mib: Option<f64>,
+    callers: Option<usize>,
+    sqlrepo_ops_per_s: f64,
+    rusqlite_ops_per_s: Option<f64>,
+    sqlrepo_p50_us: Option<f64>,
+    sqlrepo_p99_us: Option<f64>,
+    rusqlite_p50_us: Option<f64>,
+    rusqlite_p99_us: Option<f64>,
 }
 
 /// Writes the results as JSON to `path`.
@@ -192,6 +242,13 @@ pub fn write_json(path: &Path, rows: &[Row], notes: &[String]) -> anyhow::Result
                 target: row.target_text(),
                 target_met: row.met(),
                 rss_growth_mib: row.rss_growth_mib.map(|(growth, _)| growth),
+                callers: row.concurrent.map(|c| c.callers),
+                sqlrepo_ops_per_s: 1e6 / row.sqlrepo.us_per_op(),
+                rusqlite_ops_per_s: row.rusqlite.as_ref().map(|m| 1e6 / m.us_per_op()),
+                sqlrepo_p50_us: row.concurrent.map(|c| c.sqlrepo.p50_us),
+                sqlrepo_p99_us: row.concurrent.map(|c| c.sqlrepo.p99_us),
+                rusqlite_p50_us: row.concurrent.map(|c| c.rusqlite.p50_us),
+                rusqlite_p99_us: row.concurrent.map(|c| c.rusqlite.p99_us),
             })
             .collect(),
         notes,

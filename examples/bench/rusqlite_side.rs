@@ -35,7 +35,7 @@ pub struct RusqliteSide {
 }
 
 /// Opens a connection with the pragmas every side uses.
-fn connect(path: &Path) -> anyhow::Result<Connection> {
+pub fn connect(path: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.execute_batch(
@@ -84,7 +84,7 @@ fn decode_item(row: &Row<'_>) -> anyhow::Result<Item> {
     })
 }
 
-fn get_item(conn: &Connection, id: i64) -> anyhow::Result<Option<Item>> {
+pub fn get_item(conn: &Connection, id: i64) -> anyhow::Result<Option<Item>> {
     let mut statement = conn.prepare_cached(SELECT_ITEM)?;
     let mut rows = statement.query([id])?;
     match rows.next()? {
@@ -123,14 +123,14 @@ fn apply_transfer(conn: &Connection, t: &Transfer) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn transfer(conn: &mut Connection, t: &Transfer) -> anyhow::Result<()> {
+pub fn transfer(conn: &mut Connection, t: &Transfer) -> anyhow::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     apply_transfer(&tx, t)?;
     tx.commit()?;
     Ok(())
 }
 
-fn update_item_data(conn: &Connection, id: i64, data: &Value) -> anyhow::Result<bool> {
+pub fn update_item_data(conn: &Connection, id: i64, data: &Value) -> anyhow::Result<bool> {
     let data = serde_json::to_string(data)?;
     let changed = conn
         .prepare_cached(
@@ -142,7 +142,7 @@ fn update_item_data(conn: &Connection, id: i64, data: &Value) -> anyhow::Result<
     Ok(changed > 0)
 }
 
-fn is_busy(err: &anyhow::Error) -> bool {
+pub fn is_busy(err: &anyhow::Error) -> bool {
     err.downcast_ref::<rusqlite::Error>()
         .and_then(rusqlite::Error::sqlite_error_code)
         .is_some_and(|code| code == rusqlite::ErrorCode::DatabaseBusy)

@@ -45,6 +45,24 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// A bar's figure, with p50/p99 latency for the concurrent workloads' sqlrepo and rusqlite bars.
+fn bar_label(row: &Row, series: usize, value: f64) -> String {
+    let latency = row.concurrent.and_then(|c| match series {
+        0 => Some(c.sqlrepo),
+        1 => Some(c.rusqlite),
+        _ => None,
+    });
+    match latency {
+        Some(p) => format!(
+            "{} (p50 {}, p99 {} µs)",
+            format_us(value),
+            format_us(p.p50_us),
+            format_us(p.p99_us)
+        ),
+        None => format_us(value),
+    }
+}
+
 /// Renders the chart as SVG text.
 pub fn render(rows: &[Row], subtitle: &str) -> String {
     let all: Vec<f64> = rows
@@ -136,7 +154,7 @@ pub fn render(rows: &[Row], subtitle: &str) -> String {
                         r##"<rect x="{PLOT_LEFT}" y="{y:.1}" width="{:.1}" height="{BAR_HEIGHT}" fill="{colour}"/><text x="{:.1}" y="{text_y:.1}" font-size="11">{}</text>"##,
                         end - PLOT_LEFT,
                         end + 4.0,
-                        format_us(value)
+                        bar_label(row, series, value)
                     );
                 }
                 None => {

@@ -8,12 +8,15 @@ use std::path::{Path, PathBuf};
 use anyhow::ensure;
 use tokio::runtime::Runtime;
 
+use crate::concurrent::{
+    CALLERS, Latencies, Workload, open_with_readers, plans, run_rusqlite, run_sqlrepo,
+};
 use crate::data::{Inputs, item_range};
 use crate::floor::Floor;
 use crate::mixed::{Verdict, cut_plan, verify};
 use crate::naive::NaiveSide;
 use crate::repo_side::RepoSide;
-use crate::report::{self, Row, Target};
+use crate::report::{self, Concurrent, Row, Target};
 use crate::rusqlite_side::{RusqliteSide, audit};
 use crate::timing::{Measured, progress, report_side};
 
@@ -107,6 +110,9 @@ impl<'a> Bench<'a> {
         self.transfer_batch()?;
         self.dashboard()?;
         let verdict = self.mixed()?;
+        self.concurrent()?;
+        self.grouping()?;
+        self.readers()?;
         self.explain();
         Ok((self.rows, self.notes, verdict))
     }
@@ -466,6 +472,246 @@ impl<'a> Bench<'a> {
             self.notes.push(format!("mixed {}", verdict.describe(side)));
         }
         Ok(repo)
+    }
+
+    /// Issue 14's concurrent workloads at 1, 16 and 64 callers: sqlrepo and rusqlite alternate
+    /// rounds (who goes first rotates), each round's plans the same for both; after every turn
+    /// the side's file is audited (bank conserved, one ledger row per landed transfer, every
+    /// updated item holding its last value, no `Busy`, no other error).
+    fn concurrent(&mut self) -> anyhow::Result<()> {
+        let inputs = self.inputs;
+        let sizes = &inputs.sizes;
+        for workload in [Workload::Transfers, Workload::Mixed] {
+            for callers in CALLERS {
+                let name = workload.row_name(callers);
+                let mut totals: [Measured; 2] = Default::default();
+                let mut latencies: [Latencies; 2] = Default::default();
+                for round in 0..sizes.rounds {
+                    let plans = plans(
+                        workload,
+                        sizes,
+                        callers,
+                        sizes.concurrent_ops_per_round,
+                        round,
+                    );
+                    for offset in 0..2 {
+                        let side = (round + offset) % 2;
+                        let (side_name, path) = match side {
+                            0 => ("sqlrepo", self.repo.path().to_path_buf()),
+                            _ => ("rusqlite", self.lite_path.clone()),
+                        };
+                        let before = audit(&path)?;
+                        let (measured, tally, round_latencies) = match side {
+                            0 => self.runtime.block_on(run_sqlrepo(self.repo.db(), &plans))?,
+                            _ => run_rusqlite(&path, &plans)?,
+                        };
+                        let verdict = verify(&path, before, &plans, measured, tally)?;
+                        ensure!(
+                            verdict.clean(),
+                            "{name}: {side_name} broke a rule: {}",
+                            verdict.describe(side_name)
+                        );
+                        totals[side] += verdict.measured;
+                        latencies[side].extend(round_latencies);
+                    }
+                }
+                report_side(name, "sqlrepo", &totals[0]);
+                report_side(name, "rusqlite", &totals[1]);
+                let [repo, lite] = totals;
+                let concurrent = match (latencies[0].percentiles(), latencies[1].percentiles()) {
+                    (Some(sqlrepo), Some(rusqlite)) => Some(Concurrent {
+                        callers,
+                        sqlrepo,
+                        rusqlite,
+                    }),
+                    _ => None,
+                };
+                self.rows.push(Row {
+                    rusqlite: Some(lite),
+                    target: if callers == 16 {
+                        Target::Rusqlite(1.0)
+                    } else {
+                        Target::None
+                    },
+                    concurrent,
+                    ..Row::new(name, "op (wall time / ops)", repo)
+                });
+            }
+        }
+        self.notes.push(format!(
+            "concurrent workloads (issue 14): {} operations per round shared out among the \
+             callers, {} rounds, sides alternating; transfer_concurrent moves money between \
+             random pairs of the first 64 accounts; mixed_concurrent is 70% point gets, 20% \
+             transfers, 10% updates of the caller's own items. sqlrepo: one Db, a tokio task per \
+             caller; rusqlite: an OS thread and connection per caller, BEGIN IMMEDIATE + the same \
+             checks + ledger row + COMMIT, 5 s busy timeout. µs/op is wall time over operations \
+             (median of rounds); p50/p99 are per operation, over every round.",
+            sizes.concurrent_ops_per_round, sizes.rounds
+        ));
+        Ok(())
+    }
+
+    /// What grouping costs a lone caller and buys 16: the same transfers (and, for one caller,
+    /// point gets) through the `Db` (grouping on, the default) and through a second `Db` on the
+    /// same file with `group_writes(false)` and `group_reads(false)`, alternating rounds.
+    fn grouping(&mut self) -> anyhow::Result<()> {
+        let inputs = self.inputs;
+        let sizes = &inputs.sizes;
+        let ungrouped = self.runtime.block_on(sqlrepo::Db::open_with(
+            sqlrepo::DbOptions::new(self.repo.path())
+                .group_writes(false)
+                .group_reads(false),
+        ))?;
+        let mut lines = Vec::new();
+        for (workload, callers) in [
+            (Workload::Transfers, 1),
+            (Workload::Transfers, 16),
+            (Workload::Gets, 1),
+        ] {
+            let mut totals: [Measured; 2] = Default::default();
+            let mut latencies: [Latencies; 2] = Default::default();
+            for round in 0..sizes.rounds {
+                let plans = plans(
+                    workload,
+                    sizes,
+                    callers,
+                    sizes.concurrent_ops_per_round,
+                    round + 1_000,
+                );
+                for offset in 0..2 {
+                    let side = (round + offset) % 2;
+                    let db = if side == 0 {
+                        self.repo.db()
+                    } else {
+                        &ungrouped
+                    };
+                    let before = audit(self.repo.path())?;
+                    let (measured, tally, round_latencies) =
+                        self.runtime.block_on(run_sqlrepo(db, &plans))?;
+                    let verdict = verify(self.repo.path(), before, &plans, measured, tally)?;
+                    ensure!(
+                        verdict.clean(),
+                        "grouping experiment broke a rule: {}",
+                        verdict.describe("sqlrepo")
+                    );
+                    totals[side] += verdict.measured;
+                    latencies[side].extend(round_latencies);
+                }
+            }
+            let figure = |side: usize| {
+                let p = latencies[side].percentiles();
+                format!(
+                    "{} µs/op (p50 {}, p99 {})",
+                    report::format_us(totals[side].us_per_op()),
+                    p.map_or("–".to_owned(), |p| report::format_us(p.p50_us)),
+                    p.map_or("–".to_owned(), |p| report::format_us(p.p99_us)),
+                )
+            };
+            let what = match workload {
+                Workload::Gets => "point gets",
+                _ => "transfers",
+            };
+            report_side(
+                &format!("{what} grouped"),
+                &format!("×{callers}"),
+                &totals[0],
+            );
+            report_side(
+                &format!("{what} ungrouped"),
+                &format!("×{callers}"),
+                &totals[1],
+            );
+            lines.push(format!(
+                "{what}, {callers} caller(s): grouped {} vs ungrouped {} ({:.2}x)",
+                figure(0),
+                figure(1),
+                totals[0].us_per_op() / totals[1].us_per_op()
+            ));
+        }
+        self.runtime.block_on(ungrouped.close());
+        self.notes.push(format!(
+            "grouping on and off (the same operations, one Db each on sqlrepo's file, \
+             alternating rounds): {}.",
+            lines.join("; ")
+        ));
+        Ok(())
+    }
+
+    /// Issue 14's readers question: 16 concurrent callers doing point gets on `Db`s with 1 to
+    /// 16 read connections (same file, alternating rounds), and rusqlite with 16 threads. The
+    /// figures go to the notes; the default (`DbOptions::readers`) is chosen from them.
+    fn readers(&mut self) -> anyhow::Result<()> {
+        // (read connections, coalesce point gets): coalescing on is the default.
+        const COUNTS: [(usize, bool); 7] = [
+            (1, true),
+            (2, true),
+            (4, true),
+            (8, true),
+            (16, true),
+            (4, false),
+            (8, false),
+        ];
+        const CALLERS_READING: usize = 16;
+        let inputs = self.inputs;
+        let sizes = &inputs.sizes;
+        let mut dbs = Vec::new();
+        for (readers, coalesce) in COUNTS {
+            dbs.push(self.runtime.block_on(open_with_readers(
+                self.repo.path(),
+                readers,
+                coalesce,
+            ))?);
+        }
+        let mut totals: Vec<Measured> = vec![Measured::default(); COUNTS.len() + 1];
+        let mut latencies: Vec<Latencies> = vec![Latencies::default(); COUNTS.len() + 1];
+        for round in 0..sizes.rounds {
+            let plans = plans(
+                Workload::Gets,
+                sizes,
+                CALLERS_READING,
+                sizes.concurrent_ops_per_round,
+                round,
+            );
+            for offset in 0..=COUNTS.len() {
+                let turn = (round + offset) % (COUNTS.len() + 1);
+                let (measured, tally, round_latencies) = match dbs.get(turn) {
+                    Some(db) => self.runtime.block_on(run_sqlrepo(db, &plans))?,
+                    None => run_rusqlite(&self.lite_path, &plans)?,
+                };
+                ensure!(
+                    tally.busy == 0 && tally.other_errors == 0,
+                    "readers experiment: {tally:?}"
+                );
+                totals[turn] += measured;
+                latencies[turn].extend(round_latencies);
+            }
+        }
+        for db in &dbs {
+            self.runtime.block_on(db.close());
+        }
+        let mut figures = Vec::new();
+        for (turn, measured) in totals.iter().enumerate() {
+            let who = match COUNTS.get(turn) {
+                Some((readers, true)) => format!("{readers} readers"),
+                Some((readers, false)) => format!("{readers} readers, not coalesced"),
+                None => "rusqlite".to_owned(),
+            };
+            report_side("get_concurrent", &who, measured);
+            let p = latencies[turn].percentiles();
+            figures.push(format!(
+                "{who} {} µs/op (p50 {}, p99 {})",
+                report::format_us(measured.us_per_op()),
+                p.map_or("–".to_owned(), |p| report::format_us(p.p50_us)),
+                p.map_or("–".to_owned(), |p| report::format_us(p.p99_us)),
+            ));
+        }
+        self.notes.push(format!(
+            "reads under load: {CALLERS_READING} concurrent callers doing point gets, by the \
+             number of read connections of the Db, with queued gets coalesced into one statement \
+             (the default) or not (rusqlite: a thread and connection per caller): {}.",
+            figures.join("; ")
+        ));
+        Ok(())
     }
 
     /// Every side's bank still holds what it opened with, and has one ledger row per transfer

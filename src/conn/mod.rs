@@ -6,6 +6,7 @@
 //! `Conn`.
 
 mod checkpoint;
+mod group;
 mod handle;
 mod migrate;
 mod ops;
@@ -15,6 +16,7 @@ mod pool;
 pub use checkpoint::{
     CHECKPOINT_WAIT, RETRY_GROWTH_BYTES, WAL_BOUND_BYTES, WAL_CHECKPOINT_BYTES, WalStats,
 };
+pub use group::{Grouped, MAX_GROUP};
 pub use handle::{Atomic, Conn, Handle};
 pub use migrate::MIGRATOR;
 pub use options::DbOptions;

@@ -12,8 +12,9 @@
 //! - **one writer**: every write goes through it, so writers of this process queue in Rust
 //!   instead of fighting over SQLite's write lock (no `SQLITE_BUSY` between them, and no busy-wait
 //!   sleeps), and a write costs exactly one round trip;
-//! - **`readers` read-only connections** (default 4): WAL lets them read while the writer writes;
-//!   a read takes the first idle one, so reads never wait behind writes.
+//! - **`readers` read-only connections** (default 2): WAL lets them read while the writer writes;
+//!   a read takes the first idle one, so reads never wait behind writes; point gets that find
+//!   them all taken are coalesced (see `DbOptions::readers` for the figures).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +36,9 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub(crate) struct Connections {
     kind: Kind,
+    /// The queues of writes waiting to be carried together (see [`group`](super::group)), one
+    /// per kind of grouped write.
+    groups: super::group::Queues,
     /// Set for a private temporary database: the file to delete once the connections are gone
     /// (declared after `kind`, so it is dropped after them).
     #[expect(dead_code, reason = "held only for its Drop")]
@@ -51,8 +55,12 @@ enum Kind {
         /// long `Tx`, say) before it gives up with [`Error::Busy`], as SQLite does for locks
         /// held by other processes.
         busy_timeout: Duration,
-        /// Keeps the WAL under its bound (issue 13; see `checkpoint`).
+        /// Keeps the WAL under its bound (see `checkpoint`).
         checkpoints: Checkpointer,
+        /// Whether writes queued together are carried as a group (`DbOptions::group_writes`).
+        group_writes: bool,
+        /// Whether point reads queued together share a statement (`DbOptions::group_reads`).
+        group_reads: bool,
     },
     Pool {
         pool: SqlitePool,
@@ -224,7 +232,10 @@ impl Connections {
                 next_reader: AtomicUsize::new(0),
                 busy_timeout: options.busy_timeout,
                 checkpoints,
+                group_writes: options.group_writes,
+                group_reads: options.group_reads,
             },
+            groups: super::group::Queues::default(),
             temp_file,
         })
     }
@@ -236,6 +247,7 @@ impl Connections {
                 pool,
                 checked: OnceCell::new(),
             },
+            groups: super::group::Queues::default(),
             temp_file: None,
         }
     }
@@ -300,6 +312,74 @@ impl Connections {
             Kind::Held { checkpoints, .. } => Some(checkpoints.long_read()),
             Kind::Pool { .. } => None,
         }
+    }
+
+    /// The writer if no other call has it right now, without waiting: `None` when it is taken
+    /// (or for a caller's pool, whose writes are never grouped). Like `write_lease`, it gives
+    /// the WAL checkpoint its turn first.
+    pub(crate) async fn write_lease_now(&self) -> Option<Result<Lease>> {
+        match &self.kind {
+            Kind::Held {
+                writer,
+                checkpoints,
+                ..
+            } => match writer.conn.clone().try_lock_owned() {
+                Ok(guard) => {
+                    let lease = writer.lend_locked(guard).await;
+                    if lease.is_ok() {
+                        checkpoints.before_write().await;
+                    }
+                    Some(lease)
+                }
+                Err(_) => None,
+            },
+            Kind::Pool { .. } => None,
+        }
+    }
+
+    /// Whether writes may be grouped: only on the held writer, where writes queue in Rust, and
+    /// unless the options turned it off.
+    pub(crate) fn groups_writes(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Held {
+                group_writes: true,
+                ..
+            }
+        )
+    }
+
+    /// Whether point reads may be coalesced: only on held readers, unless the options turned it
+    /// off.
+    pub(crate) fn groups_reads(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Held {
+                group_reads: true,
+                ..
+            }
+        )
+    }
+
+    /// The first idle reader, without waiting: `None` when every reader is taken (or for a
+    /// caller's pool).
+    pub(crate) async fn read_lease_now(&self) -> Option<Result<Lease>> {
+        match &self.kind {
+            Kind::Held { readers, .. } => {
+                for slot in readers {
+                    if let Ok(guard) = slot.conn.clone().try_lock_owned() {
+                        return Some(slot.lend_locked(guard).await);
+                    }
+                }
+                None
+            }
+            Kind::Pool { .. } => None,
+        }
+    }
+
+    /// The queues of grouped writes.
+    pub(crate) fn groups(&self) -> &super::group::Queues {
+        &self.groups
     }
 
     /// A reader connection: the first idle one from the start of the list, else the next in turn.

@@ -6,15 +6,17 @@
 //! the idempotency key is `UNIQUE`. So a transfer is **one** `INSERT` and a batch is **one**
 //! `INSERT … SELECT … FROM json_each(?)`, each atomic by itself, each one round trip to sqlx's
 //! worker thread. Only when the database refuses do we read, to say which account and balance.
+//! Transfers of concurrent callers queued for the writer together ride one statement too (group
+//! commit: `GroupedTransfers`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
-use crate::conn::Handle;
+use crate::conn::{Conn, Grouped, Handle};
 use crate::error::{Error, Result};
 use crate::limits::{MAX_KEY_CHARS, at_position, check_amount, check_batch};
 use crate::trace::{Rows, traced};
@@ -219,6 +221,13 @@ impl AccountRepo {
     /// With an idempotency key that already landed with the same from/to/amount, returns
     /// `Ok(())` and moves nothing, whatever the balances are now.
     ///
+    /// On a [`Db`](crate::Db), transfers of concurrent callers that wait for the writer
+    /// together are carried as one statement (group commit, see
+    /// [`crate::conn::Grouped`]): one round trip and one commit for all of them.
+    /// Each caller still gets exactly its own answer: a neighbour's refusal makes the group run
+    /// again one by one, and `Ok` means this transfer's ledger row is committed. A caller with
+    /// nobody waiting runs one `INSERT`, as above.
+    ///
     /// # Errors
     /// [`Error::InvalidInput`] for `from == to`, a non-positive amount or an empty key;
     /// [`Error::Duplicate`] ([`IDEMPOTENCY_KEY_CONSTRAINT`]) for a key that landed with other
@@ -244,15 +253,7 @@ impl AccountRepo {
         let handle = self.handle.clone();
         let t = t.validate().map(|()| t.clone());
         traced("accounts", "transfer", async move {
-            let t = t?;
-            let mut conn = handle.writer().await?;
-            match insert_transfer(conn.statements()?, &t).await {
-                Ok(0) => Ok(TransferOutcome::Replayed),
-                Ok(_) => Ok(TransferOutcome::Landed),
-                Err(err) => {
-                    Err(explain_failure(conn.statements()?, std::slice::from_ref(&t), err).await)
-                }
-            }
+            handle.write_grouped::<GroupedTransfers>(t?).await
         })
     }
 
@@ -307,6 +308,71 @@ impl AccountRepo {
             .fetch_one(conn.statements()?)
             .await?)
         })
+    }
+}
+
+/// Transfers of several callers carried to the writer together (group commit, see
+/// [`Grouped`]): one ledger `INSERT … SELECT … FROM json_each(?)` for the whole group.
+///
+/// Measured on this machine kind (2 cores, loaded): 16 callers' transfers one round trip each
+/// cost 68–119 µs per transfer; as one statement a member costs a few µs on top of one shared
+/// round trip and one commit.
+struct GroupedTransfers;
+
+impl Grouped for GroupedTransfers {
+    type Request = Transfer;
+    type Outcome = TransferOutcome;
+
+    /// One transfer, one ledger `INSERT`; a refusal is read back to name its cause.
+    async fn apply_one(conn: &mut Conn, t: &Transfer) -> Result<TransferOutcome> {
+        match insert_transfer(conn.statements()?, t).await {
+            Ok(0) => Ok(TransferOutcome::Replayed),
+            Ok(_) => Ok(TransferOutcome::Landed),
+            Err(err) => {
+                Err(explain_failure(conn.statements()?, std::slice::from_ref(t), err).await)
+            }
+        }
+    }
+
+    /// The group as one statement. Unlike [`AccountRepo::transfer_batch`] the members are
+    /// independent: when the database refuses the statement (one member overdraws, names a
+    /// missing account, reuses a key with other parameters, or two members share a new key),
+    /// nothing of it is stored and each member runs again alone, so each gets exactly the
+    /// answer it would have had by itself. Any other failure (a commit that could not be made:
+    /// a full disk, an I/O error, a lock held past the busy timeout) fails every member, since
+    /// none of them is stored.
+    async fn apply_group(conn: &mut Conn, ts: &[Transfer]) -> Vec<Result<TransferOutcome>> {
+        let refs: Vec<&Transfer> = ts.iter().collect();
+        let landed = match steps_json(&refs) {
+            Ok(Some(json)) => match conn.statements() {
+                Ok(sqlite) => insert_transfer_group(sqlite, &json).await,
+                Err(err) => Err(err),
+            },
+            Ok(None) => return Vec::new(),
+            Err(err) => Err(err),
+        };
+        match landed {
+            Ok(landed_keys) => ts
+                .iter()
+                .map(|t| match &t.idempotency_key {
+                    // A keyed step the statement skipped had landed before: a replay.
+                    Some(key) if !landed_keys.contains(key) => Ok(TransferOutcome::Replayed),
+                    _ => Ok(TransferOutcome::Landed),
+                })
+                .collect(),
+            Err(Error::Duplicate { .. } | Error::ForeignKey | Error::InvalidInput(_)) => {
+                let mut outcomes = Vec::with_capacity(ts.len());
+                for t in ts {
+                    outcomes.push(Self::apply_one(conn, t).await);
+                }
+                outcomes
+            }
+            Err(err) => {
+                // A commit may have failed halfway: roll back before the writer's next use.
+                let _ = conn.sqlite();
+                ts.iter().map(|_| Err(err.for_each_caller())).collect()
+            }
+        }
     }
 }
 
@@ -560,6 +626,37 @@ async fn insert_transfers(conn: &mut SqliteConnection, steps_json: &str) -> Resu
     .execute(conn)
     .await?;
     Ok(result.rows_affected())
+}
+
+// A group of independent callers' transfers as one statement, as `insert_transfers` does for a
+// batch; `RETURNING` names the keys that landed, so a keyed member it skipped (`NOT EXISTS`:
+// landed before with the same movement) is told `Replayed`. Read with `fetch_all`, which steps
+// the statement to its end, where the commit happens: a failed commit is an error here.
+async fn insert_transfer_group(
+    conn: &mut SqliteConnection,
+    steps_json: &str,
+) -> Result<HashSet<String>> {
+    let keys = sqlx::query_scalar!(
+        r#"
+        INSERT INTO transfers (from_account, to_account, amount, idempotency_key)
+        SELECT step.value ->> 0, step.value ->> 1, step.value ->> 2, step.value ->> 3
+        FROM json_each(?1) AS step
+        WHERE NOT EXISTS (
+            SELECT 1
+            FROM transfers AS landed
+            WHERE landed.idempotency_key = step.value ->> 3
+              AND landed.from_account = step.value ->> 0
+              AND landed.to_account = step.value ->> 1
+              AND landed.amount = step.value ->> 2
+        )
+        ORDER BY step.key
+        RETURNING idempotency_key
+        "#,
+        steps_json,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(keys.into_iter().flatten().collect())
 }
 
 struct LandedKey {

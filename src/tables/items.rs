@@ -1,5 +1,6 @@
 //! The `items` table: its data types, [`ItemRepo`], and all of its SQL.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
@@ -11,7 +12,7 @@ use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
 use super::paging::{self, Keyed, Page};
-use crate::conn::{Conn, Handle};
+use crate::conn::{Conn, Grouped, Handle};
 use crate::error::{Error, Result};
 use crate::limits::{
     MAX_CHUNK_BYTES, MAX_PAGE_BYTES, MAX_PAGE_ROWS, at_position, check_batch, check_data_depth,
@@ -221,8 +222,7 @@ impl ItemRepo {
     pub fn get(&self, id: i64) -> impl Future<Output = Result<Option<Item>>> + Send + use<> {
         let handle = self.handle.clone();
         traced("items", "get", async move {
-            let mut conn = handle.reader().await?;
-            select_one(conn.statements()?, id).await
+            handle.read_grouped::<GroupedGets>(id).await
         })
     }
 
@@ -344,15 +344,14 @@ impl ItemRepo {
             let Some((name, data, status)) = change? else {
                 return Ok(false);
             };
-            let mut conn = handle.writer().await?;
-            update_one(
-                conn.statements()?,
-                id,
-                name.as_deref(),
-                data.as_deref(),
-                status,
-            )
-            .await
+            handle
+                .write_grouped::<GroupedUpdates>(ItemUpdate {
+                    id,
+                    name,
+                    data,
+                    status,
+                })
+                .await
         })
     }
 
@@ -492,6 +491,130 @@ fn patch_values(patch: &ItemPatch) -> Result<PatchValues> {
         return Ok(None);
     }
     Ok(Some((patch.name.clone(), data, patch.status)))
+}
+
+/// One caller's `update`: the id and the validated values to set (`None`: keep).
+#[derive(Debug)]
+struct ItemUpdate {
+    id: i64,
+    name: Option<String>,
+    /// The JSON text to store.
+    data: Option<String>,
+    status: Option<ItemStatus>,
+}
+
+/// One member of `update_group`'s JSON: `[id, name, data, status]`, `null` for "keep".
+type UpdateRow<'a> = (i64, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
+/// Updates of concurrent callers queued for the writer together, carried as one
+/// `UPDATE … FROM json_each(?)` (one round trip and one commit for the group).
+///
+/// Measured here (bench `mixed_concurrent`, 16 callers, 2 loaded cores): with transfers grouped
+/// and gets coalesced, the 10 % of updates still paid a writer round trip each.
+struct GroupedUpdates;
+
+impl Grouped for GroupedUpdates {
+    type Request = ItemUpdate;
+    type Outcome = bool;
+
+    async fn apply_one(conn: &mut Conn, u: &ItemUpdate) -> Result<bool> {
+        update_one(
+            conn.statements()?,
+            u.id,
+            u.name.as_deref(),
+            u.data.as_deref(),
+            u.status,
+        )
+        .await
+    }
+
+    /// The group as one statement; `RETURNING id` says which rows really changed. Two updates
+    /// of one item in a group (whose order matters), or a statement the database refuses (a
+    /// name already taken), run one by one instead, in queue order, so each caller gets the
+    /// answer it would get alone. Any other failure (a commit that could not be made) fails
+    /// every member: none of them is stored.
+    async fn apply_group(conn: &mut Conn, updates: &[ItemUpdate]) -> Vec<Result<bool>> {
+        let distinct: std::collections::HashSet<i64> = updates.iter().map(|u| u.id).collect();
+        let changed = if distinct.len() == updates.len() {
+            let rows: Vec<UpdateRow<'_>> = updates
+                .iter()
+                .map(|u| {
+                    (
+                        u.id,
+                        u.name.as_deref(),
+                        u.data.as_deref(),
+                        u.status.map(ItemStatus::as_str),
+                    )
+                })
+                .collect();
+            match (json_text(&rows), conn.statements()) {
+                (Ok(json), Ok(sqlite)) => Some(update_group(sqlite, &json).await),
+                (Err(err), _) | (_, Err(err)) => Some(Err(err)),
+            }
+        } else {
+            None
+        };
+        match changed {
+            Some(Ok(ids)) => updates.iter().map(|u| Ok(ids.contains(&u.id))).collect(),
+            Some(Err(err))
+                if !matches!(
+                    err,
+                    Error::Duplicate { .. } | Error::InvalidInput(_) | Error::ForeignKey
+                ) =>
+            {
+                // A commit may have failed halfway: roll back before the writer's next use.
+                let _ = conn.sqlite();
+                updates.iter().map(|_| Err(err.for_each_caller())).collect()
+            }
+            _ => {
+                let mut outcomes = Vec::with_capacity(updates.len());
+                for u in updates {
+                    outcomes.push(Self::apply_one(conn, u).await);
+                }
+                outcomes
+            }
+        }
+    }
+}
+
+/// Point gets of concurrent callers that find every reader taken, answered together by one
+/// `select_many` statement (one round trip for the group instead of one each).
+///
+/// Measured here (bench, 16 concurrent callers, 2 loaded cores): point gets on 4 readers cost
+/// 14–17 µs per get of wall time uncoalesced, 10–12 µs coalesced (rusqlite 5.4–6.6 µs).
+struct GroupedGets;
+
+impl Grouped for GroupedGets {
+    type Request = i64;
+    type Outcome = Option<Item>;
+
+    async fn apply_one(conn: &mut Conn, id: &i64) -> Result<Option<Item>> {
+        select_one(conn.statements()?, *id).await
+    }
+
+    /// One statement for every id; if it fails (a row that does not decode, say), each get
+    /// runs again alone, so one caller's bad row is not its neighbours' error.
+    async fn apply_group(conn: &mut Conn, ids: &[i64]) -> Vec<Result<Option<Item>>> {
+        let found = match id_list(ids) {
+            Ok(Some(ids_json)) => select_many(conn, &ids_json).await,
+            Ok(None) => return Vec::new(),
+            Err(err) => Err(err),
+        };
+        match found {
+            Ok(items) => {
+                let by_id: HashMap<i64, Item> =
+                    items.into_iter().map(|item| (item.id, item)).collect();
+                ids.iter().map(|id| Ok(by_id.get(id).cloned())).collect()
+            }
+            Err(_) => {
+                let mut outcomes = Vec::with_capacity(ids.len());
+                for id in ids {
+                    outcomes.push(Self::apply_one(conn, id).await);
+                }
+                outcomes
+            }
+        }
+    }
 }
 
 /// Ids as the JSON array a `json_each(?)` statement reads; `None` for no ids.
@@ -998,6 +1121,35 @@ async fn update_one(
     .execute(conn)
     .await?;
     Ok(result.rows_affected() > 0)
+}
+
+// `update_one` for a group: `[[id, name, data, status], ...]` (null: keep), one row per item
+// (the caller makes sure no id repeats: `UPDATE … FROM` would pick one of them). `RETURNING id`
+// names the rows that really changed; read with `fetch_all`, which steps to the end, where the
+// commit happens, so a failed commit is an error here.
+async fn update_group(
+    conn: &mut SqliteConnection,
+    updates_json: &str,
+) -> Result<std::collections::HashSet<i64>> {
+    let ids = sqlx::query_scalar!(
+        r#"
+        UPDATE items
+        SET name = coalesce(patch.value ->> 1, items.name),
+            data = coalesce(patch.value ->> 2, items.data),
+            status = coalesce(patch.value ->> 3, items.status),
+            updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+        FROM json_each(?1) AS patch
+        WHERE items.id = patch.value ->> 0
+          AND (items.name IS NOT coalesce(patch.value ->> 1, items.name)
+               OR items.data IS NOT coalesce(patch.value ->> 2, items.data)
+               OR items.status IS NOT coalesce(patch.value ->> 3, items.status))
+        RETURNING id AS "id!: i64"
+        "#,
+        updates_json,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(ids.into_iter().collect())
 }
 
 async fn delete_one(conn: &mut SqliteConnection, id: i64) -> Result<bool> {
