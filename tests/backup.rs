@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use common::{fresh_db, raw};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use sqlrepo::{Db, DbOptions, Error, NewAccount, NewItem, Transfer};
+use sqlrepo::{Db, DbOptions, Error, NewItem, Transfer};
 
 const ACCOUNTS: i64 = 20;
 const OPENING_CENTS: i64 = 10_000;
@@ -40,19 +40,7 @@ fn ledger_balances_match(path: &std::path::Path) -> Vec<(i64, i64, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backup_during_concurrent_transfers_conserves_money_and_opens_clean() {
     let db = fresh_db().await;
-    let mut accounts = Vec::new();
-    for _ in 0..ACCOUNTS {
-        accounts.push(
-            db.accounts()
-                .open(&NewAccount {
-                    user_id: None,
-                    balance_cents: OPENING_CENTS,
-                })
-                .await
-                .unwrap(),
-        );
-    }
-    let accounts = Arc::new(accounts);
+    let accounts = Arc::new(common::open_accounts(&db, ACCOUNTS as usize, OPENING_CENTS).await);
     let landed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
 

@@ -13,8 +13,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use common::raw;
 use common::tmpfs::Tmpfs;
+use common::{integrity_check, item_names};
 use serde_json::json;
 use sqlrepo::{Db, DbOptions, Error, NewAccount, NewItem, Transfer};
 
@@ -39,22 +39,6 @@ fn fill(dir: &Path) -> PathBuf {
 /// One item of about a kilobyte, so a few dozen fill a page run of the WAL.
 fn item(name: &str) -> NewItem {
     NewItem::new(name, json!({ "padding": "x".repeat(1_000) }))
-}
-
-/// Every item name in the file, read behind the API's back by a fresh connection.
-fn names_in_file(path: &Path) -> Vec<String> {
-    let conn = raw(path);
-    let mut stmt = conn.prepare("SELECT name FROM items ORDER BY id").unwrap();
-    stmt.query_map([], |row| row.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-fn raw_integrity(path: &Path) -> String {
-    raw(path)
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .unwrap()
 }
 
 /// A database on a tmpfs that is full: some writes acknowledged before, one batch refused.
@@ -208,8 +192,8 @@ async fn reads_go_on_and_nothing_acknowledged_is_lost_while_the_disk_is_full() {
         .integrity_check()
         .await
         .expect("integrity while full");
-    assert_eq!(raw_integrity(&full.path), "ok");
-    assert_eq!(names_in_file(&full.path), full.acknowledged);
+    assert_eq!(integrity_check(&full.path), "ok");
+    assert_eq!(item_names(&full.path), full.acknowledged);
 }
 
 #[tokio::test]
@@ -246,8 +230,8 @@ async fn writes_succeed_again_on_the_same_db_once_space_is_freed() {
     let mut expected = full.acknowledged.clone();
     expected.push("after-space-freed".to_owned());
     expected.extend(full.refused.1.iter().cloned());
-    assert_eq!(names_in_file(&full.path), expected);
-    assert_eq!(raw_integrity(&full.path), "ok");
+    assert_eq!(item_names(&full.path), expected);
+    assert_eq!(integrity_check(&full.path), "ok");
 }
 
 /// Fails on the code of this branch: a single-row create returns `Ok(id)` on a full disk and

@@ -18,7 +18,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use sqlrepo::conn::WAL_BOUND_BYTES;
-use sqlrepo::{Db, Error, ItemPatch, NewAccount, NewItem, NewOrder, Transfer};
+use sqlrepo::{Db, Error, ItemPatch, NewItem, NewOrder, Transfer};
 
 const ACCOUNTS: i64 = 50;
 const OPENING_CENTS: i64 = 1_000_000;
@@ -133,19 +133,7 @@ async fn the_wal_stays_under_its_bound_under_steady_mixed_load() {
         .collect();
     db.items().insert_many(&items).await.unwrap();
     let user = common::user(&db, "load@example.com", "Load").await;
-    let mut accounts = Vec::new();
-    for _ in 0..ACCOUNTS {
-        accounts.push(
-            db.accounts()
-                .open(&NewAccount {
-                    user_id: None,
-                    balance_cents: OPENING_CENTS,
-                })
-                .await
-                .unwrap(),
-        );
-    }
-    let accounts = Arc::new(accounts);
+    let accounts = Arc::new(common::open_accounts(&db, ACCOUNTS as usize, OPENING_CENTS).await);
     let stop = Arc::new(AtomicBool::new(false));
     let largest_wal = Arc::new(AtomicU64::new(0));
 

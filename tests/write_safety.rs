@@ -19,23 +19,7 @@ use sqlrepo::{Db, Error, NewAccount, NewItem, NewOrder, NewUser, Transfer};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
 use common::tmpfs::Tmpfs;
-use common::{dump_all, raw};
-
-/// Item names stored in the file, read by a separate connection (what a restart would see).
-fn stored_names(path: &Path) -> Vec<String> {
-    let conn = raw(path);
-    let mut stmt = conn.prepare("SELECT name FROM items ORDER BY id").unwrap();
-    stmt.query_map([], |row| row.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-fn integrity(path: &Path) -> String {
-    raw(path)
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .unwrap()
-}
+use common::{dump_all, integrity_check, item_names, raw};
 
 // ---- finding 1: creates on a full disk ----
 
@@ -163,7 +147,7 @@ async fn creates_on_a_full_disk_are_stored_or_refused(kind: Create) {
         .await
         .expect("a write after space was freed");
     assert!(exists(id).await);
-    assert_eq!(integrity(&db_path), "ok");
+    assert_eq!(integrity_check(&db_path), "ok");
     println!(
         "{kind:?}: {} creates acknowledged and stored, then {} DiskFull",
         acknowledged.len(),
@@ -224,7 +208,7 @@ async fn a_tx_that_a_trigger_rolled_back_refuses_later_calls_and_commit() {
     assert!(matches!(after, Err(Error::RolledBack(_))), "{after:?}");
     let commit = tx.commit().await;
     assert!(matches!(commit, Err(Error::RolledBack(_))), "{commit:?}");
-    assert!(stored_names(&test.path).is_empty());
+    assert!(item_names(&test.path).is_empty());
 
     // The writer works again, for transactions and for multi-statement calls.
     let tx = test.db.begin().await.unwrap();
@@ -247,7 +231,7 @@ async fn a_tx_that_a_trigger_rolled_back_refuses_later_calls_and_commit() {
         .map(|n| NewItem::new(format!("chunked-{n}"), json!(n)))
         .collect();
     assert_eq!(test.db.items().insert_many(&chunked).await.unwrap(), 50_001);
-    assert_eq!(stored_names(&test.path).len(), 50_002);
+    assert_eq!(item_names(&test.path).len(), 50_002);
 }
 
 #[tokio::test]
@@ -277,7 +261,7 @@ async fn a_tx_on_a_callers_pool_that_a_trigger_rolled_back_is_dead_too() {
         .await;
     assert!(matches!(after, Err(Error::RolledBack(_))), "{after:?}");
     assert!(matches!(tx.commit().await, Err(Error::RolledBack(_))));
-    assert!(stored_names(&path).is_empty());
+    assert!(item_names(&path).is_empty());
     let id = db
         .items()
         .create(&NewItem::new("next", json!(4)))
@@ -285,7 +269,7 @@ async fn a_tx_on_a_callers_pool_that_a_trigger_rolled_back_is_dead_too() {
         .unwrap();
     assert!(db.items().get(id).await.unwrap().is_some());
     db.close().await;
-    assert_eq!(stored_names(&path), ["next"]);
+    assert_eq!(item_names(&path), ["next"]);
 }
 
 #[tokio::test]
@@ -315,7 +299,7 @@ async fn a_constraint_error_inside_a_tx_fails_only_its_statement() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(stored_names(&test.path), ["kept", "also-kept"]);
+    assert_eq!(item_names(&test.path), ["kept", "also-kept"]);
 }
 
 const CHILD_DB: &str = "SQLREPO_WRITE_SAFETY_CHILD_DB";
@@ -446,8 +430,8 @@ async fn a_tx_that_hit_the_file_size_limit_stores_nothing_and_the_db_recovers() 
     assert_eq!(step("fresh-commit"), "Ok(())", "{stdout}");
     assert_eq!(step("deposit"), "Ok(7)", "{stdout}");
     // Nothing of the failed transaction is stored; what committed afterwards is.
-    assert_eq!(stored_names(&path), ["fresh-tx"]);
-    assert_eq!(integrity(&path), "ok");
+    assert_eq!(item_names(&path), ["fresh-tx"]);
+    assert_eq!(integrity_check(&path), "ok");
 }
 
 // ---- finding 3: a caller's pool that switches the rules off ----
@@ -549,7 +533,7 @@ async fn a_rollback_journal_pool_behind_a_readers_lock_says_busy_and_stores_noth
     reader.execute_batch("COMMIT").unwrap();
     drop(reader);
     assert!(db.items().get(1).await.unwrap().is_none());
-    assert!(stored_names(&path).is_empty());
+    assert!(item_names(&path).is_empty());
 
     // Lock gone: the same Db writes, and the Ok is stored.
     let id = db
@@ -559,7 +543,7 @@ async fn a_rollback_journal_pool_behind_a_readers_lock_says_busy_and_stores_noth
         .unwrap();
     assert_eq!(db.items().get(id).await.unwrap().unwrap().name, "after");
     db.close().await;
-    assert_eq!(stored_names(&path), ["after"]);
+    assert_eq!(item_names(&path), ["after"]);
 }
 
 // ---- finding 4: a Tx dropped while one of its calls runs ----
@@ -592,7 +576,7 @@ async fn a_tx_dropped_mid_call_frees_the_writer_when_the_call_ends_and_its_repos
             .await;
         assert!(matches!(late, Err(Error::RolledBack(_))), "{late:?}");
     }
-    let names = stored_names(&test.path);
+    let names = item_names(&test.path);
     assert_eq!(names, ["plain-0", "plain-1", "plain-5", "plain-20"]);
 }
 
@@ -621,7 +605,7 @@ async fn a_transaction_a_service_left_open_on_a_conn_is_rolled_back_before_reuse
         .await
         .unwrap();
     assert_eq!(test.db.items().get(id).await.unwrap().unwrap().name, "next");
-    assert_eq!(stored_names(&test.path), ["next"]);
+    assert_eq!(item_names(&test.path), ["next"]);
 }
 
 #[tokio::test]
@@ -647,7 +631,7 @@ async fn a_service_panicking_inside_its_own_transaction_leaves_nothing_behind() 
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(stored_names(&test.path), ["in-tx"]);
+    assert_eq!(item_names(&test.path), ["in-tx"]);
 }
 
 #[tokio::test]
@@ -660,5 +644,5 @@ async fn a_reader_conn_refuses_writes_with_a_typed_error_and_writes_nothing() {
         .map_err(Error::from);
     assert!(matches!(write, Err(Error::ReadOnly(_))), "{write:?}");
     drop(conn);
-    assert!(stored_names(&test.path).is_empty());
+    assert!(item_names(&test.path).is_empty());
 }

@@ -86,3 +86,34 @@ pub async fn user(db: &Db, email: &str, name: &str) -> i64 {
         .await
         .expect("create user")
 }
+
+/// Every item name in the file, in id order, read behind the API's back by a fresh connection
+/// (what a restart would see).
+pub fn item_names(path: &std::path::Path) -> Vec<String> {
+    let conn = raw(path);
+    let mut stmt = conn.prepare("SELECT name FROM items ORDER BY id").unwrap();
+    stmt.query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// `PRAGMA integrity_check` on the file, through a fresh connection: `"ok"` when sound.
+pub fn integrity_check(path: &std::path::Path) -> String {
+    raw(path)
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap()
+}
+
+/// Opens `count` accounts with no owner, `balance_cents` each, and returns their ids.
+pub async fn open_accounts(db: &Db, count: usize, balance_cents: i64) -> Vec<i64> {
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        let new = sqlrepo::NewAccount {
+            user_id: None,
+            balance_cents,
+        };
+        ids.push(db.accounts().open(&new).await.expect("open account"));
+    }
+    ids
+}
