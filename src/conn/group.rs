@@ -30,16 +30,14 @@
 //!   its request out and returns [`Error::Busy`]; if a group has already taken it, it waits for
 //!   the group's answer instead, so `Busy` never hides a write that lands.
 
-use std::any::{Any, TypeId};
-use std::collections::{HashMap, VecDeque};
-use std::fmt;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 
-use super::handle::Conn;
+use super::handle::{Conn, Handle};
 use super::pool::{Connections, Lease};
 use crate::error::{Error, Result};
 
@@ -75,30 +73,6 @@ pub trait Grouped: Send + Sync + 'static {
     ) -> impl Future<Output = Vec<Result<Self::Outcome>>> + Send;
 }
 
-/// The queues of one database, one per kind of grouped write.
-#[derive(Default)]
-pub(crate) struct Queues {
-    by_kind: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
-}
-
-impl fmt::Debug for Queues {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Queues").finish_non_exhaustive()
-    }
-}
-
-impl Queues {
-    fn get<G: Grouped>(&self) -> Option<Arc<Queue<G>>> {
-        let mut by_kind = self.by_kind.lock().unwrap_or_else(PoisonError::into_inner);
-        by_kind
-            .entry(TypeId::of::<G>())
-            .or_insert_with(|| Arc::new(Queue::<G>::new()))
-            .clone()
-            .downcast::<Queue<G>>()
-            .ok()
-    }
-}
-
 /// The requests of one kind waiting for the writer.
 struct Queue<G: Grouped> {
     pending: Mutex<VecDeque<Pending<G>>>,
@@ -111,14 +85,16 @@ struct Pending<G: Grouped> {
     answer: oneshot::Sender<Result<G::Outcome>>,
 }
 
-impl<G: Grouped> Queue<G> {
-    fn new() -> Self {
+impl<G: Grouped> Default for Queue<G> {
+    fn default() -> Self {
         Queue {
             pending: Mutex::new(VecDeque::new()),
             next_id: AtomicU64::new(0),
         }
     }
+}
 
+impl<G: Grouped> Queue<G> {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending<G>>> {
         // Nothing here panics while holding the lock; a poisoned queue is still consistent.
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
@@ -202,6 +178,49 @@ impl Side {
     }
 }
 
+// Group commit through any `Handle`: defined here rather than in `handle.rs`, so that this
+// module depends on `Handle` and `Conn` and not the other way round.
+impl Handle {
+    /// Applies one write of kind `G`, carried in one trip to the writer with other callers'
+    /// writes of the same kind when they queue for it together (group commit, see
+    /// [`Grouped`]). A caller with nobody queued runs [`Grouped::apply_one`] exactly as
+    /// it would alone; inside a [`Tx`](crate::Tx), and on a caller's own pool, writes are
+    /// never grouped.
+    ///
+    /// # Errors
+    /// Whatever `G` returns for this request; [`Error::Busy`] when the writer stays taken past
+    /// the busy timeout (the request was then not applied); [`Error::Database`] (`WorkerCrashed`)
+    /// if the group carrying the request stopped without answering (its runtime shut down).
+    pub async fn write_grouped<G: Grouped>(&self, request: G::Request) -> Result<G::Outcome> {
+        match self.connections() {
+            Some(connections) => run::<G>(connections, Side::Writer, request).await,
+            None => {
+                let mut conn = self.writer().await?;
+                G::apply_one(&mut conn, &request).await
+            }
+        }
+    }
+
+    /// Runs one read of kind `G` on a reader, sharing one statement with other callers' reads
+    /// of the same kind when every reader is taken and they queue together (for example point
+    /// gets answered by one `get_many`-style statement). A caller that finds a reader idle
+    /// runs [`Grouped::apply_one`] exactly as it would alone; inside a [`Tx`](crate::Tx),
+    /// and on a caller's own pool, reads are never grouped.
+    ///
+    /// # Errors
+    /// Whatever `G` returns for this request; [`Error::Busy`] when every reader stays taken
+    /// past the busy timeout.
+    pub async fn read_grouped<G: Grouped>(&self, request: G::Request) -> Result<G::Outcome> {
+        match self.connections() {
+            Some(connections) => run::<G>(connections, Side::Reader, request).await,
+            None => {
+                let mut conn = self.reader().await?;
+                G::apply_one(&mut conn, &request).await
+            }
+        }
+    }
+}
+
 /// Applies `request` on a connection of `side` (the database's writer, or a reader), carried
 /// with other callers' requests of the same kind when they queue together (see the module
 /// docs).
@@ -210,7 +229,7 @@ pub(crate) async fn run<G: Grouped>(
     side: Side,
     request: G::Request,
 ) -> Result<G::Outcome> {
-    let queue = match connections.groups().get::<G>() {
+    let queue = match connections.extensions().get::<Queue<G>>() {
         Some(queue) if side.grouping(connections) => queue,
         _ => return alone::<G>(side.lease(connections).await?, &request).await,
     };

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sqlx::sqlite::SqliteConnection;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::group::Grouped;
 use super::pool::{Connections, Lease, TxEvents, no_transaction_active};
 use crate::error::{Error, Result};
 
@@ -70,6 +69,14 @@ impl Handle {
         }
     }
 
+    /// The database's connections, for a `Handle` of a `Db` (`None` inside a `Tx`).
+    pub(super) fn connections(&self) -> Option<&Arc<Connections>> {
+        match &self.route {
+            Route::Db(connections) => Some(connections),
+            Route::Tx(_) => None,
+        }
+    }
+
     pub(crate) fn tx(state: Arc<Mutex<TxState>>) -> Handle {
         Handle {
             route: Route::Tx(state),
@@ -99,49 +106,6 @@ impl Handle {
         match &self.route {
             Route::Db(connections) => Ok(Conn::lease(connections.write_lease().await?)),
             Route::Tx(state) => Conn::in_tx(state).await,
-        }
-    }
-
-    /// Applies one write of kind `G`, carried in one trip to the writer with other callers'
-    /// writes of the same kind when they queue for it together (group commit, see
-    /// [`Grouped`]). A caller with nobody queued runs [`Grouped::apply_one`] exactly as
-    /// it would alone; inside a [`Tx`](crate::Tx), and on a caller's own pool, writes are
-    /// never grouped.
-    ///
-    /// # Errors
-    /// Whatever `G` returns for this request; [`Error::Busy`] when the writer stays taken past
-    /// the busy timeout (the request was then not applied); [`Error::Database`] (`WorkerCrashed`)
-    /// if the group carrying the request stopped without answering (its runtime shut down).
-    pub async fn write_grouped<G: Grouped>(&self, request: G::Request) -> Result<G::Outcome> {
-        match &self.route {
-            Route::Db(connections) => {
-                super::group::run::<G>(connections, super::group::Side::Writer, request).await
-            }
-            Route::Tx(_) => {
-                let mut conn = self.writer().await?;
-                G::apply_one(&mut conn, &request).await
-            }
-        }
-    }
-
-    /// Runs one read of kind `G` on a reader, sharing one statement with other callers' reads
-    /// of the same kind when every reader is taken and they queue together (for example point
-    /// gets answered by one `get_many`-style statement). A caller that finds a reader idle
-    /// runs [`Grouped::apply_one`] exactly as it would alone; inside a [`Tx`](crate::Tx),
-    /// and on a caller's own pool, reads are never grouped.
-    ///
-    /// # Errors
-    /// Whatever `G` returns for this request; [`Error::Busy`] when every reader stays taken
-    /// past the busy timeout.
-    pub async fn read_grouped<G: Grouped>(&self, request: G::Request) -> Result<G::Outcome> {
-        match &self.route {
-            Route::Db(connections) => {
-                super::group::run::<G>(connections, super::group::Side::Reader, request).await
-            }
-            Route::Tx(_) => {
-                let mut conn = self.reader().await?;
-                G::apply_one(&mut conn, &request).await
-            }
         }
     }
 }

@@ -16,6 +16,8 @@
 //!   a read takes the first idle one, so reads never wait behind writes; point gets that find
 //!   them all taken are coalesced (see `DbOptions::readers` for the figures).
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -36,9 +38,8 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub(crate) struct Connections {
     kind: Kind,
-    /// The queues of writes waiting to be carried together (see [`group`](super::group)), one
-    /// per kind of grouped write.
-    groups: super::group::Queues,
+    /// State the layers above keep per database, by type (the queues of group commit).
+    extensions: Extensions,
     /// Set for a private temporary database: the file to delete once the connections are gone
     /// (declared after `kind`, so it is dropped after them).
     #[expect(dead_code, reason = "held only for its Drop")]
@@ -67,6 +68,36 @@ enum Kind {
         /// The caller's settings, checked once before the first write (see `check_settings`).
         checked: OnceCell<()>,
     },
+}
+
+/// Per-database state kept beside the connections, one value per type, made on first use.
+/// It lets a module that works with the connections (group commit's queues) keep state per
+/// database without this module knowing its type, so imports run one way.
+#[derive(Default)]
+pub(crate) struct Extensions {
+    by_type: std::sync::Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extensions").finish_non_exhaustive()
+    }
+}
+
+impl Extensions {
+    /// The value of type `T` for this database, made with `T::default()` the first time.
+    pub(crate) fn get<T: Default + Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        let mut by_type = self
+            .by_type
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        by_type
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()))
+            .clone()
+            .downcast::<T>()
+            .ok()
+    }
 }
 
 /// One held connection, and what is needed to put it back in order.
@@ -235,7 +266,7 @@ impl Connections {
                 group_writes: options.group_writes,
                 group_reads: options.group_reads,
             },
-            groups: super::group::Queues::default(),
+            extensions: Extensions::default(),
             temp_file,
         })
     }
@@ -247,7 +278,7 @@ impl Connections {
                 pool,
                 checked: OnceCell::new(),
             },
-            groups: super::group::Queues::default(),
+            extensions: Extensions::default(),
             temp_file: None,
         }
     }
@@ -377,9 +408,9 @@ impl Connections {
         }
     }
 
-    /// The queues of grouped writes.
-    pub(crate) fn groups(&self) -> &super::group::Queues {
-        &self.groups
+    /// The per-database state kept beside the connections.
+    pub(crate) fn extensions(&self) -> &Extensions {
+        &self.extensions
     }
 
     /// A reader connection: the first idle one from the start of the list, else the next in turn.
