@@ -7,7 +7,9 @@
 use anyhow::{Context, ensure};
 use futures_util::TryStreamExt;
 use serde_json::json;
-use sqlrepo::{Db, Error, ItemPatch, ItemStatus, NewAccount, NewItem, NewOrder, NewUser, Transfer};
+use sqlrepo::{
+    Db, Error, Handle, ItemPatch, ItemStatus, NewAccount, NewItem, NewOrder, NewUser, Transfer,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -29,7 +31,10 @@ async fn main() -> anyhow::Result<()> {
     items(&db).await?;
     let ann = users_and_orders(&db).await?;
     accounts(&db, ann).await?;
+    concurrency(&db).await?;
+    your_own_statements(&db).await?;
     errors(&db).await?;
+    operations(&db, dir.path()).await?;
 
     step("Db::close — checkpoints the WAL and closes every connection");
     db.close().await;
@@ -315,6 +320,117 @@ async fn errors(db: &Db) -> anyhow::Result<()> {
             Ok(()) => anyhow::bail!("bad input was accepted"),
         }
     }
+    Ok(())
+}
+
+/// Many callers at once: transfers queued together ride one statement (group commit), and each
+/// caller still gets its own answer.
+async fn concurrency(db: &Db) -> anyhow::Result<()> {
+    step("16 concurrent callers — group commit, each caller keeps its own outcome");
+    let accounts = db.accounts();
+    let rich = accounts
+        .open(&NewAccount {
+            user_id: None,
+            balance_cents: 1_000,
+        })
+        .await?;
+    let poor = accounts
+        .open(&NewAccount {
+            user_id: None,
+            balance_cents: 0,
+        })
+        .await?;
+    let before = accounts.total_balance().await?;
+    let calls: Vec<_> = (0..16)
+        .map(|n| {
+            // Every fourth caller overdraws the empty account: refused alone, not with the rest.
+            let t = if n % 4 == 0 {
+                Transfer::new(poor, rich, 1)
+            } else {
+                Transfer::new(rich, poor, 10)
+            };
+            tokio::spawn(db.accounts().transfer(&t))
+        })
+        .collect();
+    let (mut landed, mut refused) = (0, 0);
+    for call in calls {
+        match call.await? {
+            Ok(()) => landed += 1,
+            Err(Error::InsufficientFunds { .. }) => refused += 1,
+            Err(other) => return Err(other.into()),
+        }
+    }
+    println!("{landed} transfers landed, {refused} refused for insufficient funds");
+    ensure!(
+        accounts.total_balance().await? == before,
+        "money moved out of the bank"
+    );
+    Ok(())
+}
+
+/// A service's own repository on sqlrepo's connections: the same `Handle` our repositories use,
+/// a checked statement, our error variants, and a transaction shared with our repositories.
+async fn your_own_statements(db: &Db) -> anyhow::Result<()> {
+    step("Handle / Conn — a service's own checked statements on our connections");
+    async fn count_items(handle: &Handle) -> sqlrepo::Result<i64> {
+        let mut conn = handle.reader().await?;
+        Ok(
+            sqlx::query_scalar!(r#"SELECT count(*) AS "count!: i64" FROM items"#)
+                .fetch_one(conn.statements()?)
+                .await?,
+        )
+    }
+    println!(
+        "items, counted by a service's own statement: {}",
+        count_items(&db.handle()).await?
+    );
+    let tx = db.begin().await?;
+    tx.items()
+        .create(&NewItem::new("inside a tx", json!({})))
+        .await?;
+    println!(
+        "inside a Tx the same statement sees the uncommitted row: {}",
+        count_items(&tx.handle()).await?
+    );
+    tx.rollback().await?;
+    println!("after rollback: {}", count_items(&db.handle()).await?);
+
+    step("ItemRepo::list_by_status_page — a keyset cursor instead of every row");
+    let (mut after, mut sizes) = (None, Vec::new());
+    loop {
+        let page = db
+            .items()
+            .list_by_status_page(ItemStatus::Active, after, 1_000)
+            .await?;
+        sizes.push(page.items.len());
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    println!("active items in pages of at most 1,000: {sizes:?}");
+    Ok(())
+}
+
+/// What an operator needs: an online backup, an integrity check, the WAL's figures.
+async fn operations(db: &Db, dir: &std::path::Path) -> anyhow::Result<()> {
+    step("Db::backup_to — a consistent copy while the database serves");
+    let copy = dir.join("tour-backup.db");
+    db.backup_to(&copy).await?;
+    let restored = Db::open(&copy).await?;
+    println!(
+        "backup at {} opens with {} items and {} cents in the bank",
+        copy.display(),
+        restored.items().count().await?,
+        restored.accounts().total_balance().await?
+    );
+    restored.close().await;
+    let again = db.backup_to(&copy).await;
+    println!("a second backup to the same path: {}", again.unwrap_err());
+
+    step("Db::integrity_check and Db::wal_stats — what a health endpoint reports");
+    db.integrity_check().await?;
+    println!("integrity: ok; WAL: {:?}", db.wal_stats());
     Ok(())
 }
 
