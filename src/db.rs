@@ -247,7 +247,7 @@ impl Db {
                 return Err(err);
             }
         };
-        backup_into(conn.sqlite()?, &target).await
+        backup_into(conn.statements()?, &target).await
     }
 
     /// Checks the whole file with SQLite's `PRAGMA integrity_check`: every page, every index
@@ -265,7 +265,7 @@ impl Db {
     pub async fn integrity_check(&self) -> Result<()> {
         let _long_read = self.connections.long_read();
         let mut conn = self.handle().reader().await?;
-        let problems = integrity_problems(conn.sqlite()?).await?;
+        let problems = integrity_problems(conn.statements()?).await?;
         if problems.is_empty() {
             Ok(())
         } else {
