@@ -167,10 +167,18 @@ impl Conn {
     /// # Errors
     /// None on SQLite; the `Result` leaves room for other backends.
     pub fn sqlite(&mut self) -> Result<&mut SqliteConnection> {
+        self.reset_on_return();
+        self.statements()
+    }
+
+    /// Has the connection rolled back before it is lent again, whatever this piece of work
+    /// leaves open: for work whose transaction state is in doubt (a statement that failed at
+    /// its commit, say). [`sqlite`](Conn::sqlite) does this itself. Inside a
+    /// [`Tx`](crate::Tx) it does nothing: the transaction's own rules apply.
+    pub fn reset_on_return(&mut self) {
         if let Lent::Lease(lease) = &mut self.lent {
             lease.set_in_doubt(true);
         }
-        self.statements()
     }
 
     /// The SQLite connection, for statements that are each complete by themselves (no

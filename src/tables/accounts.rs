@@ -369,7 +369,7 @@ impl Grouped for GroupedTransfers {
             }
             Err(err) => {
                 // A commit may have failed halfway: roll back before the writer's next use.
-                let _ = conn.sqlite();
+                conn.reset_on_return();
                 ts.iter().map(|_| Err(err.for_each_caller())).collect()
             }
         }

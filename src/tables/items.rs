@@ -563,7 +563,7 @@ impl Grouped for GroupedUpdates {
                 ) =>
             {
                 // A commit may have failed halfway: roll back before the writer's next use.
-                let _ = conn.sqlite();
+                conn.reset_on_return();
                 updates.iter().map(|_| Err(err.for_each_caller())).collect()
             }
             _ => {
