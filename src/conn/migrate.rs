@@ -7,7 +7,7 @@ use sqlx::Connection;
 use sqlx::migrate::{MigrateError, Migration};
 use sqlx::sqlite::SqliteConnection;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// sqlrepo's migrations (`migrations/` in this crate), embedded at compile time and recorded in
 /// the bookkeeping table `_sqlrepo_migrations` (set by `[migrate] table-name` in this crate's
@@ -152,32 +152,34 @@ async fn adopt(conn: &mut SqliteConnection) -> Result<()> {
         use sqlx::migrate::Migrate;
         conn.ensure_migrations_table(&MIGRATOR.table_name).await?;
     }
-    for (row, _) in &rows {
-        // A version already in our table (both tables written by hand) keeps the row there;
-        // the migrator then checks it.
-        sqlx::query!(
-            r#"
-            INSERT INTO _sqlrepo_migrations
-                (version, description, installed_on, success, checksum, execution_time)
-            SELECT version, description, installed_on, success, checksum, execution_time
-            FROM _sqlx_migrations
-            WHERE version = ?1
-            ON CONFLICT (version) DO NOTHING
-            "#,
-            row.version
-        )
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query!(
-            r#"
-            DELETE FROM _sqlx_migrations
-            WHERE version = ?1
-            "#,
-            row.version
-        )
-        .execute(&mut *conn)
-        .await?;
-    }
+    // Two statements for every adopted version (their JSON list read by `json_each`). A
+    // version already in our table (both tables written by hand) keeps the row there; the
+    // migrator then checks it.
+    let versions: Vec<i64> = rows.iter().map(|(row, _)| row.version).collect();
+    let versions = serde_json::to_string(&versions)
+        .map_err(|err| Error::invalid(format!("not JSON: {err}")))?;
+    sqlx::query!(
+        r#"
+        INSERT INTO _sqlrepo_migrations
+            (version, description, installed_on, success, checksum, execution_time)
+        SELECT version, description, installed_on, success, checksum, execution_time
+        FROM _sqlx_migrations
+        WHERE version IN (SELECT value FROM json_each(?1))
+        ON CONFLICT (version) DO NOTHING
+        "#,
+        versions
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        r#"
+        DELETE FROM _sqlx_migrations
+        WHERE version IN (SELECT value FROM json_each(?1))
+        "#,
+        versions
+    )
+    .execute(&mut *conn)
+    .await?;
     tracing::info!(
         target: "sqlrepo",
         migrations = rows.len(),
