@@ -6,7 +6,7 @@
 mod common;
 
 use serde_json::json;
-use sqlrepo::{Conn, Db, Error, Handle, NewItem, Result};
+use sqlrepo::{Conn, Error, Handle, NewItem, Result};
 
 /// A service's repository, shaped like sqlrepo's own: a `Handle` and checked statements.
 #[derive(Clone)]
@@ -129,5 +129,4 @@ async fn our_repositories_are_built_from_any_handle() {
     assert!(in_tx.delete(id).await.unwrap());
     tx.rollback().await.unwrap();
     assert!(test.db.items().get(id).await.unwrap().is_some());
-    let _: &Db = &test.db;
 }
