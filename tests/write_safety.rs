@@ -646,3 +646,90 @@ async fn a_reader_conn_refuses_writes_with_a_typed_error_and_writes_nothing() {
     drop(conn);
     assert!(item_names(&test.path).is_empty());
 }
+
+// ---- group commit on a full disk ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grouped_transfers_on_a_full_disk_are_stored_exactly_when_acknowledged() {
+    let disk = Tmpfs::mount(4 << 20);
+    let path = disk.path().join("full.db");
+    let set_aside = disk.path().join("set-aside");
+    let db = Db::open(&path).await.unwrap();
+    let accounts = common::open_accounts(&db, 16, 1_000_000).await;
+    std::fs::write(&set_aside, vec![7u8; 1 << 20]).unwrap();
+    // Fill the disk with items until it refuses one.
+    let padding = "x".repeat(2_000);
+    for n in 0.. {
+        let item = NewItem::new(format!("filler-{n}"), json!({ "pad": padding }));
+        if let Err(err) = db.items().create(&item).await {
+            assert!(matches!(err, Error::DiskFull), "{err:?}");
+            break;
+        }
+    }
+    // Give back about 96 KiB: room for some groups to land before the disk is full again, so
+    // the run crosses from stored to refused while transfers are riding in groups.
+    std::fs::write(&set_aside, vec![7u8; (1 << 20) - (96 << 10)]).unwrap();
+
+    // 16 callers at once, so their transfers queue for the writer and ride in groups.
+    let mut tasks = tokio::task::JoinSet::new();
+    for caller in 0..16usize {
+        let (db, accounts) = (db.clone(), accounts.clone());
+        tasks.spawn(async move {
+            let mut outcomes = Vec::new();
+            for n in 0..100usize {
+                let key = format!("c{caller}-{n}");
+                let t = Transfer::new(accounts[caller], accounts[(caller + 1 + n % 15) % 16], 1)
+                    .with_key(key.clone());
+                outcomes.push((key, db.accounts().transfer(&t).await));
+            }
+            outcomes
+        });
+    }
+    let mut acknowledged = std::collections::BTreeSet::new();
+    let mut full = 0;
+    while let Some(outcomes) = tasks.join_next().await {
+        for (key, outcome) in outcomes.unwrap() {
+            match outcome {
+                Ok(()) => {
+                    acknowledged.insert(key);
+                }
+                Err(Error::DiskFull) => full += 1,
+                Err(other) => panic!("{key}: {other:?}"),
+            }
+        }
+    }
+    assert!(full > 0, "the disk never refused a transfer");
+    assert!(
+        !acknowledged.is_empty(),
+        "no transfer landed before the disk filled"
+    );
+
+    // The ledger holds exactly the acknowledged transfers, and money is conserved.
+    let conn = raw(&path);
+    let mut stmt = conn
+        .prepare("SELECT idempotency_key FROM transfers WHERE idempotency_key IS NOT NULL")
+        .unwrap();
+    let stored: std::collections::BTreeSet<String> = stmt
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        stored, acknowledged,
+        "acknowledged and stored transfers differ"
+    );
+    assert_eq!(db.accounts().total_balance().await.unwrap(), 16 * 1_000_000);
+    assert_eq!(integrity_check(&path), "ok");
+
+    // Space freed: the same Db transfers again.
+    std::fs::remove_file(&set_aside).unwrap();
+    db.accounts()
+        .transfer(&Transfer::new(accounts[0], accounts[1], 1).with_key("after"))
+        .await
+        .unwrap();
+    println!(
+        "grouped transfers on a full disk: {} acknowledged and stored, {full} DiskFull",
+        acknowledged.len()
+    );
+    db.close().await;
+}
