@@ -96,6 +96,47 @@ impl Db {
         })
     }
 
+    /// Opens the database a URL names, so that moving from one SQLite file to PostgreSQL is a
+    /// change of configuration, not of code:
+    ///
+    /// - `sqlite://path/app.db` (or `sqlite:app.db`): the file, as [`Db::open`];
+    ///   `sqlite::memory:` is [`Db::in_memory`];
+    /// - `postgres://user@host:port/db` (or `postgresql://`): that PostgreSQL database, with the
+    ///   cargo feature `postgres`; sqlrepo's PostgreSQL migrations run on connect, as they do
+    ///   on SQLite. See [`Db::connect_replicated`] for read replicas.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for a URL of another scheme, or a `postgres://`
+    /// URL when the crate was built without the `postgres` feature; otherwise as
+    /// [`Db::open`] (connection failures are [`Error::Database`](crate::Error::Database)).
+    pub async fn connect(url: &str) -> Result<Db> {
+        match crate::conn::Target::parse(url)? {
+            crate::conn::Target::SqliteFile(path) => Db::open(path).await,
+            crate::conn::Target::SqliteMemory => Db::in_memory().await,
+            crate::conn::Target::Postgres(url) => Db::connect_replicated(&url, &[]).await,
+        }
+    }
+
+    /// Opens a PostgreSQL primary and its streaming read replicas (cargo feature `postgres`):
+    /// writes and every [`Tx`] go to the primary, reads to the replicas, and a caller reads its
+    /// own writes: a read made through this `Db` after one of its writes returned sees that
+    /// write, even on an asynchronous replica (a replica is read only once it has replayed the
+    /// primary's log that far; otherwise the read goes to the primary). A replica that is down
+    /// or behind is skipped, after a bounded wait, not waited on. Migrations run on the
+    /// primary.
+    ///
+    /// With no replicas this is [`Db::connect`] on `primary`.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for a URL that is not `postgres://`, or when the
+    /// crate was built without the `postgres` feature; [`Error::Database`](crate::Error::Database)
+    /// when the primary cannot be reached (replicas that cannot be reached are skipped).
+    pub async fn connect_replicated(primary: &str, replicas: &[&str]) -> Result<Db> {
+        Ok(Db {
+            connections: Arc::new(Connections::connect_postgres(primary, replicas).await?),
+        })
+    }
+
     /// Wraps a pool the caller configured. Nothing is migrated (call [`Db::migrate`]).
     ///
     /// The pool's connections should have `foreign_keys` on (sqlx's default), since the ledger

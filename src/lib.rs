@@ -53,7 +53,7 @@ pub mod tables;
 mod trace;
 pub mod tx;
 
-pub use conn::{Atomic, Conn, DbOptions, Handle, MIGRATOR, WalStats};
+pub use conn::{Atomic, Backend, Conn, DbOptions, Handle, MIGRATOR, WalStats};
 pub use db::Db;
 pub use error::{Error, Result};
 pub use tables::accounts::{Account, AccountRepo, NewAccount, Transfer, TransferOutcome};

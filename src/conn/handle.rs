@@ -110,6 +110,39 @@ impl Handle {
     }
 }
 
+/// The connection a [`Conn`] lends, by backend: a repository matches on it to run the statements
+/// written (and checked at compile time) for that backend.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> sqlrepo::Result<()> {
+/// use sqlrepo::{Backend, Db};
+/// let db = Db::in_memory().await?;
+/// let mut conn = db.handle().reader().await?;
+/// let count = match conn.backend()? {
+///     Backend::Sqlite(sqlite) => {
+///         sqlx::query_scalar!(r#"SELECT count(*) AS "n!: i64" FROM items"#)
+///             .fetch_one(sqlite)
+///             .await?
+///     }
+///     // With the `postgres` feature: the same statement, checked in a crate whose
+///     // development database is PostgreSQL.
+///     #[allow(unreachable_patterns)]
+///     _ => unreachable!("a Db opened on a SQLite file"),
+/// };
+/// assert_eq!(count, 0);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Backend<'c> {
+    /// A SQLite connection.
+    Sqlite(&'c mut SqliteConnection),
+    /// A PostgreSQL connection (cargo feature `postgres`).
+    #[cfg(feature = "postgres")]
+    Postgres(&'c mut sqlx::PgConnection),
+}
+
 /// A connection lent to one piece of work; the next caller gets it when this is dropped.
 ///
 /// Two ways in, for two kinds of work:
@@ -169,6 +202,30 @@ impl Conn {
     pub fn sqlite(&mut self) -> Result<&mut SqliteConnection> {
         self.reset_on_return();
         self.statements()
+    }
+
+    /// The connection, by backend, for statements that are each complete by themselves (as
+    /// [`statements`](Conn::statements)); the built-in repositories match on it.
+    ///
+    /// # Errors
+    /// [`Error::RolledBack`] or [`Error::InvalidInput`] inside a transaction that is over.
+    pub fn backend(&mut self) -> Result<Backend<'_>> {
+        self.statements().map(Backend::Sqlite)
+    }
+
+    /// The PostgreSQL connection, for any statements (as [`sqlite`](Conn::sqlite) is on
+    /// SQLite): what a transaction of your own leaves open is rolled back before the
+    /// connection is lent again.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the database is a SQLite file.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(&mut self) -> Result<&mut sqlx::PgConnection> {
+        Err(Error::Config(
+            "this Db is a SQLite file: use Conn::sqlite (Conn::postgres is for a Db opened with \
+             Db::connect on a postgres:// URL)"
+                .to_owned(),
+        ))
     }
 
     /// Has the connection rolled back before it is lent again, whatever this piece of work
@@ -238,6 +295,14 @@ impl Atomic<'_> {
     /// None on SQLite; the `Result` leaves room for other backends.
     pub fn sqlite(&mut self) -> Result<&mut SqliteConnection> {
         self.conn.statements()
+    }
+
+    /// The connection to run the unit's statements on, by backend.
+    ///
+    /// # Errors
+    /// As [`Conn::backend`].
+    pub fn backend(&mut self) -> Result<Backend<'_>> {
+        self.conn.backend()
     }
 
     /// Makes the unit's statements stick (`COMMIT`, or `RELEASE` of the savepoint in a `Tx`).

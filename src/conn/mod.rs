@@ -12,12 +12,13 @@ mod migrate;
 mod ops;
 mod options;
 mod pool;
+mod target;
 
 pub use checkpoint::{
     CHECKPOINT_WAIT, RETRY_GROWTH_BYTES, WAL_BOUND_BYTES, WAL_CHECKPOINT_BYTES, WalStats,
 };
 pub use group::{Grouped, MAX_GROUP};
-pub use handle::{Atomic, Conn, Handle};
+pub use handle::{Atomic, Backend, Conn, Handle};
 pub use migrate::MIGRATOR;
 pub use options::DbOptions;
 
@@ -25,3 +26,4 @@ pub(crate) use handle::TxState;
 pub(crate) use migrate::migrate_on;
 pub(crate) use ops::{backup_into, claim_backup_path, integrity_problems};
 pub(crate) use pool::{Connections, TempFile};
+pub(crate) use target::Target;

@@ -271,6 +271,21 @@ impl Connections {
         })
     }
 
+    /// A PostgreSQL primary and its read replicas (cargo feature `postgres`).
+    #[cfg(not(feature = "postgres"))]
+    pub(crate) async fn connect_postgres(_primary: &str, _replicas: &[&str]) -> Result<Self> {
+        Err(Error::Config(
+            "this build of sqlrepo has no PostgreSQL support: enable its cargo feature `postgres`"
+                .to_owned(),
+        ))
+    }
+
+    /// A PostgreSQL primary and its read replicas (cargo feature `postgres`).
+    #[cfg(feature = "postgres")]
+    pub(crate) async fn connect_postgres(_primary: &str, _replicas: &[&str]) -> Result<Self> {
+        Err(Error::Config("PostgreSQL: being built".to_owned()))
+    }
+
     /// A caller's pool, used as it is.
     pub(crate) fn from_pool(pool: SqlitePool) -> Self {
         Connections {
