@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod floor;
 pub mod replication;
 pub mod tx;
 
