@@ -206,18 +206,6 @@ fn overdraft(detail: &str) -> Option<Error> {
     })
 }
 
-// TEMPORARY until the lead's `Conn::recover` lands on main: outside a transaction there is
-// nothing to recover. Removed at the merge.
-trait RecoverUntilMerged {
-    async fn recover(&mut self) -> Result<()>;
-}
-
-impl RecoverUntilMerged for Conn {
-    async fn recover(&mut self) -> Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
