@@ -232,7 +232,9 @@ impl AccountRepo {
     /// [`crate::conn::Grouped`]): one round trip and one commit for all of them.
     /// Each caller still gets exactly its own answer: a neighbour's refusal makes the group run
     /// again one by one, and `Ok` means this transfer's ledger row is committed. A caller with
-    /// nobody waiting runs one `INSERT`, as above.
+    /// nobody waiting runs one `INSERT`, as above. On PostgreSQL, where many writers run at
+    /// once, every transfer is its own `INSERT`; a keyed one the server refused is run once more,
+    /// so that a concurrent twin of its key that committed meanwhile makes it a replay.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for `from == to`, a non-positive amount or an empty key;
