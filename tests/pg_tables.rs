@@ -191,7 +191,7 @@ async fn statements_on_postgres_store_and_read_what_they_should() {
     // One statement: every row gets the same now(), so the tie goes to the higher id.
     let totals: Vec<i64> = (1..=12).collect();
     assert_eq!(
-        orders::insert_batch(c, &vec![ann; 12], &totals)
+        orders::insert_batch(c, &[ann; 12], &totals)
             .await
             .unwrap(),
         12
