@@ -113,3 +113,48 @@ async fn reads_after_a_write_wait_for_the_replica_or_go_to_the_primary() {
     drop(conn);
     db.close().await;
 }
+
+#[tokio::test]
+async fn a_missing_database_is_created_as_a_missing_file_is() {
+    let Some((url, _)) = fresh_database("create").await else {
+        return;
+    };
+    let missing = format!("{url}_new");
+    assert!(!sqlx::Postgres::database_exists(&missing).await.unwrap());
+    let db = Db::connect(&missing).await.unwrap();
+    db.close().await;
+    assert!(sqlx::Postgres::database_exists(&missing).await.unwrap());
+    // Created and migrated: connecting again finds sqlrepo's migrations applied, not refused.
+    Db::connect(&missing).await.unwrap().close().await;
+}
+
+#[tokio::test]
+async fn a_transaction_a_service_left_open_is_rolled_back_before_the_connection_is_lent_again() {
+    let Some((url, _)) = fresh_database("left_open").await else {
+        return;
+    };
+    let db = Db::connect(&url).await.unwrap();
+    {
+        let mut conn = db.handle().writer().await.unwrap();
+        let pg = conn.postgres().unwrap();
+        sqlrepo_postgres::tx::begin(pg).await.unwrap();
+        sqlrepo_postgres::tx::savepoint_call(pg).await.unwrap();
+        // Dropped with the transaction open.
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Every connection the pool can lend is outside any transaction: RELEASE finds no
+    // savepoint (it would succeed inside the abandoned transaction).
+    let mut conns = Vec::new();
+    for _ in 0..16 {
+        conns.push(db.handle().writer().await.unwrap());
+    }
+    for conn in &mut conns {
+        let released = sqlrepo_postgres::tx::release_call(conn.postgres().unwrap()).await;
+        assert!(
+            released.is_err(),
+            "a connection was lent inside a transaction"
+        );
+    }
+    drop(conns);
+    db.close().await;
+}

@@ -587,7 +587,8 @@ enum LeaseKind {
     /// on replicas after it know to wait for it (see `postgres`).
     #[cfg(feature = "postgres")]
     Postgres {
-        conn: PoolConnection<sqlx::Postgres>,
+        /// Taken only by `Drop`, to be rolled back before it goes back to the pool.
+        conn: Option<PoolConnection<sqlx::Postgres>>,
         writes: Option<Arc<Writes>>,
     },
 }
@@ -603,7 +604,10 @@ impl Lease {
     #[cfg(feature = "postgres")]
     fn postgres(conn: PoolConnection<sqlx::Postgres>, writes: Option<Arc<Writes>>) -> Lease {
         Lease {
-            kind: LeaseKind::Postgres { conn, writes },
+            kind: LeaseKind::Postgres {
+                conn: Some(conn),
+                writes,
+            },
             in_doubt: false,
         }
     }
@@ -614,7 +618,10 @@ impl Lease {
             LeaseKind::Held { conn, .. } => Backend::Sqlite(conn),
             LeaseKind::Pooled { conn, .. } => Backend::Sqlite(conn),
             #[cfg(feature = "postgres")]
-            LeaseKind::Postgres { conn, .. } => Backend::Postgres(conn),
+            LeaseKind::Postgres { conn, .. } => Backend::Postgres(
+                conn.as_mut()
+                    .expect("a lease's connection is taken only on drop"),
+            ),
         }
     }
 
@@ -652,9 +659,22 @@ impl Drop for Lease {
             if let Some(writes) = writes {
                 writes.count();
             }
-            if self.in_doubt {
-                // The server rolls back what a closed connection left open.
-                conn.close_on_drop();
+            if self.in_doubt
+                && let Some(mut conn) = conn.take()
+            {
+                // Rolled back before it goes back to the pool, as a held SQLite connection is
+                // before its next lease; without a runtime, or if that fails, it is closed (the
+                // server rolls back what a closed connection left open).
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        runtime.spawn(async move {
+                            if sqlrepo_postgres::tx::rollback(&mut conn).await.is_err() {
+                                conn.close_on_drop();
+                            }
+                        });
+                    }
+                    Err(_) => conn.close_on_drop(),
+                }
             }
             return;
         }

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::Postgres;
+use sqlx::migrate::MigrateDatabase;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
@@ -136,14 +137,31 @@ impl PgConnections {
     /// on first use: a replica that is down does not keep the `Db` from opening.
     pub(crate) async fn connect(primary: &str, replicas: &[&str], migrate: bool) -> Result<Self> {
         let primary_options = options(primary)?;
-        let primary = PgPoolOptions::new()
+        let pool_options = PgPoolOptions::new()
             .max_connections(PRIMARY_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             // No ping before each lease (a round trip per call); a connection the server dropped
             // fails its call once with Error::Unavailable and is replaced.
-            .test_before_acquire(false)
-            .connect_with(primary_options)
-            .await?;
+            .test_before_acquire(false);
+        let primary = match pool_options
+            .clone()
+            .connect_with(primary_options.clone())
+            .await
+        {
+            // As `Db::open` creates a missing file, a missing database is created (SQLSTATE
+            // 3D000), by sqlx's own `CREATE DATABASE` on the server's maintenance database.
+            Err(err) if sqlstate(&err).as_deref() == Some("3D000") => {
+                match sqlx::Postgres::create_database(primary).await {
+                    // Another process created it meanwhile (42P04): as good.
+                    Err(err) if sqlstate(&err).as_deref() != Some("42P04") => {
+                        return Err(err.into());
+                    }
+                    _ => {}
+                }
+                pool_options.connect_with(primary_options).await?
+            }
+            other => other?,
+        };
         let replicas = replicas
             .iter()
             .map(|url| {
@@ -254,6 +272,13 @@ impl PgConnections {
             replica.pool.close().await;
         }
     }
+}
+
+/// The SQLSTATE of a database error.
+fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    err.as_database_error()
+        .and_then(|db| db.code())
+        .map(|code| code.into_owned())
 }
 
 /// Connection options from a URL.
