@@ -10,8 +10,12 @@
 #![deny(missing_docs)]
 
 pub mod accounts;
+pub mod dashboard;
+pub mod items;
+pub mod orders;
 pub mod replication;
 pub mod tx;
+pub mod users;
 
 /// sqlrepo's PostgreSQL migrations (this crate's `migrations/`), recorded in
 /// `_sqlrepo_migrations` as on SQLite (see `sqlx.toml`).
