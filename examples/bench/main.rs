@@ -8,6 +8,8 @@
 //! cargo run --release --example bench                         # full run, table on stdout
 //! cargo run --release --example bench -- --json bench.json    # also bench.json and bench.svg
 //! cargo run --example bench -- --quick                        # every workload small (CI)
+//! SQLREPO_PG_URL=postgres://… SQLREPO_PG_REPLICA_URL=postgres://… \
+//!   cargo run --release --features postgres --example bench    # PostgreSQL rows too
 //! ```
 //!
 //! Ratios taken side by side in one run are what to read; absolute figures move a lot from day
@@ -15,6 +17,10 @@
 //! which the sides take turns (who goes first rotates), and each figure is the median of its
 //! rounds. There are no timing assertions: the run fails only when a side does the wrong work
 //! (a row missing, a count off) or sqlrepo's `mixed` run hits `Busy` or loses a write.
+//!
+//! With the `postgres` feature and `SQLREPO_PG_URL` set, PostgreSQL rows follow (`pg ...`, in
+//! `postgres.rs`): sqlrepo on PostgreSQL against raw sqlx on a held connection, `COPY`, and a
+//! replicated read against a primary read; they share the table, the JSON and the chart.
 //!
 //! `main.rs` reads the arguments and writes the results; `workloads.rs` runs the workloads;
 //! one file per side (`repo_side.rs`, `rusqlite_side.rs`, `naive.rs`, `floor.rs`).
@@ -25,6 +31,8 @@ mod floor;
 mod mixed;
 mod naive;
 mod operations;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod repo_side;
 mod report;
 mod rss;
@@ -42,7 +50,7 @@ use crate::timing::progress;
 use crate::workloads::Bench;
 
 const USAGE: &str = "\
-usage: cargo run --release --example bench -- [--quick] [--json PATH] [--svg PATH] [--current-thread] [--operations]
+usage: cargo run --release [--features postgres] --example bench -- [--quick] [--json PATH] [--svg PATH] [--current-thread] [--operations] [--postgres]
 
   --quick           every workload small (seconds, even in a debug build); for CI
   --json PATH       also write the results as JSON to PATH
@@ -50,7 +58,9 @@ usage: cargo run --release --example bench -- [--quick] [--json PATH] [--svg PAT
                     goes to bench.svg next to the JSON file
   --current-thread  run tokio's current-thread runtime instead of the multi-thread one
   --operations      run only the operations workloads (backup of a 1M-row file, integrity
-                    check, the WAL under steady load) and print their report lines";
+                    check, the WAL under steady load) and print their report lines
+  --postgres        run only the PostgreSQL rows (needs the postgres feature and
+                    SQLREPO_PG_URL; SQLREPO_PG_REPLICA_URL for the replica rows)";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -59,6 +69,7 @@ struct Args {
     svg: Option<PathBuf>,
     current_thread: bool,
     operations_only: bool,
+    postgres_only: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -69,6 +80,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--quick" => args.quick = true,
             "--current-thread" => args.current_thread = true,
             "--operations" => args.operations_only = true,
+            "--postgres" => args.postgres_only = true,
             "--json" => args.json = Some(words.next().context(USAGE)?.into()),
             "--svg" => args.svg = Some(words.next().context(USAGE)?.into()),
             "-h" | "--help" => {
@@ -84,6 +96,43 @@ fn parse_args() -> anyhow::Result<Args> {
         args.svg = Some(json.with_file_name("bench.svg"));
     }
     Ok(args)
+}
+
+/// The PostgreSQL rows, or a note saying why there are none; with `--postgres` a missing
+/// server or feature is an error, since nothing else would run.
+#[cfg(feature = "postgres")]
+fn run_postgres(
+    runtime: &tokio::runtime::Runtime,
+    inputs: &Inputs,
+    required: bool,
+) -> anyhow::Result<(Vec<report::Row>, Vec<String>)> {
+    match postgres::Servers::from_env() {
+        Some(servers) => postgres::run(runtime, inputs, &servers),
+        None if required => bail!("--postgres needs SQLREPO_PG_URL (a PostgreSQL server)"),
+        None => Ok((
+            Vec::new(),
+            vec!["PostgreSQL rows skipped: SQLREPO_PG_URL is not set.".to_owned()],
+        )),
+    }
+}
+
+#[cfg(not(feature = "postgres"))]
+fn run_postgres(
+    _runtime: &tokio::runtime::Runtime,
+    _inputs: &Inputs,
+    required: bool,
+) -> anyhow::Result<(Vec<report::Row>, Vec<String>)> {
+    ensure!(
+        !required,
+        "--postgres needs the postgres feature (--features postgres)"
+    );
+    let why = if std::env::var_os("SQLREPO_PG_URL").is_some() {
+        "PostgreSQL rows skipped: SQLREPO_PG_URL is set but the bench was built without the \
+         postgres feature (--features postgres)."
+    } else {
+        "PostgreSQL rows skipped: built without the postgres feature, and SQLREPO_PG_URL unset."
+    };
+    Ok((Vec::new(), vec![why.to_owned()]))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -116,8 +165,16 @@ fn main() -> anyhow::Result<()> {
     };
     let inputs = Inputs::generate(sizes);
     let dir = tempfile::tempdir()?;
-    let (rows, mut notes, verdict) = Bench::open(&runtime, &inputs, dir.path())?.run()?;
-    notes.extend(operations::run(&runtime, operation_sizes, dir.path())?);
+    let (mut rows, mut notes, verdict) = if args.postgres_only {
+        (Vec::new(), Vec::new(), None)
+    } else {
+        let (rows, mut notes, verdict) = Bench::open(&runtime, &inputs, dir.path())?.run()?;
+        notes.extend(operations::run(&runtime, operation_sizes, dir.path())?);
+        (rows, notes, Some(verdict))
+    };
+    let (pg_rows, pg_notes) = run_postgres(&runtime, &inputs, args.postgres_only)?;
+    rows.extend(pg_rows);
+    notes.extend(pg_notes);
 
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let setting = format!(
@@ -146,10 +203,12 @@ fn main() -> anyhow::Result<()> {
         svg::write(path, &rows, &setting)?;
         progress(format_args!("wrote {}", path.display()));
     }
-    ensure!(
-        verdict.clean(),
-        "sqlrepo's mixed run broke a rule: {}",
-        verdict.describe("sqlrepo")
-    );
+    if let Some(verdict) = verdict {
+        ensure!(
+            verdict.clean(),
+            "sqlrepo's mixed run broke a rule: {}",
+            verdict.describe("sqlrepo")
+        );
+    }
     Ok(())
 }

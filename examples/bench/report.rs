@@ -38,6 +38,8 @@ pub struct Row {
     /// For the concurrent workloads: the callers, and each side's p50/p99 latency per
     /// operation (sqlrepo, rusqlite).
     pub concurrent: Option<Concurrent>,
+    /// A PostgreSQL row: sqlrepo on PostgreSQL, its `floor` the baseline the notes name.
+    pub on_postgres: bool,
 }
 
 /// The extra figures of a concurrent workload's row.
@@ -60,6 +62,7 @@ impl Row {
             target: Target::None,
             rss_growth_mib: None,
             concurrent: None,
+            on_postgres: false,
         }
     }
 
@@ -202,6 +205,7 @@ struct JsonReport<'a> {
 #[derive(Serialize)]
 struct JsonRow<'a> {
     name: &'a str,
+    backend: &'a str,
     n: usize,
     sqlrepo_us: f64,
     rusqlite_us: Option<f64>,
@@ -230,6 +234,11 @@ pub fn write_json(path: &Path, rows: &[Row], notes: &[String]) -> anyhow::Result
             .iter()
             .map(|row| JsonRow {
                 name: row.name,
+                backend: if row.on_postgres {
+                    "postgres"
+                } else {
+                    "sqlite"
+                },
                 n: row.sqlrepo.ops,
                 sqlrepo_us: row.sqlrepo.us_per_op(),
                 rusqlite_us: row.rusqlite.as_ref().map(Measured::us_per_op),

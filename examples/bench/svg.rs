@@ -18,19 +18,31 @@ const BAR_HEIGHT: f64 = 14.0;
 const BAR_GAP: f64 = 2.0;
 const GROUP_GAP: f64 = 16.0;
 
-/// The sides drawn, with their colours.
-const SERIES: [(&str, &str); 3] = [
+/// The sides drawn, with their colours. A SQLite row draws the first three; a PostgreSQL row
+/// draws sqlrepo and its baseline (the table's floor column).
+const SERIES: [(&str, &str); 4] = [
     ("sqlrepo", "#2b6cb0"),
     ("rusqlite (in-process limit)", "#718096"),
     ("naive sqlx (pool, statement per row)", "#dd6b20"),
+    ("PostgreSQL floor", "#38a169"),
 ];
 
-fn values(row: &Row) -> [Option<f64>; 3] {
-    [
-        Some(row.sqlrepo.us_per_op()),
-        row.rusqlite.as_ref().map(Measured::us_per_op),
-        row.naive.as_ref().map(Measured::us_per_op),
-    ]
+/// A row's bars: the index into [`SERIES`] and the figure (`None`: not measured).
+fn values(row: &Row) -> Vec<(usize, Option<f64>)> {
+    let sqlrepo = (0, Some(row.sqlrepo.us_per_op()));
+    if row.on_postgres {
+        vec![sqlrepo, (3, row.floor.as_ref().map(Measured::us_per_op))]
+    } else {
+        vec![
+            sqlrepo,
+            (1, row.rusqlite.as_ref().map(Measured::us_per_op)),
+            (2, row.naive.as_ref().map(Measured::us_per_op)),
+        ]
+    }
+}
+
+fn group_height(row: &Row) -> f64 {
+    values(row).len() as f64 * (BAR_HEIGHT + BAR_GAP) + GROUP_GAP
 }
 
 /// `10^decade` as plain text: 0.1, 1, 10, 1000.
@@ -68,7 +80,7 @@ pub fn render(rows: &[Row], subtitle: &str) -> String {
     let all: Vec<f64> = rows
         .iter()
         .flat_map(values)
-        .flatten()
+        .filter_map(|(_, value)| value)
         .filter(|v| *v > 0.0)
         .collect();
     let lowest = all.iter().copied().fold(f64::INFINITY, f64::min);
@@ -85,8 +97,7 @@ pub fn render(rows: &[Row], subtitle: &str) -> String {
         PLOT_LEFT + position.clamp(0.0, 1.0) * (PLOT_RIGHT - PLOT_LEFT)
     };
 
-    let group_height = SERIES.len() as f64 * (BAR_HEIGHT + BAR_GAP) + GROUP_GAP;
-    let plot_bottom = TOP + rows.len() as f64 * group_height;
+    let plot_bottom = TOP + rows.iter().map(group_height).sum::<f64>();
     let height = plot_bottom + 40.0;
 
     let mut svg = String::new();
@@ -103,7 +114,9 @@ pub fn render(rows: &[Row], subtitle: &str) -> String {
         escape(subtitle)
     );
     let mut legend_x = PLOT_LEFT;
-    for (name, colour) in SERIES {
+    let any_postgres = rows.iter().any(|row| row.on_postgres);
+    let shown = if any_postgres { 4 } else { 3 };
+    for (name, colour) in SERIES.into_iter().take(shown) {
         let _ = writeln!(
             svg,
             r##"<rect x="{legend_x}" y="50" width="12" height="12" fill="{colour}"/><text x="{}" y="60">{}</text>"##,
@@ -129,9 +142,12 @@ pub fn render(rows: &[Row], subtitle: &str) -> String {
         r##"<line x1="{PLOT_LEFT}" y1="{TOP}" x2="{PLOT_LEFT}" y2="{plot_bottom}" stroke="#2d3748"/>"##
     );
 
-    for (index, row) in rows.iter().enumerate() {
-        let group_top = TOP + index as f64 * group_height + GROUP_GAP / 2.0;
-        let middle = group_top + SERIES.len() as f64 * (BAR_HEIGHT + BAR_GAP) / 2.0;
+    let mut next_group_top = TOP;
+    for row in rows {
+        let bars = values(row);
+        let group_top = next_group_top + GROUP_GAP / 2.0;
+        next_group_top += group_height(row);
+        let middle = group_top + bars.len() as f64 * (BAR_HEIGHT + BAR_GAP) / 2.0;
         let _ = writeln!(
             svg,
             r##"<text x="{}" y="{:.1}" text-anchor="end" font-weight="bold">{}</text><text x="{}" y="{:.1}" text-anchor="end" fill="#4a5568" font-size="11">per {}</text>"##,
@@ -142,8 +158,8 @@ pub fn render(rows: &[Row], subtitle: &str) -> String {
             middle + 11.0,
             escape(row.unit)
         );
-        for (series, value) in values(row).into_iter().enumerate() {
-            let y = group_top + series as f64 * (BAR_HEIGHT + BAR_GAP);
+        for (bar, (series, value)) in bars.into_iter().enumerate() {
+            let y = group_top + bar as f64 * (BAR_HEIGHT + BAR_GAP);
             let text_y = y + BAR_HEIGHT - 3.0;
             let colour = SERIES[series].1;
             match value {

@@ -11,6 +11,7 @@
 
 pub mod accounts;
 pub mod dashboard;
+pub mod floor;
 pub mod items;
 pub mod orders;
 pub mod replication;
