@@ -13,7 +13,7 @@ use sqlx::sqlite::SqliteConnection;
 /// let mut conn = db.handle().reader().await?;
 /// let count = match conn.backend()? {
 ///     Backend::Sqlite(sqlite) => {
-///         sqlx::query_scalar!(r#"SELECT count(*) AS "n!: i64" FROM items"#)
+///         sqlx::query_scalar!(r#"SELECT count(*) AS "count!: i64" FROM items"#)
 ///             .fetch_one(sqlite)
 ///             .await?
 ///     }
