@@ -232,8 +232,29 @@ pub(crate) fn sqlite_code(err: &sqlx::Error) -> Option<i32> {
     }
 }
 
+/// Connection failures classified so far ([`Error::Unavailable`]), by this process. Held
+/// PostgreSQL connections compare it with the value at their last check and ping themselves
+/// when it moved, so a connection a restarted server dropped is found and replaced without a
+/// ping on every lease.
+static CONNECTION_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many connection failures this process has classified.
+#[cfg(feature = "postgres")]
+pub(crate) fn connection_failures() -> u64 {
+    CONNECTION_FAILURES.load(std::sync::atomic::Ordering::Acquire)
+}
+
 /// Turns a `sqlx::Error` into the [`Error`] a caller can act on. The only classifier.
 pub(crate) fn classify(err: sqlx::Error) -> Error {
+    let classified = classify_once(err);
+    if let Error::Unavailable(_) = classified {
+        CONNECTION_FAILURES.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+    classified
+}
+
+/// [`classify`], without counting.
+fn classify_once(err: sqlx::Error) -> Error {
     let (code, message) = match &err {
         #[cfg(feature = "postgres")]
         sqlx::Error::Database(db)

@@ -45,7 +45,9 @@ CREATE INDEX transfers_to_idx ON transfers (to_account);
 --
 -- When an UPDATE finds nothing to change, `transfers_refuse` works out why, in the order a
 -- caller is told (the source missing, the destination missing, then too little money) and
--- raises; the statement is then undone whole. Refusals carry what the caller needs, so no
+-- raises; the statement is then undone whole. It locks the source row first: between the
+-- guarded UPDATE and that lock another transfer may have credited the source, and then the
+-- debit is made after all, on the locked row. Refusals carry what the caller needs, so no
 -- second statement has to read it:
 --  * a missing account: SQLSTATE 23503 on `transfers_from_fk` / `transfers_to_fk`, DETAIL as
 --    PostgreSQL's own (`Key (to_account)=(7) is not present in table "accounts".`);
@@ -57,7 +59,7 @@ DECLARE
     from_balance bigint;
 BEGIN
     IF from_id IS NOT NULL THEN
-        SELECT balance INTO from_balance FROM accounts WHERE id = from_id;
+        SELECT balance INTO from_balance FROM accounts WHERE id = from_id FOR UPDATE;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'account % does not exist', from_id
                 USING ERRCODE = 'foreign_key_violation',
@@ -86,9 +88,7 @@ BEGIN
                                              'balance', from_balance,
                                              'requested', amount)::text;
     END IF;
-    -- Not reached for a row the UPDATEs refused; kept as a guard.
-    RAISE EXCEPTION 'transfer of % cents from % to % refused', amount, from_id, to_id
-        USING ERRCODE = 'check_violation', TABLE = 'transfers';
+    -- Every account exists and the source covers the amount now: the caller goes on.
 END
 $$;
 
@@ -99,26 +99,33 @@ BEGIN
         UPDATE accounts SET balance = balance + NEW.amount WHERE id = NEW.to_account;
         IF NOT FOUND THEN
             PERFORM transfers_refuse(NULL, NEW.to_account, NEW.amount);
+            RAISE EXCEPTION 'account % could not be credited', NEW.to_account;
         END IF;
     ELSIF NEW.from_account < NEW.to_account THEN
         UPDATE accounts SET balance = balance - NEW.amount
             WHERE id = NEW.from_account AND balance >= NEW.amount;
         IF NOT FOUND THEN
             PERFORM transfers_refuse(NEW.from_account, NEW.to_account, NEW.amount);
+            -- Not refused: credited meanwhile; the row is locked and covers the amount.
+            UPDATE accounts SET balance = balance - NEW.amount WHERE id = NEW.from_account;
         END IF;
         UPDATE accounts SET balance = balance + NEW.amount WHERE id = NEW.to_account;
         IF NOT FOUND THEN
             PERFORM transfers_refuse(NEW.from_account, NEW.to_account, NEW.amount);
+            RAISE EXCEPTION 'account % could not be credited', NEW.to_account;
         END IF;
     ELSE
         UPDATE accounts SET balance = balance + NEW.amount WHERE id = NEW.to_account;
         IF NOT FOUND THEN
             PERFORM transfers_refuse(NEW.from_account, NEW.to_account, NEW.amount);
+            RAISE EXCEPTION 'account % could not be credited', NEW.to_account;
         END IF;
         UPDATE accounts SET balance = balance - NEW.amount
             WHERE id = NEW.from_account AND balance >= NEW.amount;
         IF NOT FOUND THEN
             PERFORM transfers_refuse(NEW.from_account, NEW.to_account, NEW.amount);
+            -- Not refused: credited meanwhile; the row is locked and covers the amount.
+            UPDATE accounts SET balance = balance - NEW.amount WHERE id = NEW.from_account;
         END IF;
     END IF;
     RETURN NEW;

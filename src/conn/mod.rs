@@ -16,6 +16,8 @@ mod handle;
 mod migrate;
 mod ops;
 mod options;
+#[cfg(feature = "postgres")]
+mod pg_held;
 mod pool;
 #[cfg(feature = "postgres")]
 mod postgres;

@@ -33,6 +33,8 @@ use super::checkpoint::{Checkpointer, LongRead, WalStats};
 use super::migrate::migrate_on;
 use super::options::DbOptions;
 #[cfg(feature = "postgres")]
+use super::pg_held::PgLent;
+#[cfg(feature = "postgres")]
 use super::postgres::{PgConnections, Writes};
 use crate::error::{Error, Result};
 
@@ -73,7 +75,7 @@ enum Kind {
     },
     /// A PostgreSQL primary and its read replicas.
     #[cfg(feature = "postgres")]
-    Postgres(PgConnections),
+    Postgres(Box<PgConnections>),
 }
 
 /// Per-database state kept beside the connections, one value per type, made on first use.
@@ -290,7 +292,9 @@ impl Connections {
     #[cfg(feature = "postgres")]
     pub(crate) async fn connect_postgres(primary: &str, replicas: &[&str]) -> Result<Self> {
         Ok(Connections {
-            kind: Kind::Postgres(PgConnections::connect(primary, replicas, true).await?),
+            kind: Kind::Postgres(Box::new(
+                PgConnections::connect(primary, replicas, true).await?,
+            )),
             extensions: Extensions::default(),
             temp_file: None,
         })
@@ -587,8 +591,8 @@ enum LeaseKind {
     /// on replicas after it know to wait for it (see `postgres`).
     #[cfg(feature = "postgres")]
     Postgres {
-        /// Taken only by `Drop`, to be rolled back before it goes back to the pool.
-        conn: Option<PoolConnection<sqlx::Postgres>>,
+        /// Taken only by `Drop`, to be handed back in doubt when it is.
+        conn: Option<PgLent>,
         writes: Option<Arc<Writes>>,
     },
 }
@@ -602,7 +606,7 @@ impl Lease {
     }
 
     #[cfg(feature = "postgres")]
-    fn postgres(conn: PoolConnection<sqlx::Postgres>, writes: Option<Arc<Writes>>) -> Lease {
+    fn postgres(conn: PgLent, writes: Option<Arc<Writes>>) -> Lease {
         Lease {
             kind: LeaseKind::Postgres {
                 conn: Some(conn),
@@ -620,7 +624,8 @@ impl Lease {
             #[cfg(feature = "postgres")]
             LeaseKind::Postgres { conn, .. } => Backend::Postgres(
                 conn.as_mut()
-                    .expect("a lease's connection is taken only on drop"),
+                    .expect("a lease's connection is taken only on drop")
+                    .conn(),
             ),
         }
     }
@@ -660,21 +665,10 @@ impl Drop for Lease {
                 writes.count();
             }
             if self.in_doubt
-                && let Some(mut conn) = conn.take()
+                && let Some(conn) = conn.take()
             {
-                // Rolled back before it goes back to the pool, as a held SQLite connection is
-                // before its next lease; without a runtime, or if that fails, it is closed (the
-                // server rolls back what a closed connection left open).
-                match tokio::runtime::Handle::try_current() {
-                    Ok(runtime) => {
-                        runtime.spawn(async move {
-                            if sqlrepo_postgres::tx::rollback(&mut conn).await.is_err() {
-                                conn.close_on_drop();
-                            }
-                        });
-                    }
-                    Err(_) => conn.close_on_drop(),
-                }
+                // Rolled back before its slot lends it again, as a held SQLite connection is.
+                conn.give_back_in_doubt();
             }
             return;
         }

@@ -1,6 +1,6 @@
-//! The connections of a [`Db`](crate::Db) on PostgreSQL (cargo feature `postgres`): a pool on
-//! the primary for writes, transactions and reads, and a pool per streaming replica for reads,
-//! with reads routed so that a caller reads its own writes.
+//! The connections of a [`Db`](crate::Db) on PostgreSQL (cargo feature `postgres`): held
+//! connections to the primary for writes, transactions and reads, and to each streaming replica
+//! for reads (see `pg_held`), with reads routed so that a caller reads its own writes.
 //!
 //! # Reading one's own writes on asynchronous replicas
 //!
@@ -25,11 +25,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::Postgres;
 use sqlx::migrate::MigrateDatabase;
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection};
 
+use super::pg_held::{HeldPg, PgLent};
 use crate::error::{Error, Result};
 
 /// How long a read waits for a replica (a connection, or its replay position) before it reads
@@ -40,10 +40,10 @@ pub const REPLICA_WAIT: Duration = Duration::from_millis(500);
 pub const REPLICA_COOLDOWN: Duration = Duration::from_secs(2);
 
 /// Connections to the primary, at most (writes, transactions and reads without replicas).
-const PRIMARY_CONNECTIONS: u32 = 16;
+const PRIMARY_CONNECTIONS: usize = 16;
 
 /// Connections to each replica, at most.
-const REPLICA_CONNECTIONS: u32 = 8;
+const REPLICA_CONNECTIONS: usize = 8;
 
 /// How long a call waits for a free connection to the primary before [`Error::Busy`].
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,7 +51,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The primary and the replicas of one database.
 #[derive(Debug)]
 pub(crate) struct PgConnections {
-    primary: PgPool,
+    primary: HeldPg,
     replicas: Vec<Replica>,
     next_replica: AtomicUsize,
     /// What reads need to know to read this `Db`'s writes (shared with write leases).
@@ -76,7 +76,7 @@ impl Writes {
 
 #[derive(Debug)]
 struct Replica {
-    pool: PgPool,
+    held: HeldPg,
     /// The newest replay position this replica reported.
     replayed: AtomicI64,
     /// Until when it is left alone after failing to answer.
@@ -101,8 +101,8 @@ impl Replica {
     }
 
     /// A connection to this replica, within [`REPLICA_WAIT`]; `None` (and a rest) otherwise.
-    async fn acquire(&self) -> Option<PoolConnection<Postgres>> {
-        match tokio::time::timeout(REPLICA_WAIT, self.pool.acquire()).await {
+    async fn acquire(&self) -> Option<PgLent> {
+        match tokio::time::timeout(REPLICA_WAIT, self.held.lend()).await {
             Ok(Ok(conn)) => Some(conn),
             _ => {
                 self.rest();
@@ -137,17 +137,8 @@ impl PgConnections {
     /// on first use: a replica that is down does not keep the `Db` from opening.
     pub(crate) async fn connect(primary: &str, replicas: &[&str], migrate: bool) -> Result<Self> {
         let primary_options = options(primary)?;
-        let pool_options = PgPoolOptions::new()
-            .max_connections(PRIMARY_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            // No ping before each lease (a round trip per call); a connection the server dropped
-            // fails its call once with Error::Unavailable and is replaced.
-            .test_before_acquire(false);
-        let primary = match pool_options
-            .clone()
-            .connect_with(primary_options.clone())
-            .await
-        {
+        // Connect once now, so a wrong URL or a server that is down fails here.
+        let first = match primary_options.connect().await {
             // As `Db::open` creates a missing file, a missing database is created (SQLSTATE
             // 3D000), by sqlx's own `CREATE DATABASE` on the server's maintenance database.
             Err(err) if sqlstate(&err).as_deref() == Some("3D000") => {
@@ -158,19 +149,17 @@ impl PgConnections {
                     }
                     _ => {}
                 }
-                pool_options.connect_with(primary_options).await?
+                primary_options.connect().await?
             }
             other => other?,
         };
+        first.close().await?;
+        let primary = HeldPg::new(primary_options, PRIMARY_CONNECTIONS, ACQUIRE_TIMEOUT);
         let replicas = replicas
             .iter()
             .map(|url| {
                 Ok(Replica {
-                    pool: PgPoolOptions::new()
-                        .max_connections(REPLICA_CONNECTIONS)
-                        .acquire_timeout(REPLICA_WAIT)
-                        .test_before_acquire(false)
-                        .connect_lazy_with(options(url)?),
+                    held: HeldPg::new(options(url)?, REPLICA_CONNECTIONS, REPLICA_WAIT),
                     replayed: AtomicI64::new(i64::MIN),
                     resting_until: std::sync::Mutex::new(None),
                 })
@@ -184,7 +173,7 @@ impl PgConnections {
         };
         if migrate {
             let mut conn = connections.write_conn().await?;
-            migrate_postgres(&mut conn).await?;
+            migrate_postgres(conn.conn()).await?;
             // The schema is a write too: reads made after this must see it.
             connections.writes.count();
         }
@@ -192,8 +181,8 @@ impl PgConnections {
     }
 
     /// A connection to the primary, for a write or a transaction.
-    pub(crate) async fn write_conn(&self) -> Result<PoolConnection<Postgres>> {
-        Ok(self.primary.acquire().await?)
+    pub(crate) async fn write_conn(&self) -> Result<PgLent> {
+        self.primary.lend().await
     }
 
     /// The counter write leases report to.
@@ -203,7 +192,7 @@ impl PgConnections {
 
     /// A connection to read on: a replica that has replayed every write this `Db` returned,
     /// else the primary.
-    pub(crate) async fn read_conn(&self) -> Result<PoolConnection<Postgres>> {
+    pub(crate) async fn read_conn(&self) -> Result<PgLent> {
         if self.replicas.is_empty() {
             return self.write_conn().await;
         }
@@ -228,7 +217,7 @@ impl PgConnections {
         if let Some(replica) = behind.first()
             && let Some(mut conn) = replica.acquire().await
             && replica
-                .refresh(&mut conn)
+                .refresh(conn.conn())
                 .await
                 .is_some_and(|replayed| replayed >= needed)
         {
@@ -251,8 +240,8 @@ impl PgConnections {
             }
         }
         // Asked after reading `done`: every write counted in it had returned, so had committed.
-        let mut conn = self.primary.acquire().await?;
-        let position = sqlrepo_postgres::replication::current_position(&mut conn).await?;
+        let mut conn = self.primary.lend().await?;
+        let position = sqlrepo_postgres::replication::current_position(conn.conn()).await?;
         let mut known = self
             .writes
             .known
@@ -269,7 +258,7 @@ impl PgConnections {
     pub(crate) async fn close(&self) {
         self.primary.close().await;
         for replica in &self.replicas {
-            replica.pool.close().await;
+            replica.held.close().await;
         }
     }
 }
