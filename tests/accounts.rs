@@ -32,9 +32,8 @@ fn transfers_between_accounts(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_transfer_moves_money_and_writes_one_ledger_row() {
-    let db = fresh_db().await;
+backend_test!(a_transfer_moves_money_and_writes_one_ledger_row);
+async fn a_transfer_moves_money_and_writes_one_ledger_row(db: TestDb) {
     let a = open(&db, 1_000).await;
     let b = open(&db, 0).await;
     db.accounts()
@@ -51,11 +50,10 @@ async fn a_transfer_moves_money_and_writes_one_ledger_row() {
     assert_eq!(db.accounts().total_balance().await.unwrap(), 1_000);
 }
 
-#[tokio::test]
-async fn a_transfer_to_a_missing_account_moves_nothing() {
-    let db = fresh_db().await;
+backend_test!(a_transfer_to_a_missing_account_moves_nothing);
+async fn a_transfer_to_a_missing_account_moves_nothing(db: TestDb) {
     let a = open(&db, 1_000).await;
-    let before = dump_all(&db.path);
+    let before = db.snapshot().await;
     let err = db
         .accounts()
         .transfer(&Transfer::new(a, 99, 300))
@@ -86,16 +84,15 @@ async fn a_transfer_to_a_missing_account_moves_nothing() {
         ),
         "{err:?}"
     );
-    assert_eq!(dump_all(&db.path), before);
+    assert_eq!(db.snapshot().await, before);
     assert_eq!(balance(&db, a).await, 1_000);
 }
 
-#[tokio::test]
-async fn an_overdraft_is_insufficient_funds_with_the_balance_seen() {
-    let db = fresh_db().await;
+backend_test!(an_overdraft_is_insufficient_funds_with_the_balance_seen);
+async fn an_overdraft_is_insufficient_funds_with_the_balance_seen(db: TestDb) {
     let a = open(&db, 500).await;
     let b = open(&db, 0).await;
-    let before = dump_all(&db.path);
+    let before = db.snapshot().await;
     let err = db
         .accounts()
         .transfer(&Transfer::new(a, b, 501))
@@ -108,7 +105,7 @@ async fn an_overdraft_is_insufficient_funds_with_the_balance_seen() {
         ),
         "{err:?}"
     );
-    assert_eq!(dump_all(&db.path), before);
+    assert_eq!(db.snapshot().await, before);
     // Exactly the balance is fine, and leaves zero.
     db.accounts()
         .transfer(&Transfer::new(a, b, 500))
@@ -117,12 +114,11 @@ async fn an_overdraft_is_insufficient_funds_with_the_balance_seen() {
     assert_eq!(balance(&db, a).await, 0);
 }
 
-#[tokio::test]
-async fn self_transfers_and_non_positive_amounts_are_invalid_input() {
-    let db = fresh_db().await;
+backend_test!(self_transfers_and_non_positive_amounts_are_invalid_input);
+async fn self_transfers_and_non_positive_amounts_are_invalid_input(db: TestDb) {
     let a = open(&db, 500).await;
     let b = open(&db, 0).await;
-    let before = dump_all(&db.path);
+    let before = db.snapshot().await;
     for t in [
         Transfer::new(a, a, 1),
         Transfer::new(a, b, 0),
@@ -133,12 +129,11 @@ async fn self_transfers_and_non_positive_amounts_are_invalid_input() {
         let err = db.accounts().transfer(&t).await.unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)), "{t:?}: {err:?}");
     }
-    assert_eq!(dump_all(&db.path), before);
+    assert_eq!(db.snapshot().await, before);
 }
 
-#[tokio::test]
-async fn the_same_key_twice_moves_money_once() {
-    let db = fresh_db().await;
+backend_test!(the_same_key_twice_moves_money_once);
+async fn the_same_key_twice_moves_money_once(db: TestDb) {
     let a = open(&db, 1_000).await;
     let b = open(&db, 0).await;
     let t = Transfer::new(a, b, 400).with_key("invoice-7");
@@ -161,9 +156,8 @@ async fn the_same_key_twice_moves_money_once() {
     assert_eq!((balance(&db, a).await, balance(&db, b).await), (0, 1_000));
 }
 
-#[tokio::test]
-async fn the_same_key_with_other_parameters_is_duplicate_even_if_unaffordable() {
-    let db = fresh_db().await;
+backend_test!(the_same_key_with_other_parameters_is_duplicate_even_if_unaffordable);
+async fn the_same_key_with_other_parameters_is_duplicate_even_if_unaffordable(db: TestDb) {
     let a = open(&db, 1_000).await;
     let b = open(&db, 0).await;
     let c = open(&db, 0).await;
@@ -171,7 +165,7 @@ async fn the_same_key_with_other_parameters_is_duplicate_even_if_unaffordable() 
         .transfer(&Transfer::new(a, b, 400).with_key("k"))
         .await
         .unwrap();
-    let before = dump_all(&db.path);
+    let before = db.snapshot().await;
     for t in [
         Transfer::new(a, b, 401).with_key("k"),
         Transfer::new(a, c, 400).with_key("k"),
@@ -184,16 +178,15 @@ async fn the_same_key_with_other_parameters_is_duplicate_even_if_unaffordable() 
             "{t:?}: {err:?}"
         );
     }
-    assert_eq!(dump_all(&db.path), before);
+    assert_eq!(db.snapshot().await, before);
 }
 
-#[tokio::test]
-async fn a_batch_whose_third_step_overdraws_leaves_everything_as_before() {
-    let db = fresh_db().await;
+backend_test!(a_batch_whose_third_step_overdraws_leaves_everything_as_before);
+async fn a_batch_whose_third_step_overdraws_leaves_everything_as_before(db: TestDb) {
     let a = open(&db, 100).await;
     let b = open(&db, 0).await;
     let c = open(&db, 0).await;
-    let before = dump_all(&db.path);
+    let before = db.snapshot().await;
     let batch = [
         Transfer::new(a, b, 60),
         Transfer::new(b, c, 50),
@@ -205,12 +198,11 @@ async fn a_batch_whose_third_step_overdraws_leaves_everything_as_before() {
         matches!(err, Error::InsufficientFunds { account, balance_cents: 40, requested_cents: 41 } if account == a),
         "{err:?}"
     );
-    assert_eq!(dump_all(&db.path), before);
+    assert_eq!(db.snapshot().await, before);
 }
 
-#[tokio::test]
-async fn a_batch_valid_only_in_order_succeeds_and_reordered_fails() {
-    let db = fresh_db().await;
+backend_test!(a_batch_valid_only_in_order_succeeds_and_reordered_fails);
+async fn a_batch_valid_only_in_order_succeeds_and_reordered_fails(db: TestDb) {
     let a = open(&db, 100).await;
     let b = open(&db, 0).await;
     let c = open(&db, 0).await;
@@ -225,13 +217,13 @@ async fn a_batch_valid_only_in_order_succeeds_and_reordered_fails() {
         in_order[0].clone(),
         in_order[2].clone(),
     ];
-    let before = dump_all(&db.path);
+    let before = db.snapshot().await;
     let err = db.accounts().transfer_batch(&reordered).await.unwrap_err();
     assert!(
         matches!(err, Error::InsufficientFunds { account, balance_cents: 0, .. } if account == b),
         "{err:?}"
     );
-    assert_eq!(dump_all(&db.path), before);
+    assert_eq!(db.snapshot().await, before);
     db.accounts().transfer_batch(&in_order).await.unwrap();
     assert_eq!(
         (
@@ -244,12 +236,11 @@ async fn a_batch_valid_only_in_order_succeeds_and_reordered_fails() {
     assert_eq!(transfers_between_accounts(&db.path).len(), 3);
 }
 
-#[tokio::test]
-async fn a_batch_with_a_missing_account_names_it_and_moves_nothing() {
-    let db = fresh_db().await;
+backend_test!(a_batch_with_a_missing_account_names_it_and_moves_nothing);
+async fn a_batch_with_a_missing_account_names_it_and_moves_nothing(db: TestDb) {
     let a = open(&db, 100).await;
     let b = open(&db, 0).await;
-    let before = dump_all(&db.path);
+    let before = db.snapshot().await;
     let batch = [Transfer::new(a, b, 10), Transfer::new(b, 404, 5)];
     let err = db.accounts().transfer_batch(&batch).await.unwrap_err();
     assert!(
@@ -262,12 +253,11 @@ async fn a_batch_with_a_missing_account_names_it_and_moves_nothing() {
         ),
         "{err:?}"
     );
-    assert_eq!(dump_all(&db.path), before);
+    assert_eq!(db.snapshot().await, before);
 }
 
-#[tokio::test]
-async fn keys_inside_a_batch_follow_the_replay_rule() {
-    let db = fresh_db().await;
+backend_test!(keys_inside_a_batch_follow_the_replay_rule);
+async fn keys_inside_a_batch_follow_the_replay_rule(db: TestDb) {
     let a = open(&db, 1_000).await;
     let b = open(&db, 0).await;
     db.accounts()
@@ -288,7 +278,7 @@ async fn keys_inside_a_batch_follow_the_replay_rule() {
     db.accounts().transfer_batch(&batch).await.unwrap();
     assert_eq!((balance(&db, a).await, balance(&db, b).await), (888, 112));
 
-    let before = dump_all(&db.path);
+    let before = db.snapshot().await;
     for batch in [
         vec![
             Transfer::new(a, b, 5),
@@ -310,12 +300,11 @@ async fn keys_inside_a_batch_follow_the_replay_rule() {
             "{batch:?}: {err:?}"
         );
     }
-    assert_eq!(dump_all(&db.path), before);
+    assert_eq!(db.snapshot().await, before);
 }
 
-#[tokio::test]
-async fn invalid_steps_are_named_and_empty_batches_are_ok() {
-    let db = fresh_db().await;
+backend_test!(invalid_steps_are_named_and_empty_batches_are_ok);
+async fn invalid_steps_are_named_and_empty_batches_are_ok(db: TestDb) {
     let a = open(&db, 100).await;
     let b = open(&db, 0).await;
     db.accounts().transfer_batch(&[]).await.unwrap();
@@ -331,18 +320,17 @@ async fn invalid_steps_are_named_and_empty_batches_are_ok() {
     assert!(transfers_between_accounts(&db.path).is_empty());
 }
 
-#[tokio::test]
-async fn deposits_are_checked_recorded_and_return_the_new_balance() {
-    let db = fresh_db().await;
+backend_test!(deposits_are_checked_recorded_and_return_the_new_balance);
+async fn deposits_are_checked_recorded_and_return_the_new_balance(db: TestDb) {
     let a = open(&db, 100).await;
     assert_eq!(db.accounts().deposit(a, 50).await.unwrap(), 150);
     assert_eq!(balance(&db, a).await, 150);
     assert_eq!(
-        dump(&db.path, "transfers").len(),
+        db.dump("transfers").await.len(),
         2,
         "the opening balance and the deposit are ledger rows"
     );
-    let before = dump_all(&db.path);
+    let before = db.snapshot().await;
     assert!(matches!(
         db.accounts().deposit(a, 0).await.unwrap_err(),
         Error::InvalidInput(_)
@@ -362,27 +350,25 @@ async fn deposits_are_checked_recorded_and_return_the_new_balance() {
             id: 999
         }
     ));
-    assert_eq!(dump_all(&db.path), before);
+    assert_eq!(db.snapshot().await, before);
 }
 
-#[tokio::test]
-async fn a_credit_that_would_overflow_is_invalid_input() {
-    let db = fresh_db().await;
+backend_test!(a_credit_that_would_overflow_is_invalid_input);
+async fn a_credit_that_would_overflow_is_invalid_input(db: TestDb) {
     let rich = open(&db, i64::MAX).await;
     let a = open(&db, 10).await;
-    let before = dump_all(&db.path);
+    let before = db.snapshot().await;
     let err = db
         .accounts()
         .transfer(&Transfer::new(a, rich, 1))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
-    assert_eq!(dump_all(&db.path), before);
+    assert_eq!(db.snapshot().await, before);
 }
 
-#[tokio::test]
-async fn opening_needs_a_non_negative_balance_and_a_known_user() {
-    let db = fresh_db().await;
+backend_test!(opening_needs_a_non_negative_balance_and_a_known_user);
+async fn opening_needs_a_non_negative_balance_and_a_known_user(db: TestDb) {
     let negative = NewAccount {
         user_id: None,
         balance_cents: -1,
@@ -399,7 +385,7 @@ async fn opening_needs_a_non_negative_balance_and_a_known_user() {
         db.accounts().open(&orphan).await.unwrap_err(),
         Error::ForeignKey
     ));
-    assert!(dump(&db.path, "accounts").is_empty());
+    assert!(db.dump("accounts").await.is_empty());
     assert!(db.accounts().get(1).await.unwrap().is_none());
 }
 
@@ -544,9 +530,8 @@ async fn the_bank_test_conserves_money_under_concurrent_valid_and_invalid_transf
     println!("bank test ledger rows: {ledger_rows}");
 }
 
-#[tokio::test]
-async fn a_total_balance_past_i64_is_overflow_not_a_wrong_number_nor_the_callers_fault() {
-    let db = fresh_db().await;
+backend_test!(a_total_balance_past_i64_is_overflow_not_a_wrong_number_nor_the_callers_fault);
+async fn a_total_balance_past_i64_is_overflow_not_a_wrong_number_nor_the_callers_fault(db: TestDb) {
     open(&db, i64::MAX).await;
     open(&db, 1).await;
     let err = db.accounts().total_balance().await.unwrap_err();
@@ -572,9 +557,8 @@ fn balances_and_ledger(path: &std::path::Path) -> Vec<(i64, i64, i64)> {
         .unwrap()
 }
 
-#[tokio::test]
-async fn every_balance_can_be_rebuilt_from_the_ledger_after_opens_deposits_and_transfers() {
-    let db = fresh_db().await;
+backend_test!(every_balance_can_be_rebuilt_from_the_ledger_after_opens_deposits_and_transfers);
+async fn every_balance_can_be_rebuilt_from_the_ledger_after_opens_deposits_and_transfers(db: TestDb) {
     let a = open(&db, 500).await;
     let b = open(&db, 0).await;
     let c = open(&db, 1_250).await;
@@ -594,14 +578,13 @@ async fn every_balance_can_be_rebuilt_from_the_ledger_after_opens_deposits_and_t
     assert_eq!(db.accounts().total_balance().await.unwrap(), 1_825);
 }
 
-#[tokio::test]
-async fn an_opening_balance_is_one_ledger_row_from_no_account_and_is_credited_once() {
-    let db = fresh_db().await;
+backend_test!(an_opening_balance_is_one_ledger_row_from_no_account_and_is_credited_once);
+async fn an_opening_balance_is_one_ledger_row_from_no_account_and_is_credited_once(db: TestDb) {
     let a = open(&db, 500).await;
     let empty = open(&db, 0).await;
     assert_eq!(balance(&db, a).await, 500);
     assert_eq!(balance(&db, empty).await, 0);
-    let ledger = dump(&db.path, "transfers");
+    let ledger = db.dump("transfers").await;
     assert_eq!(ledger.len(), 1, "no row for an empty opening: {ledger:?}");
     assert!(
         ledger[0].starts_with(&format!("Integer(1)|Null|Integer({a})|Integer(500)|Null|")),
@@ -609,9 +592,8 @@ async fn an_opening_balance_is_one_ledger_row_from_no_account_and_is_credited_on
     );
 }
 
-#[tokio::test]
-async fn accounts_inserted_by_other_sql_get_their_opening_in_the_ledger_too() {
-    let db = fresh_db().await;
+backend_test!(accounts_inserted_by_other_sql_get_their_opening_in_the_ledger_too);
+async fn accounts_inserted_by_other_sql_get_their_opening_in_the_ledger_too(db: TestDb) {
     // The seed's statement, as a Python service sharing the file runs it.
     let conn = raw(&db.path);
     conn.execute("INSERT INTO accounts (balance) VALUES (?)", [900])
@@ -621,22 +603,20 @@ async fn accounts_inserted_by_other_sql_get_their_opening_in_the_ledger_too() {
     assert_eq!(balances_and_ledger(&db.path), [(id, 900, 900)]);
 }
 
-#[tokio::test]
-async fn a_failed_open_writes_no_ledger_row() {
-    let db = fresh_db().await;
+backend_test!(a_failed_open_writes_no_ledger_row);
+async fn a_failed_open_writes_no_ledger_row(db: TestDb) {
     let orphan = NewAccount {
         user_id: Some(42),
         balance_cents: 500,
     };
     let err = db.accounts().open(&orphan).await.unwrap_err();
     assert!(matches!(err, Error::ForeignKey), "{err:?}");
-    assert!(dump(&db.path, "accounts").is_empty());
-    assert!(dump(&db.path, "transfers").is_empty());
+    assert!(db.dump("accounts").await.is_empty());
+    assert!(db.dump("transfers").await.is_empty());
 }
 
-#[tokio::test]
-async fn a_deposit_returns_exactly_the_balance_it_stored() {
-    let db = fresh_db().await;
+backend_test!(a_deposit_returns_exactly_the_balance_it_stored);
+async fn a_deposit_returns_exactly_the_balance_it_stored(db: TestDb) {
     let a = open(&db, 40).await;
     for (amount, expected) in [(1, 41), (59, 100), (1_000_000, 1_000_100)] {
         assert_eq!(db.accounts().deposit(a, amount).await.unwrap(), expected);
@@ -645,9 +625,8 @@ async fn a_deposit_returns_exactly_the_balance_it_stored() {
     assert_eq!(balances_and_ledger(&db.path), [(a, 1_000_100, 1_000_100)]);
 }
 
-#[tokio::test]
-async fn open_returns_the_new_accounts_id_not_its_opening_ledger_rows() {
-    let db = fresh_db().await;
+backend_test!(open_returns_the_new_accounts_id_not_its_opening_ledger_rows);
+async fn open_returns_the_new_accounts_id_not_its_opening_ledger_rows(db: TestDb) {
     let a = open(&db, 0).await;
     for _ in 0..3 {
         db.accounts().deposit(a, 5).await.unwrap();
