@@ -689,7 +689,10 @@ async fn a_get_after_a_write_sees_it_whether_or_not_gets_are_coalesced(first: Te
     }
 }
 
-backend_test!(multi_thread, concurrent_updates_each_get_their_own_answer_when_carried_together);
+backend_test!(
+    multi_thread,
+    concurrent_updates_each_get_their_own_answer_when_carried_together
+);
 async fn concurrent_updates_each_get_their_own_answer_when_carried_together(db: TestDb) {
     let items: Vec<NewItem> = (0..64)
         .map(|i| NewItem::new(format!("item-{i}"), json!({"i": i})))

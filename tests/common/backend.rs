@@ -227,16 +227,31 @@ pub async fn snapshot(db: &Db) -> Vec<String> {
 pub async fn api_table(db: &Db, table: &str) -> Vec<String> {
     match table {
         "items" => {
-            let items: Vec<_> = db.items().stream().try_collect().await.expect("stream items");
+            let items: Vec<_> = db
+                .items()
+                .stream()
+                .try_collect()
+                .await
+                .expect("stream items");
             items.iter().map(|item| format!("{item:?}")).collect()
         }
         "users" => {
-            let users: Vec<_> = db.users().stream().try_collect().await.expect("stream users");
+            let users: Vec<_> = db
+                .users()
+                .stream()
+                .try_collect()
+                .await
+                .expect("stream users");
             users.iter().map(|user| format!("{user:?}")).collect()
         }
         "orders" => {
             // Every order has a user (a foreign key), so the users' orders are all of them.
-            let users: Vec<_> = db.users().stream().try_collect().await.expect("stream users");
+            let users: Vec<_> = db
+                .users()
+                .stream()
+                .try_collect()
+                .await
+                .expect("stream users");
             let mut orders = Vec::new();
             for user in users {
                 orders.extend(
@@ -353,8 +368,8 @@ pub mod pg {
     /// The admin URL of the primary (`SQLREPO_PG_URL`) and of the replica
     /// (`SQLREPO_PG_REPLICA_URL`), or why they are missing.
     pub fn urls(backend: Backend) -> Result<(String, Option<String>), String> {
-        let primary = std::env::var("SQLREPO_PG_URL")
-            .map_err(|_| "SQLREPO_PG_URL is not set".to_owned())?;
+        let primary =
+            std::env::var("SQLREPO_PG_URL").map_err(|_| "SQLREPO_PG_URL is not set".to_owned())?;
         if backend != Backend::Replicated {
             return Ok((primary, None));
         }
