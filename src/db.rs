@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sqlx::sqlite::SqlitePool;
 
 use crate::conn::{
-    Connections, DbOptions, Handle, TempFile, WalStats, backup_into, claim_backup_path,
+    Backend, Connections, DbOptions, Handle, TempFile, WalStats, backup_into, claim_backup_path,
     integrity_problems, migrate_on,
 };
 use crate::error::Result;
@@ -164,7 +164,13 @@ impl Db {
     /// lock.
     pub async fn migrate(&self) -> Result<()> {
         let mut conn = self.handle().writer().await?;
-        migrate_on(conn.sqlite()?).await
+        // Migrations open transactions of their own: have the writer reset after them.
+        conn.reset_on_return();
+        match conn.backend()? {
+            Backend::Sqlite(conn) => migrate_on(conn).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(conn) => crate::conn::migrate_postgres(conn).await,
+        }
     }
 
     /// The [`Handle`] this database's repositories use: a service's own repositories take
@@ -277,6 +283,7 @@ impl Db {
     /// missing directory, no permission); [`Error::Busy`](crate::Error::Busy) when every reader stays taken past
     /// the busy timeout.
     pub async fn backup_to(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.sqlite_only("backup_to", "pg_basebackup (or pg_dump)")?;
         let target = claim_backup_path(path.as_ref())?;
         // Checkpoints cannot pass the copy's snapshot; once it is done, the next write tries.
         let _long_read = self.connections.long_read();
@@ -304,6 +311,7 @@ impl Db {
     /// damaged; [`Error::Corrupt`](crate::Error::Corrupt) or [`Error::Io`](crate::Error::Io) when the file cannot even be read;
     /// [`Error::Busy`](crate::Error::Busy) when every reader stays taken past the busy timeout.
     pub async fn integrity_check(&self) -> Result<()> {
+        self.sqlite_only("integrity_check", "amcheck")?;
         let _long_read = self.connections.long_read();
         let mut conn = self.handle().reader().await?;
         let problems = integrity_problems(conn.statements()?).await?;
@@ -322,6 +330,21 @@ impl Db {
     /// [`conn`](crate::conn) module's `WAL_*` constants say how.
     pub fn wal_stats(&self) -> WalStats {
         self.connections.wal_stats()
+    }
+
+    /// Refuses an operation that exists for SQLite files only, naming PostgreSQL's own tool.
+    fn sqlite_only(&self, operation: &str, instead: &str) -> Result<()> {
+        if self.connections.is_postgres() {
+            return Err(crate::Error::Config(format!(
+                "Db::{operation} works on SQLite files; on PostgreSQL use {instead}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether this `Db` is on PostgreSQL ([`Db::connect`] with a `postgres://` URL).
+    pub fn is_postgres(&self) -> bool {
+        self.connections.is_postgres()
     }
 
     /// Closes every connection (the WAL is checkpointed as the last one closes). Calls made

@@ -108,15 +108,22 @@ pub enum Error {
     #[error("unsafe database configuration: {0}")]
     Config(String),
 
+    /// The database server could not be reached, or the connection to it was lost (a
+    /// PostgreSQL server restarting, a network failure). A write that got this may or may not
+    /// have been stored: retry it with an idempotency key (transfers), or read to find out.
+    #[error("the database server is unavailable ({0}); retry once it is back")]
+    Unavailable(String),
+
     /// Any other database failure, with the `sqlx` error kept as the source.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
 }
 
 impl Error {
-    /// True when the same call may succeed if tried again unchanged (today: [`Error::Busy`]).
+    /// True when the same call may succeed if tried again unchanged: [`Error::Busy`] and
+    /// [`Error::Unavailable`] (for a write, see its note on idempotency).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Busy)
+        matches!(self, Error::Busy | Error::Unavailable(_))
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Error {
@@ -153,6 +160,7 @@ impl Error {
             Error::Overflow(message) => Error::Overflow(message.clone()),
             Error::RolledBack(message) => Error::RolledBack(message.clone()),
             Error::Config(message) => Error::Config(message.clone()),
+            Error::Unavailable(message) => Error::Unavailable(message.clone()),
             Error::Database(err) => Error::Database(sqlx::Error::Protocol(err.to_string())),
         }
     }
@@ -227,8 +235,18 @@ pub(crate) fn sqlite_code(err: &sqlx::Error) -> Option<i32> {
 /// Turns a `sqlx::Error` into the [`Error`] a caller can act on. The only classifier.
 pub(crate) fn classify(err: sqlx::Error) -> Error {
     let (code, message) = match &err {
+        #[cfg(feature = "postgres")]
+        sqlx::Error::Database(db)
+            if db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some() =>
+        {
+            return classify_postgres(err);
+        }
         sqlx::Error::Database(db) => (sqlite_code(&err), db.message().to_owned()),
         sqlx::Error::PoolTimedOut => return Error::Busy,
+        // Only a server is reached over a socket: SQLite reports file errors as result codes.
+        sqlx::Error::Io(io) => return Error::Unavailable(io.to_string()),
         _ => return Error::Database(err),
     };
     let Some(code) = code else {
@@ -272,6 +290,91 @@ pub(crate) fn classify(err: sqlx::Error) -> Error {
             ))
         }
         _ => Error::Database(err),
+    }
+}
+
+/// Classifies a PostgreSQL error by its SQLSTATE (and, for a unique violation, names the
+/// constraint as SQLite does: `table.column`).
+#[cfg(feature = "postgres")]
+fn classify_postgres(err: sqlx::Error) -> Error {
+    let sqlx::Error::Database(db) = &err else {
+        return Error::Database(err);
+    };
+    let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() else {
+        return Error::Database(err);
+    };
+    let code = pg.code();
+    let message = pg.message();
+    let constraint = pg.constraint().unwrap_or("");
+    match code {
+        "23505" => Error::Duplicate {
+            constraint: unique_name(pg.table(), constraint, pg.detail()),
+        },
+        "23503" => Error::ForeignKey,
+        "23514" => Error::InvalidInput(format!(
+            "the database refused the value (constraint {constraint})"
+        )),
+        "23502" => Error::InvalidInput(format!(
+            "a required value is missing ({}.{})",
+            pg.table().unwrap_or("?"),
+            pg.column().unwrap_or("?")
+        )),
+        "22003" => Error::InvalidInput(
+            "a number is out of range: the result would overflow a 64-bit integer".to_owned(),
+        ),
+        // Data exceptions: a NUL character in text, malformed JSON, an invalid value.
+        c if c.starts_with("22") => {
+            Error::InvalidInput(format!("the database refused the value: {message}"))
+        }
+        // Serialization failure (also a query cancelled on a replica by replay), deadlock,
+        // lock not available: nothing was stored, and the same call may succeed next time.
+        "40001" | "40P01" | "55P03" => Error::Busy,
+        "42P01" | "42703" | "42883" => Error::Schema(format!(
+            "{message}; the migrations have not run on this database (call Db::migrate)"
+        )),
+        "53100" => Error::DiskFull,
+        "25006" => Error::ReadOnly(format!(
+            "{message}; write through Handle::writer (the primary)"
+        )),
+        "54000" => Error::TooBig(message.to_owned()),
+        // Connection exceptions, the server shutting down or starting, too many connections.
+        c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
+            Error::Unavailable(message.to_owned())
+        }
+        _ => Error::Database(err),
+    }
+}
+
+/// A unique constraint as `table.column`, as SQLite names it: from the constraint name when it
+/// follows `<table>_<columns>_unique` or PostgreSQL's default `<table>_<columns>_key`
+/// (`items_name_unique` → `items.name`), else from the detail's key
+/// (`Key (a, b)=(…) already exists.` → `t.a, t.b`), else the constraint name itself.
+#[cfg(feature = "postgres")]
+fn unique_name(table: Option<&str>, constraint: &str, detail: Option<&str>) -> String {
+    let Some(table) = table else {
+        return constraint.to_owned();
+    };
+    let columns = constraint
+        .strip_prefix(table)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .and_then(|rest| {
+            rest.strip_suffix("_unique")
+                .or_else(|| rest.strip_suffix("_key"))
+        });
+    if let Some(columns) = columns {
+        return format!("{table}.{columns}");
+    }
+    let keys = detail
+        .and_then(|detail| detail.strip_prefix("Key ("))
+        .and_then(|rest| rest.split_once(")=("))
+        .map(|(keys, _)| keys);
+    match keys {
+        Some(keys) => keys
+            .split(", ")
+            .map(|key| format!("{table}.{key}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => constraint.to_owned(),
     }
 }
 
@@ -382,6 +485,28 @@ mod tests {
         // SQLITE_IOERR_WRITE: an ENOSPC there is already reported as SQLITE_FULL by SQLite, so
         // this one is a real I/O failure.
         assert!(matches!(classify_code(778, "disk I/O error"), Error::Io(_)));
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_unique_constraints_are_named_as_on_sqlite() {
+        assert_eq!(
+            unique_name(Some("items"), "items_name_unique", None),
+            "items.name"
+        );
+        assert_eq!(
+            unique_name(Some("notes"), "notes_slug_key", None),
+            "notes.slug"
+        );
+        assert_eq!(
+            unique_name(
+                Some("t"),
+                "t_pkey",
+                Some("Key (a, b)=(1, 2) already exists.")
+            ),
+            "t.a, t.b"
+        );
+        assert_eq!(unique_name(None, "c", None), "c");
     }
 
     #[test]

@@ -58,6 +58,7 @@ fn variant(err: &Error) -> &'static str {
         Error::Overflow(_) => "overflow",
         Error::RolledBack(_) => "rolled_back",
         Error::Config(_) => "config",
+        Error::Unavailable(_) => "unavailable",
         Error::Database(_) => "database",
     }
 }

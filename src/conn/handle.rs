@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sqlx::sqlite::SqliteConnection;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use super::backend::Backend;
+use super::control;
 use super::pool::{Connections, Lease, TxEvents, no_transaction_active};
 use crate::error::{Error, Result};
 
@@ -110,39 +112,6 @@ impl Handle {
     }
 }
 
-/// The connection a [`Conn`] lends, by backend: a repository matches on it to run the statements
-/// written (and checked at compile time) for that backend.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> sqlrepo::Result<()> {
-/// use sqlrepo::{Backend, Db};
-/// let db = Db::in_memory().await?;
-/// let mut conn = db.handle().reader().await?;
-/// let count = match conn.backend()? {
-///     Backend::Sqlite(sqlite) => {
-///         sqlx::query_scalar!(r#"SELECT count(*) AS "n!: i64" FROM items"#)
-///             .fetch_one(sqlite)
-///             .await?
-///     }
-///     // With the `postgres` feature: the same statement, checked in a crate whose
-///     // development database is PostgreSQL.
-///     #[allow(unreachable_patterns)]
-///     _ => unreachable!("a Db opened on a SQLite file"),
-/// };
-/// assert_eq!(count, 0);
-/// # Ok(()) }
-/// ```
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Backend<'c> {
-    /// A SQLite connection.
-    Sqlite(&'c mut SqliteConnection),
-    /// A PostgreSQL connection (cargo feature `postgres`).
-    #[cfg(feature = "postgres")]
-    Postgres(&'c mut sqlx::PgConnection),
-}
-
 /// A connection lent to one piece of work; the next caller gets it when this is dropped.
 ///
 /// Two ways in, for two kinds of work:
@@ -186,6 +155,7 @@ impl Conn {
         let mut guard = state.clone().lock_owned().await;
         guard.usable()?;
         guard.undo_unfinished_unit().await?;
+        guard.start_call().await?;
         Ok(Conn {
             lent: Lent::Tx(guard),
         })
@@ -210,7 +180,26 @@ impl Conn {
     /// # Errors
     /// [`Error::RolledBack`] or [`Error::InvalidInput`] inside a transaction that is over.
     pub fn backend(&mut self) -> Result<Backend<'_>> {
-        self.statements().map(Backend::Sqlite)
+        match &mut self.lent {
+            Lent::Lease(lease) => Ok(lease.backend()),
+            Lent::Tx(state) => state.backend(),
+        }
+    }
+
+    /// Undoes a statement of this call that failed, so the call can go on (a diagnostic read,
+    /// another attempt). Needed inside a [`Tx`](crate::Tx) on PostgreSQL, where a failed
+    /// statement aborts the whole transaction until it is undone: sqlrepo puts a savepoint
+    /// before every call of a `Tx`, and this rolls back to it (everything this call did is
+    /// undone; the transaction's earlier calls stay). Elsewhere a failed statement undoes only
+    /// itself and this does nothing.
+    ///
+    /// # Errors
+    /// [`Error::RolledBack`] when the transaction could not be brought back (it is then over).
+    pub async fn recover(&mut self) -> Result<()> {
+        match &mut self.lent {
+            Lent::Lease(_) => Ok(()),
+            Lent::Tx(state) => state.recover_call().await,
+        }
     }
 
     /// The PostgreSQL connection, for any statements (as [`sqlite`](Conn::sqlite) is on
@@ -221,11 +210,15 @@ impl Conn {
     /// [`Error::Config`] when the database is a SQLite file.
     #[cfg(feature = "postgres")]
     pub fn postgres(&mut self) -> Result<&mut sqlx::PgConnection> {
-        Err(Error::Config(
-            "this Db is a SQLite file: use Conn::sqlite (Conn::postgres is for a Db opened with \
-             Db::connect on a postgres:// URL)"
-                .to_owned(),
-        ))
+        self.reset_on_return();
+        match self.backend()? {
+            Backend::Postgres(conn) => Ok(conn),
+            Backend::Sqlite(_) => Err(Error::Config(
+                "this Db is a SQLite file: use Conn::sqlite (Conn::postgres is for a Db opened \
+                 with Db::connect on a postgres:// URL)"
+                    .to_owned(),
+            )),
+        }
     }
 
     /// Has the connection rolled back before it is lent again, whatever this piece of work
@@ -245,9 +238,13 @@ impl Conn {
     /// # Errors
     /// None on SQLite; the `Result` leaves room for other backends.
     pub fn statements(&mut self) -> Result<&mut SqliteConnection> {
-        match &mut self.lent {
-            Lent::Lease(lease) => Ok(lease.conn()),
-            Lent::Tx(state) => state.conn(),
+        match self.backend()? {
+            Backend::Sqlite(conn) => Ok(conn),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => Err(Error::Config(
+                "this Db is on PostgreSQL: use Conn::postgres, or match on Conn::backend"
+                    .to_owned(),
+            )),
         }
     }
 
@@ -264,15 +261,9 @@ impl Conn {
         match &mut self.lent {
             Lent::Lease(lease) => {
                 lease.set_in_doubt(true);
-                sqlx::query!("BEGIN IMMEDIATE")
-                    .execute(lease.conn())
-                    .await?;
+                control::begin(lease.backend()).await?;
             }
-            Lent::Tx(state) => {
-                sqlx::query!("SAVEPOINT sqlrepo_atomic")
-                    .execute(state.conn()?)
-                    .await?;
-            }
+            Lent::Tx(state) => control::savepoint_atomic(state.backend()?).await?,
         }
         Ok(Atomic {
             conn: self,
@@ -314,14 +305,10 @@ impl Atomic<'_> {
         match &mut self.conn.lent {
             Lent::Lease(lease) => {
                 // Failed: the lease stays in doubt and is rolled back before its next use.
-                sqlx::query!("COMMIT").execute(lease.conn()).await?;
+                control::commit(lease.backend()).await?;
                 lease.set_in_doubt(false);
             }
-            Lent::Tx(state) => {
-                sqlx::query!("RELEASE sqlrepo_atomic")
-                    .execute(state.conn()?)
-                    .await?;
-            }
+            Lent::Tx(state) => control::release_atomic(state.backend()?).await?,
         }
         // Only now: a failure above drops the unit unfinished (see Drop).
         self.finished = true;
@@ -335,20 +322,12 @@ impl Atomic<'_> {
     /// then reset before it is used again.
     pub async fn rollback(mut self) -> Result<()> {
         match &mut self.conn.lent {
-            Lent::Lease(lease) => match sqlx::query!("ROLLBACK").execute(lease.conn()).await {
-                Ok(_) => lease.set_in_doubt(false),
+            Lent::Lease(lease) => match control::rollback(lease.backend()).await {
+                Ok(()) => lease.set_in_doubt(false),
                 Err(err) if no_transaction_active(&err) => lease.set_in_doubt(false),
                 Err(err) => return Err(err.into()),
             },
-            Lent::Tx(state) => {
-                let conn = state.conn()?;
-                sqlx::query!("ROLLBACK TO sqlrepo_atomic")
-                    .execute(&mut *conn)
-                    .await?;
-                sqlx::query!("RELEASE sqlrepo_atomic")
-                    .execute(&mut *conn)
-                    .await?;
-            }
+            Lent::Tx(state) => control::rollback_atomic(state.backend()?).await?,
         }
         self.finished = true;
         Ok(())
@@ -394,6 +373,8 @@ pub(crate) struct TxState {
     /// Set by the `Tx` when it is dropped while one of its calls is running (it cannot take
     /// the lock then); the call finishes the transaction when its `Conn` comes back.
     abandoned: Arc<AtomicBool>,
+    /// On PostgreSQL: the savepoint put before the last call is still open (see `start_call`).
+    call_open: bool,
 }
 
 impl TxState {
@@ -404,9 +385,7 @@ impl TxState {
         // In doubt until COMMIT or ROLLBACK is answered: if this future or the `Tx` is dropped
         // anywhere in between, the lease rolls back before the writer is lent again.
         lease.set_in_doubt(true);
-        sqlx::query!("BEGIN IMMEDIATE")
-            .execute(lease.conn())
-            .await?;
+        control::begin(lease.backend()).await?;
         Ok(TxState {
             lease: Some(lease),
             began_at: events.ended(),
@@ -414,6 +393,7 @@ impl TxState {
             dead: None,
             unfinished_unit: false,
             abandoned: Arc::default(),
+            call_open: false,
         })
     }
 
@@ -430,10 +410,10 @@ impl TxState {
         Ok(())
     }
 
-    fn conn(&mut self) -> Result<&mut SqliteConnection> {
+    fn backend(&mut self) -> Result<Backend<'_>> {
         self.usable()?;
         match self.lease.as_mut() {
-            Some(lease) => Ok(lease.conn()),
+            Some(lease) => Ok(lease.backend()),
             None => Err(Error::invalid("the transaction is over")),
         }
     }
@@ -445,23 +425,80 @@ impl TxState {
         if !self.unfinished_unit {
             return Ok(());
         }
-        let conn = self.conn()?;
-        let undone = match sqlx::query!("ROLLBACK TO sqlrepo_atomic")
-            .execute(&mut *conn)
-            .await
-        {
-            Ok(_) => sqlx::query!("RELEASE sqlrepo_atomic")
-                .execute(&mut *conn)
-                .await
-                .map(|_| ()),
-            Err(err) => Err(err),
-        };
+        let undone = control::rollback_atomic(self.backend()?).await;
         self.unfinished_unit = false;
         if let Err(err) = undone {
             self.kill("a failed call's statements could not be undone");
             return Err(err.into());
         }
         Ok(())
+    }
+
+    /// Puts a savepoint before a call, on PostgreSQL: there a failed statement aborts the whole
+    /// transaction, while on SQLite it undoes only itself and the transaction goes on. With the
+    /// savepoint, a call that failed is rolled back alone (at the next call, or at commit), so
+    /// a `Tx` means the same on both backends. Costs two round trips per call (this `SAVEPOINT`
+    /// and the `RELEASE` before the next); nothing on SQLite.
+    async fn start_call(&mut self) -> Result<()> {
+        if !self.on_postgres() {
+            return Ok(());
+        }
+        self.finish_call().await?;
+        #[cfg(feature = "postgres")]
+        if let Backend::Postgres(conn) = self.backend()? {
+            let opened = control::savepoint_call(conn).await;
+            if let Err(err) = opened {
+                self.kill("the connection to PostgreSQL failed during the transaction");
+                return Err(err.into());
+            }
+            self.call_open = true;
+        }
+        Ok(())
+    }
+
+    /// Ends the savepoint of the last call: kept when the call succeeded, rolled back when the
+    /// call left the transaction aborted (PostgreSQL's SQLSTATE 25P02).
+    async fn finish_call(&mut self) -> Result<()> {
+        if !self.call_open {
+            return Ok(());
+        }
+        self.call_open = false;
+        let ended: sqlx::Result<()> = match self.backend()? {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(conn) => control::end_call(conn).await,
+            _ => Ok(()),
+        };
+        if let Err(err) = ended {
+            self.kill("the connection to PostgreSQL failed during the transaction");
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    /// Rolls back to the savepoint of the running call (see [`Conn::recover`]).
+    async fn recover_call(&mut self) -> Result<()> {
+        if !self.call_open {
+            return Ok(());
+        }
+        let recovered: sqlx::Result<()> = match self.backend()? {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(conn) => control::rollback_call(conn).await,
+            _ => Ok(()),
+        };
+        if let Err(err) = recovered {
+            self.kill("the connection to PostgreSQL failed during the transaction");
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    /// Whether the transaction runs on PostgreSQL.
+    fn on_postgres(&mut self) -> bool {
+        match self.lease.as_mut().map(Lease::backend) {
+            #[cfg(feature = "postgres")]
+            Some(Backend::Postgres(_)) => true,
+            _ => false,
+        }
     }
 
     /// Marks the transaction dead and lets the writer go (rolled back before its next use).
@@ -491,13 +528,14 @@ impl TxState {
         self.after_call();
         self.usable()?;
         self.undo_unfinished_unit().await?;
+        self.finish_call().await?;
         let Some(lease) = self.lease.as_mut() else {
             return Ok(());
         };
         // If the COMMIT fails (or this future is dropped before its answer), the lease stays in
         // doubt: it is rolled back before the writer is used again, so "Err" means nothing was
         // stored.
-        let result = sqlx::query!("COMMIT").execute(lease.conn()).await;
+        let result = control::commit(lease.backend()).await;
         if result.is_ok() {
             lease.set_in_doubt(false);
         }
@@ -512,9 +550,9 @@ impl TxState {
             self.dead = None; // rolled back already: that is what the caller asked for
             return Ok(());
         };
-        let result = sqlx::query!("ROLLBACK").execute(lease.conn()).await;
+        let result = control::rollback(lease.backend()).await;
         match result {
-            Ok(_) => lease.set_in_doubt(false),
+            Ok(()) => lease.set_in_doubt(false),
             Err(err) if no_transaction_active(&err) => lease.set_in_doubt(false),
             Err(err) => {
                 self.lease = None;

@@ -5,25 +5,34 @@
 //! A second backend (PostgreSQL) would sit beside `pool` here, behind the same `Handle` and
 //! `Conn`.
 
+mod backend;
 mod checkpoint;
+mod control;
 mod group;
 mod handle;
 mod migrate;
 mod ops;
 mod options;
 mod pool;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod target;
 
+pub use backend::Backend;
 pub use checkpoint::{
     CHECKPOINT_WAIT, RETRY_GROWTH_BYTES, WAL_BOUND_BYTES, WAL_CHECKPOINT_BYTES, WalStats,
 };
 pub use group::{Grouped, MAX_GROUP};
-pub use handle::{Atomic, Backend, Conn, Handle};
+pub use handle::{Atomic, Conn, Handle};
 pub use migrate::MIGRATOR;
 pub use options::DbOptions;
+#[cfg(feature = "postgres")]
+pub use postgres::{REPLICA_COOLDOWN, REPLICA_WAIT};
 
 pub(crate) use handle::TxState;
 pub(crate) use migrate::migrate_on;
 pub(crate) use ops::{backup_into, claim_backup_path, integrity_problems};
 pub(crate) use pool::{Connections, TempFile};
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::migrate_postgres;
 pub(crate) use target::Target;

@@ -28,9 +28,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, Sq
 use sqlx::{ConnectOptions, Connection, Sqlite};
 use tokio::sync::{Mutex, OnceCell, OwnedMappedMutexGuard, OwnedMutexGuard};
 
+use super::backend::Backend;
 use super::checkpoint::{Checkpointer, LongRead, WalStats};
 use super::migrate::migrate_on;
 use super::options::DbOptions;
+#[cfg(feature = "postgres")]
+use super::postgres::{PgConnections, Writes};
 use crate::error::{Error, Result};
 
 /// Every connection of one database, shared by the `Db` and every [`Handle`](super::Handle)
@@ -68,6 +71,9 @@ enum Kind {
         /// The caller's settings, checked once before the first write (see `check_settings`).
         checked: OnceCell<()>,
     },
+    /// A PostgreSQL primary and its read replicas.
+    #[cfg(feature = "postgres")]
+    Postgres(PgConnections),
 }
 
 /// Per-database state kept beside the connections, one value per type, made on first use.
@@ -280,10 +286,23 @@ impl Connections {
         ))
     }
 
-    /// A PostgreSQL primary and its read replicas (cargo feature `postgres`).
+    /// A PostgreSQL primary and its read replicas (cargo feature `postgres`), migrated.
     #[cfg(feature = "postgres")]
-    pub(crate) async fn connect_postgres(_primary: &str, _replicas: &[&str]) -> Result<Self> {
-        Err(Error::Config("PostgreSQL: being built".to_owned()))
+    pub(crate) async fn connect_postgres(primary: &str, replicas: &[&str]) -> Result<Self> {
+        Ok(Connections {
+            kind: Kind::Postgres(PgConnections::connect(primary, replicas, true).await?),
+            extensions: Extensions::default(),
+            temp_file: None,
+        })
+    }
+
+    /// Whether this is a PostgreSQL database.
+    pub(crate) fn is_postgres(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if let Kind::Postgres(_) = self.kind {
+            return true;
+        }
+        false
     }
 
     /// A caller's pool, used as it is.
@@ -317,6 +336,8 @@ impl Connections {
                 }
             }
             Kind::Pool { pool, .. } => pool.close().await,
+            #[cfg(feature = "postgres")]
+            Kind::Postgres(pg) => pg.close().await,
         }
     }
 
@@ -340,6 +361,8 @@ impl Connections {
                     .await?;
                 Ok(Lease::pooled(conn))
             }
+            #[cfg(feature = "postgres")]
+            Kind::Postgres(pg) => Ok(Lease::postgres(pg.write_conn().await?, Some(pg.writes()))),
         }
     }
 
@@ -347,7 +370,7 @@ impl Connections {
     pub(crate) fn wal_stats(&self) -> WalStats {
         match &self.kind {
             Kind::Held { checkpoints, .. } => checkpoints.stats(),
-            Kind::Pool { .. } => WalStats::default(),
+            _ => WalStats::default(),
         }
     }
 
@@ -356,7 +379,7 @@ impl Connections {
     pub(crate) fn long_read(&self) -> Option<LongRead<'_>> {
         match &self.kind {
             Kind::Held { checkpoints, .. } => Some(checkpoints.long_read()),
-            Kind::Pool { .. } => None,
+            _ => None,
         }
     }
 
@@ -379,7 +402,7 @@ impl Connections {
                 }
                 Err(_) => None,
             },
-            Kind::Pool { .. } => None,
+            _ => None,
         }
     }
 
@@ -419,7 +442,7 @@ impl Connections {
                 }
                 None
             }
-            Kind::Pool { .. } => None,
+            _ => None,
         }
     }
 
@@ -451,6 +474,8 @@ impl Connections {
                 readers[start].lend(*busy_timeout).await
             }
             Kind::Pool { pool, .. } => Ok(Lease::pooled(pool.acquire().await?)),
+            #[cfg(feature = "postgres")]
+            Kind::Postgres(pg) => Ok(Lease::postgres(pg.read_conn().await?, None)),
         }
     }
 }
@@ -558,6 +583,14 @@ enum LeaseKind {
         /// Hooks installed on this pooled connection, for a transaction that needs them.
         events: Option<Arc<TxEvents>>,
     },
+    /// A connection to PostgreSQL; a write lease counts itself when it comes back, so reads
+    /// on replicas after it know to wait for it (see `postgres`).
+    #[cfg(feature = "postgres")]
+    Postgres {
+        /// Taken only by `Drop`, to be rolled back before it goes back to the pool.
+        conn: Option<PoolConnection<sqlx::Postgres>>,
+        writes: Option<Arc<Writes>>,
+    },
 }
 
 impl Lease {
@@ -568,11 +601,27 @@ impl Lease {
         }
     }
 
-    /// The connection.
-    pub(crate) fn conn(&mut self) -> &mut SqliteConnection {
+    #[cfg(feature = "postgres")]
+    fn postgres(conn: PoolConnection<sqlx::Postgres>, writes: Option<Arc<Writes>>) -> Lease {
+        Lease {
+            kind: LeaseKind::Postgres {
+                conn: Some(conn),
+                writes,
+            },
+            in_doubt: false,
+        }
+    }
+
+    /// The connection, by backend.
+    pub(crate) fn backend(&mut self) -> Backend<'_> {
         match &mut self.kind {
-            LeaseKind::Held { conn, .. } => conn,
-            LeaseKind::Pooled { conn, .. } => conn,
+            LeaseKind::Held { conn, .. } => Backend::Sqlite(conn),
+            LeaseKind::Pooled { conn, .. } => Backend::Sqlite(conn),
+            #[cfg(feature = "postgres")]
+            LeaseKind::Postgres { conn, .. } => Backend::Postgres(
+                conn.as_mut()
+                    .expect("a lease's connection is taken only on drop"),
+            ),
         }
     }
 
@@ -595,12 +644,40 @@ impl Lease {
                 *events = Some(fresh.clone());
                 Ok(fresh)
             }
+            // PostgreSQL ends a transaction by itself only with the connection (a statement
+            // error aborts it but leaves it open), which the next statement reports.
+            #[cfg(feature = "postgres")]
+            LeaseKind::Postgres { .. } => Ok(Arc::default()),
         }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        #[cfg(feature = "postgres")]
+        if let LeaseKind::Postgres { conn, writes } = &mut self.kind {
+            if let Some(writes) = writes {
+                writes.count();
+            }
+            if self.in_doubt
+                && let Some(mut conn) = conn.take()
+            {
+                // Rolled back before it goes back to the pool, as a held SQLite connection is
+                // before its next lease; without a runtime, or if that fails, it is closed (the
+                // server rolls back what a closed connection left open).
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        runtime.spawn(async move {
+                            if sqlrepo_postgres::tx::rollback(&mut conn).await.is_err() {
+                                conn.close_on_drop();
+                            }
+                        });
+                    }
+                    Err(_) => conn.close_on_drop(),
+                }
+            }
+            return;
+        }
         if !self.in_doubt {
             return;
         }
@@ -623,6 +700,8 @@ impl Drop for Lease {
             }
             // SQLite rolls back what a closed connection left open.
             LeaseKind::Pooled { conn, .. } => conn.close_on_drop(),
+            #[cfg(feature = "postgres")]
+            LeaseKind::Postgres { .. } => {}
         }
     }
 }

@@ -1,0 +1,160 @@
+//! The PostgreSQL connection layer itself (cargo feature `postgres`): connecting by URL,
+//! migrations, transactions, and reads routed to replicas. Skipped, saying why, without a server
+//! (`SQLREPO_PG_URL`); under `CI=true` a missing server fails.
+#![cfg(feature = "postgres")]
+
+use sqlrepo::{Backend, Db, Error};
+use sqlx::migrate::MigrateDatabase;
+
+/// A fresh database on the test server: its URL on the primary and on the replica (if any).
+async fn fresh_database(tag: &str) -> Option<(String, Option<String>)> {
+    let Ok(admin) = std::env::var("SQLREPO_PG_URL") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but SQLREPO_PG_URL is not set: the PostgreSQL tests cannot run"
+        );
+        eprintln!("PostgreSQL tests skipped: SQLREPO_PG_URL is not set (see .ci/pg-cluster)");
+        return None;
+    };
+    let name = format!(
+        "sqlrepo_layer_{tag}_{}_{}",
+        std::process::id(),
+        time::OffsetDateTime::now_utc().unix_timestamp_nanos() % 1_000_000_000
+    );
+    let swap = |url: &str| format!("{}/{name}", url.rsplit_once('/').unwrap().0);
+    let url = swap(&admin);
+    sqlx::Postgres::create_database(&url).await.unwrap();
+    let replica = std::env::var("SQLREPO_PG_REPLICA_URL")
+        .ok()
+        .map(|r| swap(&r));
+    Some((url, replica))
+}
+
+#[tokio::test]
+async fn connect_migrates_and_lends_postgres_connections() {
+    let Some((url, _)) = fresh_database("connect").await else {
+        return;
+    };
+    let db = Db::connect(&url).await.unwrap();
+    assert!(db.is_postgres());
+    // Connecting again finds the migrations applied.
+    let again = Db::connect(&url).await.unwrap();
+    again.migrate().await.unwrap();
+    let mut conn = db.handle().writer().await.unwrap();
+    let position = sqlrepo_postgres::replication::current_position(conn.postgres().unwrap())
+        .await
+        .unwrap();
+    assert!(position > 0);
+    assert!(matches!(conn.sqlite(), Err(Error::Config(_))));
+    assert!(matches!(conn.backend().unwrap(), Backend::Postgres(_)));
+    drop(conn);
+    assert!(matches!(
+        db.backup_to("/tmp/never.db").await,
+        Err(Error::Config(_))
+    ));
+    let tx = db.begin().await.unwrap();
+    let mut conn = tx.handle().writer().await.unwrap();
+    sqlrepo_postgres::replication::current_position(conn.postgres().unwrap())
+        .await
+        .unwrap();
+    drop(conn);
+    tx.commit().await.unwrap();
+    db.close().await;
+    again.close().await;
+}
+
+#[tokio::test]
+async fn a_replica_that_is_down_is_skipped() {
+    let Some((url, _)) = fresh_database("down").await else {
+        return;
+    };
+    let db = Db::connect_replicated(&url, &["postgres://postgres@127.0.0.1:1/none"])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        let mut conn = db.handle().reader().await.unwrap();
+        sqlrepo_postgres::replication::current_position(conn.postgres().unwrap())
+            .await
+            .unwrap();
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    db.close().await;
+}
+
+#[tokio::test]
+async fn reads_after_a_write_wait_for_the_replica_or_go_to_the_primary() {
+    let Some((url, Some(replica))) = fresh_database("ryw").await else {
+        return;
+    };
+    // The new database reaches the replica by replication.
+    let db = Db::connect_replicated(&url, &[&replica]).await.unwrap();
+    let mut on_replica = 0;
+    for _ in 0..50 {
+        drop(db.handle().writer().await.unwrap());
+        let mut conn = db.handle().reader().await.unwrap();
+        if sqlrepo_postgres::replication::replayed_position(conn.postgres().unwrap())
+            .await
+            .unwrap()
+            .is_some()
+        {
+            on_replica += 1;
+        }
+    }
+    // Reads with no write in between go to the replica once it has caught up.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut conn = db.handle().reader().await.unwrap();
+    let replayed = sqlrepo_postgres::replication::replayed_position(conn.postgres().unwrap()).await;
+    eprintln!("reads on the replica right after a write: {on_replica}/50");
+    assert!(
+        replayed.unwrap().is_some(),
+        "an idle read goes to the replica"
+    );
+    drop(conn);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_missing_database_is_created_as_a_missing_file_is() {
+    let Some((url, _)) = fresh_database("create").await else {
+        return;
+    };
+    let missing = format!("{url}_new");
+    assert!(!sqlx::Postgres::database_exists(&missing).await.unwrap());
+    let db = Db::connect(&missing).await.unwrap();
+    db.close().await;
+    assert!(sqlx::Postgres::database_exists(&missing).await.unwrap());
+    // Created and migrated: connecting again finds sqlrepo's migrations applied, not refused.
+    Db::connect(&missing).await.unwrap().close().await;
+}
+
+#[tokio::test]
+async fn a_transaction_a_service_left_open_is_rolled_back_before_the_connection_is_lent_again() {
+    let Some((url, _)) = fresh_database("left_open").await else {
+        return;
+    };
+    let db = Db::connect(&url).await.unwrap();
+    {
+        let mut conn = db.handle().writer().await.unwrap();
+        let pg = conn.postgres().unwrap();
+        sqlrepo_postgres::tx::begin(pg).await.unwrap();
+        sqlrepo_postgres::tx::savepoint_call(pg).await.unwrap();
+        // Dropped with the transaction open.
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Every connection the pool can lend is outside any transaction: RELEASE finds no
+    // savepoint (it would succeed inside the abandoned transaction).
+    let mut conns = Vec::new();
+    for _ in 0..16 {
+        conns.push(db.handle().writer().await.unwrap());
+    }
+    for conn in &mut conns {
+        let released = sqlrepo_postgres::tx::release_call(conn.postgres().unwrap()).await;
+        assert!(
+            released.is_err(),
+            "a connection was lent inside a transaction"
+        );
+    }
+    drop(conns);
+    db.close().await;
+}
