@@ -95,19 +95,10 @@ pub struct TestDb {
 }
 
 impl Drop for TestDb {
-    /// Drops the test's PostgreSQL database. `Drop` cannot await, so a thread of its own with
-    /// a small runtime does it, and the test waits for it (no database outlives its test).
+    /// Drops the test's PostgreSQL database.
     fn drop(&mut self) {
         if let Some(url) = self.urls.first().cloned() {
-            std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime")
-                    .block_on(drop_database(&url));
-            })
-            .join()
-            .expect("drop the test database");
+            drop_database_blocking(url);
         }
     }
 }
@@ -340,6 +331,33 @@ pub fn with_database(url: &str, name: &str) -> String {
     out
 }
 
+/// A fresh PostgreSQL database for a test that opens its own `Db`s: its URL on the primary
+/// and, when asked for, on the replica. Dropped with the guard.
+pub struct PgDatabase {
+    pub url: String,
+    pub replica_url: Option<String>,
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        drop_database_blocking(self.url.clone());
+    }
+}
+
+/// [`drop_database`] from a `Drop` (which cannot await): on a thread of its own with a small
+/// runtime, waited for, so no database outlives its test.
+fn drop_database_blocking(url: String) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(drop_database(&url));
+    })
+    .join()
+    .expect("drop the test database");
+}
+
 /// Drops a test's PostgreSQL database (forcing out sessions the test's pools still hold).
 pub async fn drop_database(url: &str) {
     #[cfg(feature = "postgres")]
@@ -363,7 +381,7 @@ pub mod pg {
     use sqlx::Connection;
     use sqlx::migrate::MigrateDatabase;
 
-    use super::{Backend, TestDb, skip, with_database};
+    use super::{Backend, PgDatabase, TestDb, skip, with_database};
 
     /// The admin URL of the primary (`SQLREPO_PG_URL`) and of the replica
     /// (`SQLREPO_PG_REPLICA_URL`), or why they are missing.
@@ -394,7 +412,7 @@ pub mod pg {
 
     /// Creates a fresh database on the primary and returns its URL and, when replicated, the
     /// replica's URL for it once the database has reached the replica.
-    pub async fn create(backend: Backend) -> Option<(String, Option<String>)> {
+    pub async fn create(backend: Backend) -> Option<PgDatabase> {
         let (primary, replica) = match urls(backend) {
             Ok(urls) => urls,
             Err(reason) => {
@@ -415,7 +433,10 @@ pub mod pg {
             }
             None => None,
         };
-        Some((primary, replica))
+        Some(PgDatabase {
+            url: primary,
+            replica_url: replica,
+        })
     }
 
     /// Waits (up to 30 s) until the replica has replayed the new database's creation.
@@ -438,7 +459,10 @@ pub mod pg {
 
     /// A fresh, migrated database of `backend` (one of the PostgreSQL kinds).
     pub async fn fresh(backend: Backend) -> Option<TestDb> {
-        let (primary, replica) = create(backend).await?;
+        let database = create(backend).await?;
+        let (primary, replica) = (database.url.clone(), database.replica_url.clone());
+        // The TestDb drops the database from now on.
+        std::mem::forget(database);
         let db = match &replica {
             Some(replica) => sqlrepo::Db::connect_replicated(&primary, &[replica]).await,
             None => sqlrepo::Db::connect(&primary).await,
@@ -460,11 +484,19 @@ pub mod pg {
 pub mod pg {
     //! Without the `postgres` feature there is no PostgreSQL to test.
 
-    use super::{Backend, TestDb, skip};
+    use super::{Backend, PgDatabase, TestDb, skip};
+
+    const NO_FEATURE: &str = "this build has no `postgres` feature (cargo test --all-features)";
 
     /// Always skips: this build has no PostgreSQL support.
     pub async fn fresh(_backend: Backend) -> Option<TestDb> {
-        skip("this build has no `postgres` feature (cargo test --all-features)");
+        skip(NO_FEATURE);
+        None
+    }
+
+    /// Always skips: this build has no PostgreSQL support.
+    pub async fn create(_backend: Backend) -> Option<PgDatabase> {
+        skip(NO_FEATURE);
         None
     }
 }
