@@ -38,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
 
     step("Db::close — checkpoints the WAL and closes every connection");
     db.close().await;
+    outgrowing_one_file(&path).await?;
     println!(
         "\nTour finished: every call above ran checked SQL against {}",
         path.display()
@@ -431,6 +432,59 @@ async fn operations(db: &Db, dir: &std::path::Path) -> anyhow::Result<()> {
     step("Db::integrity_check and Db::wal_stats — what a health endpoint reports");
     db.integrity_check().await?;
     println!("integrity: ok; WAL: {:?}", db.wal_stats());
+    Ok(())
+}
+
+/// The same calls from a URL: `sqlite://` here; with the `postgres` feature and a server
+/// (`SQLREPO_PG_URL`, see the README's "Outgrowing one file"), the repositories run again on
+/// PostgreSQL and on a primary with a streaming replica.
+async fn outgrowing_one_file(path: &std::path::Path) -> anyhow::Result<()> {
+    step("Db::connect(\"sqlite://…\") — the database a URL names");
+    let url = format!("sqlite://{}", path.display());
+    let db = Db::connect(&url).await?;
+    println!("{url}: {} items", db.items().count().await?);
+    db.close().await;
+
+    #[cfg(feature = "postgres")]
+    if let Ok(server) = std::env::var("SQLREPO_PG_URL") {
+        let base = server
+            .rsplit_once('/')
+            .map_or(server.as_str(), |(base, _)| base);
+        let url = format!("{base}/sqlrepo_tour_{}", std::process::id());
+        step(&format!(
+            "Db::connect(\"{url}\") — the same calls on PostgreSQL (the database is created)"
+        ));
+        let pg = Db::connect(&url).await?;
+        items(&pg).await?;
+        let ann = users_and_orders(&pg).await?;
+        accounts(&pg, ann).await?;
+        errors(&pg).await?;
+        pg.close().await;
+        if let Ok(replica) = std::env::var("SQLREPO_PG_REPLICA_URL") {
+            let replica_base = replica
+                .rsplit_once('/')
+                .map_or(replica.as_str(), |(b, _)| b);
+            let replica_url = format!("{replica_base}/sqlrepo_tour_{}", std::process::id());
+            step(
+                "Db::connect_replicated — writes to the primary, reads on the replica, own writes seen",
+            );
+            let db = Db::connect_replicated(&url, &[&replica_url]).await?;
+            for round in 0..100 {
+                let id = db
+                    .items()
+                    .create(&NewItem::new(format!("replicated {round}"), json!({})))
+                    .await?;
+                ensure!(db.items().get(id).await?.is_some(), "read my own write");
+            }
+            println!("100 creates, each read back at once through the replicated Db: all seen");
+            db.close().await;
+        }
+        return Ok(());
+    }
+    println!(
+        "(PostgreSQL part skipped: build with --features postgres and set SQLREPO_PG_URL, \
+         see the README's \"Outgrowing one file\")"
+    );
     Ok(())
 }
 

@@ -1,8 +1,14 @@
-//! sqlrepo: a compile-time-checked repository layer for SQLite services, built on sqlx.
+//! sqlrepo: a compile-time-checked repository layer for SQLite services, built on sqlx, that
+//! moves to PostgreSQL (with read replicas) by changing a URL.
 //!
 //! Open a [`Db`] on a file (migrations run on open), take a repository per table from it, and
 //! call typed methods; every SQL statement behind them is checked against the schema at compile
 //! time, and every error comes back as an [`Error`] variant you can match on.
+//!
+//! With the cargo feature `postgres`, [`Db::connect`] opens `postgres://…` URLs too, and
+//! [`Db::connect_replicated`] a primary with streaming replicas: the same repositories, the
+//! same [`Tx`], the same errors. PostgreSQL's statements are checked against PostgreSQL in the
+//! `sqlrepo-postgres` crate of this workspace.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

@@ -9,8 +9,13 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod accounts;
+pub mod dashboard;
+pub mod items;
+pub mod orders;
 pub mod replication;
 pub mod tx;
+pub mod users;
 
 /// sqlrepo's PostgreSQL migrations (this crate's `migrations/`), recorded in
 /// `_sqlrepo_migrations` as on SQLite (see `sqlx.toml`).

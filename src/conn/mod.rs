@@ -1,9 +1,12 @@
-//! The connection layer: opening SQLite, lending connections ([`Handle`], [`Conn`]) and the
-//! plumbing of transactions. Repositories depend on this layer; it depends only on
-//! [`error`](crate::error) and [`limits`](crate::limits).
+//! The connection layer: opening SQLite or PostgreSQL, lending connections ([`Handle`],
+//! [`Conn`], by [`Backend`]) and the plumbing of transactions. Repositories depend on this
+//! layer; it depends only on [`error`](crate::error) and [`limits`](crate::limits) (and, with
+//! the `postgres` feature, on the `sqlrepo-postgres` crate for PostgreSQL's checked
+//! statements).
 //!
-//! A second backend (PostgreSQL) would sit beside `pool` here, behind the same `Handle` and
-//! `Conn`.
+//! SQLite's connections are in `pool` (held writer and readers, group commit in `group`, WAL
+//! checkpoints in `checkpoint`); PostgreSQL's in `postgres` (a primary pool and replica pools,
+//! reads routed so a `Db` reads its own writes), behind the same `Handle` and `Conn`.
 
 mod backend;
 mod checkpoint;

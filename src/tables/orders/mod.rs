@@ -6,10 +6,13 @@ use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
-use crate::conn::Handle;
+use crate::conn::{Backend, Handle};
 use crate::error::{Error, Result};
 use crate::limits::batch_json;
 use crate::trace::{Rows, traced};
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 
 /// A stored order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +108,13 @@ impl OrderRepo {
         traced("orders", "create", async move {
             let order = order?;
             let mut conn = handle.writer().await?;
-            insert_one(conn.statements()?, order.user_id, order.total_cents).await
+            match conn.backend()? {
+                Backend::Sqlite(c) => insert_one(c, order.user_id, order.total_cents).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => {
+                    postgres::insert_one(c, order.user_id, order.total_cents).await
+                }
+            }
         })
     }
 
@@ -117,7 +126,11 @@ impl OrderRepo {
         let handle = self.handle.clone();
         traced("orders", "get", async move {
             let mut conn = handle.reader().await?;
-            select_one(conn.statements()?, id).await
+            match conn.backend()? {
+                Backend::Sqlite(c) => select_one(c, id).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::select_one(c, id).await,
+            }
         })
     }
 
@@ -134,7 +147,12 @@ impl OrderRepo {
         let handle = self.handle.clone();
         traced("orders", "recent_for_user", async move {
             let mut conn = handle.reader().await?;
-            select_recent(conn.statements()?, user_id, i64::from(limit)).await
+            let limit = i64::from(limit);
+            match conn.backend()? {
+                Backend::Sqlite(c) => select_recent(c, user_id, limit).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::select_recent(c, user_id, limit).await,
+            }
         })
     }
 
@@ -150,7 +168,11 @@ impl OrderRepo {
         let handle = self.handle.clone();
         traced("orders", "stats_for_user", async move {
             let mut conn = handle.reader().await?;
-            select_stats(conn.statements()?, user_id).await
+            match conn.backend()? {
+                Backend::Sqlite(c) => select_stats(c, user_id).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::select_stats(c, user_id).await,
+            }
         })
     }
 
@@ -162,7 +184,11 @@ impl OrderRepo {
         let handle = self.handle.clone();
         traced("orders", "delete", async move {
             let mut conn = handle.writer().await?;
-            delete_one(conn.statements()?, id).await
+            match conn.backend()? {
+                Backend::Sqlite(c) => delete_one(c, id).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::delete_one(c, id).await,
+            }
         })
     }
 
@@ -183,7 +209,11 @@ impl OrderRepo {
                 return Ok(0);
             };
             let mut conn = handle.writer().await?;
-            insert_batch(conn.statements()?, &rows).await
+            match conn.backend()? {
+                Backend::Sqlite(c) => insert_batch(c, &rows).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::insert_batch(c, &rows).await,
+            }
         })
     }
 }

@@ -8,10 +8,13 @@ use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
 use super::paging::{self, Keyed, Page};
-use crate::conn::Handle;
+use crate::conn::{Backend, Handle};
 use crate::error::Result;
 use crate::limits::{batch_json, check_email, check_name};
 use crate::trace::traced;
+
+#[cfg(feature = "postgres")]
+mod postgres;
 
 /// A stored user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,7 +109,11 @@ impl UserRepo {
         traced("users", "create", async move {
             let user = user?;
             let mut conn = handle.writer().await?;
-            insert_one(conn.statements()?, &user.email, &user.name).await
+            match conn.backend()? {
+                Backend::Sqlite(c) => insert_one(c, &user.email, &user.name).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::insert_one(c, &user.email, &user.name).await,
+            }
         })
     }
 
@@ -118,7 +125,11 @@ impl UserRepo {
         let handle = self.handle.clone();
         traced("users", "get", async move {
             let mut conn = handle.reader().await?;
-            select_one(conn.statements()?, id).await
+            match conn.backend()? {
+                Backend::Sqlite(c) => select_one(c, id).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::select_one(c, id).await,
+            }
         })
     }
 
@@ -134,7 +145,11 @@ impl UserRepo {
         let email = email.to_owned();
         traced("users", "get_by_email", async move {
             let mut conn = handle.reader().await?;
-            select_by_email(conn.statements()?, &email).await
+            match conn.backend()? {
+                Backend::Sqlite(c) => select_by_email(c, &email).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::select_by_email(c, &email).await,
+            }
         })
     }
 
@@ -156,13 +171,12 @@ impl UserRepo {
                 return Ok(false);
             }
             let mut conn = handle.writer().await?;
-            update_one(
-                conn.statements()?,
-                id,
-                patch.email.as_deref(),
-                patch.name.as_deref(),
-            )
-            .await
+            let (email, name) = (patch.email.as_deref(), patch.name.as_deref());
+            match conn.backend()? {
+                Backend::Sqlite(c) => update_one(c, id, email, name).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::update_one(c, id, email, name).await,
+            }
         })
     }
 
@@ -175,7 +189,11 @@ impl UserRepo {
         let handle = self.handle.clone();
         traced("users", "delete", async move {
             let mut conn = handle.writer().await?;
-            delete_one(conn.statements()?, id).await
+            match conn.backend()? {
+                Backend::Sqlite(c) => delete_one(c, id).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::delete_one(c, id).await,
+            }
         })
     }
 
@@ -197,7 +215,11 @@ impl UserRepo {
                 return Ok(0);
             };
             let mut conn = handle.writer().await?;
-            insert_batch(conn.statements()?, &rows).await
+            match conn.backend()? {
+                Backend::Sqlite(c) => insert_batch(c, &rows).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::insert_batch(c, &rows).await,
+            }
         })
     }
 
@@ -205,7 +227,11 @@ impl UserRepo {
     pub fn stream(&self) -> impl Stream<Item = Result<User>> + Send + use<> {
         paging::keyset(self.handle.clone(), "users", |handle, from| async move {
             let mut conn = handle.reader().await?;
-            let rows = select_page(conn.statements()?, from, STREAM_PAGE_ROWS).await?;
+            let rows = match conn.backend()? {
+                Backend::Sqlite(c) => select_page(c, from, STREAM_PAGE_ROWS).await?,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::select_page(c, from, STREAM_PAGE_ROWS).await?,
+            };
             Ok(Page::by_rows(rows, STREAM_PAGE_ROWS))
         })
     }

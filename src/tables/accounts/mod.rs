@@ -8,6 +8,11 @@
 //! worker thread. Only when the database refuses do we read, to say which account and balance.
 //! Transfers of concurrent callers queued for the writer together ride one statement too (group
 //! commit: `GroupedTransfers`).
+//!
+//! On PostgreSQL (cargo feature `postgres`) each method runs the statements of
+//! `sqlrepo_postgres::accounts` instead, through the `postgres` module beside this one; the
+//! schema enforces the same rules there, and its refusals already carry the account and balance
+//! a caller is told about. The Rust-side validation here runs first on both.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -16,10 +21,13 @@ use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
-use crate::conn::{Conn, Grouped, Handle};
+use crate::conn::{Backend, Conn, Grouped, Handle};
 use crate::error::{Error, Result};
 use crate::limits::{MAX_KEY_CHARS, at_position, check_amount, check_batch};
 use crate::trace::{Rows, traced};
+
+#[cfg(feature = "postgres")]
+mod postgres;
 
 /// The constraint a reused idempotency key reports in [`Error::Duplicate`].
 pub const IDEMPOTENCY_KEY_CONSTRAINT: &str = "transfers.idempotency_key";
@@ -167,7 +175,11 @@ impl AccountRepo {
                 )));
             }
             let mut conn = handle.writer().await?;
-            insert_account(conn.statements()?, user_id, balance_cents).await
+            match conn.backend()? {
+                Backend::Sqlite(sqlite) => insert_account(sqlite, user_id, balance_cents).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(pg) => postgres::open(pg, user_id, balance_cents).await,
+            }
         })
     }
 
@@ -179,7 +191,11 @@ impl AccountRepo {
         let handle = self.handle.clone();
         traced("accounts", "get", async move {
             let mut conn = handle.reader().await?;
-            select_account(conn.statements()?, id).await
+            match conn.backend()? {
+                Backend::Sqlite(sqlite) => select_account(sqlite, id).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(pg) => postgres::get(pg, id).await,
+            }
         })
     }
 
@@ -197,22 +213,12 @@ impl AccountRepo {
         let handle = self.handle.clone();
         traced("accounts", "deposit", async move {
             check_amount(amount_cents)?;
-            let not_found = Error::NotFound {
-                entity: "account",
-                id,
-            };
             let mut conn = handle.writer().await?;
-            let before = match insert_deposit(conn.statements()?, id, amount_cents).await {
-                Err(Error::ForeignKey) => return Err(not_found),
-                other => other?.ok_or(not_found)?,
-            };
-            // The statement landed, so the trigger added exactly `amount_cents` to `before`
-            // (an overflow would have refused it); checked all the same.
-            before.checked_add(amount_cents).ok_or_else(|| {
-                Error::invalid(format!(
-                    "crediting {amount_cents} cents would overflow the balance of account {id}"
-                ))
-            })
+            match conn.backend()? {
+                Backend::Sqlite(sqlite) => deposit_on_sqlite(sqlite, id, amount_cents).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(pg) => postgres::deposit(pg, id, amount_cents).await,
+            }
         })
     }
 
@@ -226,7 +232,9 @@ impl AccountRepo {
     /// [`crate::conn::Grouped`]): one round trip and one commit for all of them.
     /// Each caller still gets exactly its own answer: a neighbour's refusal makes the group run
     /// again one by one, and `Ok` means this transfer's ledger row is committed. A caller with
-    /// nobody waiting runs one `INSERT`, as above.
+    /// nobody waiting runs one `INSERT`, as above. On PostgreSQL, where many writers run at
+    /// once, every transfer is its own `INSERT`; a keyed one the server refused is run once more,
+    /// so that a concurrent twin of its key that committed meanwhile makes it a replay.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for `from == to`, a non-positive amount or an empty key;
@@ -283,12 +291,10 @@ impl AccountRepo {
                 return Ok(());
             };
             let mut conn = handle.writer().await?;
-            match insert_transfers(conn.statements()?, &steps_json).await {
-                Ok(_) => Ok(()),
-                Err(err) => match steps_from_json(&steps_json) {
-                    Some(steps) => Err(explain_failure(conn.statements()?, &steps, err).await),
-                    None => Err(err),
-                },
+            match conn.backend()? {
+                Backend::Sqlite(sqlite) => transfer_batch_on_sqlite(sqlite, &steps_json).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(_) => postgres::transfer_batch(&mut conn, &steps_json).await,
             }
         })
     }
@@ -302,11 +308,11 @@ impl AccountRepo {
         let handle = self.handle.clone();
         traced("accounts", "total_balance", async move {
             let mut conn = handle.reader().await?;
-            Ok(sqlx::query_scalar!(
-                r#"SELECT coalesce(sum(balance), 0) AS "total!: i64" FROM accounts"#
-            )
-            .fetch_one(conn.statements()?)
-            .await?)
+            match conn.backend()? {
+                Backend::Sqlite(sqlite) => select_total_balance(sqlite).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(pg) => postgres::total_balance(pg).await,
+            }
         })
     }
 }
@@ -323,14 +329,14 @@ impl Grouped for GroupedTransfers {
     type Request = Transfer;
     type Outcome = TransferOutcome;
 
-    /// One transfer, one ledger `INSERT`; a refusal is read back to name its cause.
+    /// One transfer, one ledger `INSERT`; on SQLite a refusal is read back to name its cause
+    /// (PostgreSQL's refusals name it themselves). The only path on PostgreSQL, where
+    /// transfers are not grouped.
     async fn apply_one(conn: &mut Conn, t: &Transfer) -> Result<TransferOutcome> {
-        match insert_transfer(conn.statements()?, t).await {
-            Ok(0) => Ok(TransferOutcome::Replayed),
-            Ok(_) => Ok(TransferOutcome::Landed),
-            Err(err) => {
-                Err(explain_failure(conn.statements()?, std::slice::from_ref(t), err).await)
-            }
+        match conn.backend()? {
+            Backend::Sqlite(sqlite) => transfer_on_sqlite(sqlite, t).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => postgres::transfer(conn, t).await,
         }
     }
 
@@ -376,6 +382,47 @@ impl Grouped for GroupedTransfers {
     }
 }
 
+async fn deposit_on_sqlite(
+    sqlite: &mut SqliteConnection,
+    id: i64,
+    amount_cents: i64,
+) -> Result<i64> {
+    let not_found = Error::NotFound {
+        entity: "account",
+        id,
+    };
+    let before = match insert_deposit(sqlite, id, amount_cents).await {
+        Err(Error::ForeignKey) => return Err(not_found),
+        other => other?.ok_or(not_found)?,
+    };
+    // The statement landed, so the trigger added exactly `amount_cents` to `before` (an
+    // overflow would have refused it); checked all the same.
+    before
+        .checked_add(amount_cents)
+        .ok_or_else(|| credit_overflow(amount_cents, id))
+}
+
+async fn transfer_on_sqlite(
+    sqlite: &mut SqliteConnection,
+    t: &Transfer,
+) -> Result<TransferOutcome> {
+    match insert_transfer(sqlite, t).await {
+        Ok(0) => Ok(TransferOutcome::Replayed),
+        Ok(_) => Ok(TransferOutcome::Landed),
+        Err(err) => Err(explain_failure(sqlite, std::slice::from_ref(t), err).await),
+    }
+}
+
+async fn transfer_batch_on_sqlite(sqlite: &mut SqliteConnection, steps_json: &str) -> Result<()> {
+    match insert_transfers(sqlite, steps_json).await {
+        Ok(_) => Ok(()),
+        Err(err) => match steps_from_json(steps_json) {
+            Some(steps) => Err(explain_failure(sqlite, &steps, err).await),
+            None => Err(err),
+        },
+    }
+}
+
 /// Validates every step and drops in-batch replays (a key repeated with the same movement);
 /// a key repeated with another movement is [`Error::Duplicate`] before the database is touched.
 fn distinct_steps(ts: &[Transfer]) -> Result<Vec<&Transfer>> {
@@ -415,7 +462,15 @@ fn steps_json(steps: &[&Transfer]) -> Result<Option<String>> {
         .map_err(|err| Error::invalid(format!("not JSON: {err}")))
 }
 
-/// The steps `steps_json` wrote, read back for `explain_failure`.
+/// A credit that would take a balance past `i64`: the caller's amount is at fault (as on
+/// SQLite, where the trigger's arithmetic refuses it), so invalid input.
+fn credit_overflow(amount_cents: i64, account: i64) -> Error {
+    Error::invalid(format!(
+        "crediting {amount_cents} cents would overflow the balance of account {account}"
+    ))
+}
+
+/// The steps `steps_json` wrote, read back for `explain_failure` (and for PostgreSQL's arrays).
 fn steps_from_json(steps_json: &str) -> Option<Vec<Transfer>> {
     let rows: Vec<(i64, i64, i64, Option<String>)> = serde_json::from_str(steps_json).ok()?;
     Some(
@@ -498,10 +553,7 @@ async fn diagnose(conn: &mut SqliteConnection, steps: &[Transfer]) -> Result<Opt
             }));
         }
         let Some(credited) = balances[&t.to].checked_add(t.amount_cents) else {
-            return Ok(Some(Error::invalid(format!(
-                "crediting {} cents would overflow the balance of account {}",
-                t.amount_cents, t.to
-            ))));
+            return Ok(Some(credit_overflow(t.amount_cents, t.to)));
         };
         balances.insert(t.from, from_balance - t.amount_cents);
         balances.insert(t.to, credited);
@@ -657,6 +709,14 @@ async fn insert_transfer_group(
     .fetch_all(conn)
     .await?;
     Ok(keys.into_iter().flatten().collect())
+}
+
+async fn select_total_balance(conn: &mut SqliteConnection) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar!(r#"SELECT coalesce(sum(balance), 0) AS "total!: i64" FROM accounts"#)
+            .fetch_one(conn)
+            .await?,
+    )
 }
 
 struct LandedKey {

@@ -12,13 +12,16 @@ use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
 use super::paging::{self, Keyed, Page};
-use crate::conn::{Conn, Grouped, Handle};
+use crate::conn::{Backend, Conn, Grouped, Handle};
 use crate::error::{Error, Result};
 use crate::limits::{
     MAX_CHUNK_BYTES, MAX_PAGE_BYTES, MAX_PAGE_ROWS, at_position, check_batch, check_data_depth,
     check_data_size, check_name,
 };
 use crate::trace::{Rows, traced};
+
+#[cfg(feature = "postgres")]
+mod postgres;
 
 /// Where an item is in its life. Stored as lowercase text, which a `CHECK` restricts to these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, sqlx::Type)]
@@ -211,7 +214,11 @@ impl ItemRepo {
         traced("items", "create", async move {
             let (name, data, status) = row?;
             let mut conn = handle.writer().await?;
-            insert_one(conn.statements()?, &name, &data, status).await
+            match conn.backend()? {
+                Backend::Sqlite(c) => insert_one(c, &name, &data, status).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::insert_one(c, &name, &data, status).await,
+            }
         })
     }
 
@@ -244,7 +251,11 @@ impl ItemRepo {
                 return Ok(Vec::new());
             };
             let mut conn = handle.reader().await?;
-            select_many(&mut conn, &ids).await
+            match conn.backend()? {
+                Backend::Sqlite(_) => select_many(&mut conn, &ids).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::select_many(c, &ids).await,
+            }
         })
     }
 
@@ -264,7 +275,11 @@ impl ItemRepo {
         let handle = self.handle.clone();
         traced("items", "list_by_status", async move {
             let mut conn = handle.reader().await?;
-            select_by_status(conn.statements()?, status).await
+            match conn.backend()? {
+                Backend::Sqlite(c) => select_by_status(c, status).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::select_by_status(c, status).await,
+            }
         })
     }
 
@@ -317,7 +332,14 @@ impl ItemRepo {
                 },
             };
             let mut conn = handle.reader().await?;
-            let page = select_status_page(conn.statements()?, status, from, limit).await?;
+            let page = match conn.backend()? {
+                Backend::Sqlite(c) => select_status_page(c, status, from, limit).await?,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => {
+                    postgres::select_status_page(c, status, from, limit, MAX_PAGE_BYTES as i64)
+                        .await?
+                }
+            };
             let next = page.next_from().and(page.rows.last().map(|item| item.id));
             Ok(ItemPage {
                 items: page.rows,
@@ -363,7 +385,11 @@ impl ItemRepo {
         let handle = self.handle.clone();
         traced("items", "delete", async move {
             let mut conn = handle.writer().await?;
-            delete_one(conn.statements()?, id).await
+            match conn.backend()? {
+                Backend::Sqlite(c) => delete_one(c, id).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::delete_one(c, id).await,
+            }
         })
     }
 
@@ -392,6 +418,10 @@ impl ItemRepo {
         traced("items", "insert_many", async move {
             let chunks = chunks?;
             let mut conn = handle.writer().await?;
+            #[cfg(feature = "postgres")]
+            if matches!(conn.backend()?, Backend::Postgres(_)) {
+                return postgres::insert_many(&mut conn, &chunks).await;
+            }
             match chunks.as_slice() {
                 [] => Ok(0),
                 // One statement is atomic by itself: no transaction, one round trip.
@@ -435,7 +465,11 @@ impl ItemRepo {
                 return Ok(0);
             };
             let mut conn = handle.writer().await?;
-            update_status_batch(conn.statements()?, &ids, status).await
+            match conn.backend()? {
+                Backend::Sqlite(c) => update_status_batch(c, &ids, status).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::update_status_batch(c, &ids, status).await,
+            }
         })
     }
 
@@ -446,13 +480,14 @@ impl ItemRepo {
     pub fn stream(&self) -> impl Stream<Item = Result<Item>> + Send + use<> {
         paging::keyset(self.handle.clone(), "items", |handle, from| async move {
             let mut conn = handle.reader().await?;
-            select_page(
-                conn.statements()?,
-                from,
-                STREAM_PAGE_ROWS,
-                MAX_PAGE_BYTES as i64,
-            )
-            .await
+            let max_bytes = MAX_PAGE_BYTES as i64;
+            match conn.backend()? {
+                Backend::Sqlite(c) => select_page(c, from, STREAM_PAGE_ROWS, max_bytes).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => {
+                    postgres::select_page(c, from, STREAM_PAGE_ROWS, max_bytes).await
+                }
+            }
         })
     }
 
@@ -464,11 +499,15 @@ impl ItemRepo {
         let handle = self.handle.clone();
         traced("items", "count", async move {
             let mut conn = handle.reader().await?;
-            Ok(
-                sqlx::query_scalar!(r#"SELECT count(*) AS "count!: i64" FROM items"#)
-                    .fetch_one(conn.statements()?)
-                    .await?,
-            )
+            match conn.backend()? {
+                Backend::Sqlite(c) => Ok(sqlx::query_scalar!(
+                    r#"SELECT count(*) AS "count!: i64" FROM items"#
+                )
+                .fetch_one(c)
+                .await?),
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::count(c).await,
+            }
         })
     }
 }
@@ -518,14 +557,12 @@ impl Grouped for GroupedUpdates {
     type Outcome = bool;
 
     async fn apply_one(conn: &mut Conn, u: &ItemUpdate) -> Result<bool> {
-        update_one(
-            conn.statements()?,
-            u.id,
-            u.name.as_deref(),
-            u.data.as_deref(),
-            u.status,
-        )
-        .await
+        let (name, data) = (u.name.as_deref(), u.data.as_deref());
+        match conn.backend()? {
+            Backend::Sqlite(c) => update_one(c, u.id, name, data, u.status).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(c) => postgres::update_one(c, u.id, name, data, u.status).await,
+        }
     }
 
     /// The group as one statement; `RETURNING id` says which rows really changed. Two updates
@@ -589,7 +626,11 @@ impl Grouped for GroupedGets {
     type Outcome = Option<Item>;
 
     async fn apply_one(conn: &mut Conn, id: &i64) -> Result<Option<Item>> {
-        select_one(conn.statements()?, *id).await
+        match conn.backend()? {
+            Backend::Sqlite(c) => select_one(c, *id).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(c) => postgres::select_one(c, *id).await,
+        }
     }
 
     /// One statement for every id; if it fails (a row that does not decode, say), each get

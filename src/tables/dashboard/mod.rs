@@ -8,9 +8,12 @@ use time::OffsetDateTime;
 
 use super::orders::{Order, OrderStats};
 use super::users::User;
-use crate::conn::Handle;
+use crate::conn::{Backend, Handle};
 use crate::error::{Error, Result};
 use crate::trace::{Rows, traced};
+
+#[cfg(feature = "postgres")]
+mod postgres;
 
 /// How many orders a dashboard shows (the literal `LIMIT 10` in its statement).
 pub const DASHBOARD_RECENT_ORDERS: i64 = 10;
@@ -51,7 +54,11 @@ pub(crate) fn read(
 ) -> impl Future<Output = Result<Dashboard>> + Send + use<> {
     traced("users", "dashboard", async move {
         let mut conn = handle.reader().await?;
-        fetch(conn.statements()?, user_id).await
+        match conn.backend()? {
+            Backend::Sqlite(c) => fetch(c, user_id).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(c) => postgres::fetch(c, user_id).await,
+        }
     })
 }
 

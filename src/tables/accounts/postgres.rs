@@ -1,0 +1,241 @@
+//! [`AccountRepo`](super::AccountRepo) on PostgreSQL: calls the statements of
+//! `sqlrepo_postgres::accounts` and turns their rows and refusals into sqlrepo's types.
+//!
+//! The trigger `transfers_apply` refuses with everything a caller is told, so no second read is
+//! needed to explain a refusal (as SQLite's `explain_failure` does): a missing account is 23503
+//! on `transfers_from_fk`/`transfers_to_fk` naming the id in its DETAIL, an overdraft 23514 on
+//! `accounts_balance_non_negative` with the balance and amount as a JSON DETAIL, an
+//! overflowing credit 22003.
+
+use serde::Deserialize;
+use sqlrepo_postgres::accounts as statements;
+use sqlx::PgConnection;
+use sqlx::postgres::PgDatabaseError;
+use time::OffsetDateTime;
+
+use super::{
+    Account, IDEMPOTENCY_KEY_CONSTRAINT, Transfer, TransferOutcome, credit_overflow,
+    steps_from_json,
+};
+use crate::conn::{Backend, Conn};
+use crate::error::{Error, Result};
+
+pub(super) async fn open(
+    conn: &mut PgConnection,
+    user_id: Option<i64>,
+    balance_cents: i64,
+) -> Result<i64> {
+    Ok(statements::insert_account(conn, user_id, balance_cents).await?)
+}
+
+pub(super) async fn get(conn: &mut PgConnection, id: i64) -> Result<Option<Account>> {
+    let row = statements::select_account(conn, id).await?;
+    Ok(row.map(|row| Account {
+        id: row.id,
+        user_id: row.user_id,
+        balance_cents: row.balance,
+        created_at: utc(row.created_at),
+    }))
+}
+
+/// `timestamptz` arrives in UTC already; said once here so `Account` reads the same on both.
+fn utc(at: OffsetDateTime) -> OffsetDateTime {
+    at.to_offset(time::UtcOffset::UTC)
+}
+
+pub(super) async fn deposit(conn: &mut PgConnection, id: i64, amount_cents: i64) -> Result<i64> {
+    statements::deposit(conn, id, amount_cents)
+        .await
+        .map_err(|err| refusal(err, || credit_overflow(amount_cents, id)))
+}
+
+pub(super) async fn total_balance(conn: &mut PgConnection) -> Result<i64> {
+    statements::total_balance(conn).await.map_err(|err| {
+        if code(&err) == Some(NUMERIC_VALUE_OUT_OF_RANGE) {
+            // Stored data, not input, as SQLite's `sum()` overflow.
+            Error::Overflow("a sum would overflow a 64-bit integer".to_owned())
+        } else {
+            Error::from(err)
+        }
+    })
+}
+
+/// One transfer, as one ledger `INSERT`.
+///
+/// A keyed transfer the database refused is run once more (see `sqlrepo_postgres::accounts`
+/// on keys): the lookup of its key saw the statement's snapshot, so a twin that committed while
+/// this one waited for the account locks shows only as a unique violation on the key (or as
+/// the balance it left). The fresh statement sees the twin and answers replay or duplicate, or
+/// is refused again, and that answer is final. Unkeyed refusals are final at once.
+pub(super) async fn transfer(conn: &mut Conn, t: &Transfer) -> Result<TransferOutcome> {
+    let key = t.idempotency_key.as_deref();
+    let row = match statements::insert_transfer(postgres(conn)?, t.from, t.to, t.amount_cents, key)
+        .await
+    {
+        Err(err) if key.is_some() && is_refusal(&err) => {
+            // The failed statement aborted the transaction this call runs in, if any.
+            conn.recover().await?;
+            statements::insert_transfer(postgres(conn)?, t.from, t.to, t.amount_cents, key).await
+        }
+        other => other,
+    }
+    .map_err(|err| refusal(err, || credit_overflow(t.amount_cents, t.to)))?;
+    match (row.landed, row.same_movement) {
+        (true, _) => Ok(TransferOutcome::Landed),
+        (false, Some(true)) => Ok(TransferOutcome::Replayed),
+        (false, Some(false)) => Err(key_reused()),
+        (false, None) => Err(Error::Database(sqlx::Error::Protocol(
+            "a transfer neither landed nor found its key landed".to_owned(),
+        ))),
+    }
+}
+
+/// A batch as one `INSERT … SELECT` over arrays, all or nothing, in order. `steps_json` holds
+/// the steps left after `distinct_steps` (validated, in-batch replays dropped). As for one
+/// transfer, a refused batch with keys is run once more.
+pub(super) async fn transfer_batch(conn: &mut Conn, steps_json: &str) -> Result<()> {
+    let transfers = steps_from_json(steps_json)
+        .ok_or_else(|| Error::invalid("the batch's steps could not be read back"))?;
+    let mut steps = statements::Steps::default();
+    for t in transfers {
+        steps.from.push(t.from);
+        steps.to.push(t.to);
+        steps.amount.push(t.amount_cents);
+        steps.idempotency_key.push(t.idempotency_key);
+    }
+    let keyed = steps.idempotency_key.iter().any(Option::is_some);
+    let row = match statements::insert_transfers(postgres(conn)?, &steps).await {
+        Err(err) if keyed && is_refusal(&err) => {
+            conn.recover().await?;
+            statements::insert_transfers(postgres(conn)?, &steps).await
+        }
+        other => other,
+    }
+    .map_err(|err| {
+        refusal(err, || {
+            Error::invalid("a step's credit would overflow the balance of the account it credits")
+        })
+    })?;
+    if row.key_reused {
+        return Err(key_reused());
+    }
+    Ok(())
+}
+
+/// The PostgreSQL connection of a `Conn` the caller matched as PostgreSQL already.
+fn postgres(conn: &mut Conn) -> Result<&mut PgConnection> {
+    match conn.backend()? {
+        Backend::Postgres(pg) => Ok(pg),
+        _ => Err(Error::Config(
+            "a PostgreSQL statement was sent to another backend".to_owned(),
+        )),
+    }
+}
+
+fn key_reused() -> Error {
+    Error::Duplicate {
+        constraint: IDEMPOTENCY_KEY_CONSTRAINT.to_owned(),
+    }
+}
+
+const FOREIGN_KEY_VIOLATION: &str = "23503";
+const CHECK_VIOLATION: &str = "23514";
+const UNIQUE_VIOLATION: &str = "23505";
+const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
+
+fn database_error(err: &sqlx::Error) -> Option<&PgDatabaseError> {
+    err.as_database_error()?
+        .try_downcast_ref::<PgDatabaseError>()
+}
+
+fn code(err: &sqlx::Error) -> Option<&str> {
+    database_error(err).map(PgDatabaseError::code)
+}
+
+/// A refusal by the schema that a twin of the same key landing meanwhile could explain.
+fn is_refusal(err: &sqlx::Error) -> bool {
+    matches!(
+        code(err),
+        Some(
+            UNIQUE_VIOLATION | CHECK_VIOLATION | FOREIGN_KEY_VIOLATION | NUMERIC_VALUE_OUT_OF_RANGE
+        )
+    )
+}
+
+/// A refused ledger insert as the error that names its cause; `overflow` says which credit
+/// overflowed. Anything else is classified as every error is (`Error::from`).
+fn refusal(err: sqlx::Error, overflow: impl FnOnce() -> Error) -> Error {
+    let named = database_error(&err).and_then(|db| {
+        let detail = db.detail().unwrap_or_default();
+        match (db.code(), db.constraint()) {
+            (FOREIGN_KEY_VIOLATION, Some("transfers_from_fk" | "transfers_to_fk")) => {
+                missing_account(detail).map(|id| Error::NotFound {
+                    entity: "account",
+                    id,
+                })
+            }
+            (CHECK_VIOLATION, Some("accounts_balance_non_negative")) => overdraft(detail),
+            (UNIQUE_VIOLATION, Some("transfers_idempotency_key_unique")) => Some(key_reused()),
+            (NUMERIC_VALUE_OUT_OF_RANGE, _) => Some(overflow()),
+            _ => None,
+        }
+    });
+    named.unwrap_or_else(|| Error::from(err))
+}
+
+/// The id in `Key (to_account)=(7) is not present in table "accounts".`
+fn missing_account(detail: &str) -> Option<i64> {
+    let (_, after) = detail.split_once(")=(")?;
+    let (id, _) = after.split_once(')')?;
+    id.parse().ok()
+}
+
+/// The trigger's overdraft DETAIL, `{"account" : 1, "balance" : 300, "requested" : 900}`.
+fn overdraft(detail: &str) -> Option<Error> {
+    #[derive(Deserialize)]
+    struct Overdraft {
+        account: i64,
+        balance: i64,
+        requested: i64,
+    }
+    let o: Overdraft = serde_json::from_str(detail).ok()?;
+    Some(Error::InsufficientFunds {
+        account: o.account,
+        balance_cents: o.balance,
+        requested_cents: o.requested,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_account_detail_names_the_id() {
+        assert_eq!(
+            missing_account(r#"Key (to_account)=(7) is not present in table "accounts"."#),
+            Some(7)
+        );
+        assert_eq!(
+            missing_account(
+                r#"Key (from_account)=(123456789012) is not present in table "accounts"."#
+            ),
+            Some(123_456_789_012)
+        );
+        assert_eq!(missing_account("something else"), None);
+    }
+
+    #[test]
+    fn an_overdraft_detail_gives_account_balance_and_amount() {
+        let err = overdraft(r#"{"account" : 1, "balance" : 300, "requested" : 900}"#);
+        assert!(matches!(
+            err,
+            Some(Error::InsufficientFunds {
+                account: 1,
+                balance_cents: 300,
+                requested_cents: 900
+            })
+        ));
+        assert!(overdraft("Failing row contains (1, null, -5).").is_none());
+    }
+}
