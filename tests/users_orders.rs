@@ -261,7 +261,13 @@ async fn user_insert_many_is_all_or_nothing_and_streams_in_order(db: TestDb) {
     let streamed: Vec<_> = db.users().stream().try_collect().await.unwrap();
     assert_eq!(streamed.len(), 5_000);
     for (i, user) in streamed.iter().enumerate() {
-        assert_eq!(user.id, i as i64 + 1);
+        // SQLite hands out the next rowid after the largest; a PostgreSQL sequence also spent
+        // ids on the refused batch, so there the ids only rise in input order.
+        if db.backend.is_postgres() {
+            assert!(i == 0 || user.id > streamed[i - 1].id);
+        } else {
+            assert_eq!(user.id, i as i64 + 1);
+        }
         assert_eq!(user.email, users[i].email);
     }
 }
