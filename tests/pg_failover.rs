@@ -119,8 +119,8 @@ async fn the_primary_killed_mid_load_loses_no_acknowledged_transfer_and_the_db_r
                 let from = accounts[rng.random_range(0..ACCOUNTS)];
                 let mut to = accounts[rng.random_range(0..ACCOUNTS)];
                 if to == from {
-                    to = accounts[(accounts.iter().position(|&a| a == from).unwrap() + 1)
-                        % ACCOUNTS];
+                    to = accounts
+                        [(accounts.iter().position(|&a| a == from).unwrap() + 1) % ACCOUNTS];
                 }
                 let transfer = Transfer::new(from, to, rng.random_range(1..=100))
                     .with_key(format!("failover-{task}-{n}"));
@@ -198,7 +198,13 @@ async fn the_primary_killed_mid_load_loses_no_acknowledged_transfer_and_the_db_r
 
     // The same Db, not rebuilt, reads and writes.
     let first = accounts[0];
-    let before = db.accounts().get(first).await.unwrap().unwrap().balance_cents;
+    let before = db
+        .accounts()
+        .get(first)
+        .await
+        .unwrap()
+        .unwrap()
+        .balance_cents;
     assert_eq!(
         db.accounts().deposit(first, 1).await.unwrap(),
         before + 1,
@@ -244,7 +250,13 @@ async fn the_primary_killed_mid_load_loses_no_acknowledged_transfer_and_the_db_r
     println!("failover: {landed_late} failed transfers had not landed and were landed now");
     for &account in &accounts {
         assert_eq!(
-            fresh.accounts().get(account).await.unwrap().unwrap().balance_cents,
+            fresh
+                .accounts()
+                .get(account)
+                .await
+                .unwrap()
+                .unwrap()
+                .balance_cents,
             expected[&account],
             "account {account}"
         );
