@@ -461,13 +461,14 @@ pub mod pg {
     pub async fn fresh(backend: Backend) -> Option<TestDb> {
         let database = create(backend).await?;
         let (primary, replica) = (database.url.clone(), database.replica_url.clone());
-        // The TestDb drops the database from now on.
-        std::mem::forget(database);
+        // A failed connect panics with `database` alive, so its Drop removes the database.
         let db = match &replica {
             Some(replica) => sqlrepo::Db::connect_replicated(&primary, &[replica]).await,
             None => sqlrepo::Db::connect(&primary).await,
         }
         .unwrap_or_else(|err| panic!("connect to the test database {primary}: {err}"));
+        // The TestDb drops the database from now on.
+        std::mem::forget(database);
         let mut urls = vec![primary];
         urls.extend(replica);
         Some(TestDb {
