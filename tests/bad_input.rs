@@ -3,8 +3,11 @@
 //! every row of every table are dumped before and after and compared. The few hostile values
 //! that are valid (SQL text in a name) must be stored verbatim and change nothing else.
 //!
-//! The table is [`cases`]; each case runs on a fresh database file holding [`Fixture`].
+//! The table is [`cases`]; each case runs on a fresh database holding [`Fixture`], on every
+//! backend. On SQLite "unchanged" is the file's schema and every row read behind the API's
+//! back; on PostgreSQL it is everything the public API shows ([`api_dump`]).
 
+mod common;
 #[path = "reliability_common/mod.rs"]
 mod reliability_common;
 
@@ -15,7 +18,8 @@ use std::pin::Pin;
 
 use futures_util::StreamExt;
 
-use reliability_common::{Dump, dump_diff, dump_file, raw};
+use common::{Backend, TestDb, backend_test};
+use reliability_common::{Dump, api_dump, dump_diff, dump_file, raw};
 use rusqlite::types::Value as Cell;
 use serde_json::{Value, json};
 use sqlrepo::limits::{MAX_BATCH_ROWS, MAX_DATA_BYTES, MAX_DATA_DEPTH, MAX_NAME_CHARS};
@@ -27,7 +31,8 @@ use sqlrepo::{
 /// What every case starts from: a few rows in every table.
 #[derive(Clone, Debug)]
 struct Fixture {
-    path: PathBuf,
+    /// The SQLite file (`None` on PostgreSQL).
+    path: Option<PathBuf>,
     lamp: i64,
     desk: i64,
     chair: i64,
@@ -44,7 +49,7 @@ struct Fixture {
 
 const UNKNOWN: i64 = 999_999;
 
-async fn fixture(db: &Db, path: &Path) -> Fixture {
+async fn fixture(db: &Db, path: Option<&Path>) -> Fixture {
     let items = db.items();
     let lamp = items
         .create(&NewItem::new("lamp", json!({"watts": 40})))
@@ -109,7 +114,7 @@ async fn fixture(db: &Db, path: &Path) -> Fixture {
         .unwrap();
     accounts.deposit(house, 50).await.unwrap();
     Fixture {
-        path: path.to_owned(),
+        path: path.map(Path::to_owned),
         lamp,
         desk,
         chair,
@@ -1223,7 +1228,7 @@ fn cases() -> Vec<Case> {
         case_with_setup(
             "item data with a lone surrogate written by another client",
             op(|_, fx| async move {
-                raw(&fx.path)
+                raw(fx.path.as_ref().expect("a SQLite-only case"))
                     .execute(
                         r#"INSERT INTO items (name, data) VALUES ('legacy', '"\ud800"')"#,
                         [],
@@ -1236,7 +1241,7 @@ fn cases() -> Vec<Case> {
         case_with_setup(
             STREAM_UNDECODABLE,
             op(|_, fx| async move {
-                raw(&fx.path)
+                raw(fx.path.as_ref().expect("a SQLite-only case"))
                     .execute(
                         r#"INSERT INTO items (name, data) VALUES ('legacy', '"\ud800"')"#,
                         [],
@@ -1263,23 +1268,43 @@ const KNOWN_DEFECTS: &[&str] = &[];
 /// Found a defect once (streamed as `Error::Schema`, while `get` said `Error::Database`).
 const STREAM_UNDECODABLE: &str = "items streamed past a lone surrogate written by another client";
 
-/// Runs one case on a fresh file; `Err` describes how it failed.
-async fn run_case(case: &Case) -> Result<(), String> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.db");
-    let db = Db::open(&path).await.map_err(|e| format!("open: {e}"))?;
-    let fx = fixture(&db, &path).await;
+/// Cases whose setup writes the file through a second SQLite connection (another program
+/// sharing the file): SQLite only.
+const SQLITE_ONLY: &[&str] = &[
+    "item data with a lone surrogate written by another client",
+    STREAM_UNDECODABLE,
+];
+
+/// The whole database: on SQLite the file read behind the API's back, on PostgreSQL what the
+/// API shows.
+async fn state(test: &TestDb) -> Dump {
+    match test.sqlite_path() {
+        Some(path) => dump_file(path),
+        None => api_dump(test).await,
+    }
+}
+
+/// Runs one case on a fresh database of `backend`; `Err` describes how it failed.
+async fn run_case(case: &Case, backend: Backend) -> Result<(), String> {
+    if backend.is_postgres() && SQLITE_ONLY.contains(&case.name) {
+        return Ok(());
+    }
+    let Some(test) = TestDb::new(backend).await else {
+        return Ok(());
+    };
+    let db = test.db.clone();
+    let fx = fixture(&db, test.sqlite_path()).await;
     if let Some(setup) = &case.setup {
         setup(db.clone(), fx.clone())
             .await
             .map_err(|e| format!("setup failed: {e:?}"))?;
     }
-    let before = dump_file(&path);
+    let before = state(&test).await;
     let future = (case.run)(db.clone(), fx.clone());
     let outcome = tokio::spawn(future)
         .await
         .map_err(|join| format!("panicked: {join}"))?;
-    let after = dump_file(&path);
+    let after = state(&test).await;
     db.close().await;
     let checked = check(&case.expect, &outcome, &before, &after);
     checked.map_err(|problem| format!("{problem}\n  outcome: {}", short(&outcome)))
@@ -1351,19 +1376,25 @@ fn stored_once(before: &Dump, after: &Dump, table: &str, text: &str) -> Result<(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_hostile_input_gets_its_typed_error_and_changes_nothing() {
+backend_test!(
+    multi_thread,
+    every_hostile_input_gets_its_typed_error_and_changes_nothing
+);
+async fn every_hostile_input_gets_its_typed_error_and_changes_nothing(first: TestDb) {
+    // Each case gets a fresh database of this backend; the first one only picked it.
+    let backend = first.backend;
+    drop(first);
     let cases = cases();
     let mut failures = Vec::new();
     let mut tried = 0;
     for case in cases.iter().filter(|c| !KNOWN_DEFECTS.contains(&c.name)) {
         tried += 1;
-        if let Err(problem) = run_case(case).await {
+        if let Err(problem) = run_case(case, backend).await {
             failures.push(format!("{}: {problem}", case.name));
         }
     }
     println!(
-        "bad input: {tried} table cases tried, {} failed, {} known defects skipped",
+        "bad input on {backend:?}: {tried} table cases tried, {} failed, {} known defects skipped",
         failures.len(),
         KNOWN_DEFECTS.len()
     );
@@ -1383,24 +1414,27 @@ fn every_case_has_a_distinct_name_and_known_defects_name_real_cases() {
     }
 }
 
-/// Runs the case named `name` alone (for the per-defect tests).
+/// Runs the case named `name` alone on SQLite (for the per-defect tests).
 async fn run_named(name: &str) {
     let cases = cases();
     let case = cases
         .iter()
         .find(|c| c.name == name)
         .expect("a case by that name");
-    if let Err(problem) = run_case(case).await {
+    if let Err(problem) = run_case(case, Backend::Sqlite).await {
         panic!("{name}: {problem}");
     }
 }
 
+// SQLite only: the bad row is written by a second connection to the file.
 #[tokio::test]
 async fn items_stream_past_undecodable_data_is_a_database_error_like_get() {
     run_named(STREAM_UNDECODABLE).await;
 }
 
 // ---- opening files that are not what they should be ----
+// SQLite only (this section, the unmigrated database and the clashing tables): files on disk,
+// DbOptions::migrate(false) and tables made by a second connection are SQLite's.
 
 #[tokio::test]
 async fn opening_a_file_that_is_not_sqlite_is_corrupt_and_leaves_it_alone() {
@@ -1600,14 +1634,17 @@ fn the_documented_limits_are_the_ones_tested() {
 
 // ---- handles used after they ended ----
 
-#[tokio::test]
-async fn every_call_on_a_closed_db_is_a_database_error_promptly_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("closed.db");
-    let db = Db::open(&path).await.unwrap();
-    let fx = fixture(&db, &path).await;
+backend_test!(every_call_on_a_closed_db_is_a_database_error_promptly_and_changes_nothing);
+async fn every_call_on_a_closed_db_is_a_database_error_promptly_and_changes_nothing(test: TestDb) {
+    let db = test.db.clone();
+    let fx = fixture(&db, test.sqlite_path()).await;
+    // A closed Db cannot show its state: a second one on the same database does.
+    let observer = test.reopen().await;
     db.close().await;
-    let before = dump_file(&path);
+    let before = match test.sqlite_path() {
+        Some(path) => dump_file(path),
+        None => api_dump(&observer).await,
+    };
     let calls: Vec<(&str, Op)> = vec![
         (
             "items.create",
@@ -1667,15 +1704,17 @@ async fn every_call_on_a_closed_db_is_a_database_error_promptly_and_changes_noth
         "not Error::Database:\n{}",
         wrong.join("\n")
     );
-    assert_eq!(dump_file(&path), before);
+    let after = match test.sqlite_path() {
+        Some(path) => dump_file(path),
+        None => api_dump(&observer).await,
+    };
+    assert_eq!(after, before);
 }
 
-#[tokio::test]
-async fn repositories_of_a_finished_transaction_refuse_work_and_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("finished.db");
-    let db = Db::open(&path).await.unwrap();
-    let fx = fixture(&db, &path).await;
+backend_test!(repositories_of_a_finished_transaction_refuse_work_and_change_nothing);
+async fn repositories_of_a_finished_transaction_refuse_work_and_change_nothing(test: TestDb) {
+    let db = test.db.clone();
+    let fx = fixture(&db, test.sqlite_path()).await;
     let committed = db.begin().await.unwrap();
     let (items, accounts) = (committed.items(), committed.accounts());
     committed.commit().await.unwrap();
@@ -1685,7 +1724,7 @@ async fn repositories_of_a_finished_transaction_refuse_work_and_change_nothing()
     let dropped = db.begin().await.unwrap();
     let orders = dropped.orders();
     drop(dropped);
-    let before = dump_file(&path);
+    let before = state(&test).await;
 
     let outcomes = [
         format!("{:?}", items.create(&NewItem::new("late", json!(1))).await),
@@ -1709,7 +1748,7 @@ async fn repositories_of_a_finished_transaction_refuse_work_and_change_nothing()
         "{}",
         outcomes[3]
     );
-    assert_eq!(dump_file(&path), before);
+    assert_eq!(state(&test).await, before);
     // The Db itself still writes.
     db.items()
         .create(&NewItem::new("after", json!(2)))

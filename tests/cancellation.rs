@@ -10,6 +10,7 @@
 //! Run longer with `SQLREPO_CANCEL_DROPS=10000`; `SQLREPO_CANCEL_SEED=<seed>` replays the
 //! same sequence of operations and cancel points (timing on two threads may still differ).
 
+mod common;
 #[path = "reliability_common/mod.rs"]
 mod reliability_common;
 
@@ -20,6 +21,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use common::{Backend, TestDb, backend_test};
+use futures_util::TryStreamExt;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use reliability_common::{
@@ -424,15 +427,17 @@ struct Tally {
     slowest_probe: Duration,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_futures_never_half_apply_and_never_leave_the_db_stuck() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cancel.db");
-    let db = Db::open(&path).await.unwrap();
+backend_test!(
+    multi_thread,
+    dropped_futures_never_half_apply_and_never_leave_the_db_stuck
+);
+async fn dropped_futures_never_half_apply_and_never_leave_the_db_stuck(test: TestDb) {
     let wanted = count("SQLREPO_CANCEL_DROPS", 1_000);
-    drop_futures_at_random(db, &path, wanted, "held connections").await;
+    let what = format!("held connections, {:?}", test.backend);
+    drop_futures_at_random(test.db.clone(), test.sqlite_path(), wanted, &what).await;
 }
 
+// SQLite only: `from_pool` takes a SqlitePool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_futures_never_leave_a_db_over_a_callers_pool_stuck() {
     let dir = tempfile::tempdir().unwrap();
@@ -449,13 +454,13 @@ async fn dropped_futures_never_leave_a_db_over_a_callers_pool_stuck() {
         .await
         .unwrap();
     let wanted = count("SQLREPO_CANCEL_DROPS", 1_000) / 4;
-    drop_futures_at_random(Db::from_pool(pool), &path, wanted, "a caller's pool").await;
+    drop_futures_at_random(Db::from_pool(pool), Some(&path), wanted, "a caller's pool").await;
 }
 
-/// Drops `wanted` operations on `db` (a fresh, migrated file at `path`) at random points,
-/// checking after each.
-async fn drop_futures_at_random(db: Db, path: &Path, wanted: usize, what: &str) {
-    let path = path.to_owned();
+/// Drops `wanted` operations on `db` (fresh and migrated; a SQLite file at `path`, or
+/// PostgreSQL when `None`) at random points, checking after each.
+async fn drop_futures_at_random(db: Db, path: Option<&Path>, wanted: usize, what: &str) {
+    let path = path.map(Path::to_owned);
     let seed = seed("SQLREPO_CANCEL_SEED");
     // Some operations finish before their cancel lands; stop at this many in any case.
     let max_iterations = wanted * 10;
@@ -536,7 +541,7 @@ async fn drop_futures_at_random(db: Db, path: &Path, wanted: usize, what: &str) 
             }
         }
         let probe_started = Instant::now();
-        if let Err(problem) = probe(&db, &path, i).await {
+        if let Err(problem) = probe(&db, path.as_deref(), i).await {
             panic!("seed {seed}, iteration {i}, after {kind} under {cancel:?}: {problem}");
         }
         tally.slowest_probe = tally.slowest_probe.max(probe_started.elapsed());
@@ -544,7 +549,11 @@ async fn drop_futures_at_random(db: Db, path: &Path, wanted: usize, what: &str) 
         if i % check_every == 0 || tally.cancelled == wanted {
             // Let any task still unwinding from an abort finish before reading the file.
             tokio::task::yield_now().await;
-            if let Err(problem) = check_file(&path, &tally, opening_total) {
+            let checked = match &path {
+                Some(path) => check_file(path, &tally, opening_total),
+                None => check_through_the_api(&db, &tally, opening_total).await,
+            };
+            if let Err(problem) = checked {
                 panic!("seed {seed}, after iteration {i}: {problem}");
             }
         }
@@ -568,8 +577,9 @@ async fn drop_futures_at_random(db: Db, path: &Path, wanted: usize, what: &str) 
 
 /// After every drop: a write through the `Db` succeeds promptly and a reader (another
 /// connection) sees it, a caller-owned transaction can begin, and another connection can take
-/// the write lock — so no connection was left inside a transaction.
-async fn probe(db: &Db, path: &Path, i: usize) -> Result<(), String> {
+/// the write lock (SQLite's; PostgreSQL has none) — so no connection was left inside a
+/// transaction.
+async fn probe(db: &Db, path: Option<&Path>, i: usize) -> Result<(), String> {
     let limit = Duration::from_secs(10);
     let write = async {
         let id = db
@@ -600,7 +610,9 @@ async fn probe(db: &Db, path: &Path, i: usize) -> Result<(), String> {
     tokio::time::timeout(limit, write)
         .await
         .map_err(|_| format!("the Db did not serve a write within {limit:?}"))??;
-    let path = path.to_owned();
+    let Some(path) = path.map(Path::to_owned) else {
+        return Ok(());
+    };
     tokio::task::spawn_blocking(move || {
         let conn = raw(&path);
         conn.busy_timeout(Duration::from_secs(3)).unwrap();
@@ -662,6 +674,53 @@ fn check_file(path: &Path, tally: &Tally, opening_total: i64) -> Result<(), Stri
     Ok(())
 }
 
+/// [`check_file`] for PostgreSQL, through the public API: the bank total is the deposits
+/// (between those that completed and those attempted), no balance is negative, item batches
+/// are whole, every completed item batch is there and no item of a transaction never committed
+/// landed. The ledger (idempotency keys, so transfer batches) has no reader in the API: those
+/// are checked on SQLite, and here through the balances.
+async fn check_through_the_api(db: &Db, tally: &Tally, opening_total: i64) -> Result<(), String> {
+    let total = db
+        .accounts()
+        .total_balance()
+        .await
+        .map_err(|e| e.to_string())?;
+    let low = opening_total + tally.deposits_completed;
+    let high = opening_total + tally.deposits_attempted;
+    if !(low..=high).contains(&total) {
+        return Err(format!("the bank holds {total}, outside [{low}, {high}]"));
+    }
+    for id in 1..=ACCOUNTS {
+        let account = db.accounts().get(id).await.map_err(|e| e.to_string())?;
+        match account {
+            Some(account) if account.balance_cents >= 0 => {}
+            other => return Err(format!("account {id}: {other:?}")),
+        }
+    }
+    let items: Vec<sqlrepo::Item> = db
+        .items()
+        .stream()
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let names: BTreeSet<&str> = items.iter().map(|item| item.name.as_str()).collect();
+    let item_batches = check_batches_whole(names.iter().copied())?;
+    for name in &tally.landed_names {
+        // Item batches are `i…`; a transaction's item is `x…`.
+        if (name.starts_with('i') || name.starts_with('x')) && !item_batches.contains_key(name) {
+            return Err(format!("completed batch {name} is missing"));
+        }
+    }
+    for never in &tally.never_names {
+        if names.contains(never.as_str()) {
+            return Err(format!(
+                "{never}, written in a transaction never committed, landed"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Polls `fut` exactly once and drops it: the cancel lands right after the first await point
 /// that really waits.
 async fn poll_once_then_drop<F: Future>(fut: F) -> bool {
@@ -685,15 +744,17 @@ async fn write_is_visible(db: &Db, name: &str) -> bool {
     db.items().get(id).await.unwrap().is_some()
 }
 
-#[tokio::test]
-async fn a_transaction_dropped_after_a_cancelled_commit_of_another_still_rolls_back() {
-    let names = after_a_cancelled_finish(|tx| Box::pin(tx.commit())).await;
+backend_test!(a_transaction_dropped_after_a_cancelled_commit_of_another_still_rolls_back);
+async fn a_transaction_dropped_after_a_cancelled_commit_of_another_still_rolls_back(first: TestDb) {
+    let names = after_a_cancelled_finish(first, |tx| Box::pin(tx.commit())).await;
     assert_eq!(names, ["first", "after"]);
 }
 
-#[tokio::test]
-async fn a_transaction_dropped_after_a_cancelled_rollback_of_another_still_rolls_back() {
-    let names = after_a_cancelled_finish(|tx| Box::pin(tx.rollback())).await;
+backend_test!(a_transaction_dropped_after_a_cancelled_rollback_of_another_still_rolls_back);
+async fn a_transaction_dropped_after_a_cancelled_rollback_of_another_still_rolls_back(
+    first: TestDb,
+) {
+    let names = after_a_cancelled_finish(first, |tx| Box::pin(tx.rollback())).await;
     assert_eq!(names, ["after"]);
 }
 
@@ -701,6 +762,7 @@ async fn a_transaction_dropped_after_a_cancelled_rollback_of_another_still_rolls
 /// answer, then drops a second transaction uncommitted; the writer must be free again and the
 /// second's write gone. Returns the active item names left.
 async fn after_a_cancelled_finish(
+    first_db: TestDb,
     finish: impl Fn(
         sqlrepo::Tx,
     )
@@ -708,15 +770,21 @@ async fn after_a_cancelled_finish(
 ) -> Vec<String> {
     // The worker thread may answer before the single poll returns; then nothing was
     // cancelled, so set up again until a cancel really lands mid-answer.
+    // Each attempt needs a fresh database of this backend.
+    let backend: Backend = first_db.backend;
+    let mut next = Some(first_db);
     let mut attempts = 0;
-    let (_dir, db) = loop {
+    let test = loop {
         attempts += 1;
         assert!(
             attempts <= 50,
             "no finish was ever cancelled before its answer"
         );
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path().join("finish.db")).await.unwrap();
+        let test = match next.take() {
+            Some(test) => test,
+            None => TestDb::new(backend).await.expect("the backend ran once"),
+        };
+        let db = test.db.clone();
         let first = db.begin().await.unwrap();
         first
             .items()
@@ -724,10 +792,11 @@ async fn after_a_cancelled_finish(
             .await
             .unwrap();
         if !poll_once_then_drop(finish(first)).await {
-            break (dir, db);
+            break test;
         }
         db.close().await;
     };
+    let db = test.db.clone();
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     let second = db.begin().await.unwrap();

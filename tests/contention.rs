@@ -2,7 +2,12 @@
 //! through the `Db` then fail with `Error::Busy` (retryable) in bounded time — never a hang —
 //! while reads keep working (WAL); once the lock is released everything works again. Writers
 //! that contend below the timeout, in this process and from other connections, all succeed.
+//!
+//! Another connection holding SQLite's write lock, WAL snapshots and SQLITE_BUSY are SQLite's
+//! own: those tests are SQLite only. The races between two `Db` handles on one database run on
+//! every backend.
 
+mod common;
 #[path = "reliability_common/mod.rs"]
 mod reliability_common;
 
@@ -13,11 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{TestDb, backend_test};
 use futures_util::StreamExt;
 use reliability_common::{check_bank, check_integrity, dump_diff, dump_file, raw};
 use serde_json::json;
 use sqlrepo::{
     Db, DbOptions, Error, ItemPatch, ItemStatus, NewAccount, NewItem, NewOrder, NewUser, Transfer,
+    TransferOutcome,
 };
 
 const BUSY_TIMEOUT: Duration = Duration::from_millis(300);
@@ -441,18 +448,19 @@ async fn a_connection_holding_a_read_snapshot_does_not_block_writes() {
     assert_eq!(db.items().count().await.unwrap(), 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_concurrent_writers_below_the_timeout_all_succeed() {
+backend_test!(
+    multi_thread,
+    many_concurrent_writers_below_the_timeout_all_succeed,
+    |options| options.busy_timeout(std::time::Duration::from_secs(5))
+);
+async fn many_concurrent_writers_below_the_timeout_all_succeed(test: TestDb) {
     const TASKS: usize = 24;
     const ROUNDS: usize = 40;
     const ACCOUNTS: i64 = 6;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("many.db");
-    let options = DbOptions::new(&path).busy_timeout(Duration::from_secs(5));
-    let first = Db::open_with(options.clone()).await.unwrap();
-    // A second handle on the same file: its own writer connection, so the two really contend
-    // for SQLite's write lock, as two processes would.
-    let second = Db::open_with(options).await.unwrap();
+    let first = test.db.clone();
+    // A second handle on the same database: its own writer connection, so the two really
+    // contend (for SQLite's write lock, as two processes would).
+    let second = test.reopen().await;
     for _ in 0..ACCOUNTS {
         let id = first
             .accounts()
@@ -465,10 +473,11 @@ async fn many_concurrent_writers_below_the_timeout_all_succeed() {
         first.accounts().deposit(id, 100_000).await.unwrap();
     }
 
-    // A third writer outside sqlrepo, committing short transactions the whole time.
+    // A third writer outside sqlrepo, committing short transactions the whole time (SQLite:
+    // another program on the file).
     let stop = Arc::new(AtomicBool::new(false));
-    let external = {
-        let (stop, path) = (stop.clone(), path.clone());
+    let external = test.sqlite_path().map(|path| {
+        let (stop, path) = (stop.clone(), path.to_owned());
         std::thread::spawn(move || {
             let conn = raw(&path);
             let mut commits = 0;
@@ -484,7 +493,7 @@ async fn many_concurrent_writers_below_the_timeout_all_succeed() {
             }
             commits
         })
-    };
+    });
 
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -546,7 +555,7 @@ async fn many_concurrent_writers_below_the_timeout_all_succeed() {
     }
     let took = started.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let external_commits = external.join().unwrap();
+    let external_commits = external.map_or(0, |thread| thread.join().unwrap());
     println!(
         "contention: {} writes from {TASKS} tasks on 2 handles beside {external_commits} external \
          commits, all succeeded in {took:?}; slowest single write {slowest:?}",
@@ -556,9 +565,41 @@ async fn many_concurrent_writers_below_the_timeout_all_succeed() {
     let per_kind = TASKS * ROUNDS / 4;
     let items = first.items().count().await.unwrap() as usize;
     assert_eq!(items, per_kind * 2 + per_kind + external_commits);
+    let Some(path) = test.sqlite_path() else {
+        // The ledger has no reader in the API: the money is all there, and every keyed
+        // transfer is in the ledger (its replay moves nothing).
+        assert_eq!(
+            first.accounts().total_balance().await.unwrap(),
+            ACCOUNTS * 100_000
+        );
+        for task in 0..TASKS {
+            for round in (0..ROUNDS).step_by(4) {
+                let from = (task + round) as i64 % ACCOUNTS + 1;
+                let to = from % ACCOUNTS + 1;
+                let t = Transfer::new(from, to, 7).with_key(format!("t{task}-{round}"));
+                assert_eq!(
+                    first.accounts().transfer_with_outcome(&t).await.unwrap(),
+                    TransferOutcome::Replayed
+                );
+            }
+        }
+        for id in 1..=ACCOUNTS {
+            assert!(
+                first
+                    .accounts()
+                    .get(id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .balance_cents
+                    >= 0
+            );
+        }
+        return;
+    };
     first.close().await;
     second.close().await;
-    let conn = raw(&path);
+    let conn = raw(path);
     check_integrity(&conn).unwrap();
     check_bank(&conn, ACCOUNTS * 100_000).unwrap();
     let landed: i64 = conn
@@ -643,16 +684,12 @@ async fn migrating_while_another_connection_holds_the_lock_is_busy_and_applies_n
     assert_eq!(applied.len(), versions.len());
 }
 
-/// Two `Db` handles on one new file (two writers that only SQLite's lock orders), with accounts
-/// 1 and 2 funded by a 10,000-cent deposit each.
-async fn two_handles_on_two_funded_accounts(
-    dir: &tempfile::TempDir,
-    name: &str,
-) -> (std::path::PathBuf, Db, Db) {
-    let path = dir.path().join(format!("{name}.db"));
-    let options = DbOptions::new(&path).busy_timeout(Duration::from_secs(5));
-    let first = Db::open_with(options.clone()).await.unwrap();
-    let second = Db::open_with(options).await.unwrap();
+/// Two `Db` handles on the test's new database (two writers that only the database orders:
+/// SQLite's lock, PostgreSQL's row locks), with accounts 1 and 2 funded by a 10,000-cent
+/// deposit each.
+async fn two_handles_on_two_funded_accounts(test: &TestDb) -> (Db, Db) {
+    let first = test.db.clone();
+    let second = test.reopen().await;
     for _ in 0..2 {
         let id = first
             .accounts()
@@ -664,15 +701,40 @@ async fn two_handles_on_two_funded_accounts(
             .unwrap();
         first.accounts().deposit(id, 10_000).await.unwrap();
     }
-    (path, first, second)
+    (first, second)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_replays_of_the_same_keys_from_two_handles_land_each_transfer_once() {
+/// On SQLite the file's bank invariant (every balance as the ledger says, the total); through
+/// the API elsewhere (the total, no negative balance).
+async fn check_bank_of(test: &TestDb, total: i64) {
+    match test.sqlite_path() {
+        Some(path) => check_bank(&raw(path), total).unwrap(),
+        None => {
+            assert_eq!(test.accounts().total_balance().await.unwrap(), total);
+            for id in [1, 2] {
+                assert!(
+                    test.accounts()
+                        .get(id)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .balance_cents
+                        >= 0
+                );
+            }
+        }
+    }
+}
+
+backend_test!(
+    multi_thread,
+    racing_replays_of_the_same_keys_from_two_handles_land_each_transfer_once,
+    |options| options.busy_timeout(std::time::Duration::from_secs(5))
+);
+async fn racing_replays_of_the_same_keys_from_two_handles_land_each_transfer_once(test: TestDb) {
     const KEYS: usize = 20;
     const RACERS: usize = 8;
-    let dir = tempfile::tempdir().unwrap();
-    let (path, first, second) = two_handles_on_two_funded_accounts(&dir, "replays").await;
+    let (first, second) = two_handles_on_two_funded_accounts(&test).await;
     let racers: Vec<_> = (0..RACERS)
         .map(|racer| {
             let db = if racer % 2 == 0 {
@@ -708,25 +770,41 @@ async fn racing_replays_of_the_same_keys_from_two_handles_land_each_transfer_onc
             .balance_cents,
         10_000 + moved
     );
-    first.close().await;
     second.close().await;
-    let conn = raw(&path);
-    let landed: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM transfers WHERE idempotency_key IS NOT NULL",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
-    assert_eq!(landed, KEYS as i64);
-    check_bank(&conn, 20_000).unwrap();
+    match test.sqlite_path() {
+        Some(path) => {
+            let landed: i64 = raw(path)
+                .query_row(
+                    "SELECT count(*) FROM transfers WHERE idempotency_key IS NOT NULL",
+                    [],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            assert_eq!(landed, KEYS as i64);
+        }
+        None => {
+            // No ledger reader in the API: each key is there (its replay moves nothing), and
+            // the balance above says none landed twice.
+            for k in 0..KEYS {
+                let t = Transfer::new(1, 2, 10 + k as i64).with_key(format!("pay-{k}"));
+                assert_eq!(
+                    first.accounts().transfer_with_outcome(&t).await.unwrap(),
+                    TransferOutcome::Replayed
+                );
+            }
+        }
+    }
+    check_bank_of(&test, 20_000).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_transfers_reusing_a_key_with_different_amounts_land_exactly_one() {
+backend_test!(
+    multi_thread,
+    racing_transfers_reusing_a_key_with_different_amounts_land_exactly_one,
+    |options| options.busy_timeout(std::time::Duration::from_secs(5))
+);
+async fn racing_transfers_reusing_a_key_with_different_amounts_land_exactly_one(test: TestDb) {
     const RACERS: i64 = 8;
-    let dir = tempfile::tempdir().unwrap();
-    let (path, first, second) = two_handles_on_two_funded_accounts(&dir, "reuse").await;
+    let (first, second) = two_handles_on_two_funded_accounts(&test).await;
     let racers: Vec<_> = (1..=RACERS)
         .map(|amount| {
             let db = if amount % 2 == 0 {
@@ -761,9 +839,8 @@ async fn racing_transfers_reusing_a_key_with_different_amounts_land_exactly_one(
             .balance_cents,
         10_000 + landed[0]
     );
-    first.close().await;
     second.close().await;
-    check_bank(&raw(&path), 20_000).unwrap();
+    check_bank_of(&test, 20_000).await;
 }
 
 #[test]

@@ -2,11 +2,12 @@
 
 mod common;
 
-use common::{dump_all, fresh_db_with};
+use common::{TestDb, backend_test, dump_all, fresh_db_with};
 use serde_json::json;
 use sqlrepo::{Db, DbOptions, Error, NewAccount, NewItem, NewUser, Transfer};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
+// SQLite only: `from_pool` takes a SqlitePool.
 #[tokio::test]
 async fn a_db_from_the_callers_pool_works_once_migrated() {
     let dir = tempfile::tempdir().unwrap();
@@ -69,6 +70,7 @@ async fn a_db_from_the_callers_pool_works_once_migrated() {
     assert!(db.items().count().await.is_err());
 }
 
+// SQLite only (this one and the next two): files on disk.
 #[tokio::test]
 async fn create_if_missing_false_refuses_a_missing_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,9 +103,10 @@ async fn a_file_that_is_not_sqlite_is_refused_and_left_alone() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
 }
 
-#[tokio::test]
-async fn one_reader_is_enough_and_reads_see_every_commit() {
-    let db = fresh_db_with(|options| options.readers(0)).await;
+backend_test!(one_reader_is_enough_and_reads_see_every_commit, |options| {
+    options.readers(0)
+});
+async fn one_reader_is_enough_and_reads_see_every_commit(db: TestDb) {
     assert_eq!(db.items().count().await.unwrap(), 0);
     let (a, b) = tokio::join!(
         db.items().create(&NewItem::new("a", json!(1))),
@@ -114,20 +117,22 @@ async fn one_reader_is_enough_and_reads_see_every_commit() {
     assert!(item.unwrap().is_some() && user.unwrap().is_some());
 }
 
-#[tokio::test]
-async fn reopening_a_file_keeps_everything_and_migrates_nothing_twice() {
-    let db = fresh_db_with(|options| options).await;
+backend_test!(reopening_a_file_keeps_everything_and_migrates_nothing_twice);
+async fn reopening_a_file_keeps_everything_and_migrates_nothing_twice(db: TestDb) {
     db.items()
         .create(&NewItem::new("kept", json!({"k": 1})))
         .await
         .unwrap();
+    let seen = common::backend::snapshot(&db).await;
     db.close().await;
-    let before = dump_all(&db.path);
-    let reopened = Db::open(&db.path).await.unwrap();
+    let before = db.sqlite_path().map(dump_all);
+    let reopened = db.reopen().await;
     assert_eq!(reopened.items().count().await.unwrap(), 1);
-    assert_eq!(dump_all(&db.path), before);
+    assert_eq!(common::backend::snapshot(&reopened).await, seen);
+    assert_eq!(db.sqlite_path().map(dump_all), before);
 }
 
+// SQLite only (this one and the next): a file path, and the WAL file.
 #[tokio::test]
 async fn opening_runs_in_a_spawned_task() {
     // Db::open's future must be Send: services open the database inside spawned tasks.

@@ -2,21 +2,20 @@
 
 mod common;
 
-use common::{dump, fresh_db, fresh_db_with};
+use common::{TestDb, backend_test, fresh_db_with};
 use futures_util::TryStreamExt;
 use serde_json::json;
 use sqlrepo::limits::{
     MAX_BATCH_ROWS, MAX_CHUNK_BYTES, MAX_DATA_BYTES, MAX_PAGE_BYTES, MAX_PAGE_ROWS,
 };
-use sqlrepo::{Db, DbOptions, Error, ItemPatch, ItemStatus, NewItem};
+use sqlrepo::{Error, ItemPatch, ItemStatus, NewItem};
 
 fn item(name: &str) -> NewItem {
     NewItem::new(name, json!({"name": name, "n": 1}))
 }
 
-#[tokio::test]
-async fn create_then_get_returns_every_field() {
-    let db = fresh_db().await;
+backend_test!(create_then_get_returns_every_field);
+async fn create_then_get_returns_every_field(db: TestDb) {
     let new = NewItem {
         name: "lamp".into(),
         data: json!({"watts": 40, "tags": ["desk", "led"], "price": 12.5, "nothing": null}),
@@ -32,9 +31,8 @@ async fn create_then_get_returns_every_field() {
     assert!(db.items().get(id + 1).await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn hostile_text_is_stored_verbatim_and_breaks_nothing() {
-    let db = fresh_db().await;
+backend_test!(hostile_text_is_stored_verbatim_and_breaks_nothing);
+async fn hostile_text_is_stored_verbatim_and_breaks_nothing(db: TestDb) {
     let names = [
         "'; DROP TABLE items; --",
         "Robert'); DELETE FROM items WHERE ('1'='1",
@@ -56,7 +54,7 @@ async fn hostile_text_is_stored_verbatim_and_breaks_nothing() {
         assert_eq!(got.data, data);
     }
     assert_eq!(db.items().count().await.unwrap(), names.len() as i64);
-    assert_eq!(dump(&db.path, "items").len(), names.len());
+    assert_eq!(db.dump("items").await.len(), names.len());
     // Streams and batched gets build their pages as JSON text inside SQLite: same values.
     let streamed: Vec<_> = db.items().stream().try_collect().await.unwrap();
     let fetched = db.items().get_many(&[1, 2, 3, 4, 5, 6, 7]).await.unwrap();
@@ -68,22 +66,20 @@ async fn hostile_text_is_stored_verbatim_and_breaks_nothing() {
     }
 }
 
-#[tokio::test]
-async fn duplicate_name_is_a_typed_error_and_writes_nothing() {
-    let db = fresh_db().await;
+backend_test!(duplicate_name_is_a_typed_error_and_writes_nothing);
+async fn duplicate_name_is_a_typed_error_and_writes_nothing(db: TestDb) {
     db.items().create(&item("lamp")).await.unwrap();
-    let before = dump(&db.path, "items");
+    let before = db.dump("items").await;
     let err = db.items().create(&item("lamp")).await.unwrap_err();
     assert!(
         matches!(&err, Error::Duplicate { constraint } if constraint == "items.name"),
         "{err:?}"
     );
-    assert_eq!(dump(&db.path, "items"), before);
+    assert_eq!(db.dump("items").await, before);
 }
 
-#[tokio::test]
-async fn blank_nul_and_over_long_names_are_refused_before_the_database() {
-    let db = fresh_db().await;
+backend_test!(blank_nul_and_over_long_names_are_refused_before_the_database);
+async fn blank_nul_and_over_long_names_are_refused_before_the_database(db: TestDb) {
     for name in ["", "   ", "a\0b", &"x".repeat(257)] {
         let err = db.items().create(&item(name)).await.unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)), "{name:?}: {err:?}");
@@ -92,9 +88,8 @@ async fn blank_nul_and_over_long_names_are_refused_before_the_database() {
     assert_eq!(db.items().count().await.unwrap(), 1);
 }
 
-#[tokio::test]
-async fn update_changes_only_the_given_fields() {
-    let db = fresh_db().await;
+backend_test!(update_changes_only_the_given_fields);
+async fn update_changes_only_the_given_fields(db: TestDb) {
     let id = db.items().create(&item("lamp")).await.unwrap();
     let before = db.items().get(id).await.unwrap().unwrap();
 
@@ -121,11 +116,10 @@ async fn update_changes_only_the_given_fields() {
     assert_eq!(after.status, ItemStatus::Archived);
 }
 
-#[tokio::test]
-async fn update_reports_false_for_unknown_ids_empty_and_identical_patches() {
-    let db = fresh_db().await;
+backend_test!(update_reports_false_for_unknown_ids_empty_and_identical_patches);
+async fn update_reports_false_for_unknown_ids_empty_and_identical_patches(db: TestDb) {
     let id = db.items().create(&item("lamp")).await.unwrap();
-    let before = dump(&db.path, "items");
+    let before = db.dump("items").await;
     let rename = ItemPatch {
         name: Some("other".into()),
         ..Default::default()
@@ -138,15 +132,14 @@ async fn update_reports_false_for_unknown_ids_empty_and_identical_patches() {
         ..Default::default()
     };
     assert!(!db.items().update(id, &same).await.unwrap());
-    assert_eq!(dump(&db.path, "items"), before, "updated_at must not move");
+    assert_eq!(db.dump("items").await, before, "updated_at must not move");
 }
 
-#[tokio::test]
-async fn update_to_a_taken_name_is_duplicate_and_changes_nothing() {
-    let db = fresh_db().await;
+backend_test!(update_to_a_taken_name_is_duplicate_and_changes_nothing);
+async fn update_to_a_taken_name_is_duplicate_and_changes_nothing(db: TestDb) {
     db.items().create(&item("a")).await.unwrap();
     let b = db.items().create(&item("b")).await.unwrap();
-    let before = dump(&db.path, "items");
+    let before = db.dump("items").await;
     let patch = ItemPatch {
         name: Some("a".into()),
         ..Default::default()
@@ -161,12 +154,11 @@ async fn update_to_a_taken_name_is_duplicate_and_changes_nothing() {
         db.items().update(b, &blank).await.unwrap_err(),
         Error::InvalidInput(_)
     ));
-    assert_eq!(dump(&db.path, "items"), before);
+    assert_eq!(db.dump("items").await, before);
 }
 
-#[tokio::test]
-async fn delete_reports_whether_the_row_existed() {
-    let db = fresh_db().await;
+backend_test!(delete_reports_whether_the_row_existed);
+async fn delete_reports_whether_the_row_existed(db: TestDb) {
     let id = db.items().create(&item("lamp")).await.unwrap();
     assert!(db.items().delete(id).await.unwrap());
     assert!(!db.items().delete(id).await.unwrap());
@@ -174,9 +166,8 @@ async fn delete_reports_whether_the_row_existed() {
     assert_eq!(db.items().count().await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn insert_many_inserts_in_slice_order_and_counts_rows() {
-    let db = fresh_db().await;
+backend_test!(insert_many_inserts_in_slice_order_and_counts_rows);
+async fn insert_many_inserts_in_slice_order_and_counts_rows(db: TestDb) {
     assert_eq!(db.items().insert_many(&[]).await.unwrap(), 0);
     let items: Vec<NewItem> = (0..500)
         .map(|i| NewItem {
@@ -200,23 +191,21 @@ async fn insert_many_inserts_in_slice_order_and_counts_rows() {
     assert!(stored.windows(2).all(|w| w[0].id < w[1].id));
 }
 
-#[tokio::test]
-async fn insert_many_with_a_duplicate_at_9000_leaves_the_table_as_it_was() {
-    let db = fresh_db().await;
+backend_test!(insert_many_with_a_duplicate_at_9000_leaves_the_table_as_it_was);
+async fn insert_many_with_a_duplicate_at_9000_leaves_the_table_as_it_was(db: TestDb) {
     db.items().create(&item("existing")).await.unwrap();
-    let before = dump(&db.path, "items");
+    let before = db.dump("items").await;
     let mut items: Vec<NewItem> = (0..10_000).map(|i| item(&format!("n{i}"))).collect();
     items[9_000] = item("existing");
     let err = db.items().insert_many(&items).await.unwrap_err();
     assert!(matches!(err, Error::Duplicate { ref constraint } if constraint == "items.name"));
-    assert_eq!(dump(&db.path, "items"), before);
+    assert_eq!(db.dump("items").await, before);
 }
 
-#[tokio::test]
-async fn insert_many_across_chunks_rolls_back_every_chunk() {
+backend_test!(insert_many_across_chunks_rolls_back_every_chunk);
+async fn insert_many_across_chunks_rolls_back_every_chunk(db: TestDb) {
     // More rows than one statement carries, with the repeat in the last chunk: the earlier
     // chunks ran and must be undone with it.
-    let db = fresh_db().await;
     let mut items: Vec<NewItem> = (0..60_000).map(|i| item(&format!("n{i}"))).collect();
     items[59_999] = item("n3");
     let err = db.items().insert_many(&items).await.unwrap_err();
@@ -227,9 +216,8 @@ async fn insert_many_across_chunks_rolls_back_every_chunk() {
     assert_eq!(db.items().count().await.unwrap(), 60_000);
 }
 
-#[tokio::test]
-async fn insert_many_refuses_invalid_items_and_oversized_batches_before_writing() {
-    let db = fresh_db().await;
+backend_test!(insert_many_refuses_invalid_items_and_oversized_batches_before_writing);
+async fn insert_many_refuses_invalid_items_and_oversized_batches_before_writing(db: TestDb) {
     let mut items: Vec<NewItem> = (0..10).map(|i| item(&format!("n{i}"))).collect();
     items[7].name = " ".into();
     let err = db.items().insert_many(&items).await.unwrap_err();
@@ -247,9 +235,8 @@ async fn insert_many_refuses_invalid_items_and_oversized_batches_before_writing(
     assert_eq!(db.items().count().await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn set_status_many_counts_only_rows_that_really_changed() {
-    let db = fresh_db().await;
+backend_test!(set_status_many_counts_only_rows_that_really_changed);
+async fn set_status_many_counts_only_rows_that_really_changed(db: TestDb) {
     let items: Vec<NewItem> = (0..10).map(|i| item(&format!("n{i}"))).collect();
     db.items().insert_many(&items).await.unwrap();
     let archived = db
@@ -289,9 +276,8 @@ async fn set_status_many_counts_only_rows_that_really_changed() {
     );
 }
 
-#[tokio::test]
-async fn stream_yields_twenty_thousand_items_in_id_order() {
-    let db = fresh_db().await;
+backend_test!(stream_yields_twenty_thousand_items_in_id_order);
+async fn stream_yields_twenty_thousand_items_in_id_order(db: TestDb) {
     let items: Vec<NewItem> = (0..20_000).map(|i| item(&format!("n{i}"))).collect();
     db.items().insert_many(&items).await.unwrap();
     db.items().delete(10).await.unwrap();
@@ -309,9 +295,8 @@ async fn stream_yields_twenty_thousand_items_in_id_order() {
     assert_eq!(count, 19_999);
 }
 
-#[tokio::test]
-async fn get_many_returns_known_ids_in_order() {
-    let db = fresh_db().await;
+backend_test!(get_many_returns_known_ids_in_order);
+async fn get_many_returns_known_ids_in_order(db: TestDb) {
     let items: Vec<NewItem> = (0..5).map(|i| item(&format!("n{i}"))).collect();
     db.items().insert_many(&items).await.unwrap();
     let got = db.items().get_many(&[5, 1, 3, 3, 42]).await.unwrap();
@@ -321,9 +306,8 @@ async fn get_many_returns_known_ids_in_order() {
     assert!(db.items().get_many(&[]).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn concurrent_writers_from_many_tasks_all_land() {
-    let db = fresh_db().await;
+backend_test!(concurrent_writers_from_many_tasks_all_land);
+async fn concurrent_writers_from_many_tasks_all_land(db: TestDb) {
     let mut tasks = Vec::new();
     for task in 0..8 {
         let db = db.db.clone();
@@ -342,9 +326,10 @@ async fn concurrent_writers_from_many_tasks_all_land() {
         task.await.unwrap();
     }
     assert_eq!(db.items().count().await.unwrap(), 8 * 150);
-    assert_eq!(dump(&db.path, "items").len(), 8 * 150);
+    assert_eq!(db.dump("items").await.len(), 8 * 150);
 }
 
+// SQLite only: an unmigrated database is opened through DbOptions, which are SQLite's.
 #[tokio::test]
 async fn an_unmigrated_database_gives_a_schema_error_that_says_so() {
     let db = fresh_db_with(|options| options.migrate(false)).await;
@@ -361,9 +346,8 @@ async fn an_unmigrated_database_gives_a_schema_error_that_says_so() {
     assert_eq!(db.items().count().await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn data_past_the_limits_is_refused() {
-    let db = fresh_db().await;
+backend_test!(data_past_the_limits_is_refused);
+async fn data_past_the_limits_is_refused(db: TestDb) {
     let mut deep = json!(1);
     for _ in 0..100 {
         deep = json!([deep]);
@@ -386,19 +370,17 @@ async fn data_past_the_limits_is_refused() {
     assert_eq!(db.items().count().await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn a_closed_db_refuses_calls_and_the_file_reopens_intact() {
-    let db = fresh_db().await;
+backend_test!(a_closed_db_refuses_calls_and_the_file_reopens_intact);
+async fn a_closed_db_refuses_calls_and_the_file_reopens_intact(db: TestDb) {
     db.items().create(&item("kept")).await.unwrap();
     db.close().await;
     assert!(db.items().count().await.is_err());
-    let reopened = Db::open_with(DbOptions::new(&db.path)).await.unwrap();
+    let reopened = db.reopen().await;
     assert_eq!(reopened.items().count().await.unwrap(), 1);
 }
 
-#[tokio::test]
-async fn repository_futures_borrow_nothing_so_they_can_be_joined_and_spawned() {
-    let db = fresh_db().await;
+backend_test!(repository_futures_borrow_nothing_so_they_can_be_joined_and_spawned);
+async fn repository_futures_borrow_nothing_so_they_can_be_joined_and_spawned(db: TestDb) {
     // Temporaries everywhere: the repository, the NewItem. The futures own what they need.
     let creates: Vec<_> = (0..20)
         .map(|i| {
@@ -430,9 +412,8 @@ fn big_items(count: usize, bytes: usize) -> Vec<NewItem> {
         .collect()
 }
 
-#[tokio::test]
-async fn data_at_the_size_limit_is_accepted_by_create_update_and_insert_many_alike() {
-    let db = fresh_db().await;
+backend_test!(data_at_the_size_limit_is_accepted_by_create_update_and_insert_many_alike);
+async fn data_at_the_size_limit_is_accepted_by_create_update_and_insert_many_alike(db: TestDb) {
     let at_limit = data_of_bytes(MAX_DATA_BYTES);
     let created = db
         .items()
@@ -456,11 +437,10 @@ async fn data_at_the_size_limit_is_accepted_by_create_update_and_insert_many_ali
     assert!(stored.iter().all(|item| item.data == at_limit));
 }
 
-#[tokio::test]
-async fn data_one_byte_past_the_limit_is_refused_by_every_path_and_writes_nothing() {
-    let db = fresh_db().await;
+backend_test!(data_one_byte_past_the_limit_is_refused_by_every_path_and_writes_nothing);
+async fn data_one_byte_past_the_limit_is_refused_by_every_path_and_writes_nothing(db: TestDb) {
     let id = db.items().create(&item("kept")).await.unwrap();
-    let before = dump(&db.path, "items");
+    let before = db.dump("items").await;
     let past = data_of_bytes(MAX_DATA_BYTES + 1);
     let refusals = [
         db.items()
@@ -488,18 +468,17 @@ async fn data_one_byte_past_the_limit_is_refused_by_every_path_and_writes_nothin
             "{refusal:?}"
         );
     }
-    assert_eq!(dump(&db.path, "items"), before);
+    assert_eq!(db.dump("items").await, before);
 }
 
 /// 20 items of 1 MiB: past one page of the stream (`MAX_PAGE_BYTES`), one page of
 /// `get_many` and one `insert_many` statement (`MAX_CHUNK_BYTES`), so every path has to split.
 const BIG_ROWS: usize = 20;
 
-#[tokio::test]
-async fn big_items_insert_stream_and_get_many_across_byte_bounded_pages() {
+backend_test!(big_items_insert_stream_and_get_many_across_byte_bounded_pages);
+async fn big_items_insert_stream_and_get_many_across_byte_bounded_pages(db: TestDb) {
     const { assert!(BIG_ROWS * MAX_DATA_BYTES > MAX_CHUNK_BYTES) };
     const { assert!(BIG_ROWS * MAX_DATA_BYTES > MAX_PAGE_BYTES) };
-    let db = fresh_db().await;
     let items = big_items(BIG_ROWS, MAX_DATA_BYTES);
     assert_eq!(
         db.items().insert_many(&items).await.unwrap(),
@@ -517,11 +496,10 @@ async fn big_items_insert_stream_and_get_many_across_byte_bounded_pages() {
     assert_eq!(streamed.iter().map(|i| i.id).collect::<Vec<_>>(), ids);
 }
 
-#[tokio::test]
-async fn big_items_span_byte_bounded_pages_inside_a_transaction_too() {
+backend_test!(big_items_span_byte_bounded_pages_inside_a_transaction_too);
+async fn big_items_span_byte_bounded_pages_inside_a_transaction_too(db: TestDb) {
     // Inside a Tx the multi-page paths nest in the transaction (a savepoint, not a second
     // BEGIN) and see its uncommitted rows; the Tx then commits as usual.
-    let db = fresh_db().await;
     let items = big_items(BIG_ROWS, MAX_DATA_BYTES);
     let tx = db.begin().await.unwrap();
     assert_eq!(
@@ -537,11 +515,10 @@ async fn big_items_span_byte_bounded_pages_inside_a_transaction_too() {
     assert_eq!(db.items().get_many(&ids).await.unwrap(), fetched);
 }
 
-#[tokio::test]
-async fn insert_many_split_by_bytes_is_still_all_or_nothing() {
-    let db = fresh_db().await;
+backend_test!(insert_many_split_by_bytes_is_still_all_or_nothing);
+async fn insert_many_split_by_bytes_is_still_all_or_nothing(db: TestDb) {
     db.items().create(&item("taken")).await.unwrap();
-    let before = dump(&db.path, "items");
+    let before = db.dump("items").await;
     // The last item's name is taken: it lands in the last statement, after the first
     // statements of the same call have run.
     let mut items = big_items(BIG_ROWS, MAX_DATA_BYTES);
@@ -551,12 +528,11 @@ async fn insert_many_split_by_bytes_is_still_all_or_nothing() {
         matches!(&err, Error::Duplicate { constraint } if constraint == "items.name"),
         "{err:?}"
     );
-    assert_eq!(dump(&db.path, "items"), before);
+    assert_eq!(db.dump("items").await, before);
 }
 
-#[tokio::test]
-async fn list_by_status_page_walks_one_status_with_a_cursor() {
-    let db = fresh_db().await;
+backend_test!(list_by_status_page_walks_one_status_with_a_cursor);
+async fn list_by_status_page_walks_one_status_with_a_cursor(db: TestDb) {
     let items: Vec<NewItem> = (0..10)
         .map(|i| NewItem {
             status: if i % 3 == 0 {
@@ -597,9 +573,8 @@ async fn list_by_status_page_walks_one_status_with_a_cursor() {
     assert_eq!(archived.next, None);
 }
 
-#[tokio::test]
-async fn list_by_status_page_bounds_big_rows_by_bytes() {
-    let db = fresh_db().await;
+backend_test!(list_by_status_page_bounds_big_rows_by_bytes);
+async fn list_by_status_page_bounds_big_rows_by_bytes(db: TestDb) {
     db.items()
         .insert_many(&big_items(10, MAX_DATA_BYTES))
         .await
@@ -631,9 +606,8 @@ async fn list_by_status_page_bounds_big_rows_by_bytes() {
     assert_eq!(seen, 10);
 }
 
-#[tokio::test]
-async fn a_page_limit_of_zero_or_past_the_maximum_is_refused_before_the_database() {
-    let db = fresh_db().await;
+backend_test!(a_page_limit_of_zero_or_past_the_maximum_is_refused_before_the_database);
+async fn a_page_limit_of_zero_or_past_the_maximum_is_refused_before_the_database(db: TestDb) {
     db.close().await;
     // A closed database would fail any statement: InvalidInput proves none was sent.
     for limit in [0, MAX_PAGE_ROWS + 1, u32::MAX] {
@@ -646,10 +620,14 @@ async fn a_page_limit_of_zero_or_past_the_maximum_is_refused_before_the_database
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_point_gets_each_get_their_own_item_when_coalesced() {
-    // One reader, so concurrent gets queue and are answered together by one statement.
-    let db = fresh_db_with(|options| options.readers(1)).await;
+backend_test!(
+    multi_thread,
+    concurrent_point_gets_each_get_their_own_item_when_coalesced,
+    |options| options.readers(1)
+);
+async fn concurrent_point_gets_each_get_their_own_item_when_coalesced(db: TestDb) {
+    // One reader (on SQLite), so concurrent gets queue and are answered together by one
+    // statement.
     let items: Vec<NewItem> = (0..200)
         .map(|i| NewItem::new(format!("item-{i}"), json!({"i": i})))
         .collect();
@@ -684,10 +662,17 @@ async fn concurrent_point_gets_each_get_their_own_item_when_coalesced() {
     }
 }
 
-#[tokio::test]
-async fn a_get_after_a_write_sees_it_whether_or_not_gets_are_coalesced() {
+backend_test!(a_get_after_a_write_sees_it_whether_or_not_gets_are_coalesced);
+async fn a_get_after_a_write_sees_it_whether_or_not_gets_are_coalesced(first: TestDb) {
+    // Coalescing is SQLite's (PostgreSQL reads one by one), so each setting gets a database.
+    let backend = first.backend;
+    drop(first);
     for group_reads in [true, false] {
-        let db = fresh_db_with(|options| options.readers(1).group_reads(group_reads)).await;
+        let db = TestDb::new_with(backend, |options| {
+            options.readers(1).group_reads(group_reads)
+        })
+        .await
+        .expect("the backend ran the first database");
         let id = db
             .items()
             .create(&NewItem::new("lamp", json!({"watts": 40})))
@@ -704,9 +689,11 @@ async fn a_get_after_a_write_sees_it_whether_or_not_gets_are_coalesced() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_updates_each_get_their_own_answer_when_carried_together() {
-    let db = fresh_db().await;
+backend_test!(
+    multi_thread,
+    concurrent_updates_each_get_their_own_answer_when_carried_together
+);
+async fn concurrent_updates_each_get_their_own_answer_when_carried_together(db: TestDb) {
     let items: Vec<NewItem> = (0..64)
         .map(|i| NewItem::new(format!("item-{i}"), json!({"i": i})))
         .collect();

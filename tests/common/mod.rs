@@ -1,22 +1,28 @@
-//! Shared setup for the integration tests: a fresh database file per test.
+//! Shared setup for the integration tests: a fresh database per test (a SQLite file, or one
+//! per backend through [`backend`]).
 
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod tmpfs;
+
+#[allow(unused_imports)]
+pub(crate) use backend::{Backend, TestDb, backend_test};
 
 use std::path::PathBuf;
 
 use sqlrepo::{Db, DbOptions, NewUser};
 use tempfile::TempDir;
 
-/// A migrated database in its own temporary directory (removed when dropped).
-pub struct TestDb {
+/// A migrated SQLite database in its own temporary directory (removed when dropped), for the
+/// suites that are SQLite's alone (the per-backend suites use [`TestDb`]).
+pub struct SqliteDb {
     pub db: Db,
     pub path: PathBuf,
     _dir: TempDir,
 }
 
-impl std::ops::Deref for TestDb {
+impl std::ops::Deref for SqliteDb {
     type Target = Db;
     fn deref(&self) -> &Db {
         &self.db
@@ -24,18 +30,18 @@ impl std::ops::Deref for TestDb {
 }
 
 /// Opens a fresh, migrated database file.
-pub async fn fresh_db() -> TestDb {
+pub async fn fresh_db() -> SqliteDb {
     fresh_db_with(|options| options).await
 }
 
 /// Opens a fresh database file with adjusted options.
-pub async fn fresh_db_with(adjust: impl FnOnce(DbOptions) -> DbOptions) -> TestDb {
+pub async fn fresh_db_with(adjust: impl FnOnce(DbOptions) -> DbOptions) -> SqliteDb {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("test.db");
     let db = Db::open_with(adjust(DbOptions::new(&path)))
         .await
         .expect("open test database");
-    TestDb {
+    SqliteDb {
         db,
         path,
         _dir: dir,
