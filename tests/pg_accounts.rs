@@ -51,7 +51,7 @@ async fn snapshot(
     url: &str,
 ) -> (
     Vec<(i64, i64)>,
-    Vec<(Option<i64>, i64, i64, Option<String>)>,
+    Vec<(Option<i64>, i64, i64, Option<Vec<u8>>)>,
 ) {
     let mut conn = PgConnection::connect(url).await.unwrap();
     let balances = sqlx::query_as("SELECT id, balance FROM accounts ORDER BY id")

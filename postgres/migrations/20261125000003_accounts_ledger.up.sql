@@ -22,8 +22,10 @@ CREATE TABLE transfers (
         CONSTRAINT transfers_to_fk REFERENCES accounts (id) ON DELETE RESTRICT,
     amount          bigint      NOT NULL
         CONSTRAINT transfers_amount_positive CHECK (amount > 0),
-    idempotency_key text
-        CONSTRAINT transfers_key_length CHECK (length(idempotency_key) BETWEEN 1 AND 256),
+    -- The key's UTF-8 bytes: `text` cannot hold a NUL character, which a key may contain (as
+    -- on SQLite). sqlrepo admits 1 to 256 characters (`MAX_KEY_CHARS`), up to 4 bytes each.
+    idempotency_key bytea
+        CONSTRAINT transfers_key_length CHECK (octet_length(idempotency_key) BETWEEN 1 AND 1024),
     created_at      timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT transfers_distinct_accounts CHECK (from_account <> to_account),
     CONSTRAINT transfers_idempotency_key_unique UNIQUE (idempotency_key)
