@@ -156,17 +156,15 @@ async fn a_refusal_names_the_same_cause_whichever_account_has_the_larger_id(db: 
         ),
         "{refused:?}"
     );
-    // Only a source that can pay reaches the overflowing credit, from either side.
-    for from in [rich] {
-        let refused = db
-            .accounts()
-            .transfer(&Transfer::new(from, full, 100))
-            .await;
-        assert!(
-            matches!(refused, Err(Error::InvalidInput(_))),
-            "{refused:?}"
-        );
-    }
+    // Only a source that can pay reaches the overflowing credit.
+    let refused = db
+        .accounts()
+        .transfer(&Transfer::new(rich, full, 100))
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidInput(_))),
+        "{refused:?}"
+    );
     let after = (
         balance(&db, full).await,
         balance(&db, poor).await,
