@@ -94,6 +94,11 @@ impl Tx {
 
     /// Makes every write of the transaction durable and visible, and releases the writer.
     ///
+    /// When it returns, `Ok` means every write is stored and an error means none is. A commit
+    /// whose future is dropped before it returns (cancelled, timed out) may or may not have
+    /// committed, on either backend, but never partly: read to find out, or retry the writes
+    /// with idempotency keys.
+    ///
     /// # Errors
     /// [`Error::Database`](crate::Error::Database) if SQLite cannot commit (disk full, I/O error); the transaction is
     /// then rolled back.

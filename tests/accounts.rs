@@ -116,6 +116,63 @@ async fn an_overdraft_is_insufficient_funds_with_the_balance_seen(db: TestDb) {
     assert_eq!(balance(&db, a).await, 0);
 }
 
+backend_test!(a_refusal_names_the_same_cause_whichever_account_has_the_larger_id);
+/// The order in which a refused transfer's causes are reported does not depend on the
+/// accounts' ids: the source missing, then the destination missing, then too little money, and
+/// only then a credit that would overflow. (PostgreSQL's trigger takes its row locks in id
+/// order, so for a source with the larger id it credits first: its credit is guarded, so that
+/// an overflow there cannot be reported before the source's own refusal.)
+async fn a_refusal_names_the_same_cause_whichever_account_has_the_larger_id(db: TestDb) {
+    let full = open(&db, 0).await;
+    db.accounts().deposit(full, i64::MAX - 5).await.unwrap();
+    let poor = open(&db, 10).await;
+    let rich = open(&db, 1_000).await;
+    assert!(full < poor && poor < rich, "ids rise in opening order");
+    let missing = rich + 1_000_000;
+    let before = (
+        balance(&db, full).await,
+        balance(&db, poor).await,
+        balance(&db, rich).await,
+    );
+    // A missing source, with a credit to `full` that would also overflow.
+    let refused = db
+        .accounts()
+        .transfer(&Transfer::new(missing, full, i64::MAX))
+        .await;
+    assert!(
+        matches!(refused, Err(Error::NotFound { entity: "account", id }) if id == missing),
+        "{refused:?}"
+    );
+    // A source too poor (larger id than the destination), with an overflowing credit too.
+    let refused = db
+        .accounts()
+        .transfer(&Transfer::new(poor, full, 1_000))
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::InsufficientFunds { account, balance_cents: 10, requested_cents: 1_000 })
+                if account == poor
+        ),
+        "{refused:?}"
+    );
+    // Only a source that can pay reaches the overflowing credit.
+    let refused = db
+        .accounts()
+        .transfer(&Transfer::new(rich, full, 100))
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidInput(_))),
+        "{refused:?}"
+    );
+    let after = (
+        balance(&db, full).await,
+        balance(&db, poor).await,
+        balance(&db, rich).await,
+    );
+    assert_eq!(before, after, "a refused transfer moves nothing");
+}
+
 backend_test!(self_transfers_and_non_positive_amounts_are_invalid_input);
 async fn self_transfers_and_non_positive_amounts_are_invalid_input(db: TestDb) {
     let a = open(&db, 500).await;

@@ -197,6 +197,23 @@ enum Expect {
     /// `Ok`, and exactly one new row in this table, holding this text verbatim; nothing else
     /// changed.
     Stored(&'static str, String),
+    /// A documented difference between the backends: `sqlite` on SQLite, `postgres` on
+    /// PostgreSQL (with or without a replica).
+    ByBackend {
+        sqlite: Box<Expect>,
+        postgres: Box<Expect>,
+    },
+}
+
+impl Expect {
+    /// What this backend must give.
+    fn on(&self, backend: Backend) -> &Expect {
+        match self {
+            Expect::ByBackend { postgres, .. } if backend.is_postgres() => postgres.on(backend),
+            Expect::ByBackend { sqlite, .. } => sqlite.on(backend),
+            other => other,
+        }
+    }
 }
 
 struct Case {
@@ -249,7 +266,7 @@ const COMMENTS: &str = "x /* */ -- ; \" ' ` \\ %_";
 
 /// Every hostile input, its expected result. Grouped by repository.
 fn cases() -> Vec<Case> {
-    use Expect::{Err, Ok, Stored};
+    use Expect::{ByBackend, Err, Ok, Stored};
     use Kind::*;
     let long_name = "n".repeat(MAX_NAME_CHARS + 1);
     let long_name2 = long_name.clone();
@@ -331,7 +348,12 @@ fn cases() -> Vec<Case> {
                     )))
                 }
             }),
-            Stored("items", "hostile-data".to_owned()),
+            // PostgreSQL's jsonb cannot hold a NUL (`\u0000`) inside a string: the item is
+            // refused whole, as documented on `ItemRepo::create`.
+            ByBackend {
+                sqlite: Box::new(Stored("items", "hostile-data".to_owned())),
+                postgres: Box::new(Err(InvalidInput)),
+            },
         ),
         case(
             "item with a taken name",
@@ -1306,7 +1328,7 @@ async fn run_case(case: &Case, backend: Backend) -> Result<(), String> {
         .map_err(|join| format!("panicked: {join}"))?;
     let after = state(&test).await;
     db.close().await;
-    let checked = check(&case.expect, &outcome, &before, &after);
+    let checked = check(case.expect.on(backend), &outcome, &before, &after);
     checked.map_err(|problem| format!("{problem}\n  outcome: {}", short(&outcome)))
 }
 
@@ -1337,6 +1359,7 @@ fn check(expect: &Expect, outcome: &Outcome, before: &Dump, after: &Dump) -> Res
             }
             stored_once(before, after, table, text)
         }
+        Expect::ByBackend { .. } => Err("the expectation was not resolved for a backend".into()),
     }
 }
 

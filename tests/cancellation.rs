@@ -746,8 +746,22 @@ async fn write_is_visible(db: &Db, name: &str) -> bool {
 
 backend_test!(a_transaction_dropped_after_a_cancelled_commit_of_another_still_rolls_back);
 async fn a_transaction_dropped_after_a_cancelled_commit_of_another_still_rolls_back(first: TestDb) {
+    let backend = first.backend;
     let names = after_a_cancelled_finish(first, |tx| Box::pin(tx.commit())).await;
-    assert_eq!(names, ["first", "after"]);
+    let committed = ["first", "first-2", "after"];
+    if backend.is_postgres() {
+        // A commit whose future was dropped gave no answer, so either outcome is allowed, but
+        // only whole. On PostgreSQL the commit first releases the last call's savepoint (one
+        // round trip), so the single poll usually sent no COMMIT and nothing of `first` is
+        // kept; on SQLite that poll sends the COMMIT itself.
+        let absent = ["after"];
+        assert!(
+            names == committed || names == absent,
+            "the first transaction is partly there: {names:?}"
+        );
+    } else {
+        assert_eq!(names, committed);
+    }
 }
 
 backend_test!(a_transaction_dropped_after_a_cancelled_rollback_of_another_still_rolls_back);
@@ -758,7 +772,7 @@ async fn a_transaction_dropped_after_a_cancelled_rollback_of_another_still_rolls
     assert_eq!(names, ["after"]);
 }
 
-/// Writes "first" in a transaction, cancels `finish` (commit or rollback) of it before its
+/// Writes "first" and "first-2" (two calls) in a transaction, cancels `finish` (commit or rollback) of it before its
 /// answer, then drops a second transaction uncommitted; the writer must be free again and the
 /// second's write gone. Returns the active item names left.
 async fn after_a_cancelled_finish(
@@ -786,11 +800,13 @@ async fn after_a_cancelled_finish(
         };
         let db = test.db.clone();
         let first = db.begin().await.unwrap();
-        first
-            .items()
-            .create(&NewItem::new("first", json!(1)))
-            .await
-            .unwrap();
+        for name in ["first", "first-2"] {
+            first
+                .items()
+                .create(&NewItem::new(name, json!(1)))
+                .await
+                .unwrap();
+        }
         if !poll_once_then_drop(finish(first)).await {
             break test;
         }

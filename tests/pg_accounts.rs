@@ -4,31 +4,21 @@
 //! a missing server fails.
 #![cfg(feature = "postgres")]
 
+mod common;
+
 use std::sync::Arc;
 
+use common::backend::{Backend, PgDatabase, pg};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use sqlrepo::{Db, Error, NewAccount, Transfer, TransferOutcome};
-use sqlx::migrate::MigrateDatabase;
 use sqlx::{Connection, PgConnection};
 
-/// A fresh, migrated database on the test server, and its URL for raw inspection.
-async fn fresh_db(tag: &str) -> Option<(Db, String)> {
-    let Ok(admin) = std::env::var("SQLREPO_PG_URL") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but SQLREPO_PG_URL is not set: the PostgreSQL tests cannot run"
-        );
-        eprintln!("PostgreSQL tests skipped: SQLREPO_PG_URL is not set (see .ci/pg-cluster)");
-        return None;
-    };
-    let name = format!(
-        "sqlrepo_accounts_{tag}_{}_{}",
-        std::process::id(),
-        time::OffsetDateTime::now_utc().unix_timestamp_nanos() % 1_000_000_000
-    );
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-    sqlx::Postgres::create_database(&url).await.unwrap();
-    Some((Db::connect(&url).await.unwrap(), url))
+/// A fresh, migrated database on the test server, its URL for raw inspection, and the guard
+/// that drops it when the test ends (the shared fixture of `tests/common`).
+async fn fresh_db() -> Option<(Db, String, PgDatabase)> {
+    let database = pg::create(Backend::Postgres).await?;
+    let db = Db::connect(&database.url).await.unwrap();
+    Some((db, database.url.clone(), database))
 }
 
 async fn open(db: &Db, balance_cents: i64) -> i64 {
@@ -51,7 +41,7 @@ async fn snapshot(
     url: &str,
 ) -> (
     Vec<(i64, i64)>,
-    Vec<(Option<i64>, i64, i64, Option<String>)>,
+    Vec<(Option<i64>, i64, i64, Option<Vec<u8>>)>,
 ) {
     let mut conn = PgConnection::connect(url).await.unwrap();
     let balances = sqlx::query_as("SELECT id, balance FROM accounts ORDER BY id")
@@ -83,7 +73,7 @@ async fn balances_and_ledger(url: &str) -> Vec<(i64, i64, i64)> {
 
 #[tokio::test]
 async fn open_deposit_and_transfer_move_money_through_the_ledger() {
-    let Some((db, url)) = fresh_db("basics").await else {
+    let Some((db, url, _database)) = fresh_db().await else {
         return;
     };
     let a = open(&db, 1_000).await;
@@ -122,7 +112,7 @@ async fn open_deposit_and_transfer_move_money_through_the_ledger() {
 
 #[tokio::test]
 async fn a_key_lands_once_and_another_movement_under_it_is_duplicate_even_if_unaffordable() {
-    let Some((db, url)) = fresh_db("keys").await else {
+    let Some((db, url, _database)) = fresh_db().await else {
         return;
     };
     let a = open(&db, 1_000).await;
@@ -152,7 +142,7 @@ async fn a_key_lands_once_and_another_movement_under_it_is_duplicate_even_if_una
 
 #[tokio::test]
 async fn refusals_name_their_cause_and_move_nothing() {
-    let Some((db, url)) = fresh_db("refusals").await else {
+    let Some((db, url, _database)) = fresh_db().await else {
         return;
     };
     let a = open(&db, 300).await;
@@ -217,7 +207,7 @@ async fn refusals_name_their_cause_and_move_nothing() {
 
 #[tokio::test]
 async fn a_batch_applies_in_order_all_or_nothing() {
-    let Some((db, url)) = fresh_db("batch").await else {
+    let Some((db, url, _database)) = fresh_db().await else {
         return;
     };
     let a = open(&db, 100).await;
@@ -278,7 +268,7 @@ async fn a_batch_applies_in_order_all_or_nothing() {
 
 #[tokio::test]
 async fn keys_in_a_batch_follow_the_replay_rule() {
-    let Some((db, url)) = fresh_db("batchkeys").await else {
+    let Some((db, url, _database)) = fresh_db().await else {
         return;
     };
     let a = open(&db, 100).await;
@@ -315,7 +305,7 @@ async fn keys_in_a_batch_follow_the_replay_rule() {
 
 #[tokio::test]
 async fn inside_a_tx_a_refused_transfer_undoes_only_itself() {
-    let Some((db, url)) = fresh_db("tx").await else {
+    let Some((db, url, _database)) = fresh_db().await else {
         return;
     };
     let a = open(&db, 100).await;
@@ -352,7 +342,7 @@ async fn inside_a_tx_a_refused_transfer_undoes_only_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_twins_of_a_key_land_once_and_the_other_is_a_replay() {
-    let Some((db, _url)) = fresh_db("twins").await else {
+    let Some((db, _url, _database)) = fresh_db().await else {
         return;
     };
     let a = open(&db, 1_000).await;
@@ -380,7 +370,7 @@ async fn concurrent_twins_of_a_key_land_once_and_the_other_is_a_replay() {
 /// every balance is what the ledger says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn money_is_conserved_and_nothing_deadlocks_under_16_concurrent_tasks() {
-    let Some((db, url)) = fresh_db("bank").await else {
+    let Some((db, url, _database)) = fresh_db().await else {
         return;
     };
     let mut ids = Vec::new();

@@ -3,38 +3,18 @@
 //! (`SQLREPO_PG_URL`); under `CI=true` a missing server fails.
 #![cfg(feature = "postgres")]
 
+mod common;
+
+use common::backend::{self, pg};
 use sqlrepo::{Backend, Db, Error};
 use sqlx::migrate::MigrateDatabase;
 
-/// A fresh database on the test server: its URL on the primary and on the replica (if any).
-async fn fresh_database(tag: &str) -> Option<(String, Option<String>)> {
-    let Ok(admin) = std::env::var("SQLREPO_PG_URL") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but SQLREPO_PG_URL is not set: the PostgreSQL tests cannot run"
-        );
-        eprintln!("PostgreSQL tests skipped: SQLREPO_PG_URL is not set (see .ci/pg-cluster)");
-        return None;
-    };
-    let name = format!(
-        "sqlrepo_layer_{tag}_{}_{}",
-        std::process::id(),
-        time::OffsetDateTime::now_utc().unix_timestamp_nanos() % 1_000_000_000
-    );
-    let swap = |url: &str| format!("{}/{name}", url.rsplit_once('/').unwrap().0);
-    let url = swap(&admin);
-    sqlx::Postgres::create_database(&url).await.unwrap();
-    let replica = std::env::var("SQLREPO_PG_REPLICA_URL")
-        .ok()
-        .map(|r| swap(&r));
-    Some((url, replica))
-}
-
 #[tokio::test]
 async fn connect_migrates_and_lends_postgres_connections() {
-    let Some((url, _)) = fresh_database("connect").await else {
+    let Some(database) = pg::create(backend::Backend::Postgres).await else {
         return;
     };
+    let url = database.url.clone();
     let db = Db::connect(&url).await.unwrap();
     assert!(db.is_postgres());
     // Connecting again finds the migrations applied.
@@ -65,9 +45,10 @@ async fn connect_migrates_and_lends_postgres_connections() {
 
 #[tokio::test]
 async fn a_replica_that_is_down_is_skipped() {
-    let Some((url, _)) = fresh_database("down").await else {
+    let Some(database) = pg::create(backend::Backend::Postgres).await else {
         return;
     };
+    let url = database.url.clone();
     let db = Db::connect_replicated(&url, &["postgres://postgres@127.0.0.1:1/none"])
         .await
         .unwrap();
@@ -83,10 +64,11 @@ async fn a_replica_that_is_down_is_skipped() {
 }
 
 #[tokio::test]
-async fn reads_after_a_write_wait_for_the_replica_or_go_to_the_primary() {
-    let Some((url, Some(replica))) = fresh_database("ryw").await else {
+async fn reads_after_a_write_go_to_the_primary_until_the_replica_has_caught_up() {
+    let Some(database) = pg::create(backend::Backend::Replicated).await else {
         return;
     };
+    let (url, replica) = (database.url.clone(), database.replica_url.clone().unwrap());
     // The new database reaches the replica by replication.
     let db = Db::connect_replicated(&url, &[&replica]).await.unwrap();
     let mut on_replica = 0;
@@ -101,24 +83,34 @@ async fn reads_after_a_write_wait_for_the_replica_or_go_to_the_primary() {
             on_replica += 1;
         }
     }
-    // Reads with no write in between go to the replica once it has caught up.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let mut conn = db.handle().reader().await.unwrap();
-    let replayed = sqlrepo_postgres::replication::replayed_position(conn.postgres().unwrap()).await;
     eprintln!("reads on the replica right after a write: {on_replica}/50");
-    assert!(
-        replayed.unwrap().is_some(),
-        "an idle read goes to the replica"
-    );
-    drop(conn);
+    // Reads with no write in between go to the replica once the Db has learnt, in the
+    // background, that it has caught up: within a moment, not never.
+    let started = std::time::Instant::now();
+    loop {
+        let mut conn = db.handle().reader().await.unwrap();
+        let replayed = sqlrepo_postgres::replication::replayed_position(conn.postgres().unwrap())
+            .await
+            .unwrap();
+        if replayed.is_some() {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "idle reads never reached the caught-up replica"
+        );
+        drop(conn);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     db.close().await;
 }
 
 #[tokio::test]
 async fn a_missing_database_is_created_as_a_missing_file_is() {
-    let Some((url, _)) = fresh_database("create").await else {
+    let Some(database) = pg::create(backend::Backend::Postgres).await else {
         return;
     };
+    let url = database.url.clone();
     let missing = format!("{url}_new");
     assert!(!sqlx::Postgres::database_exists(&missing).await.unwrap());
     let db = Db::connect(&missing).await.unwrap();
@@ -126,13 +118,15 @@ async fn a_missing_database_is_created_as_a_missing_file_is() {
     assert!(sqlx::Postgres::database_exists(&missing).await.unwrap());
     // Created and migrated: connecting again finds sqlrepo's migrations applied, not refused.
     Db::connect(&missing).await.unwrap().close().await;
+    backend::drop_database(&missing).await;
 }
 
 #[tokio::test]
 async fn a_transaction_a_service_left_open_is_rolled_back_before_the_connection_is_lent_again() {
-    let Some((url, _)) = fresh_database("left_open").await else {
+    let Some(database) = pg::create(backend::Backend::Postgres).await else {
         return;
     };
+    let url = database.url.clone();
     let db = Db::connect(&url).await.unwrap();
     {
         let mut conn = db.handle().writer().await.unwrap();

@@ -2,35 +2,23 @@
 //! `SQLREPO_PG_URL`; without one these tests print why they were skipped and pass).
 #![cfg(feature = "postgres")]
 
+mod common;
+
+use common::backend::{Backend, PgDatabase, pg};
 use futures_util::TryStreamExt;
 use serde_json::json;
 use sqlrepo::{Db, Error, ItemPatch, ItemStatus, NewItem, NewOrder, NewUser, UserPatch};
-use sqlx::migrate::MigrateDatabase;
-use sqlx::{Connection, PgConnection, Postgres};
+use sqlx::{Connection, PgConnection};
 
-/// A fresh, migrated database on the server at `SQLREPO_PG_URL`, or `None` (with the reason
-/// printed) when no server is configured.
-async fn fresh_database(test: &str) -> Option<String> {
-    let Ok(admin) = std::env::var("SQLREPO_PG_URL") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but SQLREPO_PG_URL is not set: the PostgreSQL tests cannot run"
-        );
-        eprintln!("{test}: skipped, SQLREPO_PG_URL is not set (no PostgreSQL server to test on)");
-        return None;
-    };
-    let base = admin
-        .rsplit_once('/')
-        .map_or(admin.as_str(), |(base, _)| base);
-    let url = format!("{base}/sqlrepo_t_{}_{}", test, std::process::id());
-    if Postgres::database_exists(&url).await.unwrap() {
-        Postgres::drop_database(&url).await.unwrap();
-    }
-    Postgres::create_database(&url).await.unwrap();
-    let mut conn = PgConnection::connect(&url).await.unwrap();
+/// A fresh, migrated database on the server at `SQLREPO_PG_URL` (the shared fixture of
+/// `tests/common`, dropped when the guard is), or `None` (with the reason printed) when no
+/// server is configured.
+async fn fresh_database() -> Option<PgDatabase> {
+    let database = pg::create(Backend::Postgres).await?;
+    let mut conn = PgConnection::connect(&database.url).await.unwrap();
     sqlrepo_postgres::MIGRATOR.run(&mut conn).await.unwrap();
     conn.close().await.unwrap();
-    Some(url)
+    Some(database)
 }
 
 fn sqlstate(err: &sqlx::Error) -> (String, Option<String>) {
@@ -44,9 +32,10 @@ fn sqlstate(err: &sqlx::Error) -> (String, Option<String>) {
 #[tokio::test]
 async fn statements_on_postgres_store_and_read_what_they_should() {
     use sqlrepo_postgres::{dashboard, items, orders, users};
-    let Some(url) = fresh_database("statements").await else {
+    let Some(database) = fresh_database().await else {
         return;
     };
+    let url = database.url.clone();
     let mut conn = PgConnection::connect(&url).await.unwrap();
     let c = &mut conn;
 
@@ -249,14 +238,14 @@ async fn statements_on_postgres_store_and_read_what_they_should() {
     assert!(orders::delete_one(c, order.id).await.unwrap());
     assert_eq!(orders::select_one(c, order.id).await.unwrap(), None);
     conn.close().await.unwrap();
-    Postgres::drop_database(&url).await.unwrap();
 }
 
 #[tokio::test]
 async fn items_through_db_connect_behave_as_on_sqlite() {
-    let Some(url) = fresh_database("items").await else {
+    let Some(database) = fresh_database().await else {
         return;
     };
+    let url = database.url.clone();
     let db = Db::connect(&url).await.unwrap();
     let items = db.items();
     let lamp = items
@@ -355,14 +344,14 @@ async fn items_through_db_connect_behave_as_on_sqlite() {
     assert!(!items.delete(lamp).await.unwrap());
     assert_eq!(items.count().await.unwrap(), 100_000);
     db.close().await;
-    Postgres::drop_database(&url).await.unwrap();
 }
 
 #[tokio::test]
 async fn users_orders_and_the_dashboard_through_db_connect_behave_as_on_sqlite() {
-    let Some(url) = fresh_database("users").await else {
+    let Some(database) = fresh_database().await else {
         return;
     };
+    let url = database.url.clone();
     let db = Db::connect(&url).await.unwrap();
     let (users, orders) = (db.users(), db.orders());
     let ann = users
@@ -502,5 +491,4 @@ async fn users_orders_and_the_dashboard_through_db_connect_behave_as_on_sqlite()
     assert!(users.delete(ann).await.unwrap());
     assert!(!users.delete(ann).await.unwrap());
     db.close().await;
-    Postgres::drop_database(&url).await.unwrap();
 }

@@ -25,6 +25,10 @@
 //! once more by the caller (sqlrepo): the fresh statement sees the committed twin and answers
 //! replay or duplicate. The same holds for a twin that landed while this statement waited and
 //! left too little money (23514): the key rule comes before balances.
+//!
+//! Keys are stored and compared as their UTF-8 bytes (`bytea`): a key may hold any character,
+//! NUL included, as on SQLite, and `text` cannot hold a NUL. Bytes compare equal exactly when
+//! the strings do.
 
 use sqlx::PgConnection;
 use time::OffsetDateTime;
@@ -117,8 +121,8 @@ pub async fn deposit(conn: &mut PgConnection, id: i64, amount_cents: i64) -> sql
 }
 
 /// One transfer as one ledger `INSERT`, unless its idempotency key has landed already (see the
-/// module's notes on keys). Refusals are the trigger's (23503, 23514), an overflowing credit
-/// 22003, and a concurrent twin of the key 23505.
+/// module's notes on keys; the key is sent as its UTF-8 bytes). Refusals are the trigger's
+/// (23503, 23514), an overflowing credit 22003, and a concurrent twin of the key 23505.
 pub async fn insert_transfer(
     conn: &mut PgConnection,
     from: i64,
@@ -126,6 +130,7 @@ pub async fn insert_transfer(
     amount_cents: i64,
     idempotency_key: Option<&str>,
 ) -> sqlx::Result<TransferRow> {
+    let key = idempotency_key.map(str::as_bytes);
     // A data-modifying CTE runs once whether or not the outer query reads it; `landed` is read
     // in the statement's snapshot, before the insert.
     sqlx::query_as!(
@@ -150,7 +155,7 @@ pub async fn insert_transfer(
         from,
         to,
         amount_cents,
-        idempotency_key,
+        key,
     )
     .fetch_one(conn)
     .await
@@ -165,7 +170,7 @@ pub struct Steps {
     pub to: Vec<i64>,
     /// The amounts in cents.
     pub amount: Vec<i64>,
-    /// The idempotency keys.
+    /// The idempotency keys (sent as their UTF-8 bytes).
     pub idempotency_key: Vec<Option<String>>,
 }
 
@@ -188,12 +193,17 @@ pub struct Steps {
 /// 10,000-row insert takes about 1.0 s with `transfers_apply`, 0.17 s without), and among few
 /// accounts each row's updates lengthen the version chains the next rows walk.
 pub async fn insert_transfers(conn: &mut PgConnection, steps: &Steps) -> sqlx::Result<BatchRow> {
+    let keys: Vec<Option<&[u8]>> = steps
+        .idempotency_key
+        .iter()
+        .map(|key| key.as_deref().map(str::as_bytes))
+        .collect();
     sqlx::query_as!(
         BatchRow,
         r#"
         WITH step AS (
             SELECT from_account, to_account, amount, idempotency_key, position
-            FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[])
+            FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[])
                 WITH ORDINALITY AS s (from_account, to_account, amount, idempotency_key, position)
         ),
         landed AS (
@@ -228,7 +238,7 @@ pub async fn insert_transfers(conn: &mut PgConnection, steps: &Steps) -> sqlx::R
         &steps.from,
         &steps.to,
         &steps.amount,
-        &steps.idempotency_key as &[Option<String>],
+        &keys as &[Option<&[u8]>],
     )
     .fetch_one(conn)
     .await

@@ -33,6 +33,9 @@ pub(crate) struct HeldPg {
     next: AtomicUsize,
     /// How long a lease waits for a busy slot, or for a connection to be made.
     wait: Duration,
+    /// Set by [`HeldPg::close`]: leases are refused from then on instead of reconnecting an
+    /// emptied slot (`Db::close` promises that later calls fail).
+    closed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -68,14 +71,20 @@ impl HeldPg {
             options,
             next: AtomicUsize::new(0),
             wait,
+            closed: AtomicBool::new(false),
         }
     }
 
     /// The first idle connection from the start of the list (a caller alone keeps reusing one
     /// warm connection), else the next in turn, waiting at most `wait` ([`Error::Busy`]).
+    /// After [`HeldPg::close`], [`Error::Database`] (`PoolClosed`).
     pub(crate) async fn lend(&self) -> Result<PgLent> {
+        self.open()?;
         for slot in &self.slots {
             if let Ok(guard) = slot.conn.clone().try_lock_owned() {
+                // Checked again under the slot's lock: `close` sets the flag before it takes
+                // the locks, so a slot it emptied is never reconnected.
+                self.open()?;
                 return slot.ready(guard, &self.options, self.wait).await;
             }
         }
@@ -83,11 +92,23 @@ impl HeldPg {
         let guard = tokio::time::timeout(self.wait, slot.conn.clone().lock_owned())
             .await
             .map_err(|_| Error::Busy)?;
+        self.open()?;
         slot.ready(guard, &self.options, self.wait).await
     }
 
-    /// Closes every connection (waiting for the ones lent out to come back).
+    /// Refuses a lease once closed, as sqlx's pools do.
+    fn open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Database(sqlx::Error::PoolClosed))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Closes every connection (waiting for the ones lent out to come back); later leases are
+    /// refused.
     pub(crate) async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         for slot in &self.slots {
             let conn = slot.conn.lock().await.take();
             if let Some(conn) = conn {

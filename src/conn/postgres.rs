@@ -8,21 +8,23 @@
 //! there right after a write may not see it. sqlrepo keeps one promise: a read made through a
 //! `Db` after one of its writes *returned* sees that write. It keeps it like this:
 //!
-//! - every write lease counts itself when it comes back (`writes_done`), which is before the
+//! - every write lease counts itself when it comes back (`Writes::done`), which is before the
 //!   write's caller gets its answer;
-//! - a read first makes sure it knows a WAL position of the primary taken after every write
-//!   counted so far: if writes were counted since the last one it knows, it asks the primary
-//!   (`pg_current_wal_lsn()`, one round trip, shared by the reads that follow until the next
-//!   write); a transaction committed before that question is at or below the answer;
-//! - it then reads on a replica known to have replayed that far (positions are remembered per
-//!   replica, and asked again only when not far enough), and otherwise on the primary.
+//! - a read goes to a replica only when the `Db` knows a WAL position of the primary taken
+//!   after every write counted so far, and knows that the replica has replayed that far;
+//! - otherwise it reads on the primary at once, and a background task learns what was missing
+//!   (the primary's position, `pg_current_wal_lsn()`, or the replica's,
+//!   `pg_last_wal_replay_lsn()`), one question at a time, so later reads can use the replica.
 //!
-//! So a replica that lags, or is down, costs a read at most one bounded question
-//! ([`REPLICA_WAIT`]), after which it is left alone for [`REPLICA_COOLDOWN`]; reads go to
-//! the primary meanwhile. Reads after no write at all need no question to the primary.
+//! So no read waits for a routing question: routing costs a few atomic loads, and a read right
+//! after a write costs what a read on the primary costs. A transaction committed before the
+//! primary's answer is at or below the position it gives, so a replica that replayed that far
+//! shows it. A replica that does not answer within [`REPLICA_WAIT`] (a connection, a position)
+//! is left alone for [`REPLICA_COOLDOWN`]; reads go to the other replicas or the primary
+//! meanwhile. Reads of a `Db` that has written nothing need no question at all.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::migrate::MigrateDatabase;
@@ -51,8 +53,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The primary and the replicas of one database.
 #[derive(Debug)]
 pub(crate) struct PgConnections {
-    primary: HeldPg,
-    replicas: Vec<Replica>,
+    primary: Arc<HeldPg>,
+    replicas: Vec<Arc<Replica>>,
     next_replica: AtomicUsize,
     /// What reads need to know to read this `Db`'s writes (shared with write leases).
     writes: Arc<Writes>,
@@ -65,12 +67,40 @@ pub(crate) struct Writes {
     done: AtomicU64,
     /// `(writes counted, a primary WAL position taken after all of them returned)`.
     known: std::sync::Mutex<(u64, i64)>,
+    /// A task is asking the primary for its position.
+    learning: AtomicBool,
 }
 
 impl Writes {
     /// Counts a write lease that came back.
     pub(crate) fn count(&self) {
         self.done.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The primary position replicas must have replayed for a read now, if one is known that
+    /// covers every write counted so far.
+    fn needed(&self) -> Option<i64> {
+        let done = self.done.load(Ordering::Acquire);
+        let known = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (known.0 >= done).then_some(known.1)
+    }
+
+    /// Asks the primary for its position and records it as covering the writes counted
+    /// before the question.
+    async fn learn(&self, primary: &HeldPg) -> Result<()> {
+        let done = self.done.load(Ordering::Acquire);
+        let mut conn = primary.lend().await?;
+        let position = sqlrepo_postgres::replication::current_position(conn.conn()).await?;
+        let mut known = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.0 = known.0.max(done);
+        known.1 = known.1.max(position);
+        Ok(())
     }
 }
 
@@ -81,6 +111,8 @@ struct Replica {
     replayed: AtomicI64,
     /// Until when it is left alone after failing to answer.
     resting_until: std::sync::Mutex<Option<Instant>>,
+    /// A task is asking it for its replay position.
+    refreshing: AtomicBool,
 }
 
 impl Replica {
@@ -112,7 +144,14 @@ impl Replica {
     }
 
     /// Asks the replica how far it has replayed, within [`REPLICA_WAIT`], and remembers it.
-    async fn refresh(&self, conn: &mut PgConnection) -> Option<i64> {
+    async fn refresh(&self) {
+        if let Some(mut conn) = self.acquire().await {
+            self.ask(conn.conn()).await;
+        }
+    }
+
+    /// Asks on `conn` how far the replica has replayed.
+    async fn ask(&self, conn: &mut PgConnection) -> Option<i64> {
         let asked = tokio::time::timeout(
             REPLICA_WAIT,
             sqlrepo_postgres::replication::replayed_position(conn),
@@ -154,7 +193,11 @@ impl PgConnections {
             other => other?,
         };
         first.close().await?;
-        let primary = HeldPg::new(primary_options, PRIMARY_CONNECTIONS, ACQUIRE_TIMEOUT);
+        let primary = Arc::new(HeldPg::new(
+            primary_options,
+            PRIMARY_CONNECTIONS,
+            ACQUIRE_TIMEOUT,
+        ));
         let replicas = replicas
             .iter()
             .map(|url| {
@@ -162,7 +205,9 @@ impl PgConnections {
                     held: HeldPg::new(options(url)?, REPLICA_CONNECTIONS, REPLICA_WAIT),
                     replayed: AtomicI64::new(i64::MIN),
                     resting_until: std::sync::Mutex::new(None),
-                })
+                    refreshing: AtomicBool::new(false),
+                }
+                .into())
             })
             .collect::<Result<Vec<_>>>()?;
         let connections = PgConnections {
@@ -196,12 +241,15 @@ impl PgConnections {
         if self.replicas.is_empty() {
             return self.write_conn().await;
         }
-        let needed = self.needed_position().await?;
+        let Some(needed) = self.writes.needed() else {
+            // A write returned after the last position known: learn it, read on the primary.
+            self.learn_position();
+            return self.write_conn().await;
+        };
         let count = self.replicas.len();
         let start = self.next_replica.fetch_add(1, Ordering::Relaxed) % count;
-        let order = (0..count).map(|i| &self.replicas[(start + i) % count]);
-        let mut behind = Vec::new();
-        for replica in order {
+        let mut behind = None;
+        for replica in (0..count).map(|i| &self.replicas[(start + i) % count]) {
             if replica.resting() {
                 continue;
             }
@@ -209,49 +257,32 @@ impl PgConnections {
                 if let Some(conn) = replica.acquire().await {
                     return Ok(conn);
                 }
-            } else {
-                behind.push(replica);
+            } else if behind.is_none() {
+                behind = Some(replica);
             }
         }
-        // None known to be far enough: ask one, once, then read on the primary.
-        if let Some(replica) = behind.first()
-            && let Some(mut conn) = replica.acquire().await
-            && replica
-                .refresh(conn.conn())
-                .await
-                .is_some_and(|replayed| replayed >= needed)
-        {
-            return Ok(conn);
+        if let Some(replica) = behind {
+            refresh_position(replica.clone());
         }
         self.write_conn().await
     }
 
-    /// A primary WAL position at or past every write this `Db` has returned.
-    async fn needed_position(&self) -> Result<i64> {
-        let done = self.writes.done.load(Ordering::Acquire);
-        {
-            let known = self
-                .writes
-                .known
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if known.0 >= done {
-                return Ok(known.1);
-            }
+    /// Starts a task that asks the primary for its position, unless one is asking already.
+    fn learn_position(&self) {
+        if self.writes.learning.swap(true, Ordering::AcqRel) {
+            return;
         }
-        // Asked after reading `done`: every write counted in it had returned, so had committed.
-        let mut conn = self.primary.lend().await?;
-        let position = sqlrepo_postgres::replication::current_position(conn.conn()).await?;
-        let mut known = self
-            .writes
-            .known
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if done > known.0 {
-            known.0 = done;
+        let writes = self.writes.clone();
+        let primary = self.primary.clone();
+        let learn = async move {
+            // A failure leaves reads on the primary; the next read after a write asks again.
+            let _ = writes.learn(&primary).await;
+            writes.learning.store(false, Ordering::Release);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(learn)),
+            Err(_) => self.writes.learning.store(false, Ordering::Release),
         }
-        known.1 = known.1.max(position);
-        Ok(position)
     }
 
     /// Closes every pool.
@@ -260,6 +291,21 @@ impl PgConnections {
         for replica in &self.replicas {
             replica.held.close().await;
         }
+    }
+}
+
+/// Starts a task that asks `replica` how far it has replayed, unless one is asking already.
+fn refresh_position(replica: Arc<Replica>) {
+    if replica.refreshing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        drop(runtime.spawn(async move {
+            replica.refresh().await;
+            replica.refreshing.store(false, Ordering::Release);
+        }));
+    } else {
+        replica.refreshing.store(false, Ordering::Release);
     }
 }
 

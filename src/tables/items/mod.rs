@@ -205,7 +205,9 @@ impl ItemRepo {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a blank or over-long name or data past the limits;
-    /// [`Error::Duplicate`] (`items.name`) when the name is taken.
+    /// [`Error::Duplicate`] (`items.name`) when the name is taken. On PostgreSQL a NUL
+    /// character (`\u0000`) inside the data is [`Error::InvalidInput`] too, since `jsonb`
+    /// cannot store it (SQLite stores it; idempotency keys may contain any character on both).
     pub fn create(&self, new: &NewItem) -> impl Future<Output = Result<i64>> + Send + use<> {
         let handle = self.handle.clone();
         let row = new
