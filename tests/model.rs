@@ -89,6 +89,9 @@ struct Model {
     expected: Vec<Out>,
     /// Labels of notable things the last transition did (for the coverage report).
     notes: Vec<&'static str>,
+    /// Item data holding a NUL character is refused: PostgreSQL's `jsonb` cannot store one
+    /// (a documented difference; SQLite stores it). Set on the PostgreSQL backends' copy only.
+    nul_data_refused: bool,
 }
 
 /// The model's id for a new row: the largest plus one, as SQLite gives rowids (so on SQLite the
@@ -176,6 +179,18 @@ fn depth(value: &Value) -> usize {
 
 fn valid_data(data: &Value) -> bool {
     depth(data) <= MAX_DATA_DEPTH && serde_json::to_string(data).unwrap().len() <= MAX_DATA_BYTES
+}
+
+/// A NUL character anywhere in a string or an object key of `data`.
+fn has_nul(data: &Value) -> bool {
+    match data {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(fields) => fields
+            .iter()
+            .any(|(key, value)| key.contains('\0') || has_nul(value)),
+        _ => false,
+    }
 }
 
 fn valid_key(key: &Option<String>) -> bool {
@@ -350,12 +365,17 @@ impl Model {
         (mine.clone().count() as i64, mine.map(|o| o.total).sum())
     }
 
+    /// Data this backend cannot store (see `nul_data_refused`).
+    fn unstorable(&self, data: &Value) -> bool {
+        self.nul_data_refused && has_nul(data)
+    }
+
     fn step(&mut self, op: &Op) -> Out {
         use ErrOut::*;
         let err = Out::Err;
         match op {
             Op::CreateItem(name, data, status) => {
-                if !valid_name(name) || !valid_data(data) {
+                if !valid_name(name) || !valid_data(data) || self.unstorable(data) {
                     return err(Invalid);
                 }
                 if self.items.values().any(|i| &i.name == name) {
@@ -372,7 +392,9 @@ impl Model {
             }
             Op::UpdateItem(id, name, data, status) => {
                 if name.as_deref().is_some_and(|n| !valid_name(n))
-                    || data.as_ref().is_some_and(|d| !valid_data(d))
+                    || data
+                        .as_ref()
+                        .is_some_and(|d| !valid_data(d) || self.unstorable(d))
                 {
                     return err(Invalid);
                 }
@@ -403,7 +425,7 @@ impl Model {
                 }
                 if rows
                     .iter()
-                    .any(|(n, d, _)| !valid_name(n) || !valid_data(d))
+                    .any(|(n, d, _)| !valid_name(n) || !valid_data(d) || self.unstorable(d))
                 {
                     return err(Invalid);
                 }
@@ -1761,12 +1783,16 @@ impl StateMachineTest for ModelTest {
                 (db, Some((dir, path)))
             }
         };
+        let nul_data_refused = context.backend.is_postgres();
         Sut {
             ids: Ids::new(context.backend),
             context,
             db,
             file,
-            model: initial.clone(),
+            model: Model {
+                nul_data_refused,
+                ..initial.clone()
+            },
             concurrent: Vec::new(),
         }
     }
@@ -1993,7 +2019,9 @@ mod pg_tables {
                 .fetch_all(&mut *conn)
                 .await
                 .unwrap();
-        let ledger: Vec<(Option<i64>, i64, i64, Option<String>)> = sqlx::query_as(
+        // Keys are stored as their UTF-8 bytes (`bytea`, which can hold a NUL).
+        type LedgerRow = (Option<i64>, i64, i64, Option<Vec<u8>>);
+        let ledger: Vec<LedgerRow> = sqlx::query_as(
             "SELECT from_account, to_account, amount, idempotency_key FROM transfers ORDER BY id",
         )
         .fetch_all(&mut *conn)
@@ -2026,7 +2054,7 @@ mod pg_tables {
                     from,
                     to,
                     amount,
-                    key,
+                    key: key.map(|bytes| String::from_utf8(bytes).expect("a UTF-8 key")),
                 })
                 .collect(),
         }
