@@ -1,8 +1,17 @@
 //! Model-based tests: random sequences of repository operations — items, users, orders,
 //! accounts, deposits, transfers, batches, replayed and reused idempotency keys, and
-//! caller-owned transactions that commit or roll back — run against a fresh database file and
+//! caller-owned transactions that commit or roll back — run against an empty database and
 //! against a plain in-memory model of the documented API (the README and the rustdoc). Every return
 //! value, errors included, must agree, and at the end every table must hold what the model holds.
+//!
+//! It runs on every backend (`model::sqlite`, `model::postgres`, `model::replicated`, see
+//! `tests/common/backend.rs`). The model names rows by ids of its own (SQLite's rule: the
+//! largest plus one); the database's ids are learned as rows are created and every id is
+//! translated on the way in and out (see [`Ids`]): on SQLite they are checked to be the same,
+//! on PostgreSQL a sequence hands them out, spending some on refused inserts and rolled-back
+//! transactions. Concurrent transfers are ordered by SQLite's one writer in call order, and by
+//! nothing on PostgreSQL, where the model accepts any order that explains every answer (see
+//! [`expect_group`]).
 //!
 //! `SQLREPO_MODEL_CASES` sets the number of cases (default 256), `SQLREPO_MODEL_SEED` replays a
 //! run; `SQLREPO_MODEL_STEPS` the most operations per case (default 40).
@@ -10,10 +19,14 @@
 #[path = "reliability_common/mod.rs"]
 mod reliability_common;
 
+mod common;
+
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
+use common::{Backend, TestDb, backend_test};
 use futures_util::StreamExt;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -76,9 +89,13 @@ struct Model {
     expected: Vec<Out>,
     /// Labels of notable things the last transition did (for the coverage report).
     notes: Vec<&'static str>,
+    /// Item data holding a NUL character is refused: PostgreSQL's `jsonb` cannot store one
+    /// (a documented difference; SQLite stores it). Set on the PostgreSQL backends' copy only.
+    nul_data_refused: bool,
 }
 
-/// SQLite gives a new row the largest rowid plus one.
+/// The model's id for a new row: the largest plus one, as SQLite gives rowids (so on SQLite the
+/// model's ids are the database's; elsewhere they are mapped, see [`Ids`]).
 fn next_id<V>(rows: &BTreeMap<i64, V>) -> i64 {
     rows.keys().next_back().map_or(1, |last| last + 1)
 }
@@ -162,6 +179,18 @@ fn depth(value: &Value) -> usize {
 
 fn valid_data(data: &Value) -> bool {
     depth(data) <= MAX_DATA_DEPTH && serde_json::to_string(data).unwrap().len() <= MAX_DATA_BYTES
+}
+
+/// A NUL character anywhere in a string or an object key of `data`.
+fn has_nul(data: &Value) -> bool {
+    match data {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(fields) => fields
+            .iter()
+            .any(|(key, value)| key.contains('\0') || has_nul(value)),
+        _ => false,
+    }
 }
 
 fn valid_key(key: &Option<String>) -> bool {
@@ -336,12 +365,17 @@ impl Model {
         (mine.clone().count() as i64, mine.map(|o| o.total).sum())
     }
 
+    /// Data this backend cannot store (see `nul_data_refused`).
+    fn unstorable(&self, data: &Value) -> bool {
+        self.nul_data_refused && has_nul(data)
+    }
+
     fn step(&mut self, op: &Op) -> Out {
         use ErrOut::*;
         let err = Out::Err;
         match op {
             Op::CreateItem(name, data, status) => {
-                if !valid_name(name) || !valid_data(data) {
+                if !valid_name(name) || !valid_data(data) || self.unstorable(data) {
                     return err(Invalid);
                 }
                 if self.items.values().any(|i| &i.name == name) {
@@ -358,7 +392,9 @@ impl Model {
             }
             Op::UpdateItem(id, name, data, status) => {
                 if name.as_deref().is_some_and(|n| !valid_name(n))
-                    || data.as_ref().is_some_and(|d| !valid_data(d))
+                    || data
+                        .as_ref()
+                        .is_some_and(|d| !valid_data(d) || self.unstorable(d))
                 {
                     return err(Invalid);
                 }
@@ -389,7 +425,7 @@ impl Model {
                 }
                 if rows
                     .iter()
-                    .any(|(n, d, _)| !valid_name(n) || !valid_data(d))
+                    .any(|(n, d, _)| !valid_name(n) || !valid_data(d) || self.unstorable(d))
                 {
                     return err(Invalid);
                 }
@@ -1149,12 +1185,321 @@ async fn run(repos: &Repos<'_>, op: &Op) -> Out {
     }
 }
 
-async fn run_transition(db: &Db, op: &Op) -> Vec<Out> {
+// ---------------------------------------------------------------------------------------------
+// Model ids and database ids
+// ---------------------------------------------------------------------------------------------
+
+/// The tables whose rows the model names by id.
+#[derive(Clone, Copy, Debug)]
+enum Table {
+    Items,
+    Users,
+    Orders,
+    Accounts,
+}
+
+/// Where a model id that names no row the database handed out goes on PostgreSQL: this plus
+/// the model's id, far past any value a test's sequences reach, so "unknown" stays unknown.
+/// (Sending the model's own number could name a real row: sequences spend ids on refused
+/// inserts and rolled-back transactions, so the database's ids run ahead of the model's.)
+const UNKNOWN_BASE: i64 = 1 << 40;
+
+/// What a database id that no model row was learned for reads as: below every id the model
+/// uses (theirs are -1 and up), so it can never agree with an expectation.
+const UNLEARNED: i64 = i64::MIN / 2;
+
+/// One table's model ids and the database's, learned as rows are created.
+#[derive(Default)]
+struct IdMap {
+    to_db: BTreeMap<i64, i64>,
+    /// Every database id ever learned (rows since deleted or rolled back included: an error
+    /// may still name one).
+    to_model: BTreeMap<i64, i64>,
+    /// The largest database id learned.
+    last: i64,
+}
+
+/// The model keeps its own ids (a new row takes the largest plus one, SQLite's rowid rule);
+/// every id in an operation is sent as the database's id for it, and every id that comes back
+/// is read as the model's. On SQLite the two are the same number, and that is checked at every
+/// new row; on PostgreSQL a sequence hands them out and they differ.
+struct Ids {
+    backend: Backend,
+    maps: [IdMap; 4],
+}
+
+impl Ids {
+    fn new(backend: Backend) -> Ids {
+        Ids {
+            backend,
+            maps: Default::default(),
+        }
+    }
+
+    /// The database's id for model id `id`.
+    fn db(&self, table: Table, id: i64) -> i64 {
+        if let Some(db_id) = self.maps[table as usize].to_db.get(&id) {
+            return *db_id;
+        }
+        if id <= 0 || !self.backend.is_postgres() {
+            id
+        } else {
+            UNKNOWN_BASE + id
+        }
+    }
+
+    /// The model's id for database id `id`.
+    fn model(&self, table: Table, id: i64) -> i64 {
+        if let Some(model_id) = self.maps[table as usize].to_model.get(&id) {
+            return *model_id;
+        }
+        if id <= 0 || !self.backend.is_postgres() {
+            id
+        } else if id >= UNKNOWN_BASE {
+            id - UNKNOWN_BASE
+        } else {
+            UNLEARNED + id
+        }
+    }
+
+    /// Records that the database stored the row the model calls `model_id` as `db_id`.
+    fn learn(&mut self, table: Table, model_id: i64, db_id: i64) {
+        let map = &mut self.maps[table as usize];
+        if self.backend.is_postgres() {
+            // The model orders rows by its ids (the newest order first): that is the database's
+            // order only while every new id is past all earlier ones, as a sequence's are.
+            assert!(
+                db_id > map.last,
+                "{table:?}: the new row got id {db_id}, not past {} handed out before",
+                map.last
+            );
+        } else {
+            assert_eq!(
+                db_id, model_id,
+                "{table:?}: SQLite gives a new row the largest rowid plus one"
+            );
+        }
+        map.to_db.insert(model_id, db_id);
+        map.to_model.insert(db_id, model_id);
+        map.last = map.last.max(db_id);
+    }
+
+    /// Learns the rows a batch insert made: the model's new ids and the new ids among `listed`
+    /// (the table's rows now), paired in order (a batch stores its rows in the order given).
+    fn learn_new(
+        &mut self,
+        table: Table,
+        before: &BTreeSet<i64>,
+        after: impl Iterator<Item = i64>,
+        listed: impl Iterator<Item = i64>,
+    ) {
+        let before_db: BTreeSet<i64> = before.iter().map(|id| self.db(table, *id)).collect();
+        let new_model: Vec<i64> = after.filter(|id| !before.contains(id)).collect();
+        let mut new_db: Vec<i64> = listed.filter(|id| !before_db.contains(id)).collect();
+        new_db.sort_unstable();
+        assert_eq!(
+            new_model.len(),
+            new_db.len(),
+            "{table:?}: the model made rows {new_model:?}, the database {new_db:?}"
+        );
+        for (model_id, db_id) in new_model.into_iter().zip(new_db) {
+            self.learn(table, model_id, db_id);
+        }
+    }
+
+    fn transfer(&self, t: &T) -> T {
+        T {
+            from: self.db(Table::Accounts, t.from),
+            to: self.db(Table::Accounts, t.to),
+            amount: t.amount,
+            key: t.key.clone(),
+        }
+    }
+
+    /// `op` with every model id replaced by the database's.
+    fn op_to_db(&self, op: &Op) -> Op {
+        use Table::*;
+        let item = |id: &i64| self.db(Items, *id);
+        let user = |id: &i64| self.db(Users, *id);
+        let account = |id: &i64| self.db(Accounts, *id);
+        match op.clone() {
+            Op::UpdateItem(id, name, data, status) => Op::UpdateItem(item(&id), name, data, status),
+            Op::DeleteItem(id) => Op::DeleteItem(item(&id)),
+            Op::SetStatusMany(ids, status) => {
+                Op::SetStatusMany(ids.iter().map(item).collect(), status)
+            }
+            Op::GetItem(id) => Op::GetItem(item(&id)),
+            Op::GetItems(ids) => Op::GetItems(ids.iter().map(item).collect()),
+            Op::UpdateUser(id, email, name) => Op::UpdateUser(user(&id), email, name),
+            Op::DeleteUser(id) => Op::DeleteUser(user(&id)),
+            Op::CreateOrder(id, total) => Op::CreateOrder(user(&id), total),
+            Op::GetOrder(id) => Op::GetOrder(self.db(Orders, id)),
+            Op::DeleteOrder(id) => Op::DeleteOrder(self.db(Orders, id)),
+            Op::InsertOrders(rows) => {
+                Op::InsertOrders(rows.iter().map(|(u, t)| (user(u), *t)).collect())
+            }
+            Op::RecentOrders(id, limit) => Op::RecentOrders(user(&id), limit),
+            Op::OrderStats(id) => Op::OrderStats(user(&id)),
+            Op::Dashboard(id) => Op::Dashboard(user(&id)),
+            Op::OpenAccount(id, balance) => Op::OpenAccount(id.as_ref().map(user), balance),
+            Op::GetAccount(id) => Op::GetAccount(account(&id)),
+            Op::Deposit(id, amount) => Op::Deposit(account(&id), amount),
+            Op::Transfer(t) => Op::Transfer(self.transfer(&t)),
+            Op::TransferBatch(ts) => {
+                Op::TransferBatch(ts.iter().map(|t| self.transfer(t)).collect())
+            }
+            Op::Grouped(ts) => Op::Grouped(ts.iter().map(|t| self.transfer(t)).collect()),
+            Op::InTx(..) => unreachable!("a transaction's operations are sent one by one"),
+            other => other,
+        }
+    }
+
+    /// What `op` returned, with every database id replaced by the model's.
+    fn out_to_model(&self, op: &Op, out: Out) -> Out {
+        use Table::*;
+        let user = |id: i64| self.model(Users, id);
+        let orders = |orders: Vec<(i64, i64)>| {
+            orders
+                .into_iter()
+                .map(|(id, total)| (self.model(Orders, id), total))
+                .collect()
+        };
+        match out {
+            Out::Id(id) => {
+                let table = match op {
+                    Op::CreateItem(..) => Items,
+                    Op::CreateUser(..) => Users,
+                    Op::CreateOrder(..) => Orders,
+                    Op::OpenAccount(..) => Accounts,
+                    other => unreachable!("{other:?} returns no id"),
+                };
+                Out::Id(self.model(table, id))
+            }
+            Out::Items(items) => Out::Items(
+                items
+                    .into_iter()
+                    .map(|(id, item)| (self.model(Items, id), item))
+                    .collect(),
+            ),
+            Out::User(found) => Out::User(found.map(|(id, u)| (user(id), u))),
+            Out::Users(users) => {
+                Out::Users(users.into_iter().map(|(id, u)| (user(id), u)).collect())
+            }
+            Out::Order(found) => Out::Order(found.map(|(id, total)| (user(id), total))),
+            Out::Orders(found) => Out::Orders(orders(found)),
+            Out::Dashboard((id, u), recent, stats) => {
+                Out::Dashboard((user(id), u), orders(recent), stats)
+            }
+            Out::Account(found) => {
+                Out::Account(found.map(|(owner, cents)| (owner.map(user), cents)))
+            }
+            Out::Err(ErrOut::NotFound(entity, ids)) => {
+                let table = match entity {
+                    "user" => Users,
+                    "account" => Accounts,
+                    "order" => Orders,
+                    _ => Items,
+                };
+                let ids = ids.into_iter().map(|id| self.model(table, id)).collect();
+                Out::Err(ErrOut::NotFound(entity, ids))
+            }
+            Out::Err(ErrOut::Insufficient {
+                account,
+                balance_cents,
+                requested_cents,
+            }) => Out::Err(ErrOut::Insufficient {
+                account: self.model(Accounts, account),
+                balance_cents,
+                requested_cents,
+            }),
+            other => other,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running transitions: the model's expectation beside the database's answer
+// ---------------------------------------------------------------------------------------------
+
+fn keys<V>(rows: &BTreeMap<i64, V>) -> BTreeSet<i64> {
+    rows.keys().copied().collect()
+}
+
+/// One operation (not a transaction or a group) on the model and on the database: the model's
+/// result and the database's, in model ids. New rows are learned on the way.
+async fn step(repos: &Repos<'_>, ids: &mut Ids, model: &mut Model, op: &Op) -> (Out, Out) {
+    let before = match op {
+        Op::InsertItems(_) => keys(&model.items),
+        Op::InsertUsers(_) => keys(&model.users),
+        Op::InsertOrders(_) => keys(&model.orders),
+        _ => BTreeSet::new(),
+    };
+    let expected = model.step(op);
+    let sent = ids.op_to_db(op);
+    let actual = run(repos, &sent).await;
+    match (op, &expected, &actual) {
+        (Op::CreateItem(..), Out::Id(m), Out::Id(d)) => ids.learn(Table::Items, *m, *d),
+        (Op::CreateUser(..), Out::Id(m), Out::Id(d)) => ids.learn(Table::Users, *m, *d),
+        (Op::CreateOrder(..), Out::Id(m), Out::Id(d)) => ids.learn(Table::Orders, *m, *d),
+        (Op::OpenAccount(..), Out::Id(m), Out::Id(d)) => ids.learn(Table::Accounts, *m, *d),
+        (Op::InsertItems(_), Out::Count(n), Out::Count(k)) if n == k && *n > 0 => {
+            let listed: Vec<sqlrepo::Result<_>> = repos.items.stream().collect().await;
+            let listed = listed.into_iter().map(|item| item.expect("list items").id);
+            ids.learn_new(Table::Items, &before, model.items.keys().copied(), listed);
+        }
+        (Op::InsertUsers(_), Out::Count(n), Out::Count(k)) if n == k && *n > 0 => {
+            let listed: Vec<sqlrepo::Result<_>> = repos.users.stream().collect().await;
+            let listed = listed.into_iter().map(|user| user.expect("list users").id);
+            ids.learn_new(Table::Users, &before, model.users.keys().copied(), listed);
+        }
+        (Op::InsertOrders(_), Out::Count(n), Out::Count(k)) if n == k && *n > 0 => {
+            let Op::InsertOrders(rows) = &sent else {
+                unreachable!()
+            };
+            let users: BTreeSet<i64> = rows.iter().map(|(user, _)| *user).collect();
+            let mut listed = Vec::new();
+            for user in users {
+                let orders = repos.orders.recent_for_user(user, u32::MAX).await;
+                listed.extend(orders.expect("list a user's orders").iter().map(|o| o.id));
+            }
+            ids.learn_new(
+                Table::Orders,
+                &before,
+                model.orders.keys().copied(),
+                listed.into_iter(),
+            );
+        }
+        _ => {}
+    }
+    (expected, ids.out_to_model(op, actual))
+}
+
+/// Runs a transition against the database and the backend's copy of the model: what the model
+/// says each call must return, what each returned (in model ids), and the model's notes.
+async fn run_transition(sut: &mut Sut, op: &Op) -> (Vec<Out>, Vec<Out>) {
+    let Sut {
+        db,
+        ids,
+        model,
+        concurrent,
+        ..
+    } = sut;
+    model.notes.clear();
     match op {
         Op::InTx(ops, commit) => {
+            let mut scratch = model.clone();
+            // What is learned inside is forgotten if the transaction does not commit: a row it
+            // deleted is back under its old id, whatever the model's id was reused for inside.
+            let saved = ids.maps.each_ref().map(|map| map.to_db.clone());
+            let mut expected = Vec::new();
+            let mut actual = Vec::new();
             let tx = match db.begin().await {
                 Ok(tx) => tx,
-                Err(err) => return vec![Out::Err(err_out(err))],
+                Err(err) => {
+                    expected.extend(ops.iter().map(|op| scratch.step(op)));
+                    expected.push(Out::Unit);
+                    return (expected, vec![Out::Err(err_out(err))]);
+                }
             };
             let repos = Repos {
                 items: tx.items(),
@@ -1164,9 +1509,10 @@ async fn run_transition(db: &Db, op: &Op) -> Vec<Out> {
                 db,
                 tx: Some(&tx),
             };
-            let mut outs = Vec::new();
             for op in ops {
-                outs.push(run(&repos, op).await);
+                let (e, a) = step(&repos, ids, &mut scratch, op).await;
+                expected.push(e);
+                actual.push(a);
             }
             drop(repos);
             let end = if *commit {
@@ -1174,10 +1520,41 @@ async fn run_transition(db: &Db, op: &Op) -> Vec<Out> {
             } else {
                 tx.rollback().await
             };
-            outs.push(out(end, |()| Out::Unit));
-            outs
+            let committed = *commit && end.is_ok();
+            expected.push(Out::Unit);
+            actual.push(out(end, |()| Out::Unit));
+            if !committed {
+                for (map, to_db) in ids.maps.iter_mut().zip(saved) {
+                    map.to_db = to_db;
+                }
+            }
+            let notes = std::mem::take(&mut scratch.notes);
+            if *commit {
+                *model = scratch;
+            }
+            model.notes = notes;
+            model.notes.push(if *commit {
+                "transaction committed"
+            } else {
+                "transaction rolled back"
+            });
+            (expected, actual)
         }
-        Op::Grouped(ts) => run_grouped(db, ts).await,
+        Op::Grouped(ts) => {
+            let sent: Vec<T> = ts.iter().map(|t| ids.transfer(t)).collect();
+            let actual: Vec<Out> = run_grouped(db, ids.backend, &sent)
+                .await
+                .into_iter()
+                .map(|out| ids.out_to_model(&Op::Transfer(ts[0].clone()), out))
+                .collect();
+            let start = model.ledger.len();
+            let expected = expect_group(ids.backend, model, ts, &actual);
+            if ids.backend.is_postgres() && model.ledger.len() > start + 1 {
+                concurrent.push(start..model.ledger.len());
+            }
+            model.notes.push("grouped transfers");
+            (expected, actual)
+        }
         op => {
             let repos = Repos {
                 items: db.items(),
@@ -1187,26 +1564,95 @@ async fn run_transition(db: &Db, op: &Op) -> Vec<Out> {
                 db,
                 tx: None,
             };
-            vec![run(&repos, op).await]
+            let (e, a) = step(&repos, ids, model, op).await;
+            (vec![e], vec![a])
         }
     }
 }
 
-/// Runs transfers as concurrent callers whose requests queue for the writer together: a
-/// transaction holds the writer while each transfer is polled once (so it queues, in order),
-/// then lets go, and whichever transfer gets the writer carries all of them as one group.
-async fn run_grouped(db: &Db, ts: &[T]) -> Vec<Out> {
+/// What a group of concurrent transfers must return, and the model after them.
+///
+/// On SQLite the callers queue for the one writer in the order they called and are carried as
+/// one group: each gets exactly what it would get alone, in turn. On PostgreSQL nothing orders
+/// them (each runs on a connection of its own; row locks decide), so the expectation is that
+/// some order of them, one after another, gives every caller what it got: the model moves to
+/// what that order leaves. Several orders may fit; all of them leave the same balances and
+/// ledger rows (which transfers landed is in the answers), only the ledger rows' order differs,
+/// which the end-of-case check allows inside a group on PostgreSQL.
+fn expect_group(backend: Backend, model: &mut Model, ts: &[T], actual: &[Out]) -> Vec<Out> {
+    let in_turn = |order: &[usize]| {
+        let mut trial = model.clone();
+        let mut outs = vec![Out::Unit; ts.len()];
+        for &i in order {
+            outs[i] = trial.step(&Op::Transfer(ts[i].clone()));
+        }
+        (trial, outs)
+    };
+    let fits = |outs: &[Out]| {
+        outs.len() == actual.len() && outs.iter().zip(actual).all(|(e, a)| agrees(e, a))
+    };
+    let orders = if backend.is_postgres() {
+        permutations(ts.len())
+    } else {
+        vec![(0..ts.len()).collect()]
+    };
+    for order in &orders {
+        let (trial, outs) = in_turn(order);
+        if fits(&outs) {
+            *model = trial;
+            if order.windows(2).any(|pair| pair[0] > pair[1]) {
+                model.notes.push("group served out of call order");
+            }
+            return outs;
+        }
+    }
+    // No order fits: expect the call order, which the assertion reports against.
+    in_turn(&orders[0]).1
+}
+
+/// Every order of `0..n`, the identity first.
+fn permutations(n: usize) -> Vec<Vec<usize>> {
+    if n == 0 {
+        return vec![Vec::new()];
+    }
+    let mut all = Vec::new();
+    for shorter in permutations(n - 1) {
+        for at in (0..=shorter.len()).rev() {
+            let mut order = shorter.clone();
+            order.insert(at, n - 1);
+            all.push(order);
+        }
+    }
+    all
+}
+
+/// Runs transfers as concurrent callers, their answers in call order.
+///
+/// On SQLite the requests queue for the writer together: a transaction holds the writer while
+/// each transfer is polled once (so it queues, in order), then lets go, and whichever transfer
+/// gets the writer carries all of them as one group. On PostgreSQL there is no one writer to
+/// queue for: they all run at once.
+async fn run_grouped(db: &Db, backend: Backend, ts: &[T]) -> Vec<Out> {
     use std::future::Future;
     use std::task::Poll;
 
+    let accounts = db.accounts();
+    let transfers: Vec<Transfer> = ts.iter().map(T::transfer).collect();
+    if backend.is_postgres() {
+        let calls = transfers.iter().map(|t| accounts.transfer(t));
+        return futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(|result| out(result, |()| Out::Unit))
+            .collect();
+    }
     let holder = match db.begin().await {
         Ok(tx) => tx,
         Err(err) => return vec![Out::Err(err_out(err)); ts.len()],
     };
-    let accounts = db.accounts();
-    let mut calls: Vec<_> = ts
+    let mut calls: Vec<_> = transfers
         .iter()
-        .map(|t| Box::pin(accounts.transfer(&t.transfer())))
+        .map(|t| Box::pin(accounts.transfer(t)))
         .collect();
     // An invalid transfer is answered on its first poll, before it queues.
     let mut answered: Vec<Option<Out>> = vec![None; ts.len()];
@@ -1237,11 +1683,42 @@ async fn run_grouped(db: &Db, ts: &[T]) -> Vec<Out> {
 // The state machine test
 // ---------------------------------------------------------------------------------------------
 
+/// What every case of one run shares (`init_test` takes no arguments, so the runner's thread
+/// holds it).
+#[derive(Clone)]
+struct Context {
+    backend: Backend,
+    /// The runtime of the test's `Db`; the cases run on a blocking thread and enter it.
+    runtime: tokio::runtime::Handle,
+    /// The test's database on PostgreSQL, emptied before each case; `None` on SQLite, where a
+    /// case gets a copy of an empty template file.
+    pg: Option<Db>,
+}
+
+thread_local! {
+    static CONTEXT: RefCell<Option<Context>> = const { RefCell::new(None) };
+    /// What the run covered: outcomes by kind, notes, cases and steps.
+    static COVERAGE: RefCell<BTreeMap<String, usize>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+fn context() -> Context {
+    CONTEXT.with(|context| context.borrow().clone().expect("the run's context"))
+}
+
 struct Sut {
-    runtime: tokio::runtime::Runtime,
+    context: Context,
     db: Db,
-    path: PathBuf,
-    _dir: tempfile::TempDir,
+    /// The SQLite file (`None` on PostgreSQL).
+    file: Option<(tempfile::TempDir, PathBuf)>,
+    ids: Ids,
+    /// The model as this backend must hold it. The reference state drives the generator; this
+    /// copy is what the database is checked against. They are the same on SQLite (checked at
+    /// every step); on PostgreSQL a group of concurrent transfers may be served in another
+    /// order than the reference's, and this copy follows the order the server chose.
+    model: Model,
+    /// Ranges of `model.ledger` landed by one group of concurrent transfers on PostgreSQL,
+    /// whose ledger rows may be stored in any order.
+    concurrent: Vec<std::ops::Range<usize>>,
 }
 
 /// Where case files go: memory-backed when the system has it (the cases are many and small).
@@ -1256,15 +1733,11 @@ fn scratch_dir() -> PathBuf {
 
 /// A freshly migrated, empty database file, made once per run; every case starts from a copy
 /// of it (the same bytes `Db::open` would produce, without migrating hundreds of times).
-fn template() -> &'static Path {
+fn template(runtime: &tokio::runtime::Handle) -> &'static Path {
     static TEMPLATE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     let (_, path) = TEMPLATE.get_or_init(|| {
         let dir = tempfile::tempdir_in(scratch_dir()).unwrap();
         let path = dir.path().join("template.db");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         runtime.block_on(async {
             Db::open(&path).await.unwrap().close().await;
         });
@@ -1273,11 +1746,8 @@ fn template() -> &'static Path {
     path
 }
 
-/// What the runs covered: outcomes by kind, notes, cases and steps.
-static COVERAGE: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
-
 fn note(label: impl Into<String>) {
-    *COVERAGE.lock().unwrap().entry(label.into()).or_default() += 1;
+    COVERAGE.with(|coverage| *coverage.borrow_mut().entry(label.into()).or_default() += 1);
 }
 
 fn label(out: &Out) -> String {
@@ -1297,57 +1767,139 @@ impl StateMachineTest for ModelTest {
     type SystemUnderTest = Sut;
     type Reference = ModelMachine;
 
-    fn init_test(_: &Model) -> Sut {
+    fn init_test(initial: &Model) -> Sut {
         note("cases");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let dir = tempfile::tempdir_in(scratch_dir()).unwrap();
-        let path = dir.path().join("model.db");
-        std::fs::copy(template(), &path).unwrap();
-        let db = runtime.block_on(Db::open(&path)).unwrap();
+        let context = context();
+        let (db, file) = match &context.pg {
+            Some(db) => {
+                context.runtime.block_on(pg_tables::empty(db));
+                (db.clone(), None)
+            }
+            None => {
+                let dir = tempfile::tempdir_in(scratch_dir()).unwrap();
+                let path = dir.path().join("model.db");
+                std::fs::copy(template(&context.runtime), &path).unwrap();
+                let db = context.runtime.block_on(Db::open(&path)).unwrap();
+                (db, Some((dir, path)))
+            }
+        };
+        let nul_data_refused = context.backend.is_postgres();
         Sut {
-            runtime,
+            ids: Ids::new(context.backend),
+            context,
             db,
-            path,
-            _dir: dir,
+            file,
+            model: Model {
+                nul_data_refused,
+                ..initial.clone()
+            },
+            concurrent: Vec::new(),
         }
     }
 
-    fn apply(sut: Sut, state: &Model, op: Op) -> Sut {
-        let actual = sut.runtime.block_on(run_transition(&sut.db, &op));
+    fn apply(mut sut: Sut, state: &Model, op: Op) -> Sut {
+        let runtime = sut.context.runtime.clone();
+        let (expected, actual) = runtime.block_on(run_transition(&mut sut, &op));
         note("operations");
-        for label_text in state.expected.iter().map(label) {
+        for label_text in expected.iter().map(label) {
             note(label_text);
         }
-        for text in &state.notes {
+        for text in &sut.model.notes {
             note(*text);
         }
-        let agree = actual.len() == state.expected.len()
-            && state
-                .expected
-                .iter()
-                .zip(&actual)
-                .all(|(e, a)| agrees(e, a));
+        if !sut.context.backend.is_postgres() {
+            // SQLite serves a group in call order, as the reference does: the copies agree.
+            assert_eq!(
+                expected, state.expected,
+                "the backend's model left the reference"
+            );
+        }
+        let agree = actual.len() == expected.len()
+            && expected.iter().zip(&actual).all(|(e, a)| agrees(e, a));
         assert!(
             agree,
-            "{op:?}\n  model expects {:?}\n  database gave {actual:?}",
-            state.expected
+            "{op:?}\n  sent {:?}\n  model expects {expected:?}\n  database gave {actual:?}",
+            match &op {
+                Op::InTx(..) => None,
+                op => Some(sut.ids.op_to_db(op)),
+            }
         );
         sut
     }
 
-    fn teardown(sut: Sut, state: Model) {
-        sut.runtime.block_on(sut.db.close());
-        let conn = raw(&sut.path);
-        check_integrity(&conn).unwrap();
-        assert_eq!(stored_items(&conn), state.items, "items table");
-        assert_eq!(stored_users(&conn), state.users, "users table");
-        assert_eq!(stored_orders(&conn), state.orders, "orders table");
-        assert_eq!(stored_accounts(&conn), state.accounts, "accounts table");
-        assert_eq!(stored_ledger(&conn), state.ledger, "transfers table");
+    fn teardown(sut: Sut, _: Model) {
+        let stored = match &sut.file {
+            Some((_, path)) => {
+                sut.context.runtime.block_on(sut.db.close());
+                let conn = raw(path);
+                check_integrity(&conn).unwrap();
+                stored_sqlite(&conn)
+            }
+            None => sut.context.runtime.block_on(pg_tables::stored(&sut.db)),
+        };
+        let (ids, model) = (&sut.ids, &sut.model);
+        let items: BTreeMap<i64, MItem> = stored
+            .items
+            .into_iter()
+            .map(|(id, item)| (ids.model(Table::Items, id), item))
+            .collect();
+        assert_eq!(items, model.items, "items table");
+        let users: BTreeMap<i64, MUser> = stored
+            .users
+            .into_iter()
+            .map(|(id, user)| (ids.model(Table::Users, id), user))
+            .collect();
+        assert_eq!(users, model.users, "users table");
+        let orders: BTreeMap<i64, MOrder> = stored
+            .orders
+            .into_iter()
+            .map(|(id, order)| {
+                let user = ids.model(Table::Users, order.user);
+                (ids.model(Table::Orders, id), MOrder { user, ..order })
+            })
+            .collect();
+        assert_eq!(orders, model.orders, "orders table");
+        let accounts: BTreeMap<i64, MAccount> = stored
+            .accounts
+            .into_iter()
+            .map(|(id, account)| {
+                let user = account.user.map(|user| ids.model(Table::Users, user));
+                (ids.model(Table::Accounts, id), MAccount { user, ..account })
+            })
+            .collect();
+        assert_eq!(accounts, model.accounts, "accounts table");
+        let account = |id: i64| ids.model(Table::Accounts, id);
+        let mut ledger: Vec<MLedger> = stored
+            .ledger
+            .into_iter()
+            .map(|row| MLedger {
+                from: row.from.map(account),
+                to: account(row.to),
+                ..row
+            })
+            .collect();
+        let mut expected = model.ledger.clone();
+        if ledger.len() == expected.len() {
+            // Rows of one group of concurrent transfers: in the order the server took them.
+            let key = |row: &MLedger| (row.from, row.to, row.amount, row.key.clone());
+            for span in &sut.concurrent {
+                ledger[span.clone()].sort_by_key(key);
+                expected[span.clone()].sort_by_key(key);
+            }
+        }
+        assert_eq!(ledger, expected, "transfers table");
     }
+}
+
+/// Every row the database holds at the end of a case, in the database's ids.
+#[derive(Default)]
+struct Stored {
+    items: Vec<(i64, MItem)>,
+    users: Vec<(i64, MUser)>,
+    orders: Vec<(i64, MOrder)>,
+    accounts: Vec<(i64, MAccount)>,
+    /// In id order.
+    ledger: Vec<MLedger>,
 }
 
 fn rows<T>(
@@ -1363,87 +1915,189 @@ fn rows<T>(
         .unwrap()
 }
 
-fn stored_items(conn: &rusqlite::Connection) -> BTreeMap<i64, MItem> {
-    rows(conn, "SELECT id, name, data, status FROM items", |r| {
-        let data: String = r.get(2)?;
-        let status: String = r.get(3)?;
-        Ok((
-            r.get(0)?,
-            MItem {
-                name: r.get(1)?,
-                data: serde_json::from_str(&data).unwrap(),
-                status: status.parse().unwrap(),
+/// The tables of a closed SQLite file, read behind the API's back.
+fn stored_sqlite(conn: &rusqlite::Connection) -> Stored {
+    Stored {
+        items: rows(conn, "SELECT id, name, data, status FROM items", |r| {
+            let data: String = r.get(2)?;
+            let status: String = r.get(3)?;
+            Ok((
+                r.get(0)?,
+                MItem {
+                    name: r.get(1)?,
+                    data: serde_json::from_str(&data).unwrap(),
+                    status: status.parse().unwrap(),
+                },
+            ))
+        }),
+        users: rows(conn, "SELECT id, email, name FROM users", |r| {
+            Ok((
+                r.get(0)?,
+                MUser {
+                    email: r.get(1)?,
+                    name: r.get(2)?,
+                },
+            ))
+        }),
+        orders: rows(conn, "SELECT id, user_id, total FROM orders", |r| {
+            Ok((
+                r.get(0)?,
+                MOrder {
+                    user: r.get(1)?,
+                    total: r.get(2)?,
+                },
+            ))
+        }),
+        accounts: rows(conn, "SELECT id, user_id, balance FROM accounts", |r| {
+            Ok((
+                r.get(0)?,
+                MAccount {
+                    user: r.get(1)?,
+                    balance: r.get(2)?,
+                },
+            ))
+        }),
+        ledger: rows(
+            conn,
+            "SELECT from_account, to_account, amount, idempotency_key FROM transfers ORDER BY id",
+            |r| {
+                Ok(MLedger {
+                    from: r.get(0)?,
+                    to: r.get(1)?,
+                    amount: r.get(2)?,
+                    key: r.get(3)?,
+                })
             },
-        ))
-    })
-    .into_iter()
-    .collect()
+        ),
+    }
 }
 
-fn stored_users(conn: &rusqlite::Connection) -> BTreeMap<i64, MUser> {
-    rows(conn, "SELECT id, email, name FROM users", |r| {
-        Ok((
-            r.get(0)?,
-            MUser {
-                email: r.get(1)?,
-                name: r.get(2)?,
-            },
-        ))
-    })
-    .into_iter()
-    .collect()
+/// The test's own statements on PostgreSQL, as `tests/pg_accounts.rs` reads the ledger: the
+/// state as the server holds it, not as sqlrepo reports it. They run on a connection of the
+/// `Db` itself, so with a replica its reads after them see them too.
+#[cfg(feature = "postgres")]
+mod pg_tables {
+    use super::{Db, MAccount, MItem, MLedger, MOrder, MUser, Stored};
+
+    /// Empties every table. The sequences go on where they were, on purpose: the database's
+    /// ids then run ahead of the model's from the second case on, as they do after any refused
+    /// insert, which is what the id mapping is for.
+    pub async fn empty(db: &Db) {
+        let mut conn = db
+            .handle()
+            .writer()
+            .await
+            .expect("a connection to the primary");
+        sqlx::query("TRUNCATE transfers, accounts, orders, users, items")
+            .execute(conn.postgres().unwrap())
+            .await
+            .expect("empty the tables");
+    }
+
+    pub async fn stored(db: &Db) -> Stored {
+        let mut lease = db
+            .handle()
+            .writer()
+            .await
+            .expect("a connection to the primary");
+        let conn = lease.postgres().unwrap();
+        let items: Vec<(i64, String, String, String)> =
+            sqlx::query_as("SELECT id, name, data::text, status FROM items")
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+        let users: Vec<(i64, String, String)> = sqlx::query_as("SELECT id, email, name FROM users")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        let orders: Vec<(i64, i64, i64)> = sqlx::query_as("SELECT id, user_id, total FROM orders")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        let accounts: Vec<(i64, Option<i64>, i64)> =
+            sqlx::query_as("SELECT id, user_id, balance FROM accounts")
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+        // Keys are stored as their UTF-8 bytes (`bytea`, which can hold a NUL).
+        type LedgerRow = (Option<i64>, i64, i64, Option<Vec<u8>>);
+        let ledger: Vec<LedgerRow> = sqlx::query_as(
+            "SELECT from_account, to_account, amount, idempotency_key FROM transfers ORDER BY id",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        Stored {
+            items: items
+                .into_iter()
+                .map(|(id, name, data, status)| {
+                    let data = serde_json::from_str(&data).unwrap();
+                    let status = status.parse().unwrap();
+                    (id, MItem { name, data, status })
+                })
+                .collect(),
+            users: users
+                .into_iter()
+                .map(|(id, email, name)| (id, MUser { email, name }))
+                .collect(),
+            orders: orders
+                .into_iter()
+                .map(|(id, user, total)| (id, MOrder { user, total }))
+                .collect(),
+            accounts: accounts
+                .into_iter()
+                .map(|(id, user, balance)| (id, MAccount { user, balance }))
+                .collect(),
+            ledger: ledger
+                .into_iter()
+                .map(|(from, to, amount, key)| MLedger {
+                    from,
+                    to,
+                    amount,
+                    key: key.map(|bytes| String::from_utf8(bytes).expect("a UTF-8 key")),
+                })
+                .collect(),
+        }
+    }
 }
 
-fn stored_orders(conn: &rusqlite::Connection) -> BTreeMap<i64, MOrder> {
-    rows(conn, "SELECT id, user_id, total FROM orders", |r| {
-        Ok((
-            r.get(0)?,
-            MOrder {
-                user: r.get(1)?,
-                total: r.get(2)?,
-            },
-        ))
-    })
-    .into_iter()
-    .collect()
+/// Without the `postgres` feature no case runs on PostgreSQL (the fixture skips it).
+#[cfg(not(feature = "postgres"))]
+mod pg_tables {
+    use super::{Db, Stored};
+
+    pub async fn empty(_: &Db) {
+        unreachable!("no PostgreSQL in this build")
+    }
+
+    pub async fn stored(_: &Db) -> Stored {
+        unreachable!("no PostgreSQL in this build")
+    }
 }
 
-fn stored_accounts(conn: &rusqlite::Connection) -> BTreeMap<i64, MAccount> {
-    rows(conn, "SELECT id, user_id, balance FROM accounts", |r| {
-        Ok((
-            r.get(0)?,
-            MAccount {
-                user: r.get(1)?,
-                balance: r.get(2)?,
-            },
-        ))
-    })
-    .into_iter()
-    .collect()
+backend_test!(
+    multi_thread,
+    random_operation_sequences_agree_with_the_model
+);
+
+async fn random_operation_sequences_agree_with_the_model(db: TestDb) {
+    let context = Context {
+        backend: db.backend,
+        runtime: tokio::runtime::Handle::current(),
+        pg: db.backend.is_postgres().then(|| db.db.clone()),
+    };
+    // The cases are plain code that enters the runtime for each call (proptest's runner is not
+    // async), so they run on a thread that may block.
+    let run = tokio::task::spawn_blocking(move || run_cases(context)).await;
+    if let Err(err) = run {
+        std::panic::resume_unwind(err.into_panic());
+    }
 }
 
-fn stored_ledger(conn: &rusqlite::Connection) -> Vec<MLedger> {
-    rows(
-        conn,
-        "SELECT from_account, to_account, amount, idempotency_key FROM transfers ORDER BY id",
-        |r| {
-            Ok(MLedger {
-                from: r.get(0)?,
-                to: r.get(1)?,
-                amount: r.get(2)?,
-                key: r.get(3)?,
-            })
-        },
-    )
-}
-
-// SQLite only for now: the model predicts SQLite's rowids (the next id is the largest + 1, so a
-// refused or rolled-back insert spends none), while a PostgreSQL sequence spends ids on those,
-// and `Grouped` relies on SQLite's one writer to queue concurrent callers in order. Running it
-// on PostgreSQL needs the SUT to map model ids to the database's (learned from each create)
-// and a group op that does not assume one writer.
-#[test]
-fn random_operation_sequences_agree_with_the_model() {
+fn run_cases(context: Context) {
+    let backend = context.backend;
+    CONTEXT.with(|slot| *slot.borrow_mut() = Some(context));
+    COVERAGE.with(|coverage| coverage.borrow_mut().clear());
     let seed = seed("SQLREPO_MODEL_SEED");
     let cases = count("SQLREPO_MODEL_CASES", 256) as u32;
     let steps = count("SQLREPO_MODEL_STEPS", 40);
@@ -1463,11 +2117,11 @@ fn random_operation_sequences_agree_with_the_model() {
         },
     );
     if let Err(failure) = result {
-        panic!("seed {seed}: {failure}");
+        panic!("{backend:?}, seed {seed}: {failure}");
     }
-    let coverage = COVERAGE.lock().unwrap().clone();
+    let coverage = COVERAGE.with(|coverage| coverage.borrow().clone());
     println!(
-        "model: {} cases, {} operations in {:?}; outcomes and notes: {coverage:?}",
+        "model on {backend:?}: {} cases, {} operations in {:?}; outcomes and notes: {coverage:?}",
         coverage.get("cases").copied().unwrap_or(0),
         coverage.get("operations").copied().unwrap_or(0),
         started.elapsed()
@@ -1494,6 +2148,9 @@ fn random_operation_sequences_agree_with_the_model() {
             .copied()
             .filter(|label| !coverage.contains_key(*label))
             .collect();
-        assert!(missing.is_empty(), "never exercised: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "never exercised on {backend:?}: {missing:?}"
+        );
     }
 }

@@ -465,3 +465,150 @@ async fn money_is_conserved_and_nothing_deadlocks_under_16_concurrent_tasks() {
         assert_eq!(balance, net, "account {id}");
     }
 }
+
+fn is_key_duplicate(result: &Result<(), Error>) -> bool {
+    matches!(result, Err(Error::Duplicate { constraint }) if constraint == "transfers.idempotency_key")
+}
+
+fn is_short(result: &Result<(), Error>, id: i64, balance: i64, requested: i64) -> bool {
+    matches!(
+        result,
+        Err(Error::InsufficientFunds { account, balance_cents, requested_cents })
+            if (*account, *balance_cents, *requested_cents) == (id, balance, requested)
+    )
+}
+
+/// Three transfers under one key at once, only the middle one affordable. In any one-at-a-time
+/// order the middle one lands and each other one is either refused for money on the balance
+/// it started from (it came first) or a duplicate of the key (it came after): the key rule
+/// comes before balances. Seen before the fix in about one round in four: the statement looked
+/// its key up in its own snapshot, waited for an account the middle transfer held, and was then
+/// refused for the balance the middle transfer left (1666), a balance only a transfer that came
+/// after could see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_that_lands_while_a_transfer_waits_makes_it_a_duplicate_not_short() {
+    let Some((db, url, _database)) = fresh_db().await else {
+        return;
+    };
+    for round in 0..100 {
+        let a = open(&db, 700).await;
+        let b = open(&db, 2_358).await;
+        let key = format!("race-{round}");
+        let accounts = db.accounts();
+        let (first, middle, last) = tokio::join!(
+            accounts.transfer(&Transfer::new(a, b, 765).with_key(key.clone())),
+            accounts.transfer(&Transfer::new(b, a, 692).with_key(key.clone())),
+            accounts.transfer(&Transfer::new(b, a, 2_782).with_key(key.clone())),
+        );
+        let outcomes = format!("round {round}: {first:?} / {middle:?} / {last:?}");
+        assert!(middle.is_ok(), "{outcomes}");
+        assert!(
+            is_key_duplicate(&first) || is_short(&first, a, 700, 765),
+            "{outcomes}"
+        );
+        assert!(
+            is_key_duplicate(&last) || is_short(&last, b, 2_358, 2_782),
+            "{outcomes}"
+        );
+        assert_eq!(
+            (balance(&db, a).await, balance(&db, b).await),
+            (1_392, 1_666)
+        );
+    }
+    let (_, ledger) = snapshot(&url).await;
+    assert_eq!(ledger.len(), 300, "two openings and one transfer a round");
+}
+
+/// The same for a batch and a transfer, made certain: a transfer under their key lands in a
+/// transaction that holds its accounts while they start and wait for them, then commits.
+/// The refused step is not even the keyed one (that one comes later and names other accounts):
+/// after the commit the batch is a duplicate of the key, never refused for the balance the
+/// transfer left (1666), which it would be if it had looked its keys up before waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_that_lands_while_a_batch_or_transfer_waits_makes_it_a_duplicate_not_short() {
+    let Some((db, _url, _database)) = fresh_db().await else {
+        return;
+    };
+    for round in 0..5 {
+        let a = open(&db, 700).await;
+        let b = open(&db, 2_358).await;
+        let c = open(&db, 10).await;
+        let d = open(&db, 0).await;
+        let key = format!("batch-race-{round}");
+        let holder = db.begin().await.unwrap();
+        holder
+            .accounts()
+            .transfer(&Transfer::new(b, a, 692).with_key(key.clone()))
+            .await
+            .unwrap();
+        let batch = [
+            Transfer::new(b, a, 2_000),
+            Transfer::new(c, d, 1).with_key(key.clone()),
+        ];
+        let waiting = tokio::spawn({
+            let db = db.clone();
+            async move { db.accounts().transfer_batch(&batch).await }
+        });
+        // A single transfer under the key waits too (the trigger's second look at the key).
+        let single = Transfer::new(b, a, 2_000).with_key(key.clone());
+        let waiting_single = tokio::spawn({
+            let db = db.clone();
+            async move { db.accounts().transfer(&single).await }
+        });
+        // Long enough for both to take their snapshots and queue for the held accounts.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the batch waits for the held accounts"
+        );
+        assert!(!waiting_single.is_finished(), "the transfer waits too");
+        holder.commit().await.unwrap();
+        let batch = waiting.await.unwrap();
+        assert!(is_key_duplicate(&batch), "round {round}: {batch:?}");
+        let single = waiting_single.await.unwrap();
+        assert!(is_key_duplicate(&single), "round {round}: {single:?}");
+        let balances = (
+            balance(&db, a).await,
+            balance(&db, b).await,
+            balance(&db, c).await,
+        );
+        assert_eq!(balances, (1_392, 1_666, 10), "round {round}");
+    }
+}
+
+/// The race inside a caller's transaction, where the refused statement is run again after the
+/// call's savepoint is restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_that_lands_while_a_tx_transfer_waits_makes_it_a_duplicate_not_short() {
+    let Some((db, _url, _database)) = fresh_db().await else {
+        return;
+    };
+    for round in 0..100 {
+        let a = open(&db, 700).await;
+        let b = open(&db, 2_358).await;
+        let key = format!("tx-race-{round}");
+        let tx = db.begin().await.unwrap();
+        let in_tx = Transfer::new(b, a, 2_782).with_key(key.clone());
+        let outside = Transfer::new(b, a, 692).with_key(key.clone());
+        let (in_tx, outside) = tokio::join!(
+            tx.accounts().transfer(&in_tx),
+            db.accounts().transfer(&outside)
+        );
+        let outcomes = format!("round {round}: in the tx {in_tx:?} / outside {outside:?}");
+        assert!(outside.is_ok(), "{outcomes}");
+        assert!(
+            is_key_duplicate(&in_tx) || is_short(&in_tx, b, 2_358, 2_782),
+            "{outcomes}"
+        );
+        // The transaction is still usable after the refusal.
+        tx.accounts()
+            .transfer(&Transfer::new(a, b, 1))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            (balance(&db, a).await, balance(&db, b).await),
+            (1_391, 1_667)
+        );
+    }
+}

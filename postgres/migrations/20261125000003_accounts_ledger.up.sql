@@ -56,14 +56,41 @@ CREATE INDEX transfers_to_idx ON transfers (to_account);
 -- locks the source row first: between the guarded debit and that lock another transfer may
 -- have credited the source, and then the debit is made after all, on the locked row.
 --
+-- An idempotency key comes before every other rule. A keyed statement looks its key up in its
+-- own snapshot before inserting, but while it waits here for an account's row lock a transfer
+-- with the same key may land and commit; the balance this trigger then reads is the one that
+-- transfer left, and refusing for it (or for anything else) would answer what no one-at-a-time
+-- order answers: the twin first, then this one, is "the key is taken". So before any refusal
+-- `transfers_key_first` looks the key up again, in a snapshot of its own (under READ COMMITTED
+-- every statement of a VOLATILE function takes a fresh one, and the lock wait that let the
+-- twin's effects in ended at the twin's commit), and raises the unique violation the key's
+-- index would have raised; the caller runs the statement once more and hears replay or
+-- duplicate. A twin that commits after that look did not touch what this statement read, so
+-- the refusal stands: this transfer came first. It costs nothing on the way that lands.
+--
 -- Refusals carry what the caller needs, so no second statement has to read it:
 --  * a missing account: SQLSTATE 23503 on `transfers_from_fk` / `transfers_to_fk`, DETAIL as
 --    PostgreSQL's own (`Key (to_account)=(7) is not present in table "accounts".`);
 --  * an overdraft: SQLSTATE 23514 on `accounts_balance_non_negative`, DETAIL a JSON object
 --    `{"account" : 1, "balance" : 500, "requested" : 900}`;
 --  * a credit past bigint: SQLSTATE 22003 on `accounts`, DETAIL `{"account" : 2}`.
+CREATE FUNCTION transfers_key_first(key_bytes bytea) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF key_bytes IS NOT NULL
+       AND EXISTS (SELECT 1 FROM transfers WHERE idempotency_key = key_bytes) THEN
+        RAISE EXCEPTION 'duplicate key value violates unique constraint "transfers_idempotency_key_unique"'
+            USING ERRCODE = 'unique_violation',
+                  CONSTRAINT = 'transfers_idempotency_key_unique',
+                  TABLE = 'transfers',
+                  DETAIL = 'The idempotency key landed while this transfer waited for its accounts.';
+    END IF;
+END
+$$;
+
 CREATE FUNCTION transfers_refuse(from_id bigint, to_id bigint, amount bigint,
-                                 debited boolean, credit_failed boolean) RETURNS void
+                                 debited boolean, credit_failed boolean, key_bytes bytea)
+    RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     from_balance bigint;
@@ -71,6 +98,7 @@ BEGIN
     IF from_id IS NOT NULL THEN
         SELECT balance INTO from_balance FROM accounts WHERE id = from_id FOR UPDATE;
         IF NOT FOUND THEN
+            PERFORM transfers_key_first(key_bytes);
             RAISE EXCEPTION 'account % does not exist', from_id
                 USING ERRCODE = 'foreign_key_violation',
                       CONSTRAINT = 'transfers_from_fk',
@@ -81,6 +109,7 @@ BEGIN
     END IF;
     PERFORM 1 FROM accounts WHERE id = to_id;
     IF NOT FOUND THEN
+        PERFORM transfers_key_first(key_bytes);
         RAISE EXCEPTION 'account % does not exist', to_id
             USING ERRCODE = 'foreign_key_violation',
                   CONSTRAINT = 'transfers_to_fk',
@@ -89,6 +118,7 @@ BEGIN
                                   to_id);
     END IF;
     IF from_id IS NOT NULL AND NOT debited AND from_balance < amount THEN
+        PERFORM transfers_key_first(key_bytes);
         RAISE EXCEPTION 'account % holds % cents and cannot pay % cents',
                 from_id, from_balance, amount
             USING ERRCODE = 'check_violation',
@@ -99,6 +129,7 @@ BEGIN
                                              'requested', amount)::text;
     END IF;
     IF credit_failed THEN
+        PERFORM transfers_key_first(key_bytes);
         RAISE EXCEPTION 'crediting % cents would overflow the balance of account %', amount, to_id
             USING ERRCODE = 'numeric_value_out_of_range',
                   TABLE = 'accounts',
@@ -115,31 +146,36 @@ BEGIN
         UPDATE accounts SET balance = balance + NEW.amount
             WHERE id = NEW.to_account AND balance <= 9223372036854775807 - NEW.amount;
         IF NOT FOUND THEN
-            PERFORM transfers_refuse(NULL, NEW.to_account, NEW.amount, false, true);
+            PERFORM transfers_refuse(NULL, NEW.to_account, NEW.amount, false, true,
+                                    NEW.idempotency_key);
         END IF;
     ELSIF NEW.from_account < NEW.to_account THEN
         UPDATE accounts SET balance = balance - NEW.amount
             WHERE id = NEW.from_account AND balance >= NEW.amount;
         IF NOT FOUND THEN
-            PERFORM transfers_refuse(NEW.from_account, NEW.to_account, NEW.amount, false, false);
+            PERFORM transfers_refuse(NEW.from_account, NEW.to_account, NEW.amount, false, false,
+                                    NEW.idempotency_key);
             -- Not refused: credited meanwhile; the row is locked and covers the amount.
             UPDATE accounts SET balance = balance - NEW.amount WHERE id = NEW.from_account;
         END IF;
         UPDATE accounts SET balance = balance + NEW.amount
             WHERE id = NEW.to_account AND balance <= 9223372036854775807 - NEW.amount;
         IF NOT FOUND THEN
-            PERFORM transfers_refuse(NEW.from_account, NEW.to_account, NEW.amount, true, true);
+            PERFORM transfers_refuse(NEW.from_account, NEW.to_account, NEW.amount, true, true,
+                                    NEW.idempotency_key);
         END IF;
     ELSE
         UPDATE accounts SET balance = balance + NEW.amount
             WHERE id = NEW.to_account AND balance <= 9223372036854775807 - NEW.amount;
         IF NOT FOUND THEN
-            PERFORM transfers_refuse(NEW.from_account, NEW.to_account, NEW.amount, false, true);
+            PERFORM transfers_refuse(NEW.from_account, NEW.to_account, NEW.amount, false, true,
+                                    NEW.idempotency_key);
         END IF;
         UPDATE accounts SET balance = balance - NEW.amount
             WHERE id = NEW.from_account AND balance >= NEW.amount;
         IF NOT FOUND THEN
-            PERFORM transfers_refuse(NEW.from_account, NEW.to_account, NEW.amount, false, false);
+            PERFORM transfers_refuse(NEW.from_account, NEW.to_account, NEW.amount, false, false,
+                                    NEW.idempotency_key);
             -- Not refused: credited meanwhile; the row is locked and covers the amount.
             UPDATE accounts SET balance = balance - NEW.amount WHERE id = NEW.from_account;
         END IF;
@@ -150,6 +186,24 @@ $$;
 
 CREATE TRIGGER transfers_apply BEFORE INSERT ON transfers
     FOR EACH ROW EXECUTE FUNCTION transfers_apply();
+
+-- The ledger rows holding any of `keys`, read in a snapshot taken when called. A batch calls it
+-- with the count of the account rows it has just locked (`locked`), so the call, and its
+-- snapshot, come after the locks: every transfer that touched those accounts before the batch
+-- holds them has committed by then, so a step whose key such a transfer landed is seen here (a
+-- replay skipped, a reuse refusing the batch) instead of being refused for the balances that
+-- transfer left. The statement's own snapshot, taken before its lock waits, would miss it.
+-- `locks` is only there to order the call after the locking.
+CREATE FUNCTION transfers_landed(keys bytea[], locks bigint)
+    RETURNS TABLE (idempotency_key bytea, from_account bigint, to_account bigint, amount bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
+        SELECT t.idempotency_key, t.from_account, t.to_account, t.amount
+        FROM transfers AS t
+        WHERE t.idempotency_key = ANY (keys);
+END
+$$;
 
 -- New accounts, whoever inserts them: the opening amount is taken off the row and written as a
 -- ledger row, whose `transfers_apply` credits it back, so the balance is credited exactly once

@@ -18,13 +18,20 @@
 //! INSERT` row triggers before it checks for the conflict, so `transfers_apply` would move the
 //! money of a row that is then silently skipped.
 //!
-//! The lookup sees the statement's snapshot. Two identical keyed transfers at once both find
-//! nothing; the second then waits on the first's account locks, and when the first commits its
-//! index entry refuses the second with 23505 on `transfers_idempotency_key_unique` (the whole
-//! statement, trigger effects included, is undone). A refused keyed statement is therefore run
-//! once more by the caller (sqlrepo): the fresh statement sees the committed twin and answers
-//! replay or duplicate. The same holds for a twin that landed while this statement waited and
-//! left too little money (23514): the key rule comes before balances.
+//! The lookup sees the statement's snapshot, taken before any lock wait, so a transfer with the
+//! same key that commits while this statement waits is missed by it. Two such cases, both
+//! answered by running the statement once more (the caller, sqlrepo, does): the fresh statement
+//! sees the committed twin and answers replay or duplicate, and that answer is final.
+//!
+//! * The statement goes on and inserts: the key's unique index waits for the twin and refuses
+//!   with 23505 on `transfers_idempotency_key_unique`.
+//! * The trigger would refuse (too little money left by the twin, say): before any refusal it
+//!   looks the key up again in a fresh snapshot (`transfers_key_first` in the migration) and
+//!   raises that same 23505 instead, since the key rule comes before balances. A refusal it
+//!   does raise is final: no twin had committed when it looked, so none touched what it read.
+//!
+//! A batch takes its account locks first and only then looks its keys up, in a snapshot taken
+//! after the locks (`transfers_landed`): see [`insert_transfers`].
 //!
 //! Keys are stored and compared as their UTF-8 bytes (`bytea`): a key may hold any character,
 //! NUL included, as on SQLite, and `text` cannot hold a NUL. Bytes compare equal exactly when
@@ -122,7 +129,8 @@ pub async fn deposit(conn: &mut PgConnection, id: i64, amount_cents: i64) -> sql
 
 /// One transfer as one ledger `INSERT`, unless its idempotency key has landed already (see the
 /// module's notes on keys; the key is sent as its UTF-8 bytes). Refusals are the trigger's
-/// (23503, 23514), an overflowing credit 22003, and a concurrent twin of the key 23505.
+/// (23503, 23514), an overflowing credit 22003, and a twin of the key that committed while this
+/// statement ran 23505 on `transfers_idempotency_key_unique` (run it once more).
 pub async fn insert_transfer(
     conn: &mut PgConnection,
     from: i64,
@@ -182,6 +190,12 @@ pub struct Steps {
 ///   InitPlan before the first row is produced): two batches, or a batch and a transfer, that
 ///   name the same accounts in opposite orders then queue instead of deadlocking, since the
 ///   trigger of each step only takes locks the statement already holds.
+/// * The keys are looked up after the locks, by `transfers_landed` (its argument is the count
+///   of locked rows, so it runs after them, in a snapshot of its own): a transfer with a step's
+///   key that committed while the batch waited for an account is seen, so the batch answers by
+///   the key rule rather than by the balances that transfer left. A twin on accounts the batch
+///   does not name may still commit during it: 23505 on `transfers_idempotency_key_unique`,
+///   from the key's index or from the trigger (`transfers_key_first`); run the batch again.
 /// * Rows go in by position (`ORDER BY`), so the trigger checks each step against the balances
 ///   the earlier ones left, and its first refusal undoes the whole statement.
 ///
@@ -206,20 +220,21 @@ pub async fn insert_transfers(conn: &mut PgConnection, steps: &Steps) -> sqlx::R
             FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[])
                 WITH ORDINALITY AS s (from_account, to_account, amount, idempotency_key, position)
         ),
-        landed AS (
-            SELECT step.position,
-                   transfers.from_account = step.from_account
-                       AND transfers.to_account = step.to_account
-                       AND transfers.amount = step.amount AS same_movement
-            FROM step
-            JOIN transfers ON transfers.idempotency_key = step.idempotency_key
-        ),
         locked AS (
             SELECT id
             FROM accounts
             WHERE id IN (SELECT from_account FROM step UNION SELECT to_account FROM step)
             ORDER BY id
             FOR UPDATE
+        ),
+        landed AS MATERIALIZED (
+            SELECT step.position,
+                   l.from_account = step.from_account
+                       AND l.to_account = step.to_account
+                       AND l.amount = step.amount AS same_movement
+            FROM step
+            JOIN transfers_landed($4::bytea[], (SELECT count(*) FROM locked)) AS l
+                ON l.idempotency_key = step.idempotency_key
         ),
         inserted AS (
             INSERT INTO transfers (from_account, to_account, amount, idempotency_key)

@@ -62,17 +62,17 @@ pub(super) async fn total_balance(conn: &mut PgConnection) -> Result<i64> {
 
 /// One transfer, as one ledger `INSERT`.
 ///
-/// A keyed transfer the database refused is run once more (see `sqlrepo_postgres::accounts`
-/// on keys): the lookup of its key saw the statement's snapshot, so a twin that committed while
-/// this one waited for the account locks shows only as a unique violation on the key (or as
-/// the balance it left). The fresh statement sees the twin and answers replay or duplicate, or
-/// is refused again, and that answer is final. Unkeyed refusals are final at once.
+/// A keyed transfer refused with a unique violation on its key is run once more (see
+/// `sqlrepo_postgres::accounts` on keys): a twin with the key committed while the statement ran,
+/// after its own lookup. The fresh statement sees the twin and answers replay or duplicate,
+/// and that answer is final (one row per key can land, and it is committed). Every other
+/// refusal is final at once: the trigger looked the key up again before refusing.
 pub(super) async fn transfer(conn: &mut Conn, t: &Transfer) -> Result<TransferOutcome> {
     let key = t.idempotency_key.as_deref();
     let row = match statements::insert_transfer(postgres(conn)?, t.from, t.to, t.amount_cents, key)
         .await
     {
-        Err(err) if key.is_some() && is_refusal(&err) => {
+        Err(err) if key.is_some() && is_key_taken(&err) => {
             // The failed statement aborted the transaction this call runs in, if any.
             conn.recover().await?;
             statements::insert_transfer(postgres(conn)?, t.from, t.to, t.amount_cents, key).await
@@ -91,8 +91,11 @@ pub(super) async fn transfer(conn: &mut Conn, t: &Transfer) -> Result<TransferOu
 }
 
 /// A batch as one `INSERT … SELECT` over arrays, all or nothing, in order. `steps_json` holds
-/// the steps left after `distinct_steps` (validated, in-batch replays dropped). As for one
-/// transfer, a refused batch with keys is run once more.
+/// the steps left after `distinct_steps` (validated, in-batch replays dropped).
+///
+/// As for one transfer, a batch refused with a unique violation on a key is run again: a twin
+/// of one of its keys committed during it. Each such refusal reveals a key that has landed for
+/// good, which the next run sees, so there are at most as many runs again as keyed steps.
 pub(super) async fn transfer_batch(conn: &mut Conn, steps_json: &str) -> Result<()> {
     let transfers = steps_from_json(steps_json)
         .ok_or_else(|| Error::invalid("the batch's steps could not be read back"))?;
@@ -103,13 +106,16 @@ pub(super) async fn transfer_batch(conn: &mut Conn, steps_json: &str) -> Result<
         steps.amount.push(t.amount_cents);
         steps.idempotency_key.push(t.idempotency_key);
     }
-    let keyed = steps.idempotency_key.iter().any(Option::is_some);
-    let row = match statements::insert_transfers(postgres(conn)?, &steps).await {
-        Err(err) if keyed && is_refusal(&err) => {
-            conn.recover().await?;
-            statements::insert_transfers(postgres(conn)?, &steps).await
+    let keyed = steps.idempotency_key.iter().flatten().count();
+    let mut runs_again = 0;
+    let row = loop {
+        match statements::insert_transfers(postgres(conn)?, &steps).await {
+            Err(err) if runs_again < keyed && is_key_taken(&err) => {
+                runs_again += 1;
+                conn.recover().await?;
+            }
+            other => break other,
         }
-        other => other,
     }
     .map_err(|err| {
         refusal(err, || {
@@ -142,6 +148,8 @@ const FOREIGN_KEY_VIOLATION: &str = "23503";
 const CHECK_VIOLATION: &str = "23514";
 const UNIQUE_VIOLATION: &str = "23505";
 const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
+/// The schema's name for the unique constraint on `transfers.idempotency_key`.
+const KEY_UNIQUE_CONSTRAINT: &str = "transfers_idempotency_key_unique";
 
 fn database_error(err: &sqlx::Error) -> Option<&PgDatabaseError> {
     err.as_database_error()?
@@ -152,14 +160,12 @@ fn code(err: &sqlx::Error) -> Option<&str> {
     database_error(err).map(PgDatabaseError::code)
 }
 
-/// A refusal by the schema that a twin of the same key landing meanwhile could explain.
-fn is_refusal(err: &sqlx::Error) -> bool {
-    matches!(
-        code(err),
-        Some(
-            UNIQUE_VIOLATION | CHECK_VIOLATION | FOREIGN_KEY_VIOLATION | NUMERIC_VALUE_OUT_OF_RANGE
-        )
-    )
+/// A unique violation on the idempotency key: a transfer with the key committed after the
+/// statement looked the key up (its index, or the trigger's second look, refused).
+fn is_key_taken(err: &sqlx::Error) -> bool {
+    database_error(err).is_some_and(|db| {
+        db.code() == UNIQUE_VIOLATION && db.constraint() == Some(KEY_UNIQUE_CONSTRAINT)
+    })
 }
 
 /// A refused ledger insert as the error that names its cause; `overflow` says which credit
@@ -175,7 +181,7 @@ fn refusal(err: sqlx::Error, overflow: impl FnOnce() -> Error) -> Error {
                 })
             }
             (CHECK_VIOLATION, Some("accounts_balance_non_negative")) => overdraft(detail),
-            (UNIQUE_VIOLATION, Some("transfers_idempotency_key_unique")) => Some(key_reused()),
+            (UNIQUE_VIOLATION, Some(KEY_UNIQUE_CONSTRAINT)) => Some(key_reused()),
             (NUMERIC_VALUE_OUT_OF_RANGE, _) => Some(overflow()),
             _ => None,
         }

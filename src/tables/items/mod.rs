@@ -355,8 +355,9 @@ impl ItemRepo {
     /// `updated_at` alone).
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a blank name or data past the limits; [`Error::Duplicate`]
-    /// (`items.name`) when the new name is taken.
+    /// [`Error::InvalidInput`] for a blank name or data past the limits, and on PostgreSQL for
+    /// data holding a NUL character (as [`create`](Self::create)), whether or not the item
+    /// exists; [`Error::Duplicate`] (`items.name`) when the new name is taken.
     pub fn update(
         &self,
         id: i64,
@@ -407,7 +408,8 @@ impl ItemRepo {
     /// many bytes again as the items' JSON.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for an invalid item (naming its position) or an oversized batch;
+    /// [`Error::InvalidInput`] for an invalid item (naming its position) or an oversized batch,
+    /// and on PostgreSQL for data holding a NUL character (as [`create`](Self::create));
     /// [`Error::Duplicate`] (`items.name`) when any name is taken or repeated. Either way nothing
     /// is written.
     pub fn insert_many(

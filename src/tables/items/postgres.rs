@@ -49,12 +49,36 @@ fn ids(ids_json: &str) -> Result<Vec<i64>> {
     serde_json::from_str(ids_json).map_err(|err| Error::invalid(format!("not JSON: {err}")))
 }
 
+/// Refuses data holding a NUL character (`\u0000` in a string or a key), which `jsonb` cannot
+/// store. Checked here, before the statement, and not left to the server's cast: the cast runs
+/// only where the plan evaluates it, so an update of a missing id would be refused under a
+/// custom plan and answer "nothing changed" under a generic one (the model test met both).
+fn storable(data_json: &str) -> Result<()> {
+    if escapes_nul(data_json) {
+        return Err(Error::invalid(
+            "item data holds a NUL character (\\u0000), which PostgreSQL's jsonb cannot store",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether JSON text as serde_json writes it spells a NUL character: `\u0000` whose backslash
+/// is not itself escaped (an odd run of backslashes before the `u`). serde_json never writes a
+/// raw NUL, and `\\u0000` is a backslash followed by the text `u0000`.
+fn escapes_nul(json: &str) -> bool {
+    json.match_indices("u0000").any(|(at, _)| {
+        let backslashes = json[..at].bytes().rev().take_while(|b| *b == b'\\').count();
+        backslashes % 2 == 1
+    })
+}
+
 pub(super) async fn insert_one(
     conn: &mut PgConnection,
     name: &str,
     data: &str,
     status: ItemStatus,
 ) -> Result<i64> {
+    storable(data)?;
     Ok(sql::insert_one(conn, name, data, status.as_str()).await?)
 }
 
@@ -109,6 +133,9 @@ pub(super) async fn update_one(
     data: Option<&str>,
     status: Option<ItemStatus>,
 ) -> Result<bool> {
+    if let Some(data) = data {
+        storable(data)?;
+    }
     Ok(sql::update_one(conn, id, name, data, status.map(ItemStatus::as_str)).await?)
 }
 
@@ -147,6 +174,7 @@ fn columns(chunks: &[String]) -> Result<Vec<Columns>> {
         let rows: Vec<(String, &RawValue, String)> = serde_json::from_str(chunk)
             .map_err(|err| Error::invalid(format!("not JSON: {err}")))?;
         for (name, data, status) in rows {
+            storable(data.get())?;
             let bytes = name.len() + data.get().len() + status.len();
             if !current.names.is_empty() && current.bytes + bytes > STATEMENT_BYTES {
                 statements.push(std::mem::take(&mut current));
@@ -200,5 +228,22 @@ fn postgres(backend: crate::Backend<'_>) -> Result<&mut PgConnection> {
         crate::Backend::Sqlite(_) => Err(Error::Config(
             "a SQLite connection where a PostgreSQL one was expected".to_owned(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escapes_nul;
+    use serde_json::json;
+
+    #[test]
+    fn a_nul_is_found_in_strings_and_keys_and_an_escaped_backslash_is_not_one() {
+        let text = |value: serde_json::Value| serde_json::to_string(&value).unwrap();
+        assert!(escapes_nul(&text(json!({"a": "x\u{0}y"}))));
+        assert!(escapes_nul(&text(json!({"k\u{0}": 1}))));
+        assert!(escapes_nul(&text(json!(["\\\u{0}"]))));
+        assert!(!escapes_nul(&text(json!({"a": "\\u0000"}))));
+        assert!(!escapes_nul(&text(json!({"u0000": "\\\\u0000"}))));
+        assert!(!escapes_nul(&text(json!({"a": "é\u{2028}"}))));
     }
 }
