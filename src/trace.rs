@@ -4,7 +4,10 @@
 //! microseconds and, on failure, the error's variant. Never a value of user data: no names,
 //! emails, JSON or amounts. With no subscriber installed the cost is a disabled-callsite check.
 
+use std::cell::Cell;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tracing::Instrument;
@@ -28,7 +31,7 @@ pub(crate) async fn traced<T: Rows>(
         error = Empty,
     );
     let started = Instant::now();
-    let result = work.instrument(span.clone()).await;
+    let result = Unfinished::new(work.instrument(span.clone())).await;
     let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     span.record("elapsed_us", elapsed_us);
     match &result {
@@ -103,5 +106,69 @@ impl<T> Rows for Option<T> {
 impl<T> Rows for Vec<T> {
     fn rows(&self) -> u64 {
         self.len() as u64
+    }
+}
+
+thread_local! {
+    /// How many unfinished repository calls this thread is dropping right now.
+    static DROPPING_UNFINISHED: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether the code running now is the drop of a repository call that did not finish (a
+/// cancelled call): a connection it gives back may be in the middle of a statement. On
+/// PostgreSQL the rest of that statement's answer is still on the way, and sqlx reads it at
+/// the connection's next use; if it is an error, sqlx returns it as the *next* statement's
+/// error. Such a connection is drained (and rolled back) before it is lent again.
+#[cfg(feature = "postgres")]
+pub(crate) fn dropping_unfinished_call() -> bool {
+    DROPPING_UNFINISHED.with(|depth| depth.get() > 0)
+}
+
+/// A repository call's future, which says while it is dropped unfinished that it is (see
+/// [`dropping_unfinished_call`]). Fields drop in order: `work` (and the connection it holds)
+/// while the mark is up, then `_lower`, which takes it down.
+struct Unfinished<F> {
+    work: Pin<Box<F>>,
+    done: bool,
+    _lower: Lower,
+}
+
+struct Lower(bool);
+
+impl Drop for Lower {
+    fn drop(&mut self) {
+        if self.0 {
+            DROPPING_UNFINISHED.with(|depth| depth.set(depth.get().saturating_sub(1)));
+        }
+    }
+}
+
+impl<F: Future> Unfinished<F> {
+    fn new(work: F) -> Self {
+        Unfinished {
+            work: Box::pin(work),
+            done: false,
+            _lower: Lower(false),
+        }
+    }
+}
+
+impl<F: Future> Future for Unfinished<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let output = std::task::ready!(this.work.as_mut().poll(cx));
+        this.done = true;
+        Poll::Ready(output)
+    }
+}
+
+impl<F> Drop for Unfinished<F> {
+    fn drop(&mut self) {
+        if !self.done {
+            DROPPING_UNFINISHED.with(|depth| depth.set(depth.get() + 1));
+            self._lower.0 = true;
+        }
     }
 }

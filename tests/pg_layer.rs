@@ -152,3 +152,40 @@ async fn a_transaction_a_service_left_open_is_rolled_back_before_the_connection_
     drop(conns);
     db.close().await;
 }
+
+#[tokio::test]
+async fn a_cancelled_call_s_error_never_reaches_the_next_call_on_its_connection() {
+    let Some(database) = pg::create(backend::Backend::Postgres).await else {
+        return;
+    };
+    let db = Db::connect(&database.url).await.unwrap();
+    let account = db
+        .accounts()
+        .open(&sqlrepo::NewAccount {
+            user_id: None,
+            balance_cents: 100,
+        })
+        .await
+        .unwrap();
+    let mut cancelled = 0;
+    for round in 0..200 {
+        // Polled once (the statement goes out, and PostgreSQL will refuse it: no account
+        // 999999), then dropped before its answer is read.
+        let refused = sqlrepo::Transfer::new(account, 999_999, 1);
+        let transfer = db.accounts().transfer(&refused);
+        if tokio::time::timeout(std::time::Duration::from_nanos(1), transfer)
+            .await
+            .is_err()
+        {
+            cancelled += 1;
+        }
+        // The next call on the same held connection gets its own answer, not the refusal.
+        let got = db.accounts().get(account).await;
+        assert!(
+            matches!(&got, Ok(Some(a)) if a.balance_cents == 100),
+            "round {round}: {got:?}"
+        );
+    }
+    assert!(cancelled > 0, "no call was cancelled mid-flight");
+    db.close().await;
+}

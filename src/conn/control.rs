@@ -87,7 +87,17 @@ pub(super) async fn savepoint_call(conn: &mut sqlx::PgConnection) -> sqlx::Resul
 /// aborted"), so the transaction goes on without what the failed call did.
 #[cfg(feature = "postgres")]
 pub(super) async fn end_call(conn: &mut sqlx::PgConnection) -> sqlx::Result<()> {
-    match sqlrepo_postgres::tx::release_call(conn).await {
+    let mut released = sqlrepo_postgres::tx::release_call(conn).await;
+    if let Err(err) = &released
+        && err.as_database_error().is_some()
+        && !aborted(err)
+    {
+        // The error of a statement whose call was cancelled, which sqlx reads first and returns
+        // in place of this one's: this `RELEASE` was not sent yet. Once more, on a drained
+        // connection.
+        released = sqlrepo_postgres::tx::release_call(conn).await;
+    }
+    match released {
         Err(err) if aborted(&err) => {
             sqlrepo_postgres::tx::rollback_call(conn).await?;
             sqlrepo_postgres::tx::release_call(conn).await

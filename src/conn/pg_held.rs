@@ -131,7 +131,7 @@ impl PgSlot {
         let failures = connection_failures();
         if let Some(conn) = guard.as_mut() {
             let fit = if self.needs_reset.load(Ordering::Acquire) {
-                sqlrepo_postgres::tx::rollback(conn).await.is_ok()
+                reset(conn).await
             } else if self.checked.load(Ordering::Acquire) < failures {
                 conn.ping().await.is_ok()
             } else {
@@ -172,7 +172,7 @@ impl PgSlot {
             return;
         }
         if let Some(conn) = guard.as_mut()
-            && sqlrepo_postgres::tx::rollback(conn).await.is_ok()
+            && reset(conn).await
         {
             self.needs_reset.store(false, Ordering::Release);
         }
@@ -195,4 +195,17 @@ impl PgLent {
             runtime.spawn(slot.reset());
         }
     }
+}
+
+/// Drains what a cancelled statement left on the way and rolls back whatever is open. The
+/// first `ROLLBACK` may fail with the cancelled statement's own error (sqlx reads the rest of
+/// its answer first and returns an error in it as the next statement's); the second then runs
+/// on a clean connection. `false` when the connection cannot be brought back.
+async fn reset(conn: &mut PgConnection) -> bool {
+    for _ in 0..2 {
+        if sqlrepo_postgres::tx::rollback(conn).await.is_ok() {
+            return true;
+        }
+    }
+    false
 }

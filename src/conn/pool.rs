@@ -664,7 +664,9 @@ impl Drop for Lease {
             if let Some(writes) = writes {
                 writes.count();
             }
-            if self.in_doubt
+            // A cancelled call may leave a statement's answer on the way (see
+            // `trace::dropping_unfinished_call`): drained and rolled back before the next lease.
+            if (self.in_doubt || crate::trace::dropping_unfinished_call())
                 && let Some(conn) = conn.take()
             {
                 // Rolled back before its slot lends it again, as a held SQLite connection is.
