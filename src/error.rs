@@ -301,9 +301,7 @@ fn classify_once(err: sqlx::Error) -> Error {
         )),
         c if c & 0xff == SQLITE_TOOBIG => Error::TooBig(message),
         // SQLite's sum() raises this instead of wrapping around: stored data, not input.
-        _ if message == "integer overflow" => {
-            Error::Overflow("a sum would overflow a 64-bit integer".to_owned())
-        }
+        _ if message == "integer overflow" => Error::Overflow(SUM_OVERFLOW.to_owned()),
         _ if message.starts_with("no such table") || message.starts_with("no such column") => {
             Error::Schema(format!(
                 "{message}; the migrations have not run on this database \
@@ -311,6 +309,45 @@ fn classify_once(err: sqlx::Error) -> Error {
             ))
         }
         _ => Error::Database(err),
+    }
+}
+
+/// What [`Error::Overflow`] says of a sum over stored data past `i64`, on both backends.
+const SUM_OVERFLOW: &str = "a sum would overflow a 64-bit integer";
+
+/// PostgreSQL's SQLSTATE codes that sqlrepo tells apart, by their names in PostgreSQL's
+/// documentation (Appendix A).
+#[cfg(feature = "postgres")]
+pub(crate) mod sqlstate {
+    pub(crate) const UNIQUE_VIOLATION: &str = "23505";
+    pub(crate) const FOREIGN_KEY_VIOLATION: &str = "23503";
+    pub(crate) const CHECK_VIOLATION: &str = "23514";
+    pub(crate) const NOT_NULL_VIOLATION: &str = "23502";
+    pub(crate) const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
+    pub(crate) const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+    pub(crate) const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+    pub(crate) const INVALID_CATALOG_NAME: &str = "3D000";
+    pub(crate) const DUPLICATE_DATABASE: &str = "42P04";
+    pub(crate) const DISK_FULL: &str = "53100";
+}
+
+/// Whether `err` is a database error with this SQLSTATE.
+#[cfg(feature = "postgres")]
+pub(crate) fn has_sqlstate(err: &sqlx::Error, code: &str) -> bool {
+    err.as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|found| found == code)
+}
+
+/// A sum over stored data that overflowed `bigint` is [`Error::Overflow`] (the data is legal,
+/// the caller's input is not at fault), as SQLite's `sum()` overflow is; anything else goes to
+/// the one classifier. (A write's overflow, 22003 too, is the caller's input: `InvalidInput`.)
+#[cfg(feature = "postgres")]
+pub(crate) fn classify_sum(err: sqlx::Error) -> Error {
+    if has_sqlstate(&err, sqlstate::NUMERIC_VALUE_OUT_OF_RANGE) {
+        Error::Overflow(SUM_OVERFLOW.to_owned())
+    } else {
+        classify(err)
     }
 }
 
@@ -328,19 +365,19 @@ fn classify_postgres(err: sqlx::Error) -> Error {
     let message = pg.message();
     let constraint = pg.constraint().unwrap_or("");
     match code {
-        "23505" => Error::Duplicate {
+        sqlstate::UNIQUE_VIOLATION => Error::Duplicate {
             constraint: unique_name(pg.table(), constraint, pg.detail()),
         },
-        "23503" => Error::ForeignKey,
-        "23514" => Error::InvalidInput(format!(
+        sqlstate::FOREIGN_KEY_VIOLATION => Error::ForeignKey,
+        sqlstate::CHECK_VIOLATION => Error::InvalidInput(format!(
             "the database refused the value (constraint {constraint})"
         )),
-        "23502" => Error::InvalidInput(format!(
+        sqlstate::NOT_NULL_VIOLATION => Error::InvalidInput(format!(
             "a required value is missing ({}.{})",
             pg.table().unwrap_or("?"),
             pg.column().unwrap_or("?")
         )),
-        "22003" => Error::InvalidInput(
+        sqlstate::NUMERIC_VALUE_OUT_OF_RANGE => Error::InvalidInput(
             "a number is out of range: the result would overflow a 64-bit integer".to_owned(),
         ),
         // Data exceptions: a NUL character in text, malformed JSON, an invalid value.
@@ -353,8 +390,8 @@ fn classify_postgres(err: sqlx::Error) -> Error {
         "42P01" | "42703" | "42883" => Error::Schema(format!(
             "{message}; the migrations have not run on this database (call Db::migrate)"
         )),
-        "53100" => Error::DiskFull,
-        "25006" => Error::ReadOnly(format!(
+        sqlstate::DISK_FULL => Error::DiskFull,
+        sqlstate::READ_ONLY_SQL_TRANSACTION => Error::ReadOnly(format!(
             "{message}; write through Handle::writer (the primary)"
         )),
         "54000" => Error::TooBig(message.to_owned()),

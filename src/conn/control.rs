@@ -2,6 +2,8 @@
 //! nest transactions. SQLite's are checked here; PostgreSQL's in `sqlrepo_postgres::tx`.
 
 use super::backend::Backend;
+#[cfg(feature = "postgres")]
+use crate::error::{has_sqlstate, sqlstate};
 
 /// Begins a transaction that holds the write lock from the start: `BEGIN IMMEDIATE` on SQLite
 /// (so no later upgrade can fail with `SQLITE_BUSY`); `BEGIN` on PostgreSQL, whose writers lock
@@ -90,7 +92,7 @@ pub(super) async fn end_call(conn: &mut sqlx::PgConnection) -> sqlx::Result<()> 
     let mut released = sqlrepo_postgres::tx::release_call(conn).await;
     if let Err(err) = &released
         && err.as_database_error().is_some()
-        && !aborted(err)
+        && !has_sqlstate(err, sqlstate::IN_FAILED_SQL_TRANSACTION)
     {
         // The error of a statement whose call was cancelled, which sqlx reads first and returns
         // in place of this one's: this `RELEASE` was not sent yet. Once more, on a drained
@@ -98,7 +100,7 @@ pub(super) async fn end_call(conn: &mut sqlx::PgConnection) -> sqlx::Result<()> 
         released = sqlrepo_postgres::tx::release_call(conn).await;
     }
     match released {
-        Err(err) if aborted(&err) => {
+        Err(err) if has_sqlstate(&err, sqlstate::IN_FAILED_SQL_TRANSACTION) => {
             sqlrepo_postgres::tx::rollback_call(conn).await?;
             sqlrepo_postgres::tx::release_call(conn).await
         }
@@ -110,12 +112,4 @@ pub(super) async fn end_call(conn: &mut sqlx::PgConnection) -> sqlx::Result<()> 
 #[cfg(feature = "postgres")]
 pub(super) async fn rollback_call(conn: &mut sqlx::PgConnection) -> sqlx::Result<()> {
     sqlrepo_postgres::tx::rollback_call(conn).await
-}
-
-/// Whether PostgreSQL refused a statement because the transaction is aborted (SQLSTATE 25P02).
-#[cfg(feature = "postgres")]
-fn aborted(err: &sqlx::Error) -> bool {
-    err.as_database_error()
-        .and_then(|db| db.code())
-        .is_some_and(|code| code == "25P02")
 }

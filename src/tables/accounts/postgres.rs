@@ -18,7 +18,10 @@ use super::{
     steps_from_json,
 };
 use crate::conn::{Backend, Conn};
-use crate::error::{Error, Result};
+use crate::error::sqlstate::{
+    CHECK_VIOLATION, FOREIGN_KEY_VIOLATION, NUMERIC_VALUE_OUT_OF_RANGE, UNIQUE_VIOLATION,
+};
+use crate::error::{Error, Result, classify_sum};
 
 pub(super) async fn open(
     conn: &mut PgConnection,
@@ -50,14 +53,7 @@ pub(super) async fn deposit(conn: &mut PgConnection, id: i64, amount_cents: i64)
 }
 
 pub(super) async fn total_balance(conn: &mut PgConnection) -> Result<i64> {
-    statements::total_balance(conn).await.map_err(|err| {
-        if code(&err) == Some(NUMERIC_VALUE_OUT_OF_RANGE) {
-            // Stored data, not input, as SQLite's `sum()` overflow.
-            Error::Overflow("a sum would overflow a 64-bit integer".to_owned())
-        } else {
-            Error::from(err)
-        }
-    })
+    statements::total_balance(conn).await.map_err(classify_sum)
 }
 
 /// One transfer, as one ledger `INSERT`.
@@ -144,20 +140,12 @@ fn key_reused() -> Error {
     }
 }
 
-const FOREIGN_KEY_VIOLATION: &str = "23503";
-const CHECK_VIOLATION: &str = "23514";
-const UNIQUE_VIOLATION: &str = "23505";
-const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
 /// The schema's name for the unique constraint on `transfers.idempotency_key`.
 const KEY_UNIQUE_CONSTRAINT: &str = "transfers_idempotency_key_unique";
 
 fn database_error(err: &sqlx::Error) -> Option<&PgDatabaseError> {
     err.as_database_error()?
         .try_downcast_ref::<PgDatabaseError>()
-}
-
-fn code(err: &sqlx::Error) -> Option<&str> {
-    database_error(err).map(PgDatabaseError::code)
 }
 
 /// A unique violation on the idempotency key: a transfer with the key committed after the

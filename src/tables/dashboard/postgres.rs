@@ -11,7 +11,7 @@ use crate::tables::users::User;
 pub(super) async fn fetch(conn: &mut PgConnection, user_id: i64) -> Result<Dashboard> {
     let row = sqlrepo_postgres::dashboard::select(conn, user_id)
         .await
-        .map_err(crate::tables::orders::postgres::stats_error)?
+        .map_err(crate::error::classify_sum)?
         .ok_or(Error::NotFound {
             entity: "user",
             id: user_id,

@@ -6,10 +6,7 @@ use sqlrepo_postgres::orders as sql;
 use sqlx::PgConnection;
 
 use super::{Order, OrderStats};
-use crate::error::{Error, Result};
-
-/// SQLSTATE of a numeric value out of range: the stats' `sum(total)::bigint` past `i64`.
-const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
+use crate::error::{Error, Result, classify_sum};
 
 fn order(row: sql::OrderRow) -> Order {
     Order {
@@ -18,19 +15,6 @@ fn order(row: sql::OrderRow) -> Order {
         total_cents: row.total,
         created_at: row.created_at,
     }
-}
-
-/// Stored totals that add up past `i64` are legal data, not bad input: [`Error::Overflow`], as
-/// on SQLite. Every other error goes to the one classifier.
-pub(crate) fn stats_error(err: sqlx::Error) -> Error {
-    let overflow = err
-        .as_database_error()
-        .and_then(|db| db.code())
-        .is_some_and(|code| code == NUMERIC_VALUE_OUT_OF_RANGE);
-    if overflow {
-        return Error::Overflow("a sum would overflow a 64-bit integer".to_owned());
-    }
-    Error::from(err)
 }
 
 pub(super) async fn insert_one(conn: &mut PgConnection, user_id: i64, total: i64) -> Result<i64> {
@@ -56,7 +40,7 @@ pub(super) async fn select_recent(
 pub(super) async fn select_stats(conn: &mut PgConnection, user_id: i64) -> Result<OrderStats> {
     let row = sql::select_stats(conn, user_id)
         .await
-        .map_err(stats_error)?;
+        .map_err(classify_sum)?;
     Ok(OrderStats {
         count: row.count,
         total_cents: row.total,
