@@ -56,14 +56,20 @@ pub(crate) struct PgLent {
 }
 
 impl HeldPg {
-    /// `size` slots on the server of `options`, connecting on first use.
-    pub(crate) fn new(options: PgConnectOptions, size: usize, wait: Duration) -> HeldPg {
+    /// `size` slots on the server of `options`, connecting on first use; `first`, a connection
+    /// already made (the one that proved the server reachable), fills the first slot.
+    pub(crate) fn new(
+        options: PgConnectOptions,
+        size: usize,
+        wait: Duration,
+        mut first: Option<PgConnection>,
+    ) -> HeldPg {
         HeldPg {
             slots: (0..size.max(1))
                 .map(|_| {
                     Arc::new(PgSlot {
-                        conn: Arc::new(Mutex::new(None)),
-                        checked: AtomicU64::new(0),
+                        conn: Arc::new(Mutex::new(first.take())),
+                        checked: AtomicU64::new(connection_failures()),
                         needs_reset: AtomicBool::new(false),
                     })
                 })
@@ -79,19 +85,23 @@ impl HeldPg {
     /// warm connection), else the next in turn, waiting at most `wait` ([`Error::Busy`]).
     /// After [`HeldPg::close`], [`Error::Database`] (`PoolClosed`).
     pub(crate) async fn lend(&self) -> Result<PgLent> {
-        self.open()?;
-        for slot in &self.slots {
-            if let Ok(guard) = slot.conn.clone().try_lock_owned() {
-                // Checked again under the slot's lock: `close` sets the flag before it takes
-                // the locks, so a slot it emptied is never reconnected.
-                self.open()?;
-                return slot.ready(guard, &self.options, self.wait).await;
+        let idle = self.slots.iter().find_map(|slot| {
+            let guard = slot.conn.clone().try_lock_owned().ok()?;
+            Some((slot, guard))
+        });
+        let (slot, guard) = match idle {
+            Some(idle) => idle,
+            None => {
+                let slot =
+                    &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+                let guard = tokio::time::timeout(self.wait, slot.conn.clone().lock_owned())
+                    .await
+                    .map_err(|_| Error::Busy)?;
+                (slot, guard)
             }
-        }
-        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
-        let guard = tokio::time::timeout(self.wait, slot.conn.clone().lock_owned())
-            .await
-            .map_err(|_| Error::Busy)?;
+        };
+        // Checked under the slot's lock: `close` sets the flag before it takes the locks, so a
+        // slot it emptied is never reconnected.
         self.open()?;
         slot.ready(guard, &self.options, self.wait).await
     }

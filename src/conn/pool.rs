@@ -292,9 +292,7 @@ impl Connections {
     #[cfg(feature = "postgres")]
     pub(crate) async fn connect_postgres(primary: &str, replicas: &[&str]) -> Result<Self> {
         Ok(Connections {
-            kind: Kind::Postgres(Box::new(
-                PgConnections::connect(primary, replicas, true).await?,
-            )),
+            kind: Kind::Postgres(Box::new(PgConnections::connect(primary, replicas).await?)),
             extensions: Extensions::default(),
             temp_file: None,
         })

@@ -27,12 +27,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use sqlx::ConnectOptions;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{ConnectOptions, Connection};
 
 use super::pg_held::{HeldPg, PgLent};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, has_sqlstate, sqlstate};
 
 /// How long a read waits for a replica (a connection, or its replay position) before it reads
 /// on the primary instead.
@@ -145,45 +145,38 @@ impl Replica {
 
     /// Asks the replica how far it has replayed, within [`REPLICA_WAIT`], and remembers it.
     async fn refresh(&self) {
-        if let Some(mut conn) = self.acquire().await {
-            self.ask(conn.conn()).await;
-        }
-    }
-
-    /// Asks on `conn` how far the replica has replayed.
-    async fn ask(&self, conn: &mut PgConnection) -> Option<i64> {
+        let Some(mut conn) = self.acquire().await else {
+            return;
+        };
         let asked = tokio::time::timeout(
             REPLICA_WAIT,
-            sqlrepo_postgres::replication::replayed_position(conn),
+            sqlrepo_postgres::replication::replayed_position(conn.conn()),
         )
         .await;
         match asked {
             Ok(Ok(Some(position))) => {
                 self.replayed.fetch_max(position, Ordering::AcqRel);
-                Some(position)
             }
             // Not a replica (promoted, or the primary's URL given twice): it cannot promise.
-            Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                self.rest();
-                None
-            }
+            Ok(Ok(None) | Err(_)) | Err(_) => self.rest(),
         }
     }
 }
 
 impl PgConnections {
-    /// Connects to the primary (migrating it) and prepares the replicas' pools, which connect
-    /// on first use: a replica that is down does not keep the `Db` from opening.
-    pub(crate) async fn connect(primary: &str, replicas: &[&str], migrate: bool) -> Result<Self> {
+    /// Connects to the primary and migrates it, and prepares the replicas' connections, which
+    /// are made on first use: a replica that is down does not keep the `Db` from opening.
+    pub(crate) async fn connect(primary: &str, replicas: &[&str]) -> Result<Self> {
         let primary_options = options(primary)?;
-        // Connect once now, so a wrong URL or a server that is down fails here.
-        let first = match primary_options.connect().await {
+        // Connect once now, so a wrong URL or a server that is down fails here; the connection
+        // migrates, then stays as the primary's first held connection.
+        let mut first = match primary_options.connect().await {
             // As `Db::open` creates a missing file, a missing database is created (SQLSTATE
             // 3D000), by sqlx's own `CREATE DATABASE` on the server's maintenance database.
-            Err(err) if sqlstate(&err).as_deref() == Some("3D000") => {
+            Err(err) if has_sqlstate(&err, sqlstate::INVALID_CATALOG_NAME) => {
                 match sqlx::Postgres::create_database(primary).await {
                     // Another process created it meanwhile (42P04): as good.
-                    Err(err) if sqlstate(&err).as_deref() != Some("42P04") => {
+                    Err(err) if !has_sqlstate(&err, sqlstate::DUPLICATE_DATABASE) => {
                         return Err(err.into());
                     }
                     _ => {}
@@ -192,17 +185,18 @@ impl PgConnections {
             }
             other => other?,
         };
-        first.close().await?;
+        migrate_postgres(&mut first).await?;
         let primary = Arc::new(HeldPg::new(
             primary_options,
             PRIMARY_CONNECTIONS,
             ACQUIRE_TIMEOUT,
+            Some(first),
         ));
         let replicas = replicas
             .iter()
             .map(|url| {
                 Ok(Replica {
-                    held: HeldPg::new(options(url)?, REPLICA_CONNECTIONS, REPLICA_WAIT),
+                    held: HeldPg::new(options(url)?, REPLICA_CONNECTIONS, REPLICA_WAIT, None),
                     replayed: AtomicI64::new(i64::MIN),
                     resting_until: std::sync::Mutex::new(None),
                     refreshing: AtomicBool::new(false),
@@ -216,12 +210,8 @@ impl PgConnections {
             next_replica: AtomicUsize::new(0),
             writes: Arc::default(),
         };
-        if migrate {
-            let mut conn = connections.write_conn().await?;
-            migrate_postgres(conn.conn()).await?;
-            // The schema is a write too: reads made after this must see it.
-            connections.writes.count();
-        }
+        // The schema is a write too: reads made after this must see it.
+        connections.writes.count();
         Ok(connections)
     }
 
@@ -307,13 +297,6 @@ fn refresh_position(replica: Arc<Replica>) {
     } else {
         replica.refreshing.store(false, Ordering::Release);
     }
-}
-
-/// The SQLSTATE of a database error.
-fn sqlstate(err: &sqlx::Error) -> Option<String> {
-    err.as_database_error()
-        .and_then(|db| db.code())
-        .map(|code| code.into_owned())
 }
 
 /// Connection options from a URL.
