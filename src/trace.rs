@@ -6,8 +6,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tracing::Instrument;
@@ -31,7 +30,15 @@ pub(crate) async fn traced<T: Rows>(
         error = Empty,
     );
     let started = Instant::now();
-    let result = Unfinished::new(work.instrument(span.clone())).await;
+    // Declared in this order so that, if the call is dropped unfinished (cancelled), they drop
+    // in reverse: `_mark` raises the mark, `work` (and the connection it holds) drops under it,
+    // then `_lower` takes it down (see `dropping_unfinished_call`).
+    let unfinished = AtomicBool::new(true);
+    let _lower = Lower(&unfinished);
+    let mut work = std::pin::pin!(work.instrument(span.clone()));
+    let _mark = Mark(&unfinished);
+    let result = work.as_mut().await;
+    unfinished.store(false, Ordering::Relaxed);
     let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     span.record("elapsed_us", elapsed_us);
     match &result {
@@ -124,51 +131,24 @@ pub(crate) fn dropping_unfinished_call() -> bool {
     DROPPING_UNFINISHED.with(|depth| depth.get() > 0)
 }
 
-/// A repository call's future, which says while it is dropped unfinished that it is (see
-/// [`dropping_unfinished_call`]). Fields drop in order: `work` (and the connection it holds)
-/// while the mark is up, then `_lower`, which takes it down.
-struct Unfinished<F> {
-    work: Pin<Box<F>>,
-    done: bool,
-    _lower: Lower,
-}
+/// Raises the mark of [`dropping_unfinished_call`] when dropped while its call is unfinished.
+struct Mark<'a>(&'a AtomicBool);
 
-struct Lower(bool);
-
-impl Drop for Lower {
+impl Drop for Mark<'_> {
     fn drop(&mut self) {
-        if self.0 {
-            DROPPING_UNFINISHED.with(|depth| depth.set(depth.get().saturating_sub(1)));
-        }
-    }
-}
-
-impl<F: Future> Unfinished<F> {
-    fn new(work: F) -> Self {
-        Unfinished {
-            work: Box::pin(work),
-            done: false,
-            _lower: Lower(false),
-        }
-    }
-}
-
-impl<F: Future> Future for Unfinished<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
-        let output = std::task::ready!(this.work.as_mut().poll(cx));
-        this.done = true;
-        Poll::Ready(output)
-    }
-}
-
-impl<F> Drop for Unfinished<F> {
-    fn drop(&mut self) {
-        if !self.done {
+        if self.0.load(Ordering::Relaxed) {
             DROPPING_UNFINISHED.with(|depth| depth.set(depth.get() + 1));
-            self._lower.0 = true;
+        }
+    }
+}
+
+/// Takes down what [`Mark`] raised, once the call's future has been dropped.
+struct Lower<'a>(&'a AtomicBool);
+
+impl Drop for Lower<'_> {
+    fn drop(&mut self) {
+        if self.0.load(Ordering::Relaxed) {
+            DROPPING_UNFINISHED.with(|depth| depth.set(depth.get().saturating_sub(1)));
         }
     }
 }
