@@ -4,7 +4,8 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{TestDb, backend_test, dump, fresh_db, raw};
+use common::backend::LedgerRow;
+use common::{TestDb, backend_test, fresh_db, raw};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sqlrepo::{Db, Error, NewAccount, Transfer, TransferOutcome};
@@ -23,15 +24,6 @@ async fn balance(db: &Db, id: i64) -> i64 {
     db.accounts().get(id).await.unwrap().unwrap().balance_cents
 }
 
-/// The ledger rows that move money from one account to another, without the rows that record
-/// money coming in (opening balances and deposits, `from_account` NULL).
-fn transfers_between_accounts(path: &std::path::Path) -> Vec<String> {
-    dump(path, "transfers")
-        .into_iter()
-        .filter(|row| row.split('|').nth(1) != Some("Null"))
-        .collect()
-}
-
 backend_test!(a_transfer_moves_money_and_writes_one_ledger_row);
 async fn a_transfer_moves_money_and_writes_one_ledger_row(db: TestDb) {
     let a = open(&db, 1_000).await;
@@ -41,14 +33,15 @@ async fn a_transfer_moves_money_and_writes_one_ledger_row(db: TestDb) {
         .await
         .unwrap();
     assert_eq!((balance(&db, a).await, balance(&db, b).await), (700, 300));
-    if let Some(path) = db.sqlite_path() {
-        let ledger = transfers_between_accounts(path);
-        assert_eq!(ledger.len(), 1);
-        assert!(
-            ledger[0].contains(&format!("|Integer({a})|Integer({b})|Integer(300)|Null|")),
-            "{ledger:?}"
-        );
-    }
+    assert_eq!(
+        db.transfers_between_accounts().await,
+        [LedgerRow {
+            from: Some(a),
+            to: b,
+            amount: 300,
+            key: None
+        }]
+    );
     assert_eq!(db.accounts().total_balance().await.unwrap(), 1_000);
 }
 
@@ -205,9 +198,7 @@ async fn the_same_key_twice_moves_money_once(db: TestDb) {
         TransferOutcome::Replayed
     );
     assert_eq!((balance(&db, a).await, balance(&db, b).await), (600, 400));
-    if let Some(path) = db.sqlite_path() {
-        assert_eq!(transfers_between_accounts(path).len(), 1);
-    }
+    assert_eq!(db.transfers_between_accounts().await.len(), 1);
     // A replay succeeds even when it could no longer be afforded.
     db.accounts()
         .transfer(&Transfer::new(a, b, 600))
@@ -294,9 +285,7 @@ async fn a_batch_valid_only_in_order_succeeds_and_reordered_fails(db: TestDb) {
         ),
         (30, 0, 70)
     );
-    if let Some(path) = db.sqlite_path() {
-        assert_eq!(transfers_between_accounts(path).len(), 3);
-    }
+    assert_eq!(db.transfers_between_accounts().await.len(), 3);
 }
 
 backend_test!(a_batch_with_a_missing_account_names_it_and_moves_nothing);
@@ -336,9 +325,7 @@ async fn keys_inside_a_batch_follow_the_replay_rule(db: TestDb) {
     ];
     db.accounts().transfer_batch(&batch).await.unwrap();
     assert_eq!((balance(&db, a).await, balance(&db, b).await), (889, 111));
-    if let Some(path) = db.sqlite_path() {
-        assert_eq!(transfers_between_accounts(path).len(), 3);
-    }
+    assert_eq!(db.transfers_between_accounts().await.len(), 3);
     // The whole batch again moves nothing but the unkeyed step.
     db.accounts().transfer_batch(&batch).await.unwrap();
     assert_eq!((balance(&db, a).await, balance(&db, b).await), (888, 112));
@@ -382,9 +369,7 @@ async fn invalid_steps_are_named_and_empty_batches_are_ok(db: TestDb) {
         Error::InvalidInput(message) => assert!(message.contains("step 1"), "{message}"),
         other => panic!("{other:?}"),
     }
-    if let Some(path) = db.sqlite_path() {
-        assert!(transfers_between_accounts(path).is_empty());
-    }
+    assert!(db.transfers_between_accounts().await.is_empty());
 }
 
 backend_test!(deposits_are_checked_recorded_and_return_the_new_balance);
@@ -392,13 +377,11 @@ async fn deposits_are_checked_recorded_and_return_the_new_balance(db: TestDb) {
     let a = open(&db, 100).await;
     assert_eq!(db.accounts().deposit(a, 50).await.unwrap(), 150);
     assert_eq!(balance(&db, a).await, 150);
-    if let Some(path) = db.sqlite_path() {
-        assert_eq!(
-            dump(path, "transfers").len(),
-            2,
-            "the opening balance and the deposit are ledger rows"
-        );
-    }
+    assert_eq!(
+        db.ledger().await.len(),
+        2,
+        "the opening balance and the deposit are ledger rows"
+    );
     let before = db.snapshot().await;
     assert!(matches!(
         db.accounts().deposit(a, 0).await.unwrap_err(),
@@ -570,42 +553,23 @@ async fn the_bank_test_conserves_money_under_concurrent_valid_and_invalid_transf
     let accounts = common::backend::accounts(&db).await;
     assert_eq!(accounts.len(), ACCOUNTS as usize);
     assert!(accounts.iter().all(|account| account.balance_cents >= 0));
-    // The ledger has no reader in the API: its sums are checked on SQLite.
-    let Some(path) = db.sqlite_path() else {
-        return;
-    };
-    let conn = raw(path);
-    let negative: i64 = conn
-        .query_row("SELECT count(*) FROM accounts WHERE balance < 0", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert_eq!(negative, 0);
-    let mut stmt = conn
-        .prepare(
-            "SELECT a.id, a.balance,
-                    coalesce((SELECT sum(amount) FROM transfers WHERE to_account = a.id), 0),
-                    coalesce((SELECT sum(amount) FROM transfers WHERE from_account = a.id), 0)
-             FROM accounts AS a",
-        )
-        .unwrap();
-    let rows: Vec<(i64, i64, i64, i64)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    // Every balance is its ledger credits minus its debits, and each opening is in the ledger.
+    let ledger = db.ledger().await;
+    let rows = db.balances_and_ledger().await;
     assert_eq!(rows.len(), ACCOUNTS as usize);
-    for (id, balance, credits, debits) in rows {
-        assert_eq!(balance, credits - debits, "account {id}");
+    for (id, balance, net) in rows {
+        assert_eq!(balance, net, "account {id}");
+        let credits: i64 = ledger
+            .iter()
+            .filter(|row| row.to == id)
+            .map(|row| row.amount)
+            .sum();
         assert!(
             credits >= opening[&id],
             "account {id}: its opening is in the ledger"
         );
     }
-    let ledger_rows: i64 = conn
-        .query_row("SELECT count(*) FROM transfers", [], |r| r.get(0))
-        .unwrap();
-    println!("bank test ledger rows: {ledger_rows}");
+    println!("bank test ledger rows: {}", ledger.len());
 }
 
 backend_test!(a_total_balance_past_i64_is_overflow_not_a_wrong_number_nor_the_callers_fault);
@@ -617,40 +581,9 @@ async fn a_total_balance_past_i64_is_overflow_not_a_wrong_number_nor_the_callers
     assert!(matches!(err, Error::Overflow(_)), "{err:?}");
 }
 
-/// Checks each account's `(id, balance, credits - debits)`. The ledger has no reader in the
-/// API, so on PostgreSQL the balances are checked (through the API) and the ledger sums only
-/// on SQLite.
+/// Checks each account's `(id, balance, credits - debits)`, on either backend.
 async fn balances_and_ledger(db: &TestDb, expected: &[(i64, i64, i64)]) {
-    match db.sqlite_path() {
-        Some(path) => assert_eq!(sqlite_balances_and_ledger(path), expected),
-        None => {
-            let seen: Vec<(i64, i64)> = common::backend::accounts(db)
-                .await
-                .iter()
-                .map(|account| (account.id, account.balance_cents))
-                .collect();
-            let expected: Vec<(i64, i64)> = expected.iter().map(|&(id, b, _)| (id, b)).collect();
-            assert_eq!(seen, expected);
-        }
-    }
-}
-
-/// Each account's balance against its ledger: `(id, balance, credits - debits)`.
-fn sqlite_balances_and_ledger(path: &std::path::Path) -> Vec<(i64, i64, i64)> {
-    let conn = raw(path);
-    let mut stmt = conn
-        .prepare(
-            "SELECT a.id, a.balance,
-                    coalesce((SELECT sum(amount) FROM transfers WHERE to_account = a.id), 0)
-                  - coalesce((SELECT sum(amount) FROM transfers WHERE from_account = a.id), 0)
-             FROM accounts AS a
-             ORDER BY a.id",
-        )
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    assert_eq!(db.balances_and_ledger().await, expected);
 }
 
 backend_test!(every_balance_can_be_rebuilt_from_the_ledger_after_opens_deposits_and_transfers);
@@ -680,14 +613,16 @@ async fn an_opening_balance_is_one_ledger_row_from_no_account_and_is_credited_on
     assert_eq!(balance(&db, a).await, 500);
     assert_eq!(balance(&db, empty).await, 0);
     assert_eq!(db.accounts().total_balance().await.unwrap(), 500);
-    if let Some(path) = db.sqlite_path() {
-        let ledger = dump(path, "transfers");
-        assert_eq!(ledger.len(), 1, "no row for an empty opening: {ledger:?}");
-        assert!(
-            ledger[0].starts_with(&format!("Integer(1)|Null|Integer({a})|Integer(500)|Null|")),
-            "{ledger:?}"
-        );
-    }
+    assert_eq!(
+        db.ledger().await,
+        [LedgerRow {
+            from: None,
+            to: a,
+            amount: 500,
+            key: None
+        }],
+        "one row for the opening, none for an empty opening"
+    );
 }
 
 // SQLite only: a second program writing the same file.
@@ -700,7 +635,15 @@ async fn accounts_inserted_by_other_sql_get_their_opening_in_the_ledger_too() {
         .unwrap();
     let id = conn.last_insert_rowid();
     assert_eq!(balance(&db, id).await, 900);
-    assert_eq!(sqlite_balances_and_ledger(&db.path), [(id, 900, 900)]);
+    let balance_and_credits: (i64, i64) = conn
+        .query_row(
+            "SELECT a.balance, (SELECT sum(amount) FROM transfers WHERE to_account = a.id)
+             FROM accounts AS a WHERE a.id = ?",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(balance_and_credits, (900, 900));
 }
 
 backend_test!(a_failed_open_writes_no_ledger_row);
@@ -713,9 +656,7 @@ async fn a_failed_open_writes_no_ledger_row(db: TestDb) {
     assert!(matches!(err, Error::ForeignKey), "{err:?}");
     assert!(db.dump("accounts").await.is_empty());
     assert_eq!(db.accounts().total_balance().await.unwrap(), 0);
-    if let Some(path) = db.sqlite_path() {
-        assert!(dump(path, "transfers").is_empty());
-    }
+    assert!(db.ledger().await.is_empty());
 }
 
 backend_test!(a_deposit_returns_exactly_the_balance_it_stored);
@@ -932,17 +873,9 @@ async fn concurrent_transfers_each_get_exactly_their_own_outcome_and_money_is_co
             "account {id}"
         );
     }
-    // Rows between accounts: opening balances are ledger rows too, from no account. The
-    // ledger has no reader in the API: counted on SQLite.
-    let Some(path) = db.sqlite_path() else {
-        return;
-    };
-    let ledger_rows: i64 = raw(path)
-        .query_row(
-            "SELECT count(*) FROM transfers WHERE from_account IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(ledger_rows, 16 + landed_rows);
+    // Rows between accounts: opening balances are ledger rows too, from no account.
+    assert_eq!(
+        db.transfers_between_accounts().await.len() as i64,
+        16 + landed_rows
+    );
 }

@@ -175,26 +175,123 @@ impl TestDb {
 
     /// One table's rows as text, to compare before and after. On SQLite every column of every
     /// row, read behind the API's back by a fresh connection (`dump`). On PostgreSQL what the
-    /// public API shows of it ([`api_table`]); the ledger (`transfers`) has no reader in the
-    /// API, so there it is every account's balance and the total, which is what a stray ledger
-    /// row would change.
+    /// public API shows of it ([`api_table`]), and for the ledger (`transfers`, which the API
+    /// does not read) every ledger row, read behind the API's back ([`TestDb::ledger`]).
     pub async fn dump(&self, table: &str) -> Vec<String> {
-        match self.sqlite_path() {
-            Some(path) => super::dump(path, table),
-            None => api_table(&self.db, table).await,
+        match (self.sqlite_path(), table) {
+            (Some(path), _) => super::dump(path, table),
+            (None, "transfers") => self
+                .ledger()
+                .await
+                .iter()
+                .map(|row| format!("{row:?}"))
+                .collect(),
+            (None, _) => api_table(&self.db, table).await,
         }
     }
 
     /// The whole database as text, every table in a fixed order: on SQLite the file's rows
-    /// (`dump_all`) and what the API shows; on PostgreSQL what the API shows.
+    /// (`dump_all`) and what the API shows; on PostgreSQL what the API shows and every ledger
+    /// row.
     pub async fn snapshot(&self) -> Vec<String> {
         let mut all = match self.sqlite_path() {
             Some(path) => super::dump_all(path),
-            None => Vec::new(),
+            None => self.dump("transfers").await,
         };
         all.extend(snapshot(&self.db).await);
         all
     }
+
+    /// Every ledger row, in id order, read behind the API's back on either backend (the API
+    /// has no reader of the ledger): on SQLite by a fresh rusqlite connection, on PostgreSQL by
+    /// a connection of its own to the primary.
+    pub async fn ledger(&self) -> Vec<LedgerRow> {
+        const LEDGER: &str = "SELECT from_account, to_account, amount, idempotency_key \
+                              FROM transfers ORDER BY id";
+        if let Some(path) = self.sqlite_path() {
+            let conn = super::raw(path);
+            let mut stmt = conn.prepare(LEDGER).expect("prepare ledger");
+            return stmt
+                .query_map([], |r| {
+                    Ok(LedgerRow {
+                        from: r.get(0)?,
+                        to: r.get(1)?,
+                        amount: r.get(2)?,
+                        key: r.get(3)?,
+                    })
+                })
+                .expect("read ledger")
+                .collect::<Result<_, _>>()
+                .expect("read ledger");
+        }
+        #[cfg(feature = "postgres")]
+        {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&self.urls[0])
+                .await
+                .expect("connect to read the ledger");
+            // Keys are `bytea` on PostgreSQL (they may hold a NUL); the test's keys are UTF-8.
+            type Row = (Option<i64>, i64, i64, Option<Vec<u8>>);
+            let rows: Vec<Row> = sqlx::query_as(LEDGER)
+                .fetch_all(&mut conn)
+                .await
+                .expect("read ledger");
+            let _ = conn.close().await;
+            rows.into_iter()
+                .map(|(from, to, amount, key)| LedgerRow {
+                    from,
+                    to,
+                    amount,
+                    key: key.map(|key| String::from_utf8(key).expect("a UTF-8 key")),
+                })
+                .collect()
+        }
+        #[cfg(not(feature = "postgres"))]
+        unreachable!("a PostgreSQL TestDb needs the postgres feature")
+    }
+
+    /// The ledger rows that move money between two accounts (not openings or deposits, whose
+    /// `from` is `None`).
+    pub async fn transfers_between_accounts(&self) -> Vec<LedgerRow> {
+        let mut rows = self.ledger().await;
+        rows.retain(|row| row.from.is_some());
+        rows
+    }
+
+    /// Each account's `(id, balance, credits - debits in the ledger)`, in id order: the two
+    /// must agree for every account.
+    pub async fn balances_and_ledger(&self) -> Vec<(i64, i64, i64)> {
+        let ledger = self.ledger().await;
+        accounts(&self.db)
+            .await
+            .iter()
+            .map(|account| {
+                let net: i64 = ledger
+                    .iter()
+                    .map(|row| {
+                        if row.to == account.id {
+                            row.amount
+                        } else if row.from == Some(account.id) {
+                            -row.amount
+                        } else {
+                            0
+                        }
+                    })
+                    .sum();
+                (account.id, account.balance_cents, net)
+            })
+            .collect()
+    }
+}
+
+/// One row of the transfer ledger, as both backends store it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRow {
+    /// `None` for an opening balance or a deposit.
+    pub from: Option<i64>,
+    pub to: i64,
+    pub amount: i64,
+    pub key: Option<String>,
 }
 
 /// What the public API shows of the whole database: every item, user, order (per user),
