@@ -1,6 +1,6 @@
 //! A full disk, for real: the database lives on a small `tmpfs` that the test fills up.
 //!
-//! What a caller may rely on (API.md, "Operations"): the write that could not be made returns
+//! What a caller may rely on (README, "Operations: a full disk, the WAL, health"): the write that could not be made returns
 //! `Error::DiskFull`, nothing acknowledged is lost, reads go on, the file stays intact, and
 //! writes succeed again on the same `Db` once space is freed, without reopening.
 //!
@@ -234,9 +234,9 @@ async fn writes_succeed_again_on_the_same_db_once_space_is_freed() {
     assert_eq!(integrity_check(&full.path), "ok");
 }
 
-/// Fails on the code of this branch: a single-row create returns `Ok(id)` on a full disk and
-/// stores nothing (the `INSERT … RETURNING` is not stepped to completion, so the failed
-/// autocommit is never reported). Issue 15 fixes that; this test states the rule.
+/// A single-row create on a full disk is refused, or it is stored: never `Ok(id)` with nothing
+/// stored (which an `INSERT … RETURNING` read without stepping it to completion would give,
+/// since its failed autocommit is then never reported).
 #[tokio::test]
 async fn a_single_row_create_on_a_full_disk_is_refused_or_stored() {
     let full = FullDisk::new().await;

@@ -72,14 +72,26 @@ async fn reads_after_a_write_go_to_the_primary_until_the_replica_has_caught_up()
     // The new database reaches the replica by replication.
     let db = Db::connect_replicated(&url, &[&replica]).await.unwrap();
     let mut on_replica = 0;
-    for _ in 0..50 {
-        drop(db.handle().writer().await.unwrap());
+    for round in 0..50 {
+        // A write (a lease of the writer), and the primary's position once it has returned.
+        let written = {
+            let mut writer = db.handle().writer().await.unwrap();
+            sqlrepo_postgres::replication::current_position(writer.postgres().unwrap())
+                .await
+                .unwrap()
+        };
         let mut conn = db.handle().reader().await.unwrap();
-        if sqlrepo_postgres::replication::replayed_position(conn.postgres().unwrap())
-            .await
-            .unwrap()
-            .is_some()
+        // On the primary (no replay position), or on a replica that has replayed the write.
+        if let Some(replayed) =
+            sqlrepo_postgres::replication::replayed_position(conn.postgres().unwrap())
+                .await
+                .unwrap()
         {
+            assert!(
+                replayed >= written,
+                "round {round}: a read right after a write went to a replica at {replayed}, \
+                 behind the write at {written}"
+            );
             on_replica += 1;
         }
     }

@@ -721,12 +721,54 @@ async fn grouped_transfers_on_a_full_disk_are_stored_exactly_when_acknowledged()
     assert_eq!(db.accounts().total_balance().await.unwrap(), 16 * 1_000_000);
     assert_eq!(integrity_check(&path), "ok");
 
-    // Space freed: the same Db transfers again.
+    // Space freed: the same Db transfers again, and that transfer is stored.
     std::fs::remove_file(&set_aside).unwrap();
+    let before = (
+        db.accounts()
+            .get(accounts[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .balance_cents,
+        db.accounts()
+            .get(accounts[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .balance_cents,
+    );
     db.accounts()
         .transfer(&Transfer::new(accounts[0], accounts[1], 1).with_key("after"))
         .await
         .unwrap();
+    let after_rows: i64 = raw(&path)
+        .query_row(
+            "SELECT count(*) FROM transfers WHERE idempotency_key = 'after'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        after_rows, 1,
+        "the transfer after the space was freed is in the ledger"
+    );
+    assert_eq!(
+        (
+            db.accounts()
+                .get(accounts[0])
+                .await
+                .unwrap()
+                .unwrap()
+                .balance_cents,
+            db.accounts()
+                .get(accounts[1])
+                .await
+                .unwrap()
+                .unwrap()
+                .balance_cents,
+        ),
+        (before.0 - 1, before.1 + 1)
+    );
     println!(
         "grouped transfers on a full disk: {} acknowledged and stored, {full} DiskFull",
         acknowledged.len()
