@@ -49,6 +49,27 @@ async fn duplicate_email_in_any_case_is_duplicate_users_email(db: TestDb) {
     assert_eq!(db.dump("users").await, before);
 }
 
+backend_test!(emails_fold_ascii_case_only_on_both_backends);
+/// As SQLite's `NOCASE`, which folds A-Z only: `Ann@` and `ann@` are one address, `Élise@` and
+/// `élise@` two (PostgreSQL's `lower` would fold `É` too in a UTF-8 locale; the index and the
+/// lookup use the C collation so both backends agree).
+async fn emails_fold_ascii_case_only_on_both_backends(db: TestDb) {
+    let upper = db
+        .users()
+        .create(&NewUser::new("Élise@example.com", "Élise"))
+        .await
+        .unwrap();
+    let lower = db
+        .users()
+        .create(&NewUser::new("élise@example.com", "élise"))
+        .await
+        .expect("a non-ASCII capital is another address");
+    assert_ne!(upper, lower);
+    let found = db.users().get_by_email("éLISE@EXAMPLE.COM").await.unwrap();
+    assert_eq!(found.map(|u| u.id), Some(lower));
+    assert_eq!(db.dump("users").await.len(), 2);
+}
+
 backend_test!(malformed_email_and_blank_name_are_refused_before_the_database);
 async fn malformed_email_and_blank_name_are_refused_before_the_database(db: TestDb) {
     for (email, name) in [

@@ -17,10 +17,10 @@ pub struct UserRow {
     pub created_at: OffsetDateTime,
 }
 
-/// Inserts a user and returns the id. `RETURNING` read to the end (`fetch_all`), so a failure
-/// at the autocommit's commit is reported.
+/// Inserts a user and returns the id (`fetch_one` reads to the end of the statement, its
+/// commit included: see `items::insert_one`).
 pub async fn insert_one(conn: &mut PgConnection, email: &str, name: &str) -> sqlx::Result<i64> {
-    let ids = sqlx::query_scalar!(
+    sqlx::query_scalar!(
         r#"
         INSERT INTO users (email, name)
         VALUES ($1, $2)
@@ -29,9 +29,8 @@ pub async fn insert_one(conn: &mut PgConnection, email: &str, name: &str) -> sql
         email,
         name,
     )
-    .fetch_all(conn)
-    .await?;
-    ids.into_iter().next().ok_or(sqlx::Error::RowNotFound)
+    .fetch_one(conn)
+    .await
 }
 
 /// The user with this id.
@@ -49,8 +48,9 @@ pub async fn select_one(conn: &mut PgConnection, id: i64) -> sqlx::Result<Option
     .await
 }
 
-/// The user with this email, compared without regard to case: `lower(email)` is what the
-/// unique index `users_email_unique` holds, so this is one probe of it.
+/// The user with this email, compared without regard to ASCII case (as SQLite's `NOCASE`):
+/// `lower(email COLLATE "C")` is what the unique index `users_email_unique` holds, so this is
+/// one probe of it.
 pub async fn select_by_email(
     conn: &mut PgConnection,
     email: &str,
@@ -60,7 +60,7 @@ pub async fn select_by_email(
         r#"
         SELECT id, email, name, created_at
         FROM users
-        WHERE lower(email) = lower($1)
+        WHERE lower(email COLLATE "C") = lower($1 COLLATE "C")
         "#,
         email,
     )
