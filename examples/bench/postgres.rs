@@ -278,7 +278,8 @@ impl<'a> PgBench<'a> {
                 async |bench, range| {
                     let started = Instant::now();
                     for &id in &ids[range.clone()] {
-                        let item = floor::get_item(&mut bench.floor, id).await?;
+                        let item =
+                            sqlrepo_postgres::items::select_one(&mut bench.floor, id).await?;
                         ensure!(item.is_some(), "item {id} missing");
                     }
                     Ok(Measured::since(started, range.len()))
@@ -391,7 +392,8 @@ impl<'a> PgBench<'a> {
                 async |bench, range| {
                     let started = Instant::now();
                     for &user in &users[range.clone()] {
-                        let dashboard = floor::dashboard(&mut bench.floor, user).await?;
+                        let dashboard =
+                            sqlrepo_postgres::dashboard::select(&mut bench.floor, user).await?;
                         ensure!(dashboard.is_some(), "user {user} missing");
                     }
                     Ok(Measured::since(started, range.len()))

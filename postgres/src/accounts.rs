@@ -76,14 +76,13 @@ pub struct BatchRow {
 /// Opens an account and returns its id. A positive opening balance is moved into the ledger by
 /// the trigger `accounts_opening_in_ledger`.
 ///
-/// Read with `fetch_all`, so the statement runs to its end (and its autocommit) before the id
-/// is returned.
+/// `fetch_one` reads the statement to its end, its commit included (see `items::insert_one`).
 pub async fn insert_account(
     conn: &mut PgConnection,
     user_id: Option<i64>,
     balance_cents: i64,
 ) -> sqlx::Result<i64> {
-    let ids = sqlx::query_scalar!(
+    sqlx::query_scalar!(
         r#"
         INSERT INTO accounts (user_id, balance)
         VALUES ($1, $2)
@@ -92,11 +91,8 @@ pub async fn insert_account(
         user_id,
         balance_cents,
     )
-    .fetch_all(conn)
-    .await?;
-    ids.into_iter()
-        .next()
-        .ok_or_else(|| sqlx::Error::Protocol("INSERT … RETURNING id returned no row".to_owned()))
+    .fetch_one(conn)
+    .await
 }
 
 /// The account with this id, if any.
@@ -241,6 +237,9 @@ pub async fn insert_transfers(conn: &mut PgConnection, steps: &Steps) -> sqlx::R
             SELECT from_account, to_account, amount, idempotency_key
             FROM step
             WHERE NOT EXISTS (SELECT 1 FROM landed WHERE NOT landed.same_movement)
+              -- Always true; it makes the accounts' locks be taken before any row goes in,
+              -- also for a batch without keys (whose `landed` never calls
+              -- `transfers_landed`, the other reader of `locked`).
               AND (SELECT count(*) FROM locked) >= 0
               AND NOT EXISTS (SELECT 1 FROM landed WHERE landed.position = step.position)
             ORDER BY position

@@ -1,7 +1,9 @@
 //! Statements the benchmark measures sqlrepo against: each operation as the plainest single
 //! statement raw sqlx can send on a connection it holds (one round trip, no pool, no
 //! repository, no validation), and a bulk load through `COPY`, the physical limit for loading
-//! rows into PostgreSQL.
+//! rows into PostgreSQL. For a point get and the dashboard the floor is sqlrepo's own statement
+//! (`items::select_one`, `dashboard::select`) sent the same way: the same work on the server,
+//! so the ratio is what sqlrepo's layers cost.
 //!
 //! sqlrepo never calls these; `examples/bench` does (`cargo run --release --example bench
 //! --features postgres` with `SQLREPO_PG_URL` set). They live here, beside sqlrepo's own
@@ -10,59 +12,6 @@
 
 use serde_json::Value;
 use sqlx::PgConnection;
-use time::OffsetDateTime;
-
-/// An item row, as the point get returns it.
-#[derive(Debug, Clone)]
-pub struct FloorItem {
-    /// The row's id.
-    pub id: i64,
-    /// Its unique name.
-    pub name: String,
-    /// Its JSON data.
-    pub data: Value,
-    /// Its status (`active`, `inactive`, `archived`).
-    pub status: String,
-    /// When it was created.
-    pub created_at: OffsetDateTime,
-    /// When it was last changed.
-    pub updated_at: OffsetDateTime,
-}
-
-/// A user's dashboard, in one row: the user, the 10 newest orders as a JSON array of
-/// `[id, total, created_at]`, and the order count and total.
-#[derive(Debug, Clone)]
-pub struct FloorDashboard {
-    /// The user's id.
-    pub id: i64,
-    /// The user's email.
-    pub email: String,
-    /// The user's name.
-    pub name: String,
-    /// When the user was created.
-    pub created_at: OffsetDateTime,
-    /// The newest orders, newest first, as `[[id, total, created_at], ...]`.
-    pub recent_orders: Value,
-    /// How many orders the user has.
-    pub order_count: i64,
-    /// The sum of their totals, in cents.
-    pub order_total_cents: i64,
-}
-
-/// One item by id.
-pub async fn get_item(conn: &mut PgConnection, id: i64) -> sqlx::Result<Option<FloorItem>> {
-    sqlx::query_as!(
-        FloorItem,
-        r#"
-        SELECT id, name, data, status, created_at, updated_at
-        FROM items
-        WHERE id = $1
-        "#,
-        id,
-    )
-    .fetch_optional(conn)
-    .await
-}
 
 /// Inserts one item; returns its id.
 pub async fn create_item(
@@ -105,50 +54,6 @@ pub async fn transfer(
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
-}
-
-/// A user's dashboard in one statement; `None` for an unknown user.
-// LATERAL subqueries keep it one statement and one row: the newest orders read through
-// `orders_user_created_idx` and stop after 10, and the stats read the same index (`total` is
-// INCLUDEd in it).
-pub async fn dashboard(
-    conn: &mut PgConnection,
-    user_id: i64,
-) -> sqlx::Result<Option<FloorDashboard>> {
-    sqlx::query_as!(
-        FloorDashboard,
-        r#"
-        SELECT u.id,
-               u.email,
-               u.name,
-               u.created_at,
-               recent.orders AS "recent_orders!",
-               stats.order_count AS "order_count!",
-               stats.order_total_cents AS "order_total_cents!"
-        FROM users AS u
-        CROSS JOIN LATERAL (
-            SELECT coalesce(
-                       jsonb_agg(jsonb_build_array(r.id, r.total, r.created_at)
-                                 ORDER BY r.created_at DESC, r.id DESC),
-                       '[]'::jsonb) AS orders
-            FROM (SELECT id, total, created_at
-                  FROM orders
-                  WHERE user_id = u.id
-                  ORDER BY created_at DESC, id DESC
-                  LIMIT 10) AS r
-        ) AS recent
-        CROSS JOIN LATERAL (
-            SELECT count(*) AS order_count,
-                   coalesce(sum(total), 0)::bigint AS order_total_cents
-            FROM orders
-            WHERE user_id = u.id
-        ) AS stats
-        WHERE u.id = $1
-        "#,
-        user_id,
-    )
-    .fetch_optional(conn)
-    .await
 }
 
 /// The `COPY` statement of [`copy_items`].

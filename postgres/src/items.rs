@@ -63,15 +63,16 @@ impl PageRow {
 
 /// Inserts one item (`data` as JSON text) and returns its id.
 ///
-/// `RETURNING` read with `fetch_all`, to the end of the statement, where an autocommit
-/// statement commits: a failure there is reported, not dropped with an unread result.
+/// `fetch_one` is safe for a write here: sqlx's PostgreSQL driver reads every response of the
+/// statement, to its ReadyForQuery, before it answers (unlike SQLite's, which stops stepping
+/// after the row), so a failure at the autocommit's commit is reported.
 pub async fn insert_one(
     conn: &mut PgConnection,
     name: &str,
     data_json: &str,
     status: &str,
 ) -> sqlx::Result<i64> {
-    let ids = sqlx::query_scalar!(
+    sqlx::query_scalar!(
         r#"
         INSERT INTO items (name, data, status)
         VALUES ($1, $2::text::jsonb, $3)
@@ -81,9 +82,8 @@ pub async fn insert_one(
         data_json,
         status,
     )
-    .fetch_all(conn)
-    .await?;
-    ids.into_iter().next().ok_or(sqlx::Error::RowNotFound)
+    .fetch_one(conn)
+    .await
 }
 
 /// The item with this id.

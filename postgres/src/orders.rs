@@ -27,9 +27,10 @@ pub struct StatsRow {
 }
 
 /// Inserts an order and returns its id; an unknown user fails `orders_user_fk` (23503).
-/// `RETURNING` read to the end (`fetch_all`), so a failure at the commit is reported.
+/// `fetch_one` reads to the end of the statement, its commit included (see
+/// `items::insert_one`).
 pub async fn insert_one(conn: &mut PgConnection, user_id: i64, total: i64) -> sqlx::Result<i64> {
-    let ids = sqlx::query_scalar!(
+    sqlx::query_scalar!(
         r#"
         INSERT INTO orders (user_id, total)
         VALUES ($1, $2)
@@ -38,9 +39,8 @@ pub async fn insert_one(conn: &mut PgConnection, user_id: i64, total: i64) -> sq
         user_id,
         total,
     )
-    .fetch_all(conn)
-    .await?;
-    ids.into_iter().next().ok_or(sqlx::Error::RowNotFound)
+    .fetch_one(conn)
+    .await
 }
 
 /// The order with this id.

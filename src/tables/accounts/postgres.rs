@@ -11,7 +11,6 @@ use serde::Deserialize;
 use sqlrepo_postgres::accounts as statements;
 use sqlx::PgConnection;
 use sqlx::postgres::PgDatabaseError;
-use time::OffsetDateTime;
 
 use super::{
     Account, IDEMPOTENCY_KEY_CONSTRAINT, Transfer, TransferOutcome, credit_overflow,
@@ -37,13 +36,8 @@ pub(super) async fn get(conn: &mut PgConnection, id: i64) -> Result<Option<Accou
         id: row.id,
         user_id: row.user_id,
         balance_cents: row.balance,
-        created_at: utc(row.created_at),
+        created_at: row.created_at,
     }))
-}
-
-/// `timestamptz` arrives in UTC already; said once here so `Account` reads the same on both.
-fn utc(at: OffsetDateTime) -> OffsetDateTime {
-    at.to_offset(time::UtcOffset::UTC)
 }
 
 pub(super) async fn deposit(conn: &mut PgConnection, id: i64, amount_cents: i64) -> Result<i64> {
@@ -169,7 +163,6 @@ fn refusal(err: sqlx::Error, overflow: impl FnOnce() -> Error) -> Error {
                 })
             }
             (CHECK_VIOLATION, Some("accounts_balance_non_negative")) => overdraft(detail),
-            (UNIQUE_VIOLATION, Some(KEY_UNIQUE_CONSTRAINT)) => Some(key_reused()),
             (NUMERIC_VALUE_OUT_OF_RANGE, _) => Some(overflow()),
             _ => None,
         }

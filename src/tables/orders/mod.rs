@@ -12,7 +12,7 @@ use crate::limits::batch_json;
 use crate::trace::{Rows, traced};
 
 #[cfg(feature = "postgres")]
-pub(crate) mod postgres;
+mod postgres;
 
 /// A stored order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
