@@ -129,10 +129,11 @@ impl Handle {
 /// noticed when the `Conn` comes back: later calls and `commit` fail with
 /// [`Error::RolledBack`] instead of running outside any transaction.
 ///
-/// What sqlrepo cannot do for a service's own statements: step them to the end. A write read
-/// with `fetch_one`/`fetch_optional` (say `INSERT … RETURNING`) is reset after its first row,
-/// and a commit that fails at that point is not reported by sqlx; run writes with `execute`
-/// or `fetch_all`, as the built-in repositories do.
+/// What sqlrepo cannot do for a service's own statements: step them to the end. On SQLite a
+/// write read with `fetch_one`/`fetch_optional` (say `INSERT … RETURNING`) is reset after its
+/// first row, and a commit that fails at that point is not reported by sqlx; run writes with
+/// `execute` or `fetch_all` there, as the built-in repositories do. (sqlx's PostgreSQL driver
+/// reads every statement to its end, so there any fetch reports the commit.)
 #[derive(Debug)]
 pub struct Conn {
     lent: Lent,
