@@ -723,20 +723,14 @@ async fn grouped_transfers_on_a_full_disk_are_stored_exactly_when_acknowledged()
 
     // Space freed: the same Db transfers again, and that transfer is stored.
     std::fs::remove_file(&set_aside).unwrap();
-    let before = (
-        db.accounts()
-            .get(accounts[0])
-            .await
-            .unwrap()
-            .unwrap()
-            .balance_cents,
-        db.accounts()
-            .get(accounts[1])
-            .await
-            .unwrap()
-            .unwrap()
-            .balance_cents,
-    );
+    let balances = async || {
+        let mut pair = [0; 2];
+        for (balance, id) in pair.iter_mut().zip(&accounts[..2]) {
+            *balance = db.accounts().get(*id).await.unwrap().unwrap().balance_cents;
+        }
+        pair
+    };
+    let before = balances().await;
     db.accounts()
         .transfer(&Transfer::new(accounts[0], accounts[1], 1).with_key("after"))
         .await
@@ -752,23 +746,7 @@ async fn grouped_transfers_on_a_full_disk_are_stored_exactly_when_acknowledged()
         after_rows, 1,
         "the transfer after the space was freed is in the ledger"
     );
-    assert_eq!(
-        (
-            db.accounts()
-                .get(accounts[0])
-                .await
-                .unwrap()
-                .unwrap()
-                .balance_cents,
-            db.accounts()
-                .get(accounts[1])
-                .await
-                .unwrap()
-                .unwrap()
-                .balance_cents,
-        ),
-        (before.0 - 1, before.1 + 1)
-    );
+    assert_eq!(balances().await, [before[0] - 1, before[1] + 1]);
     println!(
         "grouped transfers on a full disk: {} acknowledged and stored, {full} DiskFull",
         acknowledged.len()
