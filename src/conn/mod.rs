@@ -13,6 +13,8 @@ mod checkpoint;
 mod control;
 mod group;
 mod handle;
+#[cfg(feature = "postgres")]
+pub mod hosts;
 mod migrate;
 mod ops;
 mod options;
