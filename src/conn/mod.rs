@@ -7,12 +7,18 @@
 //! SQLite's connections are in `pool` (held writer and readers, group commit in `group`, WAL
 //! checkpoints in `checkpoint`); PostgreSQL's in `postgres` (a primary pool and replica pools,
 //! reads routed so a `Db` reads its own writes), behind the same `Handle` and `Conn`.
+//! `hosts` reads libpq's multi-host connection strings and `discover` finds which of those
+//! hosts is the primary (both public, for a service that wants to look for itself).
 
 mod backend;
 mod checkpoint;
 mod control;
+#[cfg(feature = "postgres")]
+pub mod discover;
 mod group;
 mod handle;
+#[cfg(feature = "postgres")]
+pub mod hosts;
 mod migrate;
 mod ops;
 mod options;

@@ -1,0 +1,136 @@
+//! Two hosts that both claim to be primary, made for real: the streaming replica of
+//! `.ci/pg-cluster` is promoted (`pg_ctl promote`) while its old primary keeps running, the
+//! split brain of a failover the old primary did not hear of. Discovery for writes must choose
+//! the promoted one, on the newer timeline, wherever it is in the list; `any` keeps libpq's
+//! first-that-answers.
+//!
+//! One test in a file of its own: it needs `SQLREPO_PG_URL`, `SQLREPO_PG_REPLICA_URL` and
+//! `SQLREPO_PG_DATA` (the directory `.ci/pg-cluster` made), and leaves the replica promoted, so
+//! the pair is no pair afterwards: run it on a cluster nobody else uses, last, then stop that
+//! cluster. Ignored by default; `-- --include-ignored` runs it, and then anything missing is a
+//! failure.
+
+#![cfg(feature = "postgres")]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sqlrepo::conn::discover::{Role, discover};
+use sqlrepo::conn::hosts::{HostList, TargetSessionAttrs};
+
+const NEEDS: &str = "needs a PostgreSQL pair of its own (.ci/pg-cluster start: SQLREPO_PG_URL, \
+                     SQLREPO_PG_REPLICA_URL, SQLREPO_PG_DATA); run with -- --include-ignored";
+
+fn env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: this test {NEEDS}"))
+}
+
+fn label(var: &str) -> String {
+    HostList::parse(&env(var)).unwrap().hosts()[0].label()
+}
+
+/// `pg_ctl` of the newest installed PostgreSQL, as the `postgres` user when we are root.
+fn pg_ctl(args: &[&str]) -> std::process::Output {
+    let mut bindirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL's server programs in /usr/lib/postgresql")
+        .map(|entry| entry.unwrap().path().join("bin"))
+        .collect();
+    bindirs.sort();
+    let program = bindirs
+        .pop()
+        .expect("a PostgreSQL bin directory")
+        .join("pg_ctl");
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0");
+    let mut command = if is_root {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(&program);
+        command
+    } else {
+        Command::new(&program)
+    };
+    command.args(args).output().unwrap()
+}
+
+/// The hosts in libpq's key=value form (`host=a,b port=1,2`), the other form of a list.
+fn list(hosts: &[&String], attrs: TargetSessionAttrs) -> HostList {
+    let (names, ports): (Vec<&str>, Vec<&str>) = hosts
+        .iter()
+        .map(|host| host.rsplit_once(':').unwrap())
+        .unzip();
+    HostList::parse(&format!(
+        "host={} port={} user=postgres dbname=postgres target_session_attrs={attrs} \
+         connect_timeout=3",
+        names.join(","),
+        ports.join(",")
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs a PostgreSQL pair of its own, which it splits; run with -- --include-ignored"]
+async fn of_two_primaries_writes_go_to_the_one_promoted_last_on_the_newer_timeline() {
+    let (old, replica, data) = (
+        label("SQLREPO_PG_URL"),
+        label("SQLREPO_PG_REPLICA_URL"),
+        env("SQLREPO_PG_DATA"),
+    );
+    let before = discover(&list(&[&old, &replica], TargetSessionAttrs::ReadWrite))
+        .await
+        .unwrap();
+    assert_eq!(before.chosen().host.label(), old);
+    let old_timeline = before.chosen().state().unwrap().timeline.unwrap();
+
+    let replica_dir = format!("{data}/replica");
+    let out = pg_ctl(&["promote", "-w", "-t", "60", "-D", &replica_dir]);
+    assert!(
+        out.status.success(),
+        "pg_ctl promote: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `promote -w` returns once the server accepts writes; its probe may still be in flight.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let promoted = loop {
+        let found = discover(&list(&[&replica], TargetSessionAttrs::Primary)).await;
+        match found {
+            Ok(found) => break found,
+            Err(err) if Instant::now() < deadline => {
+                println!("not yet a primary: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("the promoted replica is no primary 30 s later: {err}"),
+        }
+    };
+    let new_timeline = promoted.chosen().state().unwrap().timeline.unwrap();
+    assert!(
+        new_timeline > old_timeline,
+        "promotion starts a new timeline: {old_timeline} then {new_timeline}"
+    );
+
+    for hosts in [[&old, &replica], [&replica, &old]] {
+        let found = discover(&list(&hosts, TargetSessionAttrs::ReadWrite))
+            .await
+            .unwrap();
+        // Both answer as primaries; the newer timeline wins whatever the order.
+        assert!(
+            found
+                .probes()
+                .iter()
+                .all(|probe| probe.state().unwrap().role == Role::Primary)
+        );
+        assert_eq!(found.chosen().host.label(), replica, "{hosts:?}");
+        assert_eq!(found.primary().unwrap().host.label(), replica);
+        let found = discover(&list(&hosts, TargetSessionAttrs::Primary))
+            .await
+            .unwrap();
+        assert_eq!(found.chosen().host.label(), replica, "{hosts:?}");
+        // `any` is libpq's: the first host that answers.
+        let found = discover(&list(&hosts, TargetSessionAttrs::Any))
+            .await
+            .unwrap();
+        assert_eq!(&found.chosen().host.label(), hosts[0]);
+    }
+}

@@ -1,0 +1,269 @@
+//! Discovery on a real high-availability cluster: `.ci/patroni-cluster` starts etcd and three
+//! PostgreSQL 15 nodes under Patroni (synchronous mode), the test finds the leader through the
+//! three-host URL, writes through it, SIGKILLs the leader's Patroni and postmaster together (the
+//! machine lost), and shows that discovery on the same URL finds the promoted node: a primary
+//! on a newer timeline holding every acknowledged write. It prints kill→promotion and
+//! promotion→discovery.
+//!
+//! Ignored by default: it needs Patroni and etcd (Debian's `patroni` and `etcd-server`, which
+//! the script installs when run as root) and loopback ports BASEPORT+1..21
+//! (`SQLREPO_PATRONI_BASEPORT`, default 57000). `cargo test --all-features --test pg_patroni --
+//! --include-ignored` runs it; without what it needs it fails, saying so. The cluster is stopped
+//! and deleted when the test ends, passed or failed.
+
+#![cfg(feature = "postgres")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sqlrepo::conn::discover::{DEFAULT_PROBE_TIMEOUT, Role, discover};
+use sqlrepo::conn::hosts::{HostList, TargetSessionAttrs};
+use sqlrepo::{Db, NewAccount, Transfer};
+use time::OffsetDateTime;
+
+const TRANSFERS: i64 = 50;
+const OPENING: i64 = 1_000_000;
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/patroni-cluster")
+}
+
+/// A running cluster, stopped (everything, then its directory deleted) when dropped.
+struct Cluster {
+    dir: PathBuf,
+    url: String,
+    _parent: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let base = std::env::var("SQLREPO_PATRONI_BASEPORT").unwrap_or_else(|_| "57000".into());
+        let parent = tempfile::tempdir().unwrap();
+        // Patroni and PostgreSQL run as the `postgres` user, which must reach the directory.
+        let mut permissions = std::fs::metadata(parent.path()).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o711);
+        std::fs::set_permissions(parent.path(), permissions).unwrap();
+        let dir = parent.path().join("patroni");
+        let out = Command::new(script())
+            .arg("start")
+            .arg(&dir)
+            .arg(&base)
+            .output()
+            .expect("run .ci/patroni-cluster");
+        assert!(
+            out.status.success(),
+            "could not start a Patroni cluster (this test needs Patroni, etcd and PostgreSQL 15 \
+             -- the script installs them as root -- and ports {base}+1..21 free):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let url = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("export SQLREPO_PATRONI_URL="))
+            .unwrap_or_else(|| panic!("no SQLREPO_PATRONI_URL in {stdout}"))
+            .trim_matches('\'')
+            .to_owned();
+        Cluster {
+            dir,
+            url,
+            _parent: parent,
+        }
+    }
+
+    /// The leader as `.ci/patroni-cluster leader` prints it: name, port, Patroni's pid and the
+    /// postmaster's.
+    fn leader(&self) -> (String, u16, String, String) {
+        let out = Command::new(script())
+            .arg("leader")
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(fields.len(), 4, "leader printed {text:?}");
+        (
+            fields[0].to_owned(),
+            fields[1].parse().unwrap(),
+            fields[2].to_owned(),
+            fields[3].to_owned(),
+        )
+    }
+
+    /// When the node's Patroni logged its promotion (Patroni logs in UTC here: the script
+    /// starts it with TZ=UTC).
+    fn promoted_at(&self, node: &str) -> Option<OffsetDateTime> {
+        let log = std::fs::read_to_string(self.dir.join(node).join("patroni.log")).ok()?;
+        let line = log
+            .lines()
+            .rfind(|line| line.contains("promoted self to leader"))?;
+        let format = time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second],[subsecond]"
+        );
+        let stamp = line.get(..23)?;
+        Some(
+            time::PrimitiveDateTime::parse(stamp, &format)
+                .ok()?
+                .assume_utc(),
+        )
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(script()).arg("stop").arg(&self.dir).status();
+    }
+}
+
+fn port_of(label: &str) -> u16 {
+    label.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs Patroni and etcd (Debian patroni, etcd-server; root installs them); run with -- --include-ignored"]
+async fn discovery_finds_the_new_primary_after_the_leader_s_machine_is_lost() {
+    let cluster = Cluster::start();
+    let list = HostList::parse(&cluster.url).unwrap();
+    assert_eq!(list.hosts().len(), 3);
+    assert_eq!(list.target_session_attrs(), TargetSessionAttrs::ReadWrite);
+
+    let (old_name, old_port, patroni_pid, postmaster_pid) = cluster.leader();
+    let before = discover(&list).await.unwrap();
+    assert_eq!(port_of(&before.chosen().host.label()), old_port);
+    let old_timeline = before.chosen().state().unwrap().timeline.unwrap();
+    assert_eq!(before.standbys().count(), 2);
+
+    // Acknowledged writes on the leader: with synchronous_mode each is on the standby Patroni
+    // will promote.
+    let db = Db::connect(&format!(
+        "postgres://postgres@127.0.0.1:{old_port}/postgres"
+    ))
+    .await
+    .unwrap();
+    let accounts = db.accounts();
+    let from = accounts
+        .open(&NewAccount {
+            user_id: None,
+            balance_cents: OPENING,
+        })
+        .await
+        .unwrap();
+    let to = accounts
+        .open(&NewAccount {
+            user_id: None,
+            balance_cents: OPENING,
+        })
+        .await
+        .unwrap();
+    for n in 0..TRANSFERS {
+        accounts
+            .transfer(&Transfer::new(from, to, 1).with_key(format!("patroni-{n}")))
+            .await
+            .unwrap();
+    }
+    drop(accounts);
+    drop(db);
+
+    let status = Command::new("kill")
+        .args(["-KILL", &patroni_pid, &postmaster_pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let killed = Instant::now();
+    let killed_wall = OffsetDateTime::now_utc();
+
+    let mut failures = 0;
+    let found = loop {
+        assert!(
+            killed.elapsed() < Duration::from_secs(90),
+            "no new primary discovered 90 s after the kill"
+        );
+        let attempt = Instant::now();
+        let result = discover(&list).await;
+        // A probe never hangs past its bound, whatever state the hosts are in.
+        assert!(
+            attempt.elapsed() < DEFAULT_PROBE_TIMEOUT + Duration::from_secs(1),
+            "discovery took {:?}",
+            attempt.elapsed()
+        );
+        match result {
+            Ok(found) if port_of(&found.chosen().host.label()) != old_port => break found,
+            Ok(_) => panic!("discovery chose the killed leader on port {old_port}"),
+            Err(err) => {
+                assert!(err.is_retryable(), "a non-retryable error meanwhile: {err}");
+                failures += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let discovered = killed.elapsed();
+    let discovered_wall = OffsetDateTime::now_utc();
+
+    let new_primary = found.chosen();
+    let state = new_primary.state().unwrap();
+    assert_eq!(state.role, Role::Primary);
+    assert!(!state.read_only);
+    let new_timeline = state.timeline.unwrap();
+    assert!(
+        new_timeline > old_timeline,
+        "a promotion starts a new timeline: {old_timeline} then {new_timeline}"
+    );
+    let killed_probe = found
+        .probes()
+        .iter()
+        .find(|probe| port_of(&probe.host.label()) == old_port)
+        .unwrap();
+    assert!(killed_probe.outcome.is_err(), "{killed_probe}");
+
+    let new_port = port_of(&new_primary.host.label());
+    // Patroni agrees on who leads now.
+    let (new_name, leader_port, _, _) = cluster.leader();
+    assert_eq!(leader_port, new_port);
+    let promoted = cluster
+        .promoted_at(&new_name)
+        .unwrap_or_else(|| panic!("{new_name}'s Patroni logged no promotion"));
+    let promotion_after_kill = promoted - killed_wall;
+    let discovery_after_promotion = discovered_wall - promoted;
+    println!(
+        "leader {old_name} killed; {new_name} promoted {:.2} s later (Patroni's log), discovered \
+         {:.2} s after the kill, {:.2} s after the promotion, {failures} discoveries without a \
+         primary meanwhile",
+        promotion_after_kill.as_seconds_f64(),
+        discovered.as_secs_f64(),
+        discovery_after_promotion.as_seconds_f64()
+    );
+    assert!(
+        discovery_after_promotion < time::Duration::seconds(1),
+        "the new primary was discovered {discovery_after_promotion} after its promotion"
+    );
+
+    // Every acknowledged transfer is on the new primary, and it takes writes.
+    let db = Db::connect(&format!(
+        "postgres://postgres@127.0.0.1:{new_port}/postgres"
+    ))
+    .await
+    .unwrap();
+    let accounts = db.accounts();
+    assert_eq!(
+        accounts.get(to).await.unwrap().unwrap().balance_cents,
+        OPENING + TRANSFERS
+    );
+    assert_eq!(
+        accounts.get(from).await.unwrap().unwrap().balance_cents,
+        OPENING - TRANSFERS
+    );
+    assert_eq!(accounts.total_balance().await.unwrap(), 2 * OPENING);
+    accounts
+        .transfer(&Transfer::new(from, to, 1).with_key("patroni-after"))
+        .await
+        .unwrap();
+    assert_eq!(
+        accounts.get(to).await.unwrap().unwrap().balance_cents,
+        OPENING + TRANSFERS + 1
+    );
+}
