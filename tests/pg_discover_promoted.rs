@@ -1,14 +1,13 @@
-//! Two hosts that both claim to be primary, made for real: the streaming replica of
-//! `.ci/pg-cluster` is promoted (`pg_ctl promote`) while its old primary keeps running, the
+//! Two hosts that both claim to be primary, made for real: the streaming replica of a
+//! `.ci/pg-cluster` pair is promoted (`pg_ctl promote`) while its old primary keeps running, the
 //! split brain of a failover the old primary did not hear of. Discovery for writes must choose
 //! the promoted one, on the newer timeline, wherever it is in the list; `any` keeps libpq's
 //! first-that-answers.
 //!
-//! One test in a file of its own: it needs `SQLREPO_PG_URL`, `SQLREPO_PG_REPLICA_URL` and
-//! `SQLREPO_PG_DATA` (the directory `.ci/pg-cluster` made), and leaves the replica promoted, so
-//! the pair is no pair afterwards: run it on a cluster nobody else uses, last, then stop that
-//! cluster. Ignored by default; `-- --include-ignored` runs it, and then anything missing is a
-//! failure.
+//! The test splits the pair it runs on, so it starts a pair of its own with `.ci/pg-cluster`
+//! (ports `SQLREPO_PROMOTE_PORT` and the next, default 56500) and stops it when done, and never
+//! touches the servers other suites share. Ignored by default; `-- --include-ignored` runs it,
+//! and then a missing PostgreSQL is a failure.
 
 #![cfg(feature = "postgres")]
 
@@ -19,15 +18,63 @@ use std::time::{Duration, Instant};
 use sqlrepo::conn::discover::{Role, discover};
 use sqlrepo::conn::hosts::{HostList, TargetSessionAttrs};
 
-const NEEDS: &str = "needs a PostgreSQL pair of its own (.ci/pg-cluster start: SQLREPO_PG_URL, \
-                     SQLREPO_PG_REPLICA_URL, SQLREPO_PG_DATA); run with -- --include-ignored";
-
-fn env(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: this test {NEEDS}"))
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/pg-cluster")
 }
 
-fn label(var: &str) -> String {
-    HostList::parse(&env(var)).unwrap().hosts()[0].label()
+/// A primary and its streaming replica of this test's own, stopped (and their directory
+/// deleted) when dropped, whatever the test did to them.
+struct Pair {
+    dir: PathBuf,
+    primary: String,
+    replica: String,
+    _parent: tempfile::TempDir,
+}
+
+impl Pair {
+    fn start() -> Pair {
+        let port = std::env::var("SQLREPO_PROMOTE_PORT").unwrap_or_else(|_| "56500".into());
+        let parent = tempfile::tempdir().unwrap();
+        // The servers run as the `postgres` user, which must reach the directory.
+        let mut permissions = std::fs::metadata(parent.path()).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o711);
+        std::fs::set_permissions(parent.path(), permissions).unwrap();
+        let dir = parent.path().join("pair");
+        let out = Command::new(script())
+            .arg("start")
+            .arg(&dir)
+            .arg(&port)
+            .output()
+            .expect("run .ci/pg-cluster");
+        assert!(
+            out.status.success(),
+            "could not start a PostgreSQL pair (this test needs PostgreSQL 15 -- the script \
+             installs it as root -- and ports {port} and the next free):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let export = |name: &str| {
+            stdout
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+                .trim_matches(|c| c == '\'' || c == '"')
+                .to_owned()
+        };
+        let label = |url: String| HostList::parse(&url).unwrap().hosts()[0].label();
+        Pair {
+            primary: label(export("SQLREPO_PG_URL")),
+            replica: label(export("SQLREPO_PG_REPLICA_URL")),
+            dir,
+            _parent: parent,
+        }
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let _ = Command::new(script()).arg("stop").arg(&self.dir).status();
+    }
 }
 
 /// `pg_ctl` of the newest installed PostgreSQL, as the `postgres` user when we are root.
@@ -71,21 +118,25 @@ fn list(hosts: &[&String], attrs: TargetSessionAttrs) -> HostList {
 }
 
 #[tokio::test]
-#[ignore = "needs a PostgreSQL pair of its own, which it splits; run with -- --include-ignored"]
+#[ignore = "needs PostgreSQL (it starts and splits a pair of its own); run with -- --include-ignored"]
 async fn of_two_primaries_writes_go_to_the_one_promoted_last_on_the_newer_timeline() {
-    let (old, replica, data) = (
-        label("SQLREPO_PG_URL"),
-        label("SQLREPO_PG_REPLICA_URL"),
-        env("SQLREPO_PG_DATA"),
-    );
+    let pair = Pair::start();
+    let (old, replica) = (pair.primary.clone(), pair.replica.clone());
     let before = discover(&list(&[&old, &replica], TargetSessionAttrs::ReadWrite))
         .await
         .unwrap();
     assert_eq!(before.chosen().host.label(), old);
     let old_timeline = before.chosen().state().unwrap().timeline.unwrap();
 
-    let replica_dir = format!("{data}/replica");
-    let out = pg_ctl(&["promote", "-w", "-t", "60", "-D", &replica_dir]);
+    let replica_dir = pair.dir.join("replica");
+    let out = pg_ctl(&[
+        "promote",
+        "-w",
+        "-t",
+        "60",
+        "-D",
+        replica_dir.to_str().unwrap(),
+    ]);
     assert!(
         out.status.success(),
         "pg_ctl promote: {}",
