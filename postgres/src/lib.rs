@@ -15,6 +15,7 @@ pub mod floor;
 pub mod items;
 pub mod orders;
 pub mod replication;
+pub mod session;
 pub mod tx;
 pub mod users;
 

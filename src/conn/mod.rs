@@ -11,6 +11,7 @@
 mod backend;
 mod checkpoint;
 mod control;
+mod free_slots;
 mod group;
 mod handle;
 mod migrate;
