@@ -132,8 +132,36 @@ impl Db {
     /// crate was built without the `postgres` feature; [`Error::Database`](crate::Error::Database)
     /// when the primary cannot be reached (replicas that cannot be reached are skipped).
     pub async fn connect_replicated(primary: &str, replicas: &[&str]) -> Result<Db> {
+        Db::connect_replicated_with(primary, replicas, &DbOptions::new("")).await
+    }
+
+    /// [`Db::connect_replicated`] with the PostgreSQL limits of `options`
+    /// ([`statement_timeout`](DbOptions::statement_timeout),
+    /// [`lock_timeout`](DbOptions::lock_timeout),
+    /// [`idle_in_transaction_session_timeout`](DbOptions::idle_in_transaction_session_timeout)),
+    /// set on every connection as it connects; the SQLite fields (the path, readers, ...) are
+    /// not used. `replicas` may be empty.
+    ///
+    /// ```no_run
+    /// # async fn run() -> sqlrepo::Result<()> {
+    /// use std::time::Duration;
+    /// let options = sqlrepo::DbOptions::new("")
+    ///     .statement_timeout(Duration::from_secs(10))
+    ///     .lock_timeout(Duration::from_secs(2));
+    /// let db = sqlrepo::Db::connect_replicated_with("postgres://app@db/app", &[], &options).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Db::connect_replicated`]; [`Error::Config`](crate::Error::Config) also for a limit
+    /// past the server's largest (2,147,483,647 ms).
+    pub async fn connect_replicated_with(
+        primary: &str,
+        replicas: &[&str],
+        options: &DbOptions,
+    ) -> Result<Db> {
         Ok(Db {
-            connections: Arc::new(Connections::connect_postgres(primary, replicas).await?),
+            connections: Arc::new(Connections::connect_postgres(primary, replicas, options).await?),
         })
     }
 

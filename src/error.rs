@@ -114,16 +114,31 @@ pub enum Error {
     #[error("the database server is unavailable ({0}); retry once it is back")]
     Unavailable(String),
 
+    /// The server cancelled the statement before it finished (PostgreSQL's SQLSTATE 57014):
+    /// it ran past [`DbOptions::statement_timeout`](crate::DbOptions::statement_timeout), or
+    /// an operator (or sqlrepo, for a call its caller gave up on) cancelled it. Nothing of the
+    /// statement was stored; inside a [`Tx`](crate::Tx) the transaction goes on without it.
+    /// Retryable: the same call may finish next time.
+    #[error(
+        "the server cancelled the statement ({0}); nothing of it was stored; retry, or allow \
+         it longer (DbOptions::statement_timeout)"
+    )]
+    Cancelled(String),
+
     /// Any other database failure, with the `sqlx` error kept as the source.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
 }
 
 impl Error {
-    /// True when the same call may succeed if tried again unchanged: [`Error::Busy`] and
-    /// [`Error::Unavailable`] (for a write, see its note on idempotency).
+    /// True when the same call may succeed if tried again unchanged: [`Error::Busy`],
+    /// [`Error::Cancelled`] and [`Error::Unavailable`] (for a write, see its note on
+    /// idempotency).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Busy | Error::Unavailable(_))
+        matches!(
+            self,
+            Error::Busy | Error::Cancelled(_) | Error::Unavailable(_)
+        )
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Error {
@@ -161,6 +176,7 @@ impl Error {
             Error::RolledBack(message) => Error::RolledBack(message.clone()),
             Error::Config(message) => Error::Config(message.clone()),
             Error::Unavailable(message) => Error::Unavailable(message.clone()),
+            Error::Cancelled(message) => Error::Cancelled(message.clone()),
             Error::Database(err) => Error::Database(sqlx::Error::Protocol(err.to_string())),
         }
     }
@@ -329,6 +345,7 @@ pub(crate) mod sqlstate {
     pub(crate) const INVALID_CATALOG_NAME: &str = "3D000";
     pub(crate) const DUPLICATE_DATABASE: &str = "42P04";
     pub(crate) const DISK_FULL: &str = "53100";
+    pub(crate) const QUERY_CANCELED: &str = "57014";
 }
 
 /// Whether `err` is a database error with this SQLSTATE.
@@ -391,6 +408,9 @@ fn classify_postgres(err: sqlx::Error) -> Error {
             "{message}; the migrations have not run on this database (call Db::migrate)"
         )),
         sqlstate::DISK_FULL => Error::DiskFull,
+        // statement_timeout, pg_cancel_backend or a client's cancel request: the statement was
+        // aborted, so nothing of it stands. Before the `57P` arm, which it is not part of.
+        sqlstate::QUERY_CANCELED => Error::Cancelled(message.to_owned()),
         sqlstate::READ_ONLY_SQL_TRANSACTION => Error::ReadOnly(format!(
             "{message}; write through Handle::writer (the primary)"
         )),
@@ -568,8 +588,12 @@ mod tests {
     }
 
     #[test]
-    fn only_busy_is_retryable() {
+    fn only_busy_cancelled_and_unavailable_are_retryable() {
         assert!(Error::Busy.is_retryable());
+        assert!(
+            Error::Cancelled("canceling statement due to statement timeout".into()).is_retryable()
+        );
+        assert!(Error::Unavailable("gone".into()).is_retryable());
         assert!(!Error::ForeignKey.is_retryable());
         assert!(!Error::invalid("x").is_retryable());
     }

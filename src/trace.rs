@@ -69,6 +69,7 @@ fn variant(err: &Error) -> &'static str {
         Error::RolledBack(_) => "rolled_back",
         Error::Config(_) => "config",
         Error::Unavailable(_) => "unavailable",
+        Error::Cancelled(_) => "cancelled",
         Error::Database(_) => "database",
     }
 }

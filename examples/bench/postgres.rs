@@ -5,6 +5,8 @@
 //! - point get, create, transfer, dashboard: sqlrepo (`Db::connect`) against raw sqlx on one
 //!   held `PgConnection`, each operation one checked statement and one round trip
 //!   (`sqlrepo_postgres::floor`);
+//! - tx of 5: a `Tx` of five transfers, committed, against `BEGIN`, the same five checked
+//!   statements and `COMMIT` on the held connection (what a `Tx`'s per-call savepoints cost);
 //! - insert_many: one `insert_many` call per round against `COPY ... FROM STDIN` of the same
 //!   rows, the physical limit for bulk loads;
 //! - with `SQLREPO_PG_REPLICA_URL` (a streaming replica of that server): point gets through a
@@ -175,6 +177,7 @@ impl<'a> PgBench<'a> {
         ));
         seed_people(&self.db, self.inputs).await?;
         self.transfer().await?;
+        self.tx_of_five().await?;
         self.dashboard().await?;
         if self.replicated.is_some() {
             self.replicated_get().await?;
@@ -371,6 +374,56 @@ impl<'a> PgBench<'a> {
             "after pg transfer the bank holds {total} cents, expected {opened}"
         );
         self.push("pg transfer", "transfer", sides);
+        Ok(())
+    }
+
+    /// A `Tx` of five transfers, committed, against `BEGIN`, the same five statements and
+    /// `COMMIT` on the floor's connection: a call inside a `Tx` pays for its savepoint (one
+    /// round trip), the floor for nothing but its statement.
+    async fn tx_of_five(&mut self) -> anyhow::Result<()> {
+        const CALLS: usize = 5;
+        let inputs = self.inputs;
+        let units: Vec<_> = inputs.transfers.chunks_exact(CALLS).collect();
+        let sides = self
+            .take_turns(
+                "pg tx of 5",
+                "floor",
+                units.len(),
+                async |bench, range| {
+                    let started = Instant::now();
+                    for unit in &units[range.clone()] {
+                        let tx = bench.db.begin().await?;
+                        for t in unit.iter() {
+                            tx.accounts().transfer(t).await?;
+                        }
+                        tx.commit().await?;
+                    }
+                    Ok(Measured::since(started, range.len()))
+                },
+                async |bench, range| {
+                    let started = Instant::now();
+                    for unit in &units[range.clone()] {
+                        sqlrepo_postgres::tx::begin(&mut bench.floor).await?;
+                        for t in unit.iter() {
+                            let landed =
+                                floor::transfer(&mut bench.floor, t.from, t.to, t.amount_cents)
+                                    .await?;
+                            ensure!(landed == 1, "a floor transfer landed {landed} rows");
+                        }
+                        sqlrepo_postgres::tx::commit(&mut bench.floor).await?;
+                    }
+                    Ok(Measured::since(started, range.len()))
+                },
+            )
+            .await?;
+        let sizes = &self.inputs.sizes;
+        let opened = sizes.accounts as i64 * sizes.opening_balance_cents;
+        let total = self.db.accounts().total_balance().await?;
+        ensure!(
+            total == opened,
+            "after pg tx of 5 the bank holds {total} cents, expected {opened}"
+        );
+        self.push("pg tx of 5", "tx", sides);
         Ok(())
     }
 

@@ -16,6 +16,7 @@ pub mod items;
 pub mod orders;
 pub mod replication;
 pub mod role;
+pub mod session;
 pub mod tx;
 pub mod users;
 

@@ -9,6 +9,15 @@ pub async fn begin(conn: &mut PgConnection) -> sqlx::Result<()> {
     sqlx::query!("BEGIN").execute(conn).await.map(drop)
 }
 
+/// [`begin`], then [`savepoint_call`] for the transaction's first call, in one round trip
+/// (PostgreSQL's simple query protocol, for the reason given at [`release_and_savepoint_call`]).
+pub async fn begin_with_call_savepoint(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::raw_sql("BEGIN; SAVEPOINT sqlrepo_call")
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 /// Commits the open transaction.
 ///
 /// PostgreSQL answers `COMMIT` of a transaction that an error aborted with `ROLLBACK` and no
@@ -35,6 +44,22 @@ pub async fn savepoint_call(conn: &mut PgConnection) -> sqlx::Result<()> {
 /// Keeps what the call since [`savepoint_call`] did.
 pub async fn release_call(conn: &mut PgConnection) -> sqlx::Result<()> {
     sqlx::query!("RELEASE SAVEPOINT sqlrepo_call")
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Keeps what the last call did and marks the start of the next one: [`release_call`] and
+/// [`savepoint_call`] in one round trip instead of two.
+///
+/// Two statements in one message need PostgreSQL's simple query protocol, which sqlx's checked
+/// macros do not use (they prepare one statement each), so this is `raw_sql` of a constant:
+/// neither statement has a parameter or a result column for a macro to check. If the `RELEASE`
+/// fails (SQLSTATE 25P02: the last call left the transaction aborted) the server skips the
+/// `SAVEPOINT`; the savepoint of the last call is then still open, and [`rollback_call`]
+/// undoes the call and leaves that savepoint in place for the next one.
+pub async fn release_and_savepoint_call(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::raw_sql("RELEASE SAVEPOINT sqlrepo_call; SAVEPOINT sqlrepo_call")
         .execute(conn)
         .await
         .map(drop)

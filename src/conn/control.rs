@@ -84,27 +84,82 @@ pub(super) async fn savepoint_call(conn: &mut sqlx::PgConnection) -> sqlx::Resul
     sqlrepo_postgres::tx::savepoint_call(conn).await
 }
 
-/// Ends the savepoint of a call: released when the call left the transaction usable; rolled
-/// back to and released when the call left it aborted (SQLSTATE 25P02, "current transaction is
-/// aborted"), so the transaction goes on without what the failed call did.
+/// Begins a PostgreSQL transaction with the savepoint of its first call already open, in one
+/// round trip (see `TxState::start_call`).
+#[cfg(feature = "postgres")]
+pub(super) async fn begin_with_call(conn: &mut sqlx::PgConnection) -> sqlx::Result<()> {
+    sqlrepo_postgres::tx::begin_with_call_savepoint(conn).await
+}
+
+/// Ends the savepoint of a call before the transaction commits: released when the call left
+/// the transaction usable; rolled back to and released when the call left it aborted (SQLSTATE
+/// 25P02, "current transaction is aborted"), so the transaction commits without what the
+/// failed call did. (PostgreSQL answers `COMMIT` of an aborted transaction with a silent
+/// `ROLLBACK`, so the `RELEASE` is what tells the two apart.)
 #[cfg(feature = "postgres")]
 pub(super) async fn end_call(conn: &mut sqlx::PgConnection) -> sqlx::Result<()> {
-    let mut released = sqlrepo_postgres::tx::release_call(conn).await;
-    if let Err(err) = &released
-        && err.as_database_error().is_some()
-        && !has_sqlstate(err, sqlstate::IN_FAILED_SQL_TRANSACTION)
-    {
-        // The error of a statement whose call was cancelled, which sqlx reads first and returns
-        // in place of this one's: this `RELEASE` was not sent yet. Once more, on a drained
-        // connection.
-        released = sqlrepo_postgres::tx::release_call(conn).await;
-    }
+    let released = drained(conn, CallEnd::Release).await;
     match released {
         Err(err) if has_sqlstate(&err, sqlstate::IN_FAILED_SQL_TRANSACTION) => {
             sqlrepo_postgres::tx::rollback_call(conn).await?;
             sqlrepo_postgres::tx::release_call(conn).await
         }
         other => other,
+    }
+}
+
+/// Keeps what the last call did and opens the savepoint of the next one, in one round trip;
+/// when the last call left the transaction aborted (25P02), rolls back to its savepoint
+/// instead, which undoes that call and leaves the savepoint open for the next one.
+#[cfg(feature = "postgres")]
+pub(super) async fn next_call(conn: &mut sqlx::PgConnection) -> sqlx::Result<()> {
+    let moved = drained(conn, CallEnd::ReleaseAndSavepoint).await;
+    match moved {
+        Err(err) if has_sqlstate(&err, sqlstate::IN_FAILED_SQL_TRANSACTION) => {
+            sqlrepo_postgres::tx::rollback_call(conn).await
+        }
+        other => other,
+    }
+}
+
+/// Undoes a call its caller gave up on (its statement cancelled, or finished meanwhile),
+/// keeping its savepoint open for the next call: what it did must not commit with the `Tx`.
+#[cfg(feature = "postgres")]
+pub(super) async fn undo_given_up_call(conn: &mut sqlx::PgConnection) -> sqlx::Result<()> {
+    drained(conn, CallEnd::RollbackTo).await
+}
+
+/// How a call's savepoint ends.
+#[cfg(feature = "postgres")]
+#[derive(Clone, Copy)]
+enum CallEnd {
+    Release,
+    ReleaseAndSavepoint,
+    RollbackTo,
+}
+
+/// Sends `end`, once more if the first answer was the error of a statement whose call was
+/// cancelled (sqlx reads the rest of that answer first and returns an error in it in place of
+/// this one's: `end` was not sent yet). 25P02 is the statement's own answer.
+#[cfg(feature = "postgres")]
+async fn drained(conn: &mut sqlx::PgConnection, end: CallEnd) -> sqlx::Result<()> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let answer = match end {
+            CallEnd::Release => sqlrepo_postgres::tx::release_call(conn).await,
+            CallEnd::ReleaseAndSavepoint => {
+                sqlrepo_postgres::tx::release_and_savepoint_call(conn).await
+            }
+            CallEnd::RollbackTo => sqlrepo_postgres::tx::rollback_call(conn).await,
+        };
+        match &answer {
+            Err(err)
+                if tries < 2
+                    && err.as_database_error().is_some()
+                    && !has_sqlstate(err, sqlstate::IN_FAILED_SQL_TRANSACTION) => {}
+            _ => return answer,
+        }
     }
 }
 

@@ -374,8 +374,13 @@ pub(crate) struct TxState {
     /// Set by the `Tx` when it is dropped while one of its calls is running (it cannot take
     /// the lock then); the call finishes the transaction when its `Conn` comes back.
     abandoned: Arc<AtomicBool>,
-    /// On PostgreSQL: the savepoint put before the last call is still open (see `start_call`).
+    /// On PostgreSQL: the savepoint of the current (or next) call is open (see `start_call`).
     call_open: bool,
+    /// On PostgreSQL: a call has run since that savepoint was put.
+    call_used: bool,
+    /// On PostgreSQL: the last call was dropped unfinished (its caller gave up on it): its
+    /// statement may still run, and what it did is undone before anything else runs.
+    call_given_up: bool,
 }
 
 impl TxState {
@@ -386,7 +391,18 @@ impl TxState {
         // In doubt until COMMIT or ROLLBACK is answered: if this future or the `Tx` is dropped
         // anywhere in between, the lease rolls back before the writer is lent again.
         lease.set_in_doubt(true);
-        control::begin(lease.backend()).await?;
+        let call_open = match lease.backend() {
+            // The first call's savepoint comes with the BEGIN (see `start_call`).
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(conn) => {
+                control::begin_with_call(conn).await?;
+                true
+            }
+            sqlite => {
+                control::begin(sqlite).await?;
+                false
+            }
+        };
         Ok(TxState {
             lease: Some(lease),
             began_at: events.ended(),
@@ -394,7 +410,9 @@ impl TxState {
             dead: None,
             unfinished_unit: false,
             abandoned: Arc::default(),
-            call_open: false,
+            call_open,
+            call_used: false,
+            call_given_up: false,
         })
     }
 
@@ -438,32 +456,76 @@ impl TxState {
     /// Puts a savepoint before a call, on PostgreSQL: there a failed statement aborts the whole
     /// transaction, while on SQLite it undoes only itself and the transaction goes on. With the
     /// savepoint, a call that failed is rolled back alone (at the next call, or at commit), so
-    /// a `Tx` means the same on both backends. Costs two round trips per call (this `SAVEPOINT`
-    /// and the `RELEASE` before the next); nothing on SQLite.
+    /// a `Tx` means the same on both backends. Nothing on SQLite.
+    ///
+    /// It costs one round trip per call: the first call's savepoint comes with the `BEGIN`,
+    /// and each later one is sent with the `RELEASE` of the one before, in one message (or,
+    /// after a call that failed, is the `ROLLBACK TO` that undoes it, which keeps the
+    /// savepoint). So a `Tx` of n calls sends n + 2 round trips besides its statements
+    /// (`BEGIN`, the n − 1 moves, the last `RELEASE`, `COMMIT`), not 2n + 2.
     async fn start_call(&mut self) -> Result<()> {
         if !self.on_postgres() {
             return Ok(());
         }
-        self.finish_call().await?;
+        self.undo_given_up_call().await?;
         #[cfg(feature = "postgres")]
-        if let Backend::Postgres(conn) = self.backend()? {
-            let opened = control::savepoint_call(conn).await;
-            if let Err(err) = opened {
-                self.kill("the connection to PostgreSQL failed during the transaction");
-                return Err(err.into());
+        {
+            let open_and_used = (self.call_open, self.call_used);
+            if let Backend::Postgres(conn) = self.backend()? {
+                let opened = match open_and_used {
+                    (true, false) => Ok(()),
+                    (true, true) => control::next_call(conn).await,
+                    (false, _) => control::savepoint_call(conn).await,
+                };
+                if let Err(err) = opened {
+                    self.kill("the connection to PostgreSQL failed during the transaction");
+                    return Err(err.into());
+                }
+                self.call_open = true;
+                self.call_used = true;
             }
-            self.call_open = true;
         }
         Ok(())
     }
 
-    /// Ends the savepoint of the last call: kept when the call succeeded, rolled back when the
-    /// call left the transaction aborted (PostgreSQL's SQLSTATE 25P02).
+    /// Undoes a call that was dropped unfinished, on PostgreSQL: its statement is cancelled
+    /// (it may be waiting on a lock another session holds, and would otherwise finish and
+    /// commit with the `Tx` though its caller was told nothing happened), then rolled back to
+    /// its savepoint, which stays open for the next call.
+    async fn undo_given_up_call(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.call_given_up) || !self.call_open {
+            return Ok(());
+        }
+        #[cfg(feature = "postgres")]
+        {
+            if let Some(lease) = self.lease.as_ref() {
+                lease.cancel_running().await;
+            }
+            let undone: sqlx::Result<()> = match self.backend()? {
+                Backend::Postgres(conn) => control::undo_given_up_call(conn).await,
+                _ => Ok(()),
+            };
+            if let Err(err) = undone {
+                self.kill("a call given up on could not be undone");
+                return Err(err.into());
+            }
+            self.call_used = false;
+        }
+        Ok(())
+    }
+
+    /// Ends the savepoint of the last call before the commit: kept when the call succeeded,
+    /// rolled back when the call left the transaction aborted (PostgreSQL's SQLSTATE 25P02).
+    /// A savepoint no call used needs nothing: the `COMMIT` ends it.
     async fn finish_call(&mut self) -> Result<()> {
+        self.undo_given_up_call().await?;
         if !self.call_open {
             return Ok(());
         }
         self.call_open = false;
+        if !std::mem::take(&mut self.call_used) {
+            return Ok(());
+        }
         let ended: sqlx::Result<()> = match self.backend()? {
             #[cfg(feature = "postgres")]
             Backend::Postgres(conn) => control::end_call(conn).await,
@@ -513,6 +575,11 @@ impl TxState {
     /// Runs when a call's `Conn` comes back: notices a transaction SQLite ended during the
     /// call, and finishes a `Tx` that was dropped while the call ran.
     fn after_call(&mut self) {
+        // A call dropped unfinished (see `trace::dropping_unfinished_call`).
+        #[cfg(feature = "postgres")]
+        if crate::trace::dropping_unfinished_call() && self.call_open {
+            self.call_given_up = true;
+        }
         if self.lease.is_some() && self.events.ended() != self.began_at {
             self.kill(
                 "SQLite rolled it back after an error (a full disk, an I/O error, or a \

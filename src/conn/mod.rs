@@ -15,6 +15,7 @@ mod checkpoint;
 mod control;
 #[cfg(feature = "postgres")]
 pub mod discover;
+mod free_slots;
 mod group;
 mod handle;
 #[cfg(feature = "postgres")]

@@ -47,6 +47,27 @@ pub struct DbOptions {
     /// queued point reads of their kind (default true). Each caller's answer is the same
     /// either way. For comparisons.
     pub group_reads: bool,
+    /// PostgreSQL: how long one statement may run before the server cancels it
+    /// (`statement_timeout`, set on every connection at connect; the call fails with
+    /// [`Error::Cancelled`](crate::Error::Cancelled), nothing of the statement stored; default
+    /// 30 s; zero: no limit). Every statement sqlrepo sends is a point operation, a page or
+    /// one batch of at most 100,000 rows: 30 s leaves a slow disk and a loaded server ample
+    /// room for the largest, and stops a runaway statement of a service's own from holding a
+    /// connection (and its locks) indefinitely. Ignored on SQLite.
+    pub statement_timeout: Duration,
+    /// PostgreSQL: how long a statement waits for a lock another session holds before it gives
+    /// up (`lock_timeout`; [`Error::Busy`](crate::Error::Busy), retryable; default 5 s, the
+    /// same as [`busy_timeout`](DbOptions::busy_timeout) on SQLite; zero: wait without
+    /// limit). Without it a transfer from an account another session keeps locked waits as
+    /// long as that session does. Ignored on SQLite.
+    pub lock_timeout: Duration,
+    /// PostgreSQL: how long a transaction may sit idle (open, no statement running) before
+    /// the server ends its session and rolls it back (`idle_in_transaction_session_timeout`;
+    /// default 60 s; zero: no limit). A [`Tx`](crate::Tx) held open and forgotten (a task
+    /// stuck elsewhere) would otherwise keep its row locks, and every writer of those rows
+    /// waiting; a minute is far longer than any unit of work should stay open between two of
+    /// its statements. Its later calls fail, and nothing of it is stored. Ignored on SQLite.
+    pub idle_in_transaction_session_timeout: Duration,
 }
 
 impl DbOptions {
@@ -60,6 +81,9 @@ impl DbOptions {
             migrate: true,
             group_writes: true,
             group_reads: true,
+            statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(5),
+            idle_in_transaction_session_timeout: Duration::from_secs(60),
         }
     }
 
@@ -99,6 +123,46 @@ impl DbOptions {
         self
     }
 
+    /// Sets PostgreSQL's `statement_timeout` (see [`DbOptions::statement_timeout`]).
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// Sets PostgreSQL's `lock_timeout` (see [`DbOptions::lock_timeout`]).
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Sets PostgreSQL's `idle_in_transaction_session_timeout` (see
+    /// [`DbOptions::idle_in_transaction_session_timeout`]).
+    pub fn idle_in_transaction_session_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_in_transaction_session_timeout = timeout;
+        self
+    }
+
+    /// The server settings every PostgreSQL connection starts with (sent with the connection's
+    /// startup message: no round trip), in milliseconds as the server takes them.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for a limit past the server's largest
+    /// (2,147,483,647 ms, about 24.8 days): the server would refuse every connection.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn server_settings(&self) -> crate::Result<Vec<(&'static str, String)>> {
+        [
+            ("statement_timeout", self.statement_timeout),
+            ("lock_timeout", self.lock_timeout),
+            (
+                "idle_in_transaction_session_timeout",
+                self.idle_in_transaction_session_timeout,
+            ),
+        ]
+        .into_iter()
+        .map(|(name, limit)| Ok((name, server_milliseconds(name, limit)?.to_string())))
+        .collect()
+    }
+
     /// The pragmas every connection gets. WAL lets readers run beside the writer;
     /// `synchronous=NORMAL` is durable against application crashes in WAL mode and saves an
     /// fsync per commit; foreign keys are what stop money leaving for a missing account.
@@ -115,5 +179,56 @@ impl DbOptions {
             // it back to 16 MiB (a few checkpoints' worth at the default 1,000-page
             // autocheckpoint) whenever SQLite restarts it.
             .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)
+    }
+}
+
+#[cfg(feature = "postgres")]
+/// A limit in whole milliseconds, rounded up so that a limit under one millisecond is not taken
+/// as zero (which means "no limit" to the server).
+fn server_milliseconds(name: &str, limit: Duration) -> crate::Result<i32> {
+    let millis = limit.as_nanos().div_ceil(1_000_000);
+    i32::try_from(millis).map_err(|_| {
+        crate::Error::Config(format!(
+            "{name} of {limit:?} is past PostgreSQL's largest, 2147483647 ms (about 24.8 days); \
+             use a shorter limit, or zero for none"
+        ))
+    })
+}
+
+#[cfg(all(test, feature = "postgres"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_limits_are_whole_milliseconds_rounded_up() {
+        let options = DbOptions::new("x")
+            .statement_timeout(Duration::from_micros(1))
+            .lock_timeout(Duration::ZERO)
+            .idle_in_transaction_session_timeout(Duration::from_millis(1500));
+        assert_eq!(
+            options.server_settings().unwrap(),
+            vec![
+                ("statement_timeout", "1".to_owned()),
+                ("lock_timeout", "0".to_owned()),
+                ("idle_in_transaction_session_timeout", "1500".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_limit_past_the_servers_largest_is_a_config_error() {
+        let options = DbOptions::new("x").lock_timeout(Duration::from_secs(30 * 24 * 3600));
+        let err = options.server_settings().unwrap_err();
+        assert!(
+            matches!(&err, crate::Error::Config(message) if message.contains("lock_timeout")),
+            "{err:?}"
+        );
+        let largest = Duration::from_millis(i32::MAX as u64);
+        assert!(
+            DbOptions::new("x")
+                .lock_timeout(largest)
+                .server_settings()
+                .is_ok()
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Held PostgreSQL connections: a fixed set of slots, each holding one connection for the life
-//! of the database, lent behind an async mutex (as SQLite's writer and readers are).
+//! of the database, lent behind an async mutex (as SQLite's writer and readers are), to
+//! whichever caller has waited longest when one frees (see `free_slots`).
 //!
 //! # Why not sqlx's `PgPool`
 //!
@@ -15,33 +16,56 @@
 //! connection fails at most the one call that finds it broken, is pinged at its next lease, and
 //! is replaced if the ping fails.
 
+//!
+//! # A call its caller gave up on
+//!
+//! A call dropped unfinished (under `tokio::time::timeout`, say) leaves its statement running on
+//! the server: if it waits on a lock another session holds, it would go on waiting, and land
+//! once the lock is released, though its caller was told nothing happened. So the slot is not
+//! lent again until the session is clean: a task keeps it, has the statement cancelled from a
+//! connection of its own (`pg_cancel_backend` on the backend's pid, learned at connect), then
+//! rolls back. If that does not finish within [`RECOVER_WAIT`], the session is ended
+//! (`pg_terminate_backend`, which rolls its transaction back) and the slot reconnects at its
+//! next lease. Meanwhile the other slots serve other calls, so a stranger's lock holds up only
+//! the calls that need it.
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
+use super::free_slots::{FreeSlots, NoTicket, Ticket};
 use crate::error::{Error, Result, connection_failures};
+
+/// How long the clean-up of a call given up on may take (the cancelled statement's answer and
+/// the `ROLLBACK`) before its session is ended instead.
+pub(crate) const RECOVER_WAIT: Duration = Duration::from_secs(1);
 
 /// The connections of one server (the primary, or one replica).
 #[derive(Debug)]
 pub(crate) struct HeldPg {
     slots: Vec<Arc<PgSlot>>,
+    /// The slots not lent out, and the fair queue of callers waiting for one.
+    free: Arc<FreeSlots>,
     options: PgConnectOptions,
-    next: AtomicUsize,
     /// How long a lease waits for a busy slot, or for a connection to be made.
     wait: Duration,
     /// Set by [`HeldPg::close`]: leases are refused from then on instead of reconnecting an
     /// emptied slot (`Db::close` promises that later calls fail).
     closed: AtomicBool,
+    /// The connection that cancels what other connections' callers gave up on.
+    control: Arc<Control>,
 }
 
 #[derive(Debug)]
 struct PgSlot {
     /// `None` until first used, and after a broken connection was dropped.
     conn: Arc<Mutex<Option<PgConnection>>>,
+    /// The server process of `conn` (0 until asked, after each connect).
+    pid: AtomicI32,
     /// `connection_failures()` when this connection was last known good.
     checked: AtomicU64,
     /// A lease came back with a transaction possibly open: roll back before the next one.
@@ -53,6 +77,19 @@ struct PgSlot {
 pub(crate) struct PgLent {
     conn: OwnedMappedMutexGuard<Option<PgConnection>, PgConnection>,
     slot: Arc<PgSlot>,
+    /// The slot's place among the free ones (declared after `conn`, so the connection is
+    /// unlocked before the slot is offered to the next in line).
+    ticket: Ticket,
+    control: Arc<Control>,
+}
+
+/// A connection of its own to the server, made when first needed, for `pg_cancel_backend` and
+/// `pg_terminate_backend`: the slots' own connections may all be stuck.
+#[derive(Debug)]
+struct Control {
+    conn: Mutex<Option<PgConnection>>,
+    options: PgConnectOptions,
+    wait: Duration,
 }
 
 impl HeldPg {
@@ -64,46 +101,60 @@ impl HeldPg {
         wait: Duration,
         mut first: Option<PgConnection>,
     ) -> HeldPg {
+        let size = size.max(1);
         HeldPg {
-            slots: (0..size.max(1))
+            slots: (0..size)
                 .map(|_| {
                     Arc::new(PgSlot {
                         conn: Arc::new(Mutex::new(first.take())),
+                        pid: AtomicI32::new(0),
                         checked: AtomicU64::new(connection_failures()),
                         needs_reset: AtomicBool::new(false),
                     })
                 })
                 .collect(),
+            free: FreeSlots::new(size),
+            control: Arc::new(Control {
+                conn: Mutex::new(None),
+                options: options.clone(),
+                wait,
+            }),
             options,
-            next: AtomicUsize::new(0),
             wait,
             closed: AtomicBool::new(false),
         }
     }
 
-    /// The first idle connection from the start of the list (a caller alone keeps reusing one
-    /// warm connection), else the next in turn, waiting at most `wait` ([`Error::Busy`]).
-    /// After [`HeldPg::close`], [`Error::Database`] (`PoolClosed`).
+    /// An idle connection (the most recently returned first: a caller alone keeps reusing one
+    /// warm connection), else the first to come free, waiting in line at most `wait`
+    /// ([`Error::Busy`]). After [`HeldPg::close`], [`Error::Database`] (`PoolClosed`).
     pub(crate) async fn lend(&self) -> Result<PgLent> {
-        let idle = self.slots.iter().find_map(|slot| {
-            let guard = slot.conn.clone().try_lock_owned().ok()?;
-            Some((slot, guard))
-        });
-        let (slot, guard) = match idle {
-            Some(idle) => idle,
-            None => {
-                let slot =
-                    &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
-                let guard = tokio::time::timeout(self.wait, slot.conn.clone().lock_owned())
-                    .await
-                    .map_err(|_| Error::Busy)?;
-                (slot, guard)
-            }
+        let ticket = self
+            .free
+            .take(self.wait)
+            .await
+            .map_err(|refused| match refused {
+                NoTicket::TimedOut => Error::Busy,
+                NoTicket::Closed => Error::Database(sqlx::Error::PoolClosed),
+            })?;
+        let Some(slot) = self.slots.get(ticket.index()) else {
+            return Err(Error::Database(sqlx::Error::PoolClosed));
+        };
+        // Only ticket holders lock a slot (and `close`, which refuses what follows).
+        let guard = match slot.conn.clone().try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) => slot.conn.clone().lock_owned().await,
         };
         // Checked under the slot's lock: `close` sets the flag before it takes the locks, so a
         // slot it emptied is never reconnected.
         self.open()?;
-        slot.ready(guard, &self.options, self.wait).await
+        let conn = slot.ready(guard, &self.options, self.wait).await?;
+        Ok(PgLent {
+            conn,
+            slot: slot.clone(),
+            ticket,
+            control: self.control.clone(),
+        })
     }
 
     /// Refuses a lease once closed, as sqlx's pools do.
@@ -116,9 +167,10 @@ impl HeldPg {
     }
 
     /// Closes every connection (waiting for the ones lent out to come back); later leases are
-    /// refused.
+    /// refused, and callers waiting for a slot are answered at once.
     pub(crate) async fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        self.free.close();
         for slot in &self.slots {
             let conn = slot.conn.lock().await.take();
             if let Some(conn) = conn {
@@ -126,18 +178,22 @@ impl HeldPg {
                 let _ = conn.close().await;
             }
         }
+        if let Some(conn) = self.control.conn.lock().await.take() {
+            let _ = conn.close().await;
+        }
     }
 }
 
 impl PgSlot {
-    /// Makes the slot's connection fit to lend: connected, rolled back if a lease left it in
-    /// doubt, and checked if a connection failure was seen since its last check.
+    /// Makes the slot's connection fit to lend: connected (its backend's pid known), rolled
+    /// back if a lease left it in doubt, and checked if a connection failure was seen since
+    /// its last check.
     async fn ready(
         self: &Arc<Self>,
         mut guard: OwnedMutexGuard<Option<PgConnection>>,
         options: &PgConnectOptions,
         wait: Duration,
-    ) -> Result<PgLent> {
+    ) -> Result<OwnedMappedMutexGuard<Option<PgConnection>, PgConnection>> {
         let failures = connection_failures();
         if let Some(conn) = guard.as_mut() {
             let fit = if self.needs_reset.load(Ordering::Acquire) {
@@ -153,6 +209,7 @@ impl PgSlot {
             }
         }
         if guard.is_none() {
+            self.pid.store(0, Ordering::Release);
             let connected = tokio::time::timeout(wait, options.connect())
                 .await
                 .map_err(|_| {
@@ -164,28 +221,52 @@ impl PgSlot {
                 })??;
             *guard = Some(connected);
         }
+        if self.pid.load(Ordering::Acquire) == 0
+            && let Some(conn) = guard.as_mut()
+        {
+            // Once per connection (the first one was made before its slot existed).
+            let pid = sqlrepo_postgres::session::backend_pid(conn).await?;
+            self.pid.store(pid, Ordering::Release);
+        }
         self.needs_reset.store(false, Ordering::Release);
         self.checked.fetch_max(failures, Ordering::AcqRel);
-        let conn = OwnedMutexGuard::try_map(guard, Option::as_mut)
-            .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
-        Ok(PgLent {
-            conn,
-            slot: self.clone(),
-        })
+        OwnedMutexGuard::try_map(guard, Option::as_mut)
+            .map_err(|_| Error::Database(sqlx::Error::PoolClosed))
     }
 
-    /// Rolls back now whatever a lease left open, so a transaction does not hold its locks
-    /// until the slot's next lease; a failure leaves the flag for that lease.
-    async fn reset(self: Arc<Self>) {
+    /// Brings back a connection whose lease was given up while a transaction, or a statement
+    /// (`unfinished`), may be open on it: the statement is cancelled, then everything is
+    /// rolled back; if that takes longer than [`RECOVER_WAIT`], the session is ended and the
+    /// slot left empty (it reconnects at its next lease). Runs holding the slot's ticket, so
+    /// no caller is lent the connection meanwhile.
+    async fn recover(self: Arc<Self>, control: Arc<Control>, unfinished: bool) {
         let mut guard = self.conn.clone().lock_owned().await;
         if !self.needs_reset.load(Ordering::Acquire) {
             return;
         }
-        if let Some(conn) = guard.as_mut()
-            && reset(conn).await
-        {
-            self.needs_reset.store(false, Ordering::Release);
+        let Some(conn) = guard.as_mut() else {
+            return;
+        };
+        let pid = self.pid.load(Ordering::Acquire);
+        if unfinished && pid != 0 {
+            // The statement may still be running (waiting on a lock, say): stop it, or the
+            // ROLLBACK below would queue behind it, and a write would land after its caller
+            // was told nothing happened.
+            control.signal(pid, Signal::Cancel).await;
         }
+        if let Ok(true) = tokio::time::timeout(RECOVER_WAIT, reset(conn)).await {
+            self.needs_reset.store(false, Ordering::Release);
+            return;
+        }
+        // Still not clean: end the session, which rolls back whatever it held, rather than let
+        // a statement nobody waits for finish (and commit) some time later.
+        if pid != 0 {
+            control.signal(pid, Signal::Terminate).await;
+        }
+        if let Some(stuck) = guard.take() {
+            let _ = stuck.close_hard().await;
+        }
+        self.needs_reset.store(false, Ordering::Release);
     }
 }
 
@@ -195,14 +276,72 @@ impl PgLent {
         &mut self.conn
     }
 
-    /// Hands the connection back with a transaction possibly open: it is rolled back (by a
-    /// task right away when a runtime is at hand, else before the slot's next lease).
-    pub(crate) fn give_back_in_doubt(self) {
-        let slot = self.slot.clone();
+    /// Cancels the statement the connection's server session is running, if any (a call
+    /// inside a `Tx` its caller gave up on); an idle session ignores it.
+    pub(crate) async fn cancel_running(&self) {
+        let pid = self.slot.pid.load(Ordering::Acquire);
+        if pid != 0 {
+            self.control.signal(pid, Signal::Cancel).await;
+        }
+    }
+
+    /// Hands the connection back with a transaction possibly open, or (`unfinished`) a
+    /// statement possibly still running: a task keeps the slot until the session is clean
+    /// (see [`PgSlot::recover`]), right away when a runtime is at hand; otherwise the slot's
+    /// next lease rolls back first.
+    pub(crate) fn give_back_in_doubt(self, unfinished: bool) {
+        let PgLent {
+            conn,
+            slot,
+            ticket,
+            control,
+        } = self;
         slot.needs_reset.store(true, Ordering::Release);
-        drop(self);
+        drop(conn);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(slot.reset());
+            runtime.spawn(async move {
+                slot.recover(control, unfinished).await;
+                drop(ticket);
+            });
+        }
+    }
+}
+
+/// What [`Control::signal`] asks the server to do to a backend.
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    Cancel,
+    Terminate,
+}
+
+impl Control {
+    /// Cancels backend `pid`'s statement, or ends its session, within `wait`; a failure
+    /// drops the control connection (the next signal reconnects) and changes nothing else:
+    /// the caller's own time limit still holds.
+    async fn signal(&self, pid: i32, signal: Signal) {
+        let sent = tokio::time::timeout(self.wait, async {
+            let mut conn = self.conn.lock().await;
+            if conn.is_none() {
+                *conn = Some(self.options.connect().await?);
+            }
+            let Some(control) = conn.as_mut() else {
+                return Ok(false);
+            };
+            let sent = match signal {
+                Signal::Cancel => sqlrepo_postgres::session::cancel(control, pid).await,
+                Signal::Terminate => sqlrepo_postgres::session::terminate(control, pid).await,
+            };
+            if sent.is_err() {
+                *conn = None;
+            }
+            sent
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(_))) {
+            // Timed out (the guard is gone with the future) or failed: start afresh next time.
+            if let Ok(mut conn) = self.conn.try_lock() {
+                *conn = None;
+            }
         }
     }
 }

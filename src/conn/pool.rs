@@ -13,14 +13,15 @@
 //!   instead of fighting over SQLite's write lock (no `SQLITE_BUSY` between them, and no busy-wait
 //!   sleeps), and a write costs exactly one round trip;
 //! - **`readers` read-only connections** (default 2): WAL lets them read while the writer writes;
-//!   a read takes the first idle one, so reads never wait behind writes; point gets that find
-//!   them all taken are coalesced (see `DbOptions::readers` for the figures).
+//!   a read takes an idle one, so reads never wait behind writes; point gets that find them all
+//!   taken are coalesced (see `DbOptions::readers` for the figures), and other reads wait in
+//!   line for whichever reader frees first (see `free_slots`).
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
@@ -30,6 +31,7 @@ use tokio::sync::{Mutex, OnceCell, OwnedMappedMutexGuard, OwnedMutexGuard};
 
 use super::backend::Backend;
 use super::checkpoint::{Checkpointer, LongRead, WalStats};
+use super::free_slots::{FreeSlots, Ticket};
 use super::migrate::migrate_on;
 use super::options::DbOptions;
 #[cfg(feature = "postgres")]
@@ -56,7 +58,8 @@ enum Kind {
     Held {
         writer: Arc<Slot>,
         readers: Vec<Arc<Slot>>,
-        next_reader: AtomicUsize,
+        /// The readers not lent out, and the fair queue of reads waiting for one.
+        free_readers: Arc<FreeSlots>,
         /// How long a call waits for a connection held by another call of this process (a
         /// long `Tx`, say) before it gives up with [`Error::Busy`], as SQLite does for locks
         /// held by other processes.
@@ -192,6 +195,7 @@ impl Slot {
             kind: LeaseKind::Held {
                 conn,
                 slot: self.clone(),
+                ticket: None,
             },
             in_doubt: false,
         })
@@ -267,8 +271,8 @@ impl Connections {
         Ok(Connections {
             kind: Kind::Held {
                 writer,
+                free_readers: FreeSlots::new(readers.len()),
                 readers,
-                next_reader: AtomicUsize::new(0),
                 busy_timeout: options.busy_timeout,
                 checkpoints,
                 group_writes: options.group_writes,
@@ -281,18 +285,30 @@ impl Connections {
 
     /// A PostgreSQL primary and its read replicas (cargo feature `postgres`).
     #[cfg(not(feature = "postgres"))]
-    pub(crate) async fn connect_postgres(_primary: &str, _replicas: &[&str]) -> Result<Self> {
+    pub(crate) async fn connect_postgres(
+        _primary: &str,
+        _replicas: &[&str],
+        _options: &DbOptions,
+    ) -> Result<Self> {
         Err(Error::Config(
             "this build of sqlrepo has no PostgreSQL support: enable its cargo feature `postgres`"
                 .to_owned(),
         ))
     }
 
-    /// A PostgreSQL primary and its read replicas (cargo feature `postgres`), migrated.
+    /// A PostgreSQL primary and its read replicas (cargo feature `postgres`), migrated; every
+    /// connection starts with the server-side limits of `options`.
     #[cfg(feature = "postgres")]
-    pub(crate) async fn connect_postgres(primary: &str, replicas: &[&str]) -> Result<Self> {
+    pub(crate) async fn connect_postgres(
+        primary: &str,
+        replicas: &[&str],
+        options: &DbOptions,
+    ) -> Result<Self> {
+        let settings = options.server_settings()?;
         Ok(Connections {
-            kind: Kind::Postgres(Box::new(PgConnections::connect(primary, replicas).await?)),
+            kind: Kind::Postgres(Box::new(
+                PgConnections::connect(primary, replicas, &settings).await?,
+            )),
             extensions: Extensions::default(),
             temp_file: None,
         })
@@ -432,17 +448,17 @@ impl Connections {
         )
     }
 
-    /// The first idle reader, without waiting: `None` when every reader is taken (or for a
-    /// caller's pool).
+    /// An idle reader, without waiting: `None` when every reader is taken (or for a caller's
+    /// pool).
     pub(crate) async fn read_lease_now(&self) -> Option<Result<Lease>> {
         match &self.kind {
-            Kind::Held { readers, .. } => {
-                for slot in readers {
-                    if let Ok(guard) = slot.conn.clone().try_lock_owned() {
-                        return Some(slot.lend_locked(guard).await);
-                    }
-                }
-                None
+            Kind::Held {
+                readers,
+                free_readers,
+                ..
+            } => {
+                let ticket = free_readers.take_now().ok()?;
+                Some(lend_reader(readers, ticket).await)
             }
             _ => None,
         }
@@ -453,33 +469,48 @@ impl Connections {
         &self.extensions
     }
 
-    /// A reader connection: the first idle one from the start of the list, else the next in turn.
+    /// A reader connection: an idle one, else the first to come free, waiting in line (fairly,
+    /// first come first served) at most the busy timeout.
     pub(crate) async fn read_lease(&self) -> Result<Lease> {
         match &self.kind {
             Kind::Held {
                 readers,
-                next_reader,
+                free_readers,
                 busy_timeout,
                 ..
             } => {
-                // The first idle reader, scanning from reader 0: a caller alone keeps reusing
-                // one connection, whose worker thread stays hot (measured by the bench harness:
+                // The most recently returned reader first: a caller alone keeps reusing one
+                // connection, whose worker thread stays hot (measured by the bench harness:
                 // point gets ~30% faster than rotating over 4 worker threads); concurrent
                 // callers spread over the others.
-                for slot in readers {
-                    if let Ok(guard) = slot.conn.clone().try_lock_owned() {
-                        return slot.lend_locked(guard).await;
-                    }
-                }
-                // All busy: queue on the next in turn.
-                let start = next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
-                readers[start].lend(*busy_timeout).await
+                let ticket = free_readers
+                    .take(*busy_timeout)
+                    .await
+                    .map_err(|_| Error::Busy)?;
+                lend_reader(readers, ticket).await
             }
             Kind::Pool { pool, .. } => Ok(Lease::pooled(pool.acquire().await?)),
             #[cfg(feature = "postgres")]
             Kind::Postgres(pg) => Ok(Lease::postgres(pg.read_conn().await?, None)),
         }
     }
+}
+
+/// Lends the reader a ticket gives. Only ticket holders lock a reader's mutex (besides
+/// `Connections::close`), so it is free; the lease keeps the ticket until it is back.
+async fn lend_reader(readers: &[Arc<Slot>], ticket: Ticket) -> Result<Lease> {
+    let Some(slot) = readers.get(ticket.index()) else {
+        return Err(Error::Database(sqlx::Error::PoolClosed));
+    };
+    let guard = match slot.conn.clone().try_lock_owned() {
+        Ok(guard) => guard,
+        Err(_) => slot.conn.clone().lock_owned().await,
+    };
+    let mut lease = slot.lend_locked(guard).await?;
+    if let LeaseKind::Held { ticket: held, .. } = &mut lease.kind {
+        *held = Some(ticket);
+    }
+    Ok(lease)
 }
 
 /// Connects, retrying for up to `timeout` while the file is locked. Switching a fresh file to
@@ -579,6 +610,9 @@ enum LeaseKind {
     Held {
         conn: OwnedMappedMutexGuard<Option<SqliteConnection>, SqliteConnection>,
         slot: Arc<Slot>,
+        /// A reader's place among the free readers (declared after `conn`, so the connection
+        /// is unlocked before the reader is offered to the next in line); `None` for the writer.
+        ticket: Option<Ticket>,
     },
     Pooled {
         conn: PoolConnection<Sqlite>,
@@ -628,6 +662,18 @@ impl Lease {
         }
     }
 
+    /// Cancels the statement a PostgreSQL connection may still be running for a call its
+    /// caller gave up on.
+    #[cfg(feature = "postgres")]
+    pub(crate) async fn cancel_running(&self) {
+        if let LeaseKind::Postgres {
+            conn: Some(conn), ..
+        } = &self.kind
+        {
+            conn.cancel_running().await;
+        }
+    }
+
     /// Marks (or clears) the connection as possibly holding a transaction nobody will finish.
     pub(crate) fn set_in_doubt(&mut self, in_doubt: bool) {
         self.in_doubt = in_doubt;
@@ -662,13 +708,14 @@ impl Drop for Lease {
             if let Some(writes) = writes {
                 writes.count();
             }
-            // A cancelled call may leave a statement's answer on the way (see
-            // `trace::dropping_unfinished_call`): drained and rolled back before the next lease.
-            if (self.in_doubt || crate::trace::dropping_unfinished_call())
+            // A cancelled call may leave its statement running, or its answer on the way (see
+            // `trace::dropping_unfinished_call`): cancelled, drained and rolled back before the
+            // slot lends the connection again.
+            let unfinished = crate::trace::dropping_unfinished_call();
+            if (self.in_doubt || unfinished)
                 && let Some(conn) = conn.take()
             {
-                // Rolled back before its slot lends it again, as a held SQLite connection is.
-                conn.give_back_in_doubt();
+                conn.give_back_in_doubt(unfinished);
             }
             return;
         }
@@ -676,19 +723,23 @@ impl Drop for Lease {
             return;
         }
         match &mut self.kind {
-            LeaseKind::Held { slot, .. } => {
+            LeaseKind::Held { slot, ticket, .. } => {
                 slot.needs_reset.store(true, Ordering::Release);
                 // Roll back now rather than at the next call, so a transaction left open does
                 // not keep the write lock (and other processes) waiting meanwhile. The task
-                // queues for the connection like any caller, after this lease is released.
+                // queues for the connection like any caller, after this lease is released; a
+                // reader's ticket goes with it, so no read is lent the reader meanwhile.
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     let slot = slot.clone();
+                    let ticket = ticket.take();
                     runtime.spawn(async move {
                         let mut guard = slot.conn.clone().lock_owned().await;
                         if slot.needs_reset.load(Ordering::Acquire) {
                             // A failure leaves the flag set: the next caller tries again.
                             let _ = slot.reset(&mut guard).await;
                         }
+                        drop(guard);
+                        drop(ticket);
                     });
                 }
             }

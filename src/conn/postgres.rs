@@ -166,8 +166,13 @@ impl Replica {
 impl PgConnections {
     /// Connects to the primary and migrates it, and prepares the replicas' connections, which
     /// are made on first use: a replica that is down does not keep the `Db` from opening.
-    pub(crate) async fn connect(primary: &str, replicas: &[&str]) -> Result<Self> {
-        let primary_options = options(primary)?;
+    /// Every connection starts with `settings` (the server-side limits of `DbOptions`).
+    pub(crate) async fn connect(
+        primary: &str,
+        replicas: &[&str],
+        settings: &[(&'static str, String)],
+    ) -> Result<Self> {
+        let primary_options = options(primary, settings)?;
         // Connect once now, so a wrong URL or a server that is down fails here; the connection
         // migrates, then stays as the primary's first held connection.
         let mut first = match primary_options.connect().await {
@@ -196,7 +201,12 @@ impl PgConnections {
             .iter()
             .map(|url| {
                 Ok(Replica {
-                    held: HeldPg::new(options(url)?, REPLICA_CONNECTIONS, REPLICA_WAIT, None),
+                    held: HeldPg::new(
+                        options(url, settings)?,
+                        REPLICA_CONNECTIONS,
+                        REPLICA_WAIT,
+                        None,
+                    ),
                     replayed: AtomicI64::new(i64::MIN),
                     resting_until: std::sync::Mutex::new(None),
                     refreshing: AtomicBool::new(false),
@@ -299,10 +309,12 @@ fn refresh_position(replica: Arc<Replica>) {
     }
 }
 
-/// Connection options from a URL.
-fn options(url: &str) -> Result<PgConnectOptions> {
-    url.parse()
-        .map_err(|err: sqlx::Error| Error::Config(format!("cannot read the PostgreSQL URL: {err}")))
+/// Connection options from a URL, with the server settings every connection starts with.
+fn options(url: &str, settings: &[(&'static str, String)]) -> Result<PgConnectOptions> {
+    let options: PgConnectOptions = url.parse().map_err(|err: sqlx::Error| {
+        Error::Config(format!("cannot read the PostgreSQL URL: {err}"))
+    })?;
+    Ok(options.options(settings.iter().map(|(name, value)| (*name, value.as_str()))))
 }
 
 /// Applies sqlrepo's PostgreSQL migrations that have not run (sqlx takes an advisory lock, so
