@@ -110,10 +110,43 @@ impl Db {
     /// URL when the crate was built without the `postgres` feature; otherwise as
     /// [`Db::open`] (connection failures are [`Error::Database`](crate::Error::Database)).
     pub async fn connect(url: &str) -> Result<Db> {
+        Db::connect_with(url, DbOptions::default()).await
+    }
+
+    /// [`Db::connect`] with explicit [`DbOptions`]: for a SQLite URL they are
+    /// [`Db::open_with`]'s (the URL's path replacing `options.path`); for PostgreSQL, their
+    /// PostgreSQL fields apply (`migrate`, `verify_migrations`, `create_database`,
+    /// `primary_connections`, `replica_connections`, `connect_timeout`).
+    ///
+    /// ```no_run
+    /// # async fn f() -> sqlrepo::Result<()> {
+    /// use std::time::Duration;
+    /// use sqlrepo::{Db, DbOptions};
+    /// // A role without DDL rights: the schema is migrated at deploy time; check it matches.
+    /// let options = DbOptions::default()
+    ///     .migrate(false)
+    ///     .verify_migrations(true)
+    ///     .primary_connections(32)
+    ///     .connect_timeout(Duration::from_secs(2));
+    /// let db = Db::connect_with("postgres://app@db.internal/prod", options).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Db::connect`]; on PostgreSQL also [`Error::Config`](crate::Error::Config) naming
+    /// the database when it does not exist (unless `create_database`),
+    /// [`Error::Unavailable`](crate::Error::Unavailable) when no connection is made within
+    /// `connect_timeout`, and [`Error::Schema`](crate::Error::Schema) when
+    /// `verify_migrations` finds the recorded migrations differ from this release's.
+    pub async fn connect_with(url: &str, options: DbOptions) -> Result<Db> {
         match crate::conn::Target::parse(url)? {
-            crate::conn::Target::SqliteFile(path) => Db::open(path).await,
+            crate::conn::Target::SqliteFile(path) => {
+                Db::open_with(DbOptions { path, ..options }).await
+            }
             crate::conn::Target::SqliteMemory => Db::in_memory().await,
-            crate::conn::Target::Postgres(url) => Db::connect_replicated(&url, &[]).await,
+            crate::conn::Target::Postgres(url) => {
+                Db::connect_replicated_with(&url, &[], options).await
+            }
         }
     }
 
@@ -132,8 +165,23 @@ impl Db {
     /// crate was built without the `postgres` feature; [`Error::Database`](crate::Error::Database)
     /// when the primary cannot be reached (replicas that cannot be reached are skipped).
     pub async fn connect_replicated(primary: &str, replicas: &[&str]) -> Result<Db> {
+        Db::connect_replicated_with(primary, replicas, DbOptions::default()).await
+    }
+
+    /// [`Db::connect_replicated`] with explicit [`DbOptions`] (their PostgreSQL fields, as
+    /// [`Db::connect_with`] says).
+    ///
+    /// # Errors
+    /// As [`Db::connect_with`] for the primary; replicas that cannot be reached are skipped.
+    pub async fn connect_replicated_with(
+        primary: &str,
+        replicas: &[&str],
+        options: DbOptions,
+    ) -> Result<Db> {
         Ok(Db {
-            connections: Arc::new(Connections::connect_postgres(primary, replicas).await?),
+            connections: Arc::new(
+                Connections::connect_postgres(primary, replicas, &options).await?,
+            ),
         })
     }
 

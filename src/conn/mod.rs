@@ -18,6 +18,8 @@ mod ops;
 mod options;
 #[cfg(feature = "postgres")]
 mod pg_held;
+#[cfg(feature = "postgres")]
+mod pg_server;
 mod pool;
 #[cfg(feature = "postgres")]
 mod postgres;

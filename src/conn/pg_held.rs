@@ -16,22 +16,25 @@
 //! is replaced if the ping fails.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
+use super::pg_server::PgServer;
 use crate::error::{Error, Result, connection_failures};
 
 /// The connections of one server (the primary, or one replica).
 #[derive(Debug)]
 pub(crate) struct HeldPg {
     slots: Vec<Arc<PgSlot>>,
-    options: PgConnectOptions,
+    /// Where and how to connect (its `Debug` never shows the password).
+    server: PgServer,
     next: AtomicUsize,
-    /// How long a lease waits for a busy slot, or for a connection to be made.
+    /// How long a lease waits for a busy slot (a connect is bounded by the server's own
+    /// connect timeout).
     wait: Duration,
     /// Set by [`HeldPg::close`]: leases are refused from then on instead of reconnecting an
     /// emptied slot (`Db::close` promises that later calls fail).
@@ -46,6 +49,13 @@ struct PgSlot {
     checked: AtomicU64,
     /// A lease came back with a transaction possibly open: roll back before the next one.
     needs_reset: AtomicBool,
+    /// On a replica, how far this connection's server said it had replayed (`i64::MIN`:
+    /// unknown). Per connection, and forgotten whenever the connection is made again: after a
+    /// reconnect the server may be another one (restarted from an older backup, promoted,
+    /// another host behind the same address).
+    replayed: AtomicI64,
+    /// The connection is not to be lent again (see [`PgLent::discard`]).
+    discard: AtomicBool,
 }
 
 /// A lent connection; back to its slot on drop.
@@ -56,10 +66,10 @@ pub(crate) struct PgLent {
 }
 
 impl HeldPg {
-    /// `size` slots on the server of `options`, connecting on first use; `first`, a connection
-    /// already made (the one that proved the server reachable), fills the first slot.
+    /// `size` slots on `server`, connecting on first use; `first`, a connection already made
+    /// (the one that proved the server reachable), fills the first slot.
     pub(crate) fn new(
-        options: PgConnectOptions,
+        server: PgServer,
         size: usize,
         wait: Duration,
         mut first: Option<PgConnection>,
@@ -71,10 +81,12 @@ impl HeldPg {
                         conn: Arc::new(Mutex::new(first.take())),
                         checked: AtomicU64::new(connection_failures()),
                         needs_reset: AtomicBool::new(false),
+                        replayed: AtomicI64::new(i64::MIN),
+                        discard: AtomicBool::new(false),
                     })
                 })
                 .collect(),
-            options,
+            server,
             next: AtomicUsize::new(0),
             wait,
             closed: AtomicBool::new(false),
@@ -103,7 +115,7 @@ impl HeldPg {
         // Checked under the slot's lock: `close` sets the flag before it takes the locks, so a
         // slot it emptied is never reconnected.
         self.open()?;
-        slot.ready(guard, &self.options, self.wait).await
+        slot.ready(guard, &self.server).await
     }
 
     /// Refuses a lease once closed, as sqlx's pools do.
@@ -135,10 +147,15 @@ impl PgSlot {
     async fn ready(
         self: &Arc<Self>,
         mut guard: OwnedMutexGuard<Option<PgConnection>>,
-        options: &PgConnectOptions,
-        wait: Duration,
+        server: &PgServer,
     ) -> Result<PgLent> {
         let failures = connection_failures();
+        if self.discard.swap(false, Ordering::AcqRel)
+            && let Some(stalled) = guard.take()
+        {
+            // Not even a goodbye: the server may not be reading.
+            drop(stalled);
+        }
         if let Some(conn) = guard.as_mut() {
             let fit = if self.needs_reset.load(Ordering::Acquire) {
                 reset(conn).await
@@ -153,16 +170,10 @@ impl PgSlot {
             }
         }
         if guard.is_none() {
-            let connected = tokio::time::timeout(wait, options.connect())
-                .await
-                .map_err(|_| {
-                    Error::Unavailable(format!(
-                        "no connection to {}:{} within {wait:?}",
-                        options.get_host(),
-                        options.get_port()
-                    ))
-                })??;
-            *guard = Some(connected);
+            // A new connection may reach another server: what the old one replayed is no
+            // longer known.
+            self.replayed.store(i64::MIN, Ordering::Release);
+            *guard = Some(server.connect().await?);
         }
         self.needs_reset.store(false, Ordering::Release);
         self.checked.fetch_max(failures, Ordering::AcqRel);
@@ -193,6 +204,29 @@ impl PgLent {
     /// The connection.
     pub(crate) fn conn(&mut self) -> &mut PgConnection {
         &mut self.conn
+    }
+
+    /// How far this connection's server (a replica) said it had replayed, if it was asked
+    /// since the connection was made.
+    pub(crate) fn replayed(&self) -> Option<i64> {
+        let replayed = self.slot.replayed.load(Ordering::Acquire);
+        (replayed != i64::MIN).then_some(replayed)
+    }
+
+    /// Records how far this connection's server has replayed (`None`: it is not a replica,
+    /// or it could not say), for the reads that take this connection next.
+    pub(crate) fn set_replayed(&self, replayed: Option<i64>) {
+        match replayed {
+            Some(position) => self.slot.replayed.fetch_max(position, Ordering::AcqRel),
+            None => self.slot.replayed.swap(i64::MIN, Ordering::AcqRel),
+        };
+    }
+
+    /// Drops the connection instead of handing it back (a statement on it timed out: its
+    /// server is stalled or gone, and an answer may still be on the way); the slot connects
+    /// again at its next lease.
+    pub(crate) fn discard(self) {
+        self.slot.discard.store(true, Ordering::Release);
     }
 
     /// Hands the connection back with a transaction possibly open: it is rolled back (by a

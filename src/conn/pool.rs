@@ -281,7 +281,11 @@ impl Connections {
 
     /// A PostgreSQL primary and its read replicas (cargo feature `postgres`).
     #[cfg(not(feature = "postgres"))]
-    pub(crate) async fn connect_postgres(_primary: &str, _replicas: &[&str]) -> Result<Self> {
+    pub(crate) async fn connect_postgres(
+        _primary: &str,
+        _replicas: &[&str],
+        _options: &DbOptions,
+    ) -> Result<Self> {
         Err(Error::Config(
             "this build of sqlrepo has no PostgreSQL support: enable its cargo feature `postgres`"
                 .to_owned(),
@@ -290,9 +294,15 @@ impl Connections {
 
     /// A PostgreSQL primary and its read replicas (cargo feature `postgres`), migrated.
     #[cfg(feature = "postgres")]
-    pub(crate) async fn connect_postgres(primary: &str, replicas: &[&str]) -> Result<Self> {
+    pub(crate) async fn connect_postgres(
+        primary: &str,
+        replicas: &[&str],
+        options: &DbOptions,
+    ) -> Result<Self> {
         Ok(Connections {
-            kind: Kind::Postgres(Box::new(PgConnections::connect(primary, replicas).await?)),
+            kind: Kind::Postgres(Box::new(
+                PgConnections::connect(primary, replicas, options).await?,
+            )),
             extensions: Extensions::default(),
             temp_file: None,
         })
