@@ -10,10 +10,12 @@
 
 mod common;
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use common::backend::{Backend, PgDatabase, pg};
 use serde_json::json;
+use sqlrepo::conn::{REPLICA_COOLDOWN, REPLICA_WAIT};
 use sqlrepo::{Db, ItemPatch, NewItem};
 use sqlx::{Connection, PgConnection};
 
@@ -118,4 +120,219 @@ async fn asynchronous_commit_still_reads_its_own_writes() {
         on_replica >= rounds,
         "only {on_replica} transactions ran on the replica"
     );
+}
+/// The replica's postmaster and its children, from its data directory.
+fn replica_processes() -> Vec<String> {
+    let data = PathBuf::from(std::env::var("SQLREPO_PG_DATA").unwrap()).join("replica");
+    let pid_file = std::fs::read_to_string(data.join("postmaster.pid"))
+        .expect("the replica's postmaster.pid (is it running?)");
+    let postmaster = pid_file.lines().next().unwrap().trim().to_owned();
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &postmaster])
+        .output()
+        .expect("pgrep");
+    let mut pids = vec![postmaster];
+    pids.extend(
+        String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .map(str::to_owned),
+    );
+    pids
+}
+
+/// Sends `signal` to `pids`, failing the test if it cannot.
+fn signal(signal: &str, pids: &[String]) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .args(pids)
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pids:?}");
+}
+
+/// Resumes the stopped replica however the test ends.
+struct Resume(Vec<String>);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal("CONT", &self.0);
+    }
+}
+
+/// Gets `ids` one after the other, each bounded, and returns the slowest.
+async fn gets_within(db: &Db, ids: &[i64], limit: Duration) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for &id in ids {
+        let started = Instant::now();
+        let item = tokio::time::timeout(Duration::from_secs(20), db.items().get(id))
+            .await
+            .expect("a get did not return within 20 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(item.id, id);
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(slowest < limit, "the slowest get took {slowest:?}");
+    slowest
+}
+
+/// Waits until the replica has replayed everything the primary wrote, and the `Db` reads
+/// there (its transactions on the replica go up).
+async fn reads_reach_the_replica(db: &Db, id: i64, replica_url: &str) {
+    let started = Instant::now();
+    loop {
+        let before = replica_transactions(replica_url).await;
+        for _ in 0..20 {
+            db.items().get(id).await.unwrap().unwrap();
+        }
+        if replica_transactions(replica_url).await - before >= 10 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "reads never reached the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the PostgreSQL cluster of .ci/pg-cluster and the right to signal its replica; run with -- --include-ignored"]
+async fn a_stopped_replica_is_left_alone_within_the_wait_and_used_again_once_it_answers() {
+    let _turn = TURN.lock().await;
+    let database = database().await;
+    let replica_url = database.replica_url.clone().unwrap();
+    let db = Db::connect_replicated(&database.url, &[&replica_url])
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(
+            db.items()
+                .create(&NewItem::new(format!("lamp-{n}"), json!({})))
+                .await
+                .unwrap(),
+        );
+    }
+    reads_reach_the_replica(&db, ids[0], &replica_url).await;
+
+    // Concurrent readers hold several of the replica's connections when it stops.
+    let resume = Resume(replica_processes());
+    signal("STOP", &resume.0);
+    let limit = REPLICA_WAIT + Duration::from_millis(700);
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let (db, ids) = (db.clone(), ids.clone());
+            tokio::spawn(async move { gets_within(&db, &ids, limit).await })
+        })
+        .collect();
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    // Resting, the replica costs the reads nothing: they go straight to the primary.
+    let slowest = gets_within(&db, &ids, limit).await;
+    assert!(
+        slowest < REPLICA_WAIT,
+        "{slowest:?} while the replica rests"
+    );
+
+    drop(resume);
+    tokio::time::sleep(REPLICA_COOLDOWN + REPLICA_WAIT).await;
+    reads_reach_the_replica(&db, ids[0], &replica_url).await;
+    db.close().await;
+}
+
+/// Runs `pg_ctl` on the replica as the `postgres` user when root (the server refuses root).
+fn pg_ctl_replica(args: &[&str]) {
+    let data = PathBuf::from(std::env::var("SQLREPO_PG_DATA").unwrap());
+    let bindir = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        .unwrap_or_else(|| {
+            let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+                .expect("PostgreSQL's server programs")
+                .map(|entry| entry.unwrap().path().join("bin"))
+                .collect();
+            dirs.sort();
+            dirs.pop().expect("a PostgreSQL bin directory")
+        });
+    let replica = data.join("replica");
+    let log = data.join("replica.log");
+    let mut command = std::process::Command::new("runuser");
+    command
+        .args(["-u", "postgres", "--"])
+        .arg(bindir.join("pg_ctl"))
+        .arg("-D")
+        .arg(&replica)
+        .arg("-l")
+        .arg(&log)
+        .args(["-w", "-t", "60"])
+        .args(args);
+    let status = command.status().expect("run pg_ctl");
+    assert!(status.success(), "pg_ctl {args:?} on the replica");
+}
+
+/// Starts the replica again however the test ends.
+struct Restart;
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        pg_ctl_replica(&["start"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the PostgreSQL cluster of .ci/pg-cluster and root (to run pg_ctl as postgres); run with -- --include-ignored"]
+async fn reads_that_meet_a_replica_shut_down_are_answered_by_the_primary() {
+    let _turn = TURN.lock().await;
+    let database = database().await;
+    let replica_url = database.replica_url.clone().unwrap();
+    let db = Db::connect_replicated(&database.url, &[&replica_url])
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(
+            db.items()
+                .create(&NewItem::new(format!("desk-{n}"), json!({})))
+                .await
+                .unwrap(),
+        );
+    }
+    // Several replica connections made and held, so several meet the shutdown.
+    let warm: Vec<_> = (0..8)
+        .map(|_| {
+            let (db, id) = (db.clone(), ids[0]);
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    db.items().get(id).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in warm {
+        task.await.unwrap();
+    }
+    reads_reach_the_replica(&db, ids[0], &replica_url).await;
+
+    let restart = Restart;
+    pg_ctl_replica(&["stop", "-m", "fast"]);
+    // Every read succeeds: the ones that meet a broken replica connection are sent to the
+    // primary instead of failing Unavailable.
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let (db, ids) = (db.clone(), ids.clone());
+            tokio::spawn(async move { gets_within(&db, &ids, REPLICA_WAIT * 3).await })
+        })
+        .collect();
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    drop(restart);
+    tokio::time::sleep(REPLICA_COOLDOWN + REPLICA_WAIT).await;
+    reads_reach_the_replica(&db, ids[0], &replica_url).await;
+    db.close().await;
 }

@@ -23,6 +23,7 @@ mod pg_server;
 mod pool;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod read;
 mod target;
 
 pub use backend::Backend;

@@ -15,9 +15,10 @@
 //! connection fails at most the one call that finds it broken, is pinged at its next lease, and
 //! is replaced if the ping fails.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
@@ -25,6 +26,57 @@ use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
 use super::pg_server::PgServer;
 use crate::error::{Error, Result, connection_failures};
+
+/// When a server is left alone: set when it failed to answer in time (a replica), so reads go
+/// elsewhere for a while.
+#[derive(Debug)]
+pub(crate) struct Rest {
+    until: std::sync::Mutex<Option<Instant>>,
+    /// How long a rest lasts.
+    cooldown: Duration,
+}
+
+impl Rest {
+    /// A server not resting, which rests `cooldown` each time it is told to.
+    pub(crate) fn new(cooldown: Duration) -> Rest {
+        Rest {
+            until: std::sync::Mutex::new(None),
+            cooldown,
+        }
+    }
+
+    /// Whether the server is resting now.
+    pub(crate) fn resting(&self) -> bool {
+        let until = self
+            .until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Leaves the server alone for the cooldown from now.
+    pub(crate) fn rest(&self) {
+        *self
+            .until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(Instant::now() + self.cooldown);
+    }
+}
+
+thread_local! {
+    /// Set while [`abandon`] drops a statement that ran out of time.
+    static ABANDONING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Drops `attempt`, a read that ran out of time on a replica, so that the replica connection
+/// it holds is not lent again (an answer may still be on its way, from a server that may never
+/// send it) and the replica rests.
+pub(crate) fn abandon<T>(attempt: T) {
+    ABANDONING.with(|abandoning| abandoning.set(true));
+    drop(attempt);
+    ABANDONING.with(|abandoning| abandoning.set(false));
+}
 
 /// The connections of one server (the primary, or one replica).
 #[derive(Debug)]
@@ -39,6 +91,8 @@ pub(crate) struct HeldPg {
     /// Set by [`HeldPg::close`]: leases are refused from then on instead of reconnecting an
     /// emptied slot (`Db::close` promises that later calls fail).
     closed: AtomicBool,
+    /// For a replica: when it is left alone. `None` for the primary, which is never left.
+    rest: Option<Arc<Rest>>,
 }
 
 #[derive(Debug)]
@@ -63,6 +117,20 @@ struct PgSlot {
 pub(crate) struct PgLent {
     conn: OwnedMappedMutexGuard<Option<PgConnection>, PgConnection>,
     slot: Arc<PgSlot>,
+    /// A replica's rest, when this is a replica's connection.
+    rest: Option<Arc<Rest>>,
+}
+
+impl Drop for PgLent {
+    fn drop(&mut self) {
+        // Before the guard (a field) unlocks the slot, so nobody is lent it meanwhile.
+        if ABANDONING.with(Cell::get) {
+            self.slot.discard.store(true, Ordering::Release);
+            if let Some(rest) = &self.rest {
+                rest.rest();
+            }
+        }
+    }
 }
 
 impl HeldPg {
@@ -73,6 +141,7 @@ impl HeldPg {
         size: usize,
         wait: Duration,
         mut first: Option<PgConnection>,
+        rest: Option<Arc<Rest>>,
     ) -> HeldPg {
         HeldPg {
             slots: (0..size.max(1))
@@ -90,6 +159,7 @@ impl HeldPg {
             next: AtomicUsize::new(0),
             wait,
             closed: AtomicBool::new(false),
+            rest,
         }
     }
 
@@ -115,7 +185,7 @@ impl HeldPg {
         // Checked under the slot's lock: `close` sets the flag before it takes the locks, so a
         // slot it emptied is never reconnected.
         self.open()?;
-        slot.ready(guard, &self.server).await
+        slot.ready(guard, &self.server, self.rest.clone()).await
     }
 
     /// Refuses a lease once closed, as sqlx's pools do.
@@ -148,6 +218,7 @@ impl PgSlot {
         self: &Arc<Self>,
         mut guard: OwnedMutexGuard<Option<PgConnection>>,
         server: &PgServer,
+        rest: Option<Arc<Rest>>,
     ) -> Result<PgLent> {
         let failures = connection_failures();
         if self.discard.swap(false, Ordering::AcqRel)
@@ -182,6 +253,7 @@ impl PgSlot {
         Ok(PgLent {
             conn,
             slot: self.clone(),
+            rest,
         })
     }
 
@@ -206,6 +278,11 @@ impl PgLent {
         &mut self.conn
     }
 
+    /// Whether this is a replica's connection.
+    pub(crate) fn on_replica(&self) -> bool {
+        self.rest.is_some()
+    }
+
     /// How far this connection's server (a replica) said it had replayed, if it was asked
     /// since the connection was made.
     pub(crate) fn replayed(&self) -> Option<i64> {
@@ -227,6 +304,7 @@ impl PgLent {
     /// again at its next lease.
     pub(crate) fn discard(self) {
         self.slot.discard.store(true, Ordering::Release);
+        drop(self);
     }
 
     /// Hands the connection back with a transaction possibly open: it is rolled back (by a

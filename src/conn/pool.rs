@@ -463,6 +463,16 @@ impl Connections {
         &self.extensions
     }
 
+    /// A connection to read on the PostgreSQL primary, for a read a replica did not answer in
+    /// time (see `Handle::read`); a reader as [`Connections::read_lease`] elsewhere.
+    pub(crate) async fn primary_read_lease(&self) -> Result<Lease> {
+        #[cfg(feature = "postgres")]
+        if let Kind::Postgres(pg) = &self.kind {
+            return Ok(Lease::postgres(pg.write_conn().await?, None));
+        }
+        self.read_lease().await
+    }
+
     /// A reader connection: the first idle one from the start of the list, else the next in turn.
     pub(crate) async fn read_lease(&self) -> Result<Lease> {
         match &self.kind {
@@ -636,6 +646,18 @@ impl Lease {
                     .conn(),
             ),
         }
+    }
+
+    /// Whether this is a connection to a PostgreSQL replica.
+    pub(crate) fn on_replica(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if let LeaseKind::Postgres {
+            conn: Some(conn), ..
+        } = &self.kind
+        {
+            return conn.on_replica();
+        }
+        false
     }
 
     /// Marks (or clears) the connection as possibly holding a transaction nobody will finish.

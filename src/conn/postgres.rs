@@ -35,12 +35,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::postgres::PgConnection;
 
 use super::options::DbOptions;
-use super::pg_held::{HeldPg, PgLent};
+use super::pg_held::{HeldPg, PgLent, Rest};
 use super::pg_server::{ConnectFailure, PgServer};
 use crate::error::{Error, Result, has_sqlstate, sqlstate};
 
@@ -114,27 +114,20 @@ impl Writes {
 #[derive(Debug)]
 struct Replica {
     held: HeldPg,
-    /// Until when it is left alone after failing to answer.
-    resting_until: std::sync::Mutex<Option<Instant>>,
+    /// When it is left alone after failing to answer (shared with its lent connections, so a
+    /// read that runs out of time on one rests it).
+    rest: Arc<Rest>,
     /// A task is asking it for its replay position.
     refreshing: AtomicBool,
 }
 
 impl Replica {
     fn resting(&self) -> bool {
-        let until = self
-            .resting_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        until.is_some_and(|until| Instant::now() < until)
+        self.rest.resting()
     }
 
     fn rest(&self) {
-        *self
-            .resting_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(Instant::now() + REPLICA_COOLDOWN);
+        self.rest.rest();
     }
 
     /// A connection to this replica, within [`REPLICA_WAIT`]; `None` (and a rest) otherwise.
@@ -212,19 +205,22 @@ impl PgConnections {
             options.primary_connections,
             ACQUIRE_TIMEOUT,
             Some(first),
+            None,
         ));
         let replica_connect = options.connect_timeout.min(REPLICA_WAIT);
         let replicas = replicas
             .iter()
             .map(|url| {
+                let rest = Arc::new(Rest::new(REPLICA_COOLDOWN));
                 Ok(Replica {
                     held: HeldPg::new(
                         PgServer::parse(url, replica_connect)?,
                         options.replica_connections,
                         REPLICA_WAIT,
                         None,
+                        Some(rest.clone()),
                     ),
-                    resting_until: std::sync::Mutex::new(None),
+                    rest,
                     refreshing: AtomicBool::new(false),
                 }
                 .into())
