@@ -242,10 +242,9 @@ async fn a_stopped_replica_is_left_alone_within_the_wait_and_used_again_once_it_
     db.close().await;
 }
 
-/// Runs `pg_ctl` on the replica as the `postgres` user when root (the server refuses root).
-fn pg_ctl_replica(args: &[&str]) {
-    let data = PathBuf::from(std::env::var("SQLREPO_PG_DATA").unwrap());
-    let bindir = std::process::Command::new("pg_config")
+/// PostgreSQL's server programs (`pg_ctl`, `pg_basebackup`).
+fn pg_bindir() -> PathBuf {
+    std::process::Command::new("pg_config")
         .arg("--bindir")
         .output()
         .ok()
@@ -258,21 +257,35 @@ fn pg_ctl_replica(args: &[&str]) {
                 .collect();
             dirs.sort();
             dirs.pop().expect("a PostgreSQL bin directory")
-        });
-    let replica = data.join("replica");
-    let log = data.join("replica.log");
-    let mut command = std::process::Command::new("runuser");
-    command
+        })
+}
+
+/// Runs a server program as the `postgres` user (the server refuses root).
+fn as_postgres(program: &str, args: &[&std::ffi::OsStr]) {
+    let status = std::process::Command::new("runuser")
         .args(["-u", "postgres", "--"])
-        .arg(bindir.join("pg_ctl"))
-        .arg("-D")
-        .arg(&replica)
-        .arg("-l")
-        .arg(&log)
-        .args(["-w", "-t", "60"])
-        .args(args);
-    let status = command.status().expect("run pg_ctl");
-    assert!(status.success(), "pg_ctl {args:?} on the replica");
+        .arg(pg_bindir().join(program))
+        .args(args)
+        .status()
+        .expect("runuser (the test must run as root)");
+    assert!(status.success(), "{program} {args:?}");
+}
+
+/// Runs `pg_ctl` on the replica.
+fn pg_ctl_replica(args: &[&str]) {
+    let data = PathBuf::from(std::env::var("SQLREPO_PG_DATA").unwrap());
+    let (replica, log) = (data.join("replica"), data.join("replica.log"));
+    let mut all: Vec<&std::ffi::OsStr> = vec![
+        "-D".as_ref(),
+        replica.as_os_str(),
+        "-l".as_ref(),
+        log.as_os_str(),
+        "-w".as_ref(),
+        "-t".as_ref(),
+        "60".as_ref(),
+    ];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    as_postgres("pg_ctl", &all);
 }
 
 /// Starts the replica again however the test ends.
@@ -335,4 +348,213 @@ async fn reads_that_meet_a_replica_shut_down_are_answered_by_the_primary() {
     tokio::time::sleep(REPLICA_COOLDOWN + REPLICA_WAIT).await;
     reads_reach_the_replica(&db, ids[0], &replica_url).await;
     db.close().await;
+}
+
+/// A second replica, made from a fresh base backup of the primary on port 57202, stopped and
+/// deleted however the test ends.
+struct SecondReplica {
+    dir: PathBuf,
+    url: String,
+}
+
+impl SecondReplica {
+    fn start(primary_url: &str, database: &str) -> SecondReplica {
+        let dir = PathBuf::from(format!("/tmp/pg-i21b-second-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let port = primary_url
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split('/').next())
+            .unwrap()
+            .to_owned();
+        as_postgres(
+            "pg_basebackup",
+            &[
+                "-h".as_ref(),
+                "127.0.0.1".as_ref(),
+                "-p".as_ref(),
+                port.as_ref(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "-D".as_ref(),
+                dir.as_os_str(),
+                "-R".as_ref(),
+                "-X".as_ref(),
+                "stream".as_ref(),
+                "-c".as_ref(),
+                "fast".as_ref(),
+            ],
+        );
+        let conf = dir.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nport = 57202\n");
+        std::fs::write(&conf, text).unwrap();
+        let replica = SecondReplica {
+            url: format!("postgres://postgres@127.0.0.1:57202/{database}"),
+            dir,
+        };
+        let log = replica.dir.with_extension("log");
+        as_postgres(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                replica.dir.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "start".as_ref(),
+            ],
+        );
+        replica
+    }
+}
+
+impl Drop for SecondReplica {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bindir().join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.dir)
+            .args(["-m", "immediate", "-w", "stop"])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(self.dir.with_extension("log"));
+    }
+}
+
+/// A TCP forwarder on loopback whose target can be switched, cutting every connection made
+/// before: what a load balancer or a DNS name in front of replicas does to a client.
+struct Switch {
+    port: u16,
+    target: std::sync::Arc<std::sync::Mutex<(String, u64)>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Switch {
+    async fn to(target: &str) -> Switch {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = std::sync::Arc::new(std::sync::Mutex::new((target.to_owned(), 0u64)));
+        let shared = target.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let (address, generation) = shared.lock().unwrap().clone();
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&address).await else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    let cut = async {
+                        while shared.lock().unwrap().1 == generation {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = copy => {}
+                        () = cut => {}
+                    }
+                });
+            }
+        });
+        Switch {
+            port,
+            target,
+            accept,
+        }
+    }
+
+    /// Points new connections at `target` and cuts the open ones.
+    fn switch(&self, target: &str) {
+        let mut state = self.target.lock().unwrap();
+        *state = (target.to_owned(), state.1 + 1);
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the PostgreSQL cluster of .ci/pg-cluster, root (pg_basebackup as postgres) and port 57202; run with -- --include-ignored"]
+async fn reads_are_not_routed_on_a_position_another_server_reported() {
+    let _turn = TURN.lock().await;
+    let database = database().await;
+    let replica_url = database.replica_url.clone().unwrap();
+    let name = database.url.rsplit('/').next().unwrap().to_owned();
+    let replica_address = replica_url
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    let switch = Switch::to(&replica_address).await;
+    let through_switch = format!("postgres://postgres@127.0.0.1:{}/{name}", switch.port);
+    let db = Db::connect_replicated(&database.url, &[&through_switch])
+        .await
+        .unwrap();
+    let id = db
+        .items()
+        .create(&NewItem::new("counter", round_data(1)))
+        .await
+        .unwrap();
+    // A second replica, from a base backup taken now (it holds round 1), its replay paused:
+    // it will never see what is written next.
+    let second = SecondReplica::start(&database.url, &name);
+    let mut conn = PgConnection::connect(&second.url).await.unwrap();
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let patch = ItemPatch {
+        data: Some(round_data(2)),
+        ..ItemPatch::default()
+    };
+    assert!(db.items().update(id, &patch).await.unwrap());
+    // The Db learns that the first replica has replayed round 2, and reads there.
+    reads_reach_the_replica(&db, id, &replica_url).await;
+    assert_eq!(
+        db.items().get(id).await.unwrap().unwrap().data,
+        round_data(2)
+    );
+
+    // Behind the same address, another server now: one that does not hold round 2.
+    switch.switch("127.0.0.1:57202");
+    let seen: serde_json::Value = sqlx::query_scalar("SELECT data FROM items WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(seen, round_data(1), "the second replica really is behind");
+    let mut stale = 0;
+    for _ in 0..200 {
+        if db.items().get(id).await.unwrap().unwrap().data != round_data(2) {
+            stale += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(stale, 0, "reads routed on the first replica's position");
+
+    // Resumed, the second replica catches up and is read.
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    reads_reach_the_replica(&db, id, &second.url).await;
+    assert_eq!(
+        db.items().get(id).await.unwrap().unwrap().data,
+        round_data(2)
+    );
+    db.close().await;
+    drop(switch);
+    drop(second);
 }
