@@ -103,12 +103,18 @@ impl Db {
     ///   `sqlite::memory:` is [`Db::in_memory`];
     /// - `postgres://user@host:port/db` (or `postgresql://`): that PostgreSQL database, with the
     ///   cargo feature `postgres`; sqlrepo's PostgreSQL migrations run on connect, as they do
-    ///   on SQLite. See [`Db::connect_replicated`] for read replicas.
+    ///   on SQLite. The database must exist (unlike a SQLite file, it is not created: see
+    ///   [`DbOptions::create_database`]), and the connect gives up after
+    ///   [`DbOptions::connect_timeout`] (5 s). See [`Db::connect_replicated`] for read replicas
+    ///   and [`Db::connect_with`] for the other settings (pool sizes, migrations off or
+    ///   verified). The `Db`'s `Debug` shows host, port, database and user, never a password.
     ///
     /// # Errors
     /// [`Error::Config`](crate::Error::Config) for a URL of another scheme, or a `postgres://`
-    /// URL when the crate was built without the `postgres` feature; otherwise as
-    /// [`Db::open`] (connection failures are [`Error::Database`](crate::Error::Database)).
+    /// URL when the crate was built without the `postgres` feature, or a PostgreSQL database
+    /// that does not exist (named in the message); [`Error::Unavailable`](crate::Error::Unavailable)
+    /// when no connection is made within the connect timeout; otherwise as [`Db::open`]
+    /// (other connection failures are [`Error::Database`](crate::Error::Database)).
     pub async fn connect(url: &str) -> Result<Db> {
         Db::connect_with(url, DbOptions::default()).await
     }

@@ -32,6 +32,22 @@
 //! shows it. A replica that does not answer within [`REPLICA_WAIT`] (a connection, a position)
 //! is left alone for [`REPLICA_COOLDOWN`]; reads go to the other replicas or the primary
 //! meanwhile. Reads of a `Db` that has written nothing need no question at all.
+//!
+//! The read itself is under the same limit (`Handle::read`, in `conn/read.rs`): a replica
+//! that stops answering mid-read (its processes stopped, packets dropped), or whose
+//! connection breaks, has the read run again on the primary, and its connection is dropped.
+//!
+//! # Why the promise covers every write of the `Db`, not only the caller's
+//!
+//! A read may use a replica only once a position covering *every* write of the whole `Db` is
+//! known, so the more a `Db` writes, the fewer reads its replicas serve (the bench's "pg
+//! replica share under writes" row). A per-caller token (the position after *that* caller's
+//! write, carried by a session object) would let other callers keep reading on the replica,
+//! but it would weaken the promise existing callers rely on: a read made through a `Db` after
+//! *any* of its writes returned sees that write, whichever task made it (one task writes,
+//! hands the id to another over a channel, which reads). That promise is kept for the existing
+//! API; a session type with a weaker, per-caller promise can be added beside it later without
+//! changing this routing (it would carry its own `Writes`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -44,8 +60,8 @@ use super::pg_held::{HeldPg, PgLent, Rest};
 use super::pg_server::{ConnectFailure, PgServer};
 use crate::error::{Error, Result, has_sqlstate, sqlstate};
 
-/// How long a read waits for a replica (a connection, or its replay position) before it reads
-/// on the primary instead.
+/// How long a read waits for a replica (a connection, its replay position, and the read
+/// itself) before it reads on the primary instead.
 pub const REPLICA_WAIT: Duration = Duration::from_millis(500);
 
 /// How long a replica that failed to answer is left alone before it is tried again.
