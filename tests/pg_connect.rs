@@ -388,3 +388,28 @@ async fn a_dml_only_role_connects_with_migrations_off_or_verified() {
     drop(database);
     admin(&admin_url, &[&format!("DROP ROLE {role}")]).await;
 }
+
+#[tokio::test]
+#[ignore = "needs a PostgreSQL server (SQLREPO_PG_URL); run with -- --include-ignored"]
+async fn every_session_asks_the_server_for_tcp_keepalive() {
+    let database = database(false).await;
+    let db = Db::connect(&database.url).await.unwrap();
+    let mut conn = db.handle().writer().await.unwrap();
+    let mut settings = Vec::new();
+    for setting in [
+        "SHOW tcp_keepalives_idle",
+        "SHOW tcp_keepalives_interval",
+        "SHOW tcp_keepalives_count",
+    ] {
+        let value: String = sqlx::query_scalar(setting)
+            .fetch_one(conn.postgres().unwrap())
+            .await
+            .unwrap();
+        settings.push(value);
+    }
+    // Over TCP (the test URLs use 127.0.0.1) the server applies them to the session's socket;
+    // the kernel's default would be "0" (its two hours).
+    assert_eq!(settings, ["15", "5", "3"]);
+    drop(conn);
+    db.close().await;
+}

@@ -352,8 +352,8 @@ async fn reads_that_meet_a_replica_shut_down_are_answered_by_the_primary() {
     db.close().await;
 }
 
-/// A second replica, made from a fresh base backup of the primary on port 57202, stopped and
-/// deleted however the test ends.
+/// A second replica, made from a fresh base backup of the primary, on the primary's port + 2
+/// (the cluster's replica has + 1), stopped and deleted however the test ends.
 struct SecondReplica {
     dir: PathBuf,
     url: String,
@@ -386,12 +386,14 @@ impl SecondReplica {
                 "fast".as_ref(),
             ],
         );
+        // The port after the cluster's replica (57202 for a cluster on 57200).
+        let second_port = port.parse::<u16>().unwrap() + 2;
         let conf = dir.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).unwrap();
-        text.push_str("\nport = 57202\n");
+        text.push_str(&format!("\nport = {second_port}\n"));
         std::fs::write(&conf, text).unwrap();
         let replica = SecondReplica {
-            url: format!("postgres://postgres@127.0.0.1:57202/{database}"),
+            url: format!("postgres://postgres@127.0.0.1:{second_port}/{database}"),
             dir,
         };
         let log = replica.dir.with_extension("log");
@@ -485,7 +487,7 @@ impl Drop for Switch {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the PostgreSQL cluster of .ci/pg-cluster, root (pg_basebackup as postgres) and port 57202; run with -- --include-ignored"]
+#[ignore = "needs the PostgreSQL cluster of .ci/pg-cluster, root (pg_basebackup as postgres) and the port after its replica's; run with -- --include-ignored"]
 async fn reads_are_not_routed_on_a_position_another_server_reported() {
     let _turn = TURN.lock().await;
     let database = database().await;
@@ -529,7 +531,13 @@ async fn reads_are_not_routed_on_a_position_another_server_reported() {
     );
 
     // Behind the same address, another server now: one that does not hold round 2.
-    switch.switch("127.0.0.1:57202");
+    let second_address = second
+        .url
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    switch.switch(&second_address);
     let seen: serde_json::Value = sqlx::query_scalar("SELECT data FROM items WHERE id = $1")
         .bind(id)
         .fetch_one(&mut conn)

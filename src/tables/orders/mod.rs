@@ -149,13 +149,16 @@ impl OrderRepo {
     ) -> impl Future<Output = Result<Vec<Order>>> + Send + use<> {
         let handle = self.handle.clone();
         traced("orders", "recent_for_user", async move {
-            let mut conn = handle.reader().await?;
             let limit = i64::from(limit);
-            match conn.backend()? {
-                Backend::Sqlite(c) => select_recent(c, user_id, limit).await,
-                #[cfg(feature = "postgres")]
-                Backend::Postgres(c) => postgres::select_recent(c, user_id, limit).await,
-            }
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => select_recent(c, user_id, limit).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => postgres::select_recent(c, user_id, limit).await,
+                    }
+                })
+                .await
         })
     }
 
