@@ -454,7 +454,9 @@ async fn outgrowing_one_file(path: &std::path::Path) -> anyhow::Result<()> {
         step(&format!(
             "Db::connect(\"{url}\") — the same calls on PostgreSQL (the database is created)"
         ));
-        let pg = Db::connect(&url).await?;
+        // Creating a missing database is opt-in: by default a typo in a URL is an error.
+        let pg =
+            Db::connect_with(&url, sqlrepo::DbOptions::default().create_database(true)).await?;
         items(&pg).await?;
         let ann = users_and_orders(&pg).await?;
         accounts(&pg, ann).await?;

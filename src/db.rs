@@ -103,17 +103,60 @@ impl Db {
     ///   `sqlite::memory:` is [`Db::in_memory`];
     /// - `postgres://user@host:port/db` (or `postgresql://`): that PostgreSQL database, with the
     ///   cargo feature `postgres`; sqlrepo's PostgreSQL migrations run on connect, as they do
-    ///   on SQLite. See [`Db::connect_replicated`] for read replicas.
+    ///   on SQLite. The database must exist (unlike a SQLite file, it is not created: see
+    ///   [`DbOptions::create_database`]), and the connect gives up after
+    ///   [`DbOptions::connect_timeout`] (5 s). See [`Db::connect_replicated`] for read replicas
+    ///   and [`Db::connect_with`] for the other settings (pool sizes, migrations off or
+    ///   verified). The `Db`'s `Debug` shows host, port, database and user, never a password.
     ///
     /// # Errors
     /// [`Error::Config`](crate::Error::Config) for a URL of another scheme, or a `postgres://`
-    /// URL when the crate was built without the `postgres` feature; otherwise as
-    /// [`Db::open`] (connection failures are [`Error::Database`](crate::Error::Database)).
+    /// URL when the crate was built without the `postgres` feature, or a PostgreSQL database
+    /// that does not exist (named in the message); [`Error::Unavailable`](crate::Error::Unavailable)
+    /// when no connection is made within the connect timeout; otherwise as [`Db::open`]
+    /// (other connection failures are [`Error::Database`](crate::Error::Database)).
     pub async fn connect(url: &str) -> Result<Db> {
+        Db::connect_with(url, DbOptions::default()).await
+    }
+
+    /// [`Db::connect`] with explicit [`DbOptions`]: for a SQLite URL they are
+    /// [`Db::open_with`]'s (the URL's path replacing `options.path`); for PostgreSQL, their
+    /// PostgreSQL fields apply (`migrate`, `verify_migrations`, `create_database`,
+    /// `primary_connections`, `replica_connections`, `connect_timeout`, and the server-side
+    /// limits `statement_timeout`, `lock_timeout` and `idle_in_transaction_session_timeout`,
+    /// set on every connection as it connects).
+    ///
+    /// ```no_run
+    /// # async fn f() -> sqlrepo::Result<()> {
+    /// use std::time::Duration;
+    /// use sqlrepo::{Db, DbOptions};
+    /// // A role without DDL rights: the schema is migrated at deploy time; check it matches.
+    /// let options = DbOptions::default()
+    ///     .migrate(false)
+    ///     .verify_migrations(true)
+    ///     .primary_connections(32)
+    ///     .connect_timeout(Duration::from_secs(2));
+    /// let db = Db::connect_with("postgres://app@db.internal/prod", options).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Db::connect`]; on PostgreSQL also [`Error::Config`](crate::Error::Config) naming
+    /// the database when it does not exist (unless `create_database`),
+    /// [`Error::Unavailable`](crate::Error::Unavailable) when no connection is made within
+    /// `connect_timeout`, and [`Error::Schema`](crate::Error::Schema) when
+    /// `verify_migrations` finds the recorded migrations differ from this release's;
+    /// [`Error::Config`](crate::Error::Config) also for a limit past the server's largest
+    /// (2,147,483,647 ms).
+    pub async fn connect_with(url: &str, options: DbOptions) -> Result<Db> {
         match crate::conn::Target::parse(url)? {
-            crate::conn::Target::SqliteFile(path) => Db::open(path).await,
+            crate::conn::Target::SqliteFile(path) => {
+                Db::open_with(DbOptions { path, ..options }).await
+            }
             crate::conn::Target::SqliteMemory => Db::in_memory().await,
-            crate::conn::Target::Postgres(url) => Db::connect_replicated(&url, &[]).await,
+            crate::conn::Target::Postgres(url) => {
+                Db::connect_replicated_with(&url, &[], options).await
+            }
         }
     }
 
@@ -132,36 +175,23 @@ impl Db {
     /// crate was built without the `postgres` feature; [`Error::Database`](crate::Error::Database)
     /// when the primary cannot be reached (replicas that cannot be reached are skipped).
     pub async fn connect_replicated(primary: &str, replicas: &[&str]) -> Result<Db> {
-        Db::connect_replicated_with(primary, replicas, &DbOptions::new("")).await
+        Db::connect_replicated_with(primary, replicas, DbOptions::default()).await
     }
 
-    /// [`Db::connect_replicated`] with the PostgreSQL limits of `options`
-    /// ([`statement_timeout`](DbOptions::statement_timeout),
-    /// [`lock_timeout`](DbOptions::lock_timeout),
-    /// [`idle_in_transaction_session_timeout`](DbOptions::idle_in_transaction_session_timeout)),
-    /// set on every connection as it connects; the SQLite fields (the path, readers, ...) are
-    /// not used. `replicas` may be empty.
-    ///
-    /// ```no_run
-    /// # async fn run() -> sqlrepo::Result<()> {
-    /// use std::time::Duration;
-    /// let options = sqlrepo::DbOptions::new("")
-    ///     .statement_timeout(Duration::from_secs(10))
-    ///     .lock_timeout(Duration::from_secs(2));
-    /// let db = sqlrepo::Db::connect_replicated_with("postgres://app@db/app", &[], &options).await?;
-    /// # Ok(()) }
-    /// ```
+    /// [`Db::connect_replicated`] with explicit [`DbOptions`] (their PostgreSQL fields, as
+    /// [`Db::connect_with`] says).
     ///
     /// # Errors
-    /// As [`Db::connect_replicated`]; [`Error::Config`](crate::Error::Config) also for a limit
-    /// past the server's largest (2,147,483,647 ms).
+    /// As [`Db::connect_with`] for the primary; replicas that cannot be reached are skipped.
     pub async fn connect_replicated_with(
         primary: &str,
         replicas: &[&str],
-        options: &DbOptions,
+        options: DbOptions,
     ) -> Result<Db> {
         Ok(Db {
-            connections: Arc::new(Connections::connect_postgres(primary, replicas, options).await?),
+            connections: Arc::new(
+                Connections::connect_postgres(primary, replicas, &options).await?,
+            ),
         })
     }
 

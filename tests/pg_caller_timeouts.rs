@@ -230,7 +230,7 @@ async fn a_statement_past_statement_timeout_is_cancelled_retryable_and_stores_no
     let options = DbOptions::new("")
         .statement_timeout(Duration::from_millis(300))
         .lock_timeout(Duration::ZERO);
-    let db = Db::connect_replicated_with(url, &[], &options)
+    let db = Db::connect_replicated_with(url, &[], options.clone())
         .await
         .unwrap();
     let a = open(&db, 1_000).await;
@@ -276,7 +276,7 @@ async fn a_lock_held_past_lock_timeout_is_busy_and_stores_nothing() {
     let database = database().await;
     let url = &database.url;
     let options = DbOptions::new("").lock_timeout(Duration::from_millis(200));
-    let db = Db::connect_replicated_with(url, &[], &options)
+    let db = Db::connect_replicated_with(url, &[], options.clone())
         .await
         .unwrap();
     let a = open(&db, 1_000).await;
@@ -344,7 +344,7 @@ async fn every_connection_starts_with_the_server_limits_of_its_options() {
         .statement_timeout(Duration::from_millis(1500))
         .lock_timeout(Duration::ZERO)
         .idle_in_transaction_session_timeout(Duration::from_secs(7));
-    let db = Db::connect_replicated_with(url, &[], &options)
+    let db = Db::connect_replicated_with(url, &[], options.clone())
         .await
         .unwrap();
     assert_eq!(
@@ -361,7 +361,7 @@ async fn a_limit_past_the_servers_largest_is_refused_before_anything_is_touched(
     // A database that does not exist yet: a connect would create it.
     let missing = format!("{}_never", database.url);
     let options = DbOptions::new("").statement_timeout(Duration::from_secs(40 * 24 * 3600));
-    let err = Db::connect_replicated_with(&missing, &[], &options)
+    let err = Db::connect_replicated_with(&missing, &[], options.clone())
         .await
         .unwrap_err();
     assert!(
@@ -387,7 +387,7 @@ async fn a_tx_left_idle_past_its_limit_is_rolled_back_and_the_db_goes_on() {
     let url = &database.url;
     let options =
         DbOptions::new("").idle_in_transaction_session_timeout(Duration::from_millis(300));
-    let db = Db::connect_replicated_with(url, &[], &options)
+    let db = Db::connect_replicated_with(url, &[], options.clone())
         .await
         .unwrap();
     let a = open(&db, 1_000).await;

@@ -118,18 +118,35 @@ async fn reads_after_a_write_go_to_the_primary_until_the_replica_has_caught_up()
 }
 
 #[tokio::test]
-async fn a_missing_database_is_created_as_a_missing_file_is() {
+async fn a_missing_database_is_created_only_when_asked() {
     let Some(database) = pg::create(backend::Backend::Postgres).await else {
         return;
     };
     let url = database.url.clone();
     let missing = format!("{url}_new");
     assert!(!sqlx::Postgres::database_exists(&missing).await.unwrap());
-    let db = Db::connect(&missing).await.unwrap();
+    // By default a missing database (a typo in the URL) is an error naming it, and nothing is
+    // created.
+    let err = Db::connect(&missing).await.unwrap_err();
+    let name = missing.rsplit('/').next().unwrap();
+    assert!(
+        matches!(&err, Error::Config(message) if message.contains(name)),
+        "{err:?}"
+    );
+    assert!(!sqlx::Postgres::database_exists(&missing).await.unwrap());
+    // Asked for, it is created and migrated.
+    let create = sqlrepo::DbOptions::default().create_database(true);
+    let db = Db::connect_with(&missing, create).await.unwrap();
+    db.items()
+        .create(&sqlrepo::NewItem::new("lamp", serde_json::json!({})))
+        .await
+        .unwrap();
     db.close().await;
     assert!(sqlx::Postgres::database_exists(&missing).await.unwrap());
-    // Created and migrated: connecting again finds sqlrepo's migrations applied, not refused.
-    Db::connect(&missing).await.unwrap().close().await;
+    // Connecting again (default options) finds it, with sqlrepo's migrations applied.
+    let again = Db::connect(&missing).await.unwrap();
+    assert_eq!(again.items().count().await.unwrap(), 1);
+    again.close().await;
     backend::drop_database(&missing).await;
 }
 

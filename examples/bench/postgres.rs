@@ -12,7 +12,10 @@
 //! - with `SQLREPO_PG_REPLICA_URL` (a streaming replica of that server): point gets through a
 //!   `Db::connect_replicated` against the same gets through the primary-only `Db` (what
 //!   routing a read costs), and a write followed by a read of it, both ways (what reading
-//!   one's own writes costs), each read checked to see its write.
+//!   one's own writes costs), each read checked to see its write; and point gets while the
+//!   same `Db` writes every 2 ms, through the replicated `Db` and the primary-only one, with
+//!   the share of those reads the replica served (its own count of scans of `items`) at
+//!   one write per 2 ms and per 20 ms in the notes ("replica share under writes").
 //!
 //! Each pair takes turns in rounds, as the SQLite rows do, so machine noise hits both alike.
 
@@ -111,6 +114,10 @@ struct PgBench<'a> {
     db: Db,
     /// sqlrepo on the primary and the replica (`Db::connect_replicated`).
     replicated: Option<Db>,
+    /// The replica's URL for the bench's database.
+    replica_url: Option<String>,
+    /// The primary's URL for the bench's database.
+    url: String,
     /// Raw sqlx: one connection to the primary, held for the whole run.
     floor: PgConnection,
     rows: Vec<Row>,
@@ -121,10 +128,13 @@ impl<'a> PgBench<'a> {
     async fn open(inputs: &'a Inputs, url: &str, servers: &Servers) -> anyhow::Result<Self> {
         let db = Db::connect(url).await?;
         let floor = PgConnection::connect(url).await?;
-        let replicated = match &servers.replica {
-            Some(replica) => {
-                let replica_url = with_database(replica, &url_database(url))?;
-                wait_for_database(&replica_url).await?;
+        let replica_url = match &servers.replica {
+            Some(replica) => Some(with_database(replica, &url_database(url))?),
+            None => None,
+        };
+        let replicated = match &replica_url {
+            Some(replica_url) => {
+                wait_for_database(replica_url).await?;
                 Some(Db::connect_replicated(url, &[replica_url.as_str()]).await?)
             }
             None => None,
@@ -153,6 +163,8 @@ impl<'a> PgBench<'a> {
             inputs,
             db,
             replicated,
+            replica_url,
+            url: url.to_owned(),
             floor,
             rows: Vec::new(),
             notes,
@@ -182,6 +194,7 @@ impl<'a> PgBench<'a> {
         if self.replicated.is_some() {
             self.replicated_get().await?;
             self.write_then_read().await?;
+            self.replica_share_under_writes().await?;
         }
         Ok(())
     }
@@ -504,6 +517,101 @@ impl<'a> PgBench<'a> {
         ));
         Ok(())
     }
+}
+
+impl PgBench<'_> {
+    /// Point gets while the same `Db` updates an item every 2 ms, through the replicated `Db`
+    /// and the primary-only one; and the share of the replicated `Db`'s gets the replica
+    /// served, at one write per 2 ms and per 20 ms. Every read must see every write that
+    /// returned before it (the README's promise), so a read right after any write of the `Db`
+    /// goes to the primary: the share shows what that costs the replica.
+    async fn replica_share_under_writes(&mut self) -> anyhow::Result<()> {
+        let inputs = self.inputs;
+        let ids = &inputs.get_ids;
+        let replica_url = self.replica_url.clone().context("no replica")?;
+        let sides = self
+            .take_turns(
+                "pg replica share under writes",
+                "primary",
+                ids.len(),
+                async |bench, range| {
+                    let replicated = bench.replicated.clone().context("no replica")?;
+                    gets_while_writing(&replicated, &ids[range], Duration::from_millis(2)).await
+                },
+                async |bench, range| {
+                    gets_while_writing(&bench.db, &ids[range], Duration::from_millis(2)).await
+                },
+            )
+            .await?;
+        self.push("pg replica share under writes", "get", sides);
+        let mut shares = Vec::new();
+        for period in [Duration::from_millis(2), Duration::from_millis(20)] {
+            // A Db of its own, closed before counting: a session's last statistics reach the
+            // server's counters when it ends.
+            let replicated = Db::connect_replicated(&self.url, &[replica_url.as_str()]).await?;
+            let before = replica_transactions(&replica_url).await?;
+            gets_while_writing(&replicated, ids, period).await?;
+            replicated.close().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let served = replica_transactions(&replica_url).await? - before;
+            let share = 100.0 * served.max(0) as f64 / ids.len() as f64;
+            progress(format_args!(
+                "pg replica share under writes: one write per {period:?}: {served} of {} gets on the replica ({share:.0} %)",
+                ids.len()
+            ));
+            shares.push(format!(
+                "{served} of {} ({share:.0} %) at one write per {} ms",
+                ids.len(),
+                period.as_millis()
+            ));
+        }
+        self.notes.push(format!(
+            "pg replica share under writes: point gets through the replicated Db (and through the \
+             primary-only Db, the floor column) while the same Db updates an item every 2 ms; \
+             gets the replica served: {}. A read may use the replica only once a position \
+             covering every write of the whole Db is known (the README's promise).",
+            shares.join(", ")
+        ));
+        Ok(())
+    }
+}
+
+/// Point gets through `db` while a task of the same `db` updates one item every `period`.
+async fn gets_while_writing(db: &Db, ids: &[i64], period: Duration) -> anyhow::Result<Measured> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, stop, id) = (db.clone(), stop.clone(), ids[0]);
+        tokio::spawn(async move {
+            let mut seq = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                let patch = ItemPatch {
+                    data: Some(json!({"writer": seq})),
+                    ..ItemPatch::default()
+                };
+                db.items().update(id, &patch).await?;
+                tokio::time::sleep(period).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let measured = repo_gets(db, ids).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await??;
+    measured
+}
+
+/// Scans of `items` the replica ran (a standby counts its own): one per get it served; the
+/// routing's own questions to the replica read no table.
+async fn replica_transactions(replica_url: &str) -> anyhow::Result<i64> {
+    let mut conn = PgConnection::connect(replica_url).await?;
+    let count: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(coalesce(idx_scan, 0) + seq_scan), 0)::bigint FROM pg_stat_user_tables WHERE relname = 'items'",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    conn.close().await?;
+    Ok(count)
 }
 
 /// Point gets through a `Db`; each item must be there.

@@ -13,6 +13,7 @@ pub mod accounts;
 pub mod dashboard;
 pub mod floor;
 pub mod items;
+pub mod migrations;
 pub mod orders;
 pub mod replication;
 pub mod role;

@@ -4,10 +4,15 @@
 
 use sqlx::PgConnection;
 
-/// The primary's current WAL write position: every transaction committed before this call is
+/// The primary's current WAL insert position: every transaction committed before this call is
 /// at or below it.
+///
+/// The insert position, not `pg_current_wal_lsn()` (the write position): under
+/// `synchronous_commit = off` a commit returns once its record is inserted into the WAL
+/// buffers, before it is written, so the write position can be behind a commit that has
+/// already returned, and a replica that replayed that far would not show it.
 pub async fn current_position(conn: &mut PgConnection) -> sqlx::Result<i64> {
-    sqlx::query_scalar!(r#"SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint AS "lsn!""#)
+    sqlx::query_scalar!(r#"SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint AS "lsn!""#)
         .fetch_one(conn)
         .await
 }

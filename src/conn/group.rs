@@ -212,7 +212,15 @@ impl Handle {
     /// past the busy timeout.
     pub async fn read_grouped<G: Grouped>(&self, request: G::Request) -> Result<G::Outcome> {
         match self.connections() {
-            Some(connections) => run::<G>(connections, Side::Reader, request).await,
+            Some(connections) if connections.groups_reads() => {
+                run::<G>(connections, Side::Reader, request).await
+            }
+            // Not grouped (PostgreSQL, a caller's pool): one read, bounded on a replica.
+            Some(_) => {
+                let request = &request;
+                self.read(move |mut conn| async move { G::apply_one(&mut conn, request).await })
+                    .await
+            }
             None => {
                 let mut conn = self.reader().await?;
                 G::apply_one(&mut conn, &request).await

@@ -162,6 +162,11 @@ impl Conn {
         })
     }
 
+    /// Whether this is a connection to a PostgreSQL replica.
+    pub(crate) fn on_replica(&self) -> bool {
+        matches!(&self.lent, Lent::Lease(lease) if lease.on_replica())
+    }
+
     /// The SQLite connection, for any statements (`query!(...).execute(conn.sqlite()?)`).
     ///
     /// A transaction you begin here and do not finish is rolled back when the `Conn` is

@@ -25,9 +25,12 @@ mod ops;
 mod options;
 #[cfg(feature = "postgres")]
 mod pg_held;
+#[cfg(feature = "postgres")]
+mod pg_server;
 mod pool;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod read;
 mod target;
 
 pub use backend::Backend;

@@ -1,4 +1,5 @@
-//! [`DbOptions`]: where the database file is and how its connections are configured.
+//! [`DbOptions`]: where the database file is and how its connections are configured (the
+//! PostgreSQL settings too, for [`Db::connect_with`](crate::Db::connect_with)).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,6 +69,34 @@ pub struct DbOptions {
     /// waiting; a minute is far longer than any unit of work should stay open between two of
     /// its statements. Its later calls fail, and nothing of it is stored. Ignored on SQLite.
     pub idle_in_transaction_session_timeout: Duration,
+    /// PostgreSQL: with [`migrate`](DbOptions::migrate) off, check on connect that the
+    /// migrations recorded in `_sqlrepo_migrations` are exactly the embedded ones (same
+    /// versions, same checksums, none failed), and refuse the database with
+    /// [`Error::Schema`](crate::Error::Schema) otherwise (default false). For a role that may
+    /// read and write but not run DDL, with migrations applied at deploy time by another.
+    pub verify_migrations: bool,
+    /// PostgreSQL: create the database the URL names when it does not exist (default false:
+    /// a missing database is [`Error::Config`](crate::Error::Config) naming it, so a typo in
+    /// a URL is not served as an empty database).
+    pub create_database: bool,
+    /// PostgreSQL: connections to the primary, at most (writes, transactions, and reads
+    /// without replicas; at least 1; default 16).
+    pub primary_connections: usize,
+    /// PostgreSQL: connections to each replica, at most (at least 1; default 8).
+    pub replica_connections: usize,
+    /// PostgreSQL: how long any connect may take, the first one of [`Db::connect`](crate::Db::connect)
+    /// included, before [`Error::Unavailable`](crate::Error::Unavailable) (default 5 s). A
+    /// replica's connect is bounded by the shorter of this and
+    /// [`REPLICA_WAIT`](crate::conn::REPLICA_WAIT), since a read does not wait longer for it.
+    pub connect_timeout: Duration,
+}
+
+impl Default for DbOptions {
+    /// The defaults, with no path: for [`Db::connect_with`](crate::Db::connect_with), where
+    /// the URL names the database.
+    fn default() -> Self {
+        DbOptions::new("")
+    }
 }
 
 impl DbOptions {
@@ -84,7 +113,44 @@ impl DbOptions {
             statement_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(5),
             idle_in_transaction_session_timeout: Duration::from_secs(60),
+            verify_migrations: false,
+            create_database: false,
+            primary_connections: 16,
+            replica_connections: 8,
+            connect_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// Sets whether a PostgreSQL database's recorded migrations are checked on connect when
+    /// migrations are off (see [`DbOptions::verify_migrations`]).
+    pub fn verify_migrations(mut self, verify: bool) -> Self {
+        self.verify_migrations = verify;
+        self
+    }
+
+    /// Sets whether a missing PostgreSQL database is created (see
+    /// [`DbOptions::create_database`]).
+    pub fn create_database(mut self, create: bool) -> Self {
+        self.create_database = create;
+        self
+    }
+
+    /// Sets the most connections to the PostgreSQL primary (0 is taken as 1).
+    pub fn primary_connections(mut self, connections: usize) -> Self {
+        self.primary_connections = connections.max(1);
+        self
+    }
+
+    /// Sets the most connections to each PostgreSQL replica (0 is taken as 1).
+    pub fn replica_connections(mut self, connections: usize) -> Self {
+        self.replica_connections = connections.max(1);
+        self
+    }
+
+    /// Sets how long a PostgreSQL connect may take (see [`DbOptions::connect_timeout`]).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
     }
 
     /// Sets the number of read-only connections (0 is taken as 1).

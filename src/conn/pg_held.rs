@@ -15,7 +15,6 @@
 //! last check (`error::connection_failures`, counted by the classifier): after a restart each
 //! connection fails at most the one call that finds it broken, is pinged at its next lease, and
 //! is replaced if the ping fails.
-
 //!
 //! # A call its caller gave up on
 //!
@@ -29,20 +28,73 @@
 //! next lease. Meanwhile the other slots serve other calls, so a stranger's lock holds up only
 //! the calls that need it.
 
+use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
 use super::free_slots::{FreeSlots, NoTicket, Ticket};
+use super::pg_server::PgServer;
 use crate::error::{Error, Result, connection_failures};
 
 /// How long the clean-up of a call given up on may take (the cancelled statement's answer and
 /// the `ROLLBACK`) before its session is ended instead.
 pub(crate) const RECOVER_WAIT: Duration = Duration::from_secs(1);
+
+/// When a server is left alone: set when it failed to answer in time (a replica), so reads go
+/// elsewhere for a while.
+#[derive(Debug)]
+pub(crate) struct Rest {
+    until: std::sync::Mutex<Option<Instant>>,
+    /// How long a rest lasts.
+    cooldown: Duration,
+}
+
+impl Rest {
+    /// A server not resting, which rests `cooldown` each time it is told to.
+    pub(crate) fn new(cooldown: Duration) -> Rest {
+        Rest {
+            until: std::sync::Mutex::new(None),
+            cooldown,
+        }
+    }
+
+    /// Whether the server is resting now.
+    pub(crate) fn resting(&self) -> bool {
+        let until = self
+            .until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Leaves the server alone for the cooldown from now.
+    pub(crate) fn rest(&self) {
+        *self
+            .until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(Instant::now() + self.cooldown);
+    }
+}
+
+thread_local! {
+    /// Set while [`abandon`] drops a statement that ran out of time.
+    static ABANDONING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Drops `attempt`, a read that ran out of time on a replica, so that the replica connection
+/// it holds is not lent again (an answer may still be on its way, from a server that may never
+/// send it) and the replica rests.
+pub(crate) fn abandon<T>(attempt: T) {
+    ABANDONING.with(|abandoning| abandoning.set(true));
+    drop(attempt);
+    ABANDONING.with(|abandoning| abandoning.set(false));
+}
 
 /// The connections of one server (the primary, or one replica).
 #[derive(Debug)]
@@ -50,14 +102,18 @@ pub(crate) struct HeldPg {
     slots: Vec<Arc<PgSlot>>,
     /// The slots not lent out, and the fair queue of callers waiting for one.
     free: Arc<FreeSlots>,
-    options: PgConnectOptions,
-    /// How long a lease waits for a busy slot, or for a connection to be made.
+    /// Where and how to connect (its `Debug` never shows the password).
+    server: PgServer,
+    /// How long a lease waits for a busy slot (a connect is bounded by the server's own
+    /// connect timeout).
     wait: Duration,
     /// Set by [`HeldPg::close`]: leases are refused from then on instead of reconnecting an
     /// emptied slot (`Db::close` promises that later calls fail).
     closed: AtomicBool,
     /// The connection that cancels what other connections' callers gave up on.
     control: Arc<Control>,
+    /// For a replica: when it is left alone. `None` for the primary, which is never left.
+    rest: Option<Arc<Rest>>,
 }
 
 #[derive(Debug)]
@@ -70,6 +126,13 @@ struct PgSlot {
     checked: AtomicU64,
     /// A lease came back with a transaction possibly open: roll back before the next one.
     needs_reset: AtomicBool,
+    /// On a replica, how far this connection's server said it had replayed (`i64::MIN`:
+    /// unknown). Per connection, and forgotten whenever the connection is made again: after a
+    /// reconnect the server may be another one (restarted from an older backup, promoted,
+    /// another host behind the same address).
+    replayed: AtomicI64,
+    /// The connection is not to be lent again (see [`PgLent::discard`]).
+    discard: AtomicBool,
 }
 
 /// A lent connection; back to its slot on drop.
@@ -78,9 +141,24 @@ pub(crate) struct PgLent {
     conn: OwnedMappedMutexGuard<Option<PgConnection>, PgConnection>,
     slot: Arc<PgSlot>,
     /// The slot's place among the free ones (declared after `conn`, so the connection is
-    /// unlocked before the slot is offered to the next in line).
-    ticket: Ticket,
+    /// unlocked before the slot is offered to the next in line; `None` once
+    /// [`PgLent::give_back_in_doubt`] handed it to the clean-up).
+    ticket: Option<Ticket>,
     control: Arc<Control>,
+    /// A replica's rest, when this is a replica's connection.
+    rest: Option<Arc<Rest>>,
+}
+
+impl Drop for PgLent {
+    fn drop(&mut self) {
+        // Before the guard (a field) unlocks the slot, so nobody is lent it meanwhile.
+        if ABANDONING.with(Cell::get) {
+            self.slot.discard.store(true, Ordering::Release);
+            if let Some(rest) = &self.rest {
+                rest.rest();
+            }
+        }
+    }
 }
 
 /// A connection of its own to the server, made when first needed, for `pg_cancel_backend` and
@@ -88,18 +166,19 @@ pub(crate) struct PgLent {
 #[derive(Debug)]
 struct Control {
     conn: Mutex<Option<PgConnection>>,
-    options: PgConnectOptions,
+    server: PgServer,
     wait: Duration,
 }
 
 impl HeldPg {
-    /// `size` slots on the server of `options`, connecting on first use; `first`, a connection
-    /// already made (the one that proved the server reachable), fills the first slot.
+    /// `size` slots on `server`, connecting on first use; `first`, a connection already made
+    /// (the one that proved the server reachable), fills the first slot; `rest`, a replica's.
     pub(crate) fn new(
-        options: PgConnectOptions,
+        server: PgServer,
         size: usize,
         wait: Duration,
         mut first: Option<PgConnection>,
+        rest: Option<Arc<Rest>>,
     ) -> HeldPg {
         let size = size.max(1);
         HeldPg {
@@ -110,18 +189,21 @@ impl HeldPg {
                         pid: AtomicI32::new(0),
                         checked: AtomicU64::new(connection_failures()),
                         needs_reset: AtomicBool::new(false),
+                        replayed: AtomicI64::new(i64::MIN),
+                        discard: AtomicBool::new(false),
                     })
                 })
                 .collect(),
             free: FreeSlots::new(size),
             control: Arc::new(Control {
                 conn: Mutex::new(None),
-                options: options.clone(),
+                server: server.clone(),
                 wait,
             }),
-            options,
+            server,
             wait,
             closed: AtomicBool::new(false),
+            rest,
         }
     }
 
@@ -148,12 +230,13 @@ impl HeldPg {
         // Checked under the slot's lock: `close` sets the flag before it takes the locks, so a
         // slot it emptied is never reconnected.
         self.open()?;
-        let conn = slot.ready(guard, &self.options, self.wait).await?;
+        let conn = slot.ready(guard, &self.server).await?;
         Ok(PgLent {
             conn,
             slot: slot.clone(),
-            ticket,
+            ticket: Some(ticket),
             control: self.control.clone(),
+            rest: self.rest.clone(),
         })
     }
 
@@ -191,10 +274,15 @@ impl PgSlot {
     async fn ready(
         self: &Arc<Self>,
         mut guard: OwnedMutexGuard<Option<PgConnection>>,
-        options: &PgConnectOptions,
-        wait: Duration,
+        server: &PgServer,
     ) -> Result<OwnedMappedMutexGuard<Option<PgConnection>, PgConnection>> {
         let failures = connection_failures();
+        if self.discard.swap(false, Ordering::AcqRel)
+            && let Some(stalled) = guard.take()
+        {
+            // Not even a goodbye: the server may not be reading.
+            drop(stalled);
+        }
         if let Some(conn) = guard.as_mut() {
             let fit = if self.needs_reset.load(Ordering::Acquire) {
                 reset(conn).await
@@ -210,16 +298,10 @@ impl PgSlot {
         }
         if guard.is_none() {
             self.pid.store(0, Ordering::Release);
-            let connected = tokio::time::timeout(wait, options.connect())
-                .await
-                .map_err(|_| {
-                    Error::Unavailable(format!(
-                        "no connection to {}:{} within {wait:?}",
-                        options.get_host(),
-                        options.get_port()
-                    ))
-                })??;
-            *guard = Some(connected);
+            // A new connection may reach another server: what the old one replayed is no
+            // longer known.
+            self.replayed.store(i64::MIN, Ordering::Release);
+            *guard = Some(server.connect().await?);
         }
         if self.pid.load(Ordering::Acquire) == 0
             && let Some(conn) = guard.as_mut()
@@ -276,6 +358,35 @@ impl PgLent {
         &mut self.conn
     }
 
+    /// Whether this is a replica's connection.
+    pub(crate) fn on_replica(&self) -> bool {
+        self.rest.is_some()
+    }
+
+    /// How far this connection's server (a replica) said it had replayed, if it was asked
+    /// since the connection was made.
+    pub(crate) fn replayed(&self) -> Option<i64> {
+        let replayed = self.slot.replayed.load(Ordering::Acquire);
+        (replayed != i64::MIN).then_some(replayed)
+    }
+
+    /// Records how far this connection's server has replayed (`None`: it is not a replica,
+    /// or it could not say), for the reads that take this connection next.
+    pub(crate) fn set_replayed(&self, replayed: Option<i64>) {
+        match replayed {
+            Some(position) => self.slot.replayed.fetch_max(position, Ordering::AcqRel),
+            None => self.slot.replayed.swap(i64::MIN, Ordering::AcqRel),
+        };
+    }
+
+    /// Drops the connection instead of handing it back (a statement on it timed out: its
+    /// server is stalled or gone, and an answer may still be on the way); the slot connects
+    /// again at its next lease.
+    pub(crate) fn discard(self) {
+        self.slot.discard.store(true, Ordering::Release);
+        drop(self);
+    }
+
     /// Cancels the statement the connection's server session is running, if any (a call
     /// inside a `Tx` its caller gave up on); an idle session ignores it.
     pub(crate) async fn cancel_running(&self) {
@@ -289,15 +400,11 @@ impl PgLent {
     /// statement possibly still running: a task keeps the slot until the session is clean
     /// (see [`PgSlot::recover`]), right away when a runtime is at hand; otherwise the slot's
     /// next lease rolls back first.
-    pub(crate) fn give_back_in_doubt(self, unfinished: bool) {
-        let PgLent {
-            conn,
-            slot,
-            ticket,
-            control,
-        } = self;
+    pub(crate) fn give_back_in_doubt(mut self, unfinished: bool) {
+        let (slot, control, ticket) = (self.slot.clone(), self.control.clone(), self.ticket.take());
         slot.needs_reset.store(true, Ordering::Release);
-        drop(conn);
+        // Unlocks the connection; the ticket, kept, holds the slot for the clean-up.
+        drop(self);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 slot.recover(control, unfinished).await;
@@ -322,7 +429,7 @@ impl Control {
         let sent = tokio::time::timeout(self.wait, async {
             let mut conn = self.conn.lock().await;
             if conn.is_none() {
-                *conn = Some(self.options.connect().await?);
+                *conn = Some(self.server.connect().await?);
             }
             let Some(control) = conn.as_mut() else {
                 return Ok(false);
@@ -330,7 +437,8 @@ impl Control {
             let sent = match signal {
                 Signal::Cancel => sqlrepo_postgres::session::cancel(control, pid).await,
                 Signal::Terminate => sqlrepo_postgres::session::terminate(control, pid).await,
-            };
+            }
+            .map_err(Error::from);
             if sent.is_err() {
                 *conn = None;
             }

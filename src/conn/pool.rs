@@ -304,10 +304,9 @@ impl Connections {
         replicas: &[&str],
         options: &DbOptions,
     ) -> Result<Self> {
-        let settings = options.server_settings()?;
         Ok(Connections {
             kind: Kind::Postgres(Box::new(
-                PgConnections::connect(primary, replicas, &settings).await?,
+                PgConnections::connect(primary, replicas, options).await?,
             )),
             extensions: Extensions::default(),
             temp_file: None,
@@ -467,6 +466,16 @@ impl Connections {
     /// The per-database state kept beside the connections.
     pub(crate) fn extensions(&self) -> &Extensions {
         &self.extensions
+    }
+
+    /// A connection to read on the PostgreSQL primary, for a read a replica did not answer in
+    /// time (see `Handle::read`); a reader as [`Connections::read_lease`] elsewhere.
+    pub(crate) async fn primary_read_lease(&self) -> Result<Lease> {
+        #[cfg(feature = "postgres")]
+        if let Kind::Postgres(pg) = &self.kind {
+            return Ok(Lease::postgres(pg.write_conn().await?, None));
+        }
+        self.read_lease().await
     }
 
     /// A reader connection: an idle one, else the first to come free, waiting in line (fairly,
@@ -672,6 +681,18 @@ impl Lease {
         {
             conn.cancel_running().await;
         }
+    }
+
+    /// Whether this is a connection to a PostgreSQL replica.
+    pub(crate) fn on_replica(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if let LeaseKind::Postgres {
+            conn: Some(conn), ..
+        } = &self.kind
+        {
+            return conn.on_replica();
+        }
+        false
     }
 
     /// Marks (or clears) the connection as possibly holding a transaction nobody will finish.

@@ -13,8 +13,18 @@
 //! - a read goes to a replica only when the `Db` knows a WAL position of the primary taken
 //!   after every write counted so far, and knows that the replica has replayed that far;
 //! - otherwise it reads on the primary at once, and a background task learns what was missing
-//!   (the primary's position, `pg_current_wal_lsn()`, or the replica's,
+//!   (the primary's position, `pg_current_wal_insert_lsn()`, or the replica's,
 //!   `pg_last_wal_replay_lsn()`), one question at a time, so later reads can use the replica.
+//!
+//! The primary's *insert* position, not its write position (`pg_current_wal_lsn()`): under
+//! `synchronous_commit = off` a commit returns before its WAL record is written, so only the
+//! insert position is sure to cover it.
+//!
+//! What a replica replayed is known per connection (each held connection remembers the answer
+//! its own server gave) and forgotten when the connection is made again: behind one address
+//! there may be another server after a reconnect (one restarted from an older base backup, a
+//! load balancer's other host). A server that answers that it is not in recovery (promoted, or
+//! the primary's address given as a replica) is not read as a replica.
 //!
 //! So no read waits for a routing question: routing costs a few atomic loads, and a read right
 //! after a write costs what a read on the primary costs. A transaction committed before the
@@ -22,33 +32,46 @@
 //! shows it. A replica that does not answer within [`REPLICA_WAIT`] (a connection, a position)
 //! is left alone for [`REPLICA_COOLDOWN`]; reads go to the other replicas or the primary
 //! meanwhile. Reads of a `Db` that has written nothing need no question at all.
+//!
+//! The read itself is under the same limit (`Handle::read`, in `conn/read.rs`): a replica
+//! that stops answering mid-read (its processes stopped, packets dropped), or whose
+//! connection breaks, has the read run again on the primary, and its connection is dropped.
+//!
+//! # Why the promise covers every write of the `Db`, not only the caller's
+//!
+//! A read may use a replica only once a position covering *every* write of the whole `Db` is
+//! known, so the more a `Db` writes, the fewer reads its replicas serve (the bench's "pg
+//! replica share under writes" row). A per-caller token (the position after *that* caller's
+//! write, carried by a session object) would let other callers keep reading on the replica,
+//! but it would weaken the promise existing callers rely on: a read made through a `Db` after
+//! *any* of its writes returned sees that write, whichever task made it (one task writes,
+//! hands the id to another over a channel, which reads). That promise is kept for the existing
+//! API; a session type with a weaker, per-caller promise can be added beside it later without
+//! changing this routing (it would carry its own `Writes`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
-use sqlx::ConnectOptions;
-use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::PgConnection;
 
-use super::pg_held::{HeldPg, PgLent};
+use super::options::DbOptions;
+use super::pg_held::{HeldPg, PgLent, Rest};
+use super::pg_server::{ConnectFailure, PgServer};
 use crate::error::{Error, Result, has_sqlstate, sqlstate};
 
-/// How long a read waits for a replica (a connection, or its replay position) before it reads
-/// on the primary instead.
+/// How long a read waits for a replica (a connection, its replay position, and the read
+/// itself) before it reads on the primary instead.
 pub const REPLICA_WAIT: Duration = Duration::from_millis(500);
 
 /// How long a replica that failed to answer is left alone before it is tried again.
 pub const REPLICA_COOLDOWN: Duration = Duration::from_secs(2);
 
-/// Connections to the primary, at most (writes, transactions and reads without replicas).
-const PRIMARY_CONNECTIONS: usize = 16;
-
-/// Connections to each replica, at most.
-const REPLICA_CONNECTIONS: usize = 8;
-
 /// How long a call waits for a free connection to the primary before [`Error::Busy`].
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SQLSTATE 42P01: the bookkeeping table is missing (never migrated).
+const UNDEFINED_TABLE: &str = "42P01";
 
 /// The primary and the replicas of one database.
 #[derive(Debug)]
@@ -107,29 +130,20 @@ impl Writes {
 #[derive(Debug)]
 struct Replica {
     held: HeldPg,
-    /// The newest replay position this replica reported.
-    replayed: AtomicI64,
-    /// Until when it is left alone after failing to answer.
-    resting_until: std::sync::Mutex<Option<Instant>>,
+    /// When it is left alone after failing to answer (shared with its lent connections, so a
+    /// read that runs out of time on one rests it).
+    rest: Arc<Rest>,
     /// A task is asking it for its replay position.
     refreshing: AtomicBool,
 }
 
 impl Replica {
     fn resting(&self) -> bool {
-        let until = self
-            .resting_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        until.is_some_and(|until| Instant::now() < until)
+        self.rest.resting()
     }
 
     fn rest(&self) {
-        *self
-            .resting_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(Instant::now() + REPLICA_COOLDOWN);
+        self.rest.rest();
     }
 
     /// A connection to this replica, within [`REPLICA_WAIT`]; `None` (and a rest) otherwise.
@@ -143,7 +157,8 @@ impl Replica {
         }
     }
 
-    /// Asks the replica how far it has replayed, within [`REPLICA_WAIT`], and remembers it.
+    /// Asks a connection of the replica how far its server has replayed, within
+    /// [`REPLICA_WAIT`], and has the connection remember it.
     async fn refresh(&self) {
         let Some(mut conn) = self.acquire().await else {
             return;
@@ -154,61 +169,77 @@ impl Replica {
         )
         .await;
         match asked {
-            Ok(Ok(Some(position))) => {
-                self.replayed.fetch_max(position, Ordering::AcqRel);
-            }
+            Ok(Ok(Some(position))) => conn.set_replayed(Some(position)),
             // Not a replica (promoted, or the primary's URL given twice): it cannot promise.
-            Ok(Ok(None) | Err(_)) | Err(_) => self.rest(),
+            Ok(Ok(None) | Err(_)) => {
+                conn.set_replayed(None);
+                self.rest();
+            }
+            // No answer in time: stalled or gone; the connection is not lent again.
+            Err(_) => {
+                conn.discard();
+                self.rest();
+            }
         }
     }
 }
 
 impl PgConnections {
-    /// Connects to the primary and migrates it, and prepares the replicas' connections, which
-    /// are made on first use: a replica that is down does not keep the `Db` from opening.
-    /// Every connection starts with `settings` (the server-side limits of `DbOptions`).
+    /// Connects to the primary (within `options.connect_timeout`) and migrates or verifies
+    /// it as `options` say, and prepares the replicas' connections, which are made on first
+    /// use: a replica that is down does not keep the `Db` from opening.
     pub(crate) async fn connect(
         primary: &str,
         replicas: &[&str],
-        settings: &[(&'static str, String)],
+        options: &DbOptions,
     ) -> Result<Self> {
-        let primary_options = options(primary, settings)?;
+        // The server-side limits every connection starts with.
+        let settings = options.server_settings()?;
+        let primary_server =
+            PgServer::parse(primary, options.connect_timeout)?.with_settings(&settings);
         // Connect once now, so a wrong URL or a server that is down fails here; the connection
         // migrates, then stays as the primary's first held connection.
-        let mut first = match primary_options.connect().await {
-            // As `Db::open` creates a missing file, a missing database is created (SQLSTATE
-            // 3D000), by sqlx's own `CREATE DATABASE` on the server's maintenance database.
-            Err(err) if has_sqlstate(&err, sqlstate::INVALID_CATALOG_NAME) => {
-                match sqlx::Postgres::create_database(primary).await {
-                    // Another process created it meanwhile (42P04): as good.
-                    Err(err) if !has_sqlstate(&err, sqlstate::DUPLICATE_DATABASE) => {
-                        return Err(err.into());
-                    }
-                    _ => {}
+        let mut first = match primary_server.try_connect().await {
+            Ok(conn) => conn,
+            Err(ConnectFailure::Driver(err))
+                if has_sqlstate(&err, sqlstate::INVALID_CATALOG_NAME) =>
+            {
+                // Created only when asked: a typo in a URL must not be served as an empty
+                // database.
+                if !options.create_database {
+                    return Err(primary_server.missing_database());
                 }
-                primary_options.connect().await?
+                primary_server.create_database(primary).await?;
+                primary_server.connect().await?
             }
-            other => other?,
+            Err(_) => primary_server.connect().await?,
         };
-        migrate_postgres(&mut first).await?;
+        if options.migrate {
+            migrate_postgres(&mut first).await?;
+        } else if options.verify_migrations {
+            verify_postgres(&mut first).await?;
+        }
         let primary = Arc::new(HeldPg::new(
-            primary_options,
-            PRIMARY_CONNECTIONS,
+            primary_server,
+            options.primary_connections,
             ACQUIRE_TIMEOUT,
             Some(first),
+            None,
         ));
+        let replica_connect = options.connect_timeout.min(REPLICA_WAIT);
         let replicas = replicas
             .iter()
             .map(|url| {
+                let rest = Arc::new(Rest::new(REPLICA_COOLDOWN));
                 Ok(Replica {
                     held: HeldPg::new(
-                        options(url, settings)?,
-                        REPLICA_CONNECTIONS,
+                        PgServer::parse(url, replica_connect)?.with_settings(&settings),
+                        options.replica_connections,
                         REPLICA_WAIT,
                         None,
+                        Some(rest.clone()),
                     ),
-                    replayed: AtomicI64::new(i64::MIN),
-                    resting_until: std::sync::Mutex::new(None),
+                    rest,
                     refreshing: AtomicBool::new(false),
                 }
                 .into())
@@ -253,11 +284,15 @@ impl PgConnections {
             if replica.resting() {
                 continue;
             }
-            if replica.replayed.load(Ordering::Acquire) >= needed {
-                if let Some(conn) = replica.acquire().await {
-                    return Ok(conn);
-                }
-            } else if behind.is_none() {
+            let Some(conn) = replica.acquire().await else {
+                continue;
+            };
+            // What this very connection's server replayed: another connection of the same
+            // replica may reach another server.
+            if conn.replayed().is_some_and(|replayed| replayed >= needed) {
+                return Ok(conn);
+            }
+            if behind.is_none() {
                 behind = Some(replica);
             }
         }
@@ -309,14 +344,6 @@ fn refresh_position(replica: Arc<Replica>) {
     }
 }
 
-/// Connection options from a URL, with the server settings every connection starts with.
-fn options(url: &str, settings: &[(&'static str, String)]) -> Result<PgConnectOptions> {
-    let options: PgConnectOptions = url.parse().map_err(|err: sqlx::Error| {
-        Error::Config(format!("cannot read the PostgreSQL URL: {err}"))
-    })?;
-    Ok(options.options(settings.iter().map(|(name, value)| (*name, value.as_str()))))
-}
-
 /// Applies sqlrepo's PostgreSQL migrations that have not run (sqlx takes an advisory lock, so
 /// several processes starting at once apply each migration once).
 pub(crate) async fn migrate_postgres(conn: &mut PgConnection) -> Result<()> {
@@ -325,5 +352,66 @@ pub(crate) async fn migrate_postgres(conn: &mut PgConnection) -> Result<()> {
     sqlrepo_postgres::MIGRATOR
         .run_direct(None, conn, false)
         .await?;
+    Ok(())
+}
+
+/// Checks that the migrations recorded on this database are exactly the embedded ones, without
+/// changing anything (so a role without DDL rights can run it).
+///
+/// # Errors
+/// [`Error::Schema`] when one is missing, failed, differs, or is unknown to this release.
+pub(crate) async fn verify_postgres(conn: &mut PgConnection) -> Result<()> {
+    let recorded = match sqlrepo_postgres::migrations::recorded(conn).await {
+        Ok(recorded) => recorded,
+        Err(err) if has_sqlstate(&err, UNDEFINED_TABLE) => {
+            return Err(Error::Schema(
+                "no sqlrepo migrations are recorded on this database (no _sqlrepo_migrations \
+                 table): run them (cargo sqlx migrate run, or connect once with migrations on)"
+                    .to_owned(),
+            ));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    check_recorded(&recorded)
+}
+
+/// The comparison of [`verify_postgres`], on the rows read.
+fn check_recorded(recorded: &[sqlrepo_postgres::migrations::Recorded]) -> Result<()> {
+    let embedded: Vec<_> = sqlrepo_postgres::MIGRATOR
+        .iter()
+        .filter(|migration| migration.migration_type.is_up_migration())
+        .collect();
+    for row in recorded {
+        let Some(migration) = embedded.iter().find(|m| m.version == row.version) else {
+            return Err(Error::Schema(format!(
+                "the database has migration {} applied, which this version of sqlrepo does not \
+                 know; it was migrated by a newer release",
+                row.version
+            )));
+        };
+        if !row.success {
+            return Err(Error::Schema(format!(
+                "migration {} failed part-way on an earlier run; repair the database by hand",
+                row.version
+            )));
+        }
+        if *migration.checksum != *row.checksum {
+            return Err(Error::Schema(format!(
+                "migration {} applied to this database differs from the one in this release; \
+                 the migrations were edited after they ran",
+                row.version
+            )));
+        }
+    }
+    if let Some(missing) = embedded
+        .iter()
+        .find(|m| !recorded.iter().any(|row| row.version == m.version))
+    {
+        return Err(Error::Schema(format!(
+            "migration {} ({}) has not been applied to this database: run the migrations \
+             (cargo sqlx migrate run, or connect once with migrations on)",
+            missing.version, missing.description
+        )));
+    }
     Ok(())
 }

@@ -24,7 +24,8 @@ impl Target {
         }
         let Some(rest) = url.strip_prefix("sqlite:") else {
             return Err(Error::Config(format!(
-                "unsupported database URL {url:?}: use sqlite://path/app.db or postgres://…"
+                "unsupported database URL {:?}: use sqlite://path/app.db or postgres://…",
+                redacted(url)
             )));
         };
         let rest = rest.strip_prefix("//").unwrap_or(rest);
@@ -39,9 +40,49 @@ impl Target {
     }
 }
 
+/// A URL with the password (what lies between `user:` and `@`) replaced by `***`, for messages.
+pub(crate) fn redacted(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|at| at + 3) else {
+        return url.to_owned();
+    };
+    // The last '@' before the query string ends the credentials, even when the password holds
+    // '@', ':' or '/'; redacting too much (a path holding '@') is the safe mistake.
+    let rest = &url[scheme_end..];
+    let query_start = rest.find('?').unwrap_or(rest.len());
+    let Some(at) = rest[..query_start].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redacted_url_keeps_everything_but_the_password() {
+        assert_eq!(
+            redacted("postgres://app:s3cret@db.example:5432/prod?sslmode=require"),
+            "postgres://app:***@db.example:5432/prod?sslmode=require"
+        );
+        assert_eq!(redacted("postgres://app@db/prod"), "postgres://app@db/prod");
+        assert_eq!(redacted("postgres://db/prod"), "postgres://db/prod");
+        // A password holding '@' and ':' (percent-encoding is optional in practice).
+        assert_eq!(
+            redacted("postgres://app:p@ss:w@db/prod"),
+            "postgres://app:***@db/prod"
+        );
+        assert_eq!(redacted("mysql://u:pw@h/d"), "mysql://u:***@h/d");
+        assert_eq!(redacted("postgres://u:a/b@h/d"), "postgres://u:***@h/d");
+    }
 
     #[test]
     fn schemes_choose_the_backend() {

@@ -190,12 +190,15 @@ impl AccountRepo {
     pub fn get(&self, id: i64) -> impl Future<Output = Result<Option<Account>>> + Send + use<> {
         let handle = self.handle.clone();
         traced("accounts", "get", async move {
-            let mut conn = handle.reader().await?;
-            match conn.backend()? {
-                Backend::Sqlite(sqlite) => select_account(sqlite, id).await,
-                #[cfg(feature = "postgres")]
-                Backend::Postgres(pg) => postgres::get(pg, id).await,
-            }
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(sqlite) => select_account(sqlite, id).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(pg) => postgres::get(pg, id).await,
+                    }
+                })
+                .await
         })
     }
 
@@ -307,12 +310,15 @@ impl AccountRepo {
     pub fn total_balance(&self) -> impl Future<Output = Result<i64>> + Send + use<> {
         let handle = self.handle.clone();
         traced("accounts", "total_balance", async move {
-            let mut conn = handle.reader().await?;
-            match conn.backend()? {
-                Backend::Sqlite(sqlite) => select_total_balance(sqlite).await,
-                #[cfg(feature = "postgres")]
-                Backend::Postgres(pg) => postgres::total_balance(pg).await,
-            }
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(sqlite) => select_total_balance(sqlite).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(pg) => postgres::total_balance(pg).await,
+                    }
+                })
+                .await
         })
     }
 }

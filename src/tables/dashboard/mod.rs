@@ -53,12 +53,15 @@ pub(crate) fn read(
     user_id: i64,
 ) -> impl Future<Output = Result<Dashboard>> + Send + use<> {
     traced("users", "dashboard", async move {
-        let mut conn = handle.reader().await?;
-        match conn.backend()? {
-            Backend::Sqlite(c) => fetch(c, user_id).await,
-            #[cfg(feature = "postgres")]
-            Backend::Postgres(c) => postgres::fetch(c, user_id).await,
-        }
+        handle
+            .read(|mut conn| async move {
+                match conn.backend()? {
+                    Backend::Sqlite(c) => fetch(c, user_id).await,
+                    #[cfg(feature = "postgres")]
+                    Backend::Postgres(c) => postgres::fetch(c, user_id).await,
+                }
+            })
+            .await
     })
 }
 

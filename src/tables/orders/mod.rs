@@ -125,12 +125,15 @@ impl OrderRepo {
     pub fn get(&self, id: i64) -> impl Future<Output = Result<Option<Order>>> + Send + use<> {
         let handle = self.handle.clone();
         traced("orders", "get", async move {
-            let mut conn = handle.reader().await?;
-            match conn.backend()? {
-                Backend::Sqlite(c) => select_one(c, id).await,
-                #[cfg(feature = "postgres")]
-                Backend::Postgres(c) => postgres::select_one(c, id).await,
-            }
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => select_one(c, id).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => postgres::select_one(c, id).await,
+                    }
+                })
+                .await
         })
     }
 
@@ -146,13 +149,16 @@ impl OrderRepo {
     ) -> impl Future<Output = Result<Vec<Order>>> + Send + use<> {
         let handle = self.handle.clone();
         traced("orders", "recent_for_user", async move {
-            let mut conn = handle.reader().await?;
             let limit = i64::from(limit);
-            match conn.backend()? {
-                Backend::Sqlite(c) => select_recent(c, user_id, limit).await,
-                #[cfg(feature = "postgres")]
-                Backend::Postgres(c) => postgres::select_recent(c, user_id, limit).await,
-            }
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => select_recent(c, user_id, limit).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => postgres::select_recent(c, user_id, limit).await,
+                    }
+                })
+                .await
         })
     }
 
@@ -167,12 +173,15 @@ impl OrderRepo {
     ) -> impl Future<Output = Result<OrderStats>> + Send + use<> {
         let handle = self.handle.clone();
         traced("orders", "stats_for_user", async move {
-            let mut conn = handle.reader().await?;
-            match conn.backend()? {
-                Backend::Sqlite(c) => select_stats(c, user_id).await,
-                #[cfg(feature = "postgres")]
-                Backend::Postgres(c) => postgres::select_stats(c, user_id).await,
-            }
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => select_stats(c, user_id).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => postgres::select_stats(c, user_id).await,
+                    }
+                })
+                .await
         })
     }
 

@@ -124,12 +124,15 @@ impl UserRepo {
     pub fn get(&self, id: i64) -> impl Future<Output = Result<Option<User>>> + Send + use<> {
         let handle = self.handle.clone();
         traced("users", "get", async move {
-            let mut conn = handle.reader().await?;
-            match conn.backend()? {
-                Backend::Sqlite(c) => select_one(c, id).await,
-                #[cfg(feature = "postgres")]
-                Backend::Postgres(c) => postgres::select_one(c, id).await,
-            }
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => select_one(c, id).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => postgres::select_one(c, id).await,
+                    }
+                })
+                .await
         })
     }
 
@@ -144,12 +147,17 @@ impl UserRepo {
         let handle = self.handle.clone();
         let email = email.to_owned();
         traced("users", "get_by_email", async move {
-            let mut conn = handle.reader().await?;
-            match conn.backend()? {
-                Backend::Sqlite(c) => select_by_email(c, &email).await,
-                #[cfg(feature = "postgres")]
-                Backend::Postgres(c) => postgres::select_by_email(c, &email).await,
-            }
+            // Borrowed by each attempt (a read may run again on the primary).
+            let email = &email;
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => select_by_email(c, email).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => postgres::select_by_email(c, email).await,
+                    }
+                })
+                .await
         })
     }
 
