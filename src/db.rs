@@ -330,7 +330,8 @@ impl Db {
     /// `Db` made by [`Db::from_pool`], whose checkpoints are left to SQLite.
     ///
     /// The `-wal` file stays under [`WAL_BOUND_BYTES`](crate::WAL_BOUND_BYTES); the
-    /// [`conn`](crate::conn) module's `WAL_*` constants say how.
+    /// `WAL_*` constants and [the guide's operations chapter](crate::guide::operations) say
+    /// how.
     pub fn wal_stats(&self) -> WalStats {
         self.connections.wal_stats()
     }
