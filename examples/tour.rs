@@ -55,7 +55,9 @@ fn step(title: &str) {
 /// (`stringify!`); the call itself is ordinary code, `?` and `.await` included.
 macro_rules! show {
     ($call:expr) => {{
-        println!("> {}", stringify!($call));
+        // The text as one line: rustfmt breaks long calls, and the tokens keep those breaks.
+        let code: Vec<&str> = stringify!($call).split_whitespace().collect();
+        println!("> {}", code.join(" "));
         let value = $call;
         println!("= {:?}", value);
         value
