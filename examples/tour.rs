@@ -1,8 +1,8 @@
 //! A tour of every sqlrepo feature on a SQLite file: `cargo run --example tour`.
 //!
 //! It opens (creating and migrating) `tour.db` in a fresh temporary directory, or the path given
-//! as the first argument, and prints each step and what came back. `RUST_LOG=sqlrepo=debug`
-//! also shows the span of each repository call.
+//! as the first argument, and prints each step: the line of code (`> …`), then what it returned
+//! (`= …`). `RUST_LOG=sqlrepo=debug` also shows the span of each repository call.
 
 use anyhow::{Context, ensure};
 use futures_util::TryStreamExt;
@@ -50,77 +50,83 @@ fn step(title: &str) {
     println!("\n== {title}");
 }
 
+/// Prints a line of the tour's code, runs it, prints what it returned (`Debug`), and hands the
+/// value on. A macro only because a function cannot see its argument's source text
+/// (`stringify!`); the call itself is ordinary code, `?` and `.await` included.
+macro_rules! show {
+    ($call:expr) => {{
+        // The text as one line: rustfmt breaks long calls, and the tokens keep those breaks.
+        let code: Vec<&str> = stringify!($call).split_whitespace().collect();
+        println!("> {}", code.join(" "));
+        let value = $call;
+        println!("= {:?}", value);
+        value
+    }};
+}
+
 async fn items(db: &Db) -> anyhow::Result<()> {
     let items = db.items();
-    step("ItemRepo::create — one checked INSERT … RETURNING id");
-    let lamp = items
-        .create(&NewItem::new(
-            "lamp",
-            json!({"watts": 40, "colour": "brass"}),
-        ))
-        .await?;
-    println!("created item {lamp}");
+    step(
+        "ItemRepo::create — one checked INSERT run with `execute`, so it is stepped to its end \
+         and a failed commit is its error; the id is the connection's last_insert_rowid",
+    );
+    let lamp = show!(
+        items
+            .create(&NewItem::new(
+                "lamp",
+                json!({"watts": 40, "colour": "brass"})
+            ))
+            .await?
+    );
 
     step("ItemRepo::get");
-    let item = items.get(lamp).await?.context("the lamp exists")?;
-    println!("{}", serde_json::to_string(&item)?);
+    let item = show!(items.get(lamp).await?).context("the lamp exists")?;
+    println!("as JSON: {}", serde_json::to_string(&item)?);
 
     step("ItemRepo::update — a typed patch, one fixed statement; absent fields keep their value");
     let patch = ItemPatch {
         data: Some(json!({"watts": 60, "colour": "brass"})),
         ..Default::default()
     };
-    println!("changed: {}", items.update(lamp, &patch).await?);
-    println!(
-        "same patch again changed: {}",
-        items.update(lamp, &patch).await?
-    );
+    show!(items.update(lamp, &patch).await?);
+    // The same patch again changes nothing, and says so.
+    show!(items.update(lamp, &patch).await?);
 
     step("ItemRepo::insert_many — 10,000 rows as one JSON array, one statement, all or nothing");
     let batch: Vec<NewItem> = (0..10_000)
         .map(|i| NewItem::new(format!("bolt-{i:05}"), json!({"size_mm": i % 20})))
         .collect();
-    println!("inserted {} rows", items.insert_many(&batch).await?);
+    show!(items.insert_many(&batch).await?);
 
     step("ItemRepo::insert_many with a duplicate at position 9,000 — nothing is written");
     let mut bad: Vec<NewItem> = (0..10_000)
         .map(|i| NewItem::new(format!("nut-{i:05}"), json!({})))
         .collect();
     bad[9_000].name = "lamp".into();
-    let before = items.count().await?;
-    match items.insert_many(&bad).await {
-        Err(Error::Duplicate { constraint }) => println!("refused: duplicate {constraint}"),
+    let before = show!(items.count().await?);
+    match show!(items.insert_many(&bad).await) {
+        Err(Error::Duplicate { .. }) => {}
         other => anyhow::bail!("expected a duplicate, got {other:?}"),
     }
     ensure!(
-        items.count().await? == before,
+        show!(items.count().await?) == before,
         "the failed batch left rows behind"
     );
-    println!("count still {before}");
 
     step("ItemRepo::set_status_many — counts only rows whose status really changed");
     let ids: Vec<i64> = (2..=101).collect();
-    println!(
-        "archived {}",
-        items.set_status_many(&ids, ItemStatus::Archived).await?
-    );
-    println!(
-        "again, plus unknown ids: {}",
+    show!(items.set_status_many(&ids, ItemStatus::Archived).await?);
+    // Already archived, or unknown: nothing changed, nothing counted.
+    show!(
         items
             .set_status_many(&[2, 3, 999_999], ItemStatus::Archived)
             .await?
     );
 
     step("ItemRepo::list_by_status, get_many, count");
-    println!(
-        "archived: {}",
-        items.list_by_status(ItemStatus::Archived).await?.len()
-    );
-    println!(
-        "get_many([1, 2, 3]): {} items",
-        items.get_many(&[1, 2, 3]).await?.len()
-    );
-    println!("count: {}", items.count().await?);
+    show!(items.list_by_status(ItemStatus::Archived).await?.len());
+    show!(items.get_many(&[1, 2, 3]).await?.len());
+    show!(items.count().await?);
 
     step("ItemRepo::stream — every item by id, in constant memory (keyset pages)");
     let mut streamed = 0;
@@ -134,46 +140,44 @@ async fn items(db: &Db) -> anyhow::Result<()> {
     println!("streamed {streamed} items, last id {last_id}");
 
     step("ItemRepo::delete");
-    println!(
-        "deleted: {}, again: {}",
-        items.delete(lamp).await?,
-        items.delete(lamp).await?
-    );
+    show!(items.delete(lamp).await?);
+    show!(items.delete(lamp).await?);
     Ok(())
 }
 
 async fn users_and_orders(db: &Db) -> anyhow::Result<i64> {
     step("UserRepo::create and get_by_email (unique without regard to case)");
-    let ann = db
-        .users()
-        .create(&NewUser::new("ann@example.com", "Ann"))
-        .await?;
-    let found = db.users().get_by_email("ANN@example.com").await?;
-    println!(
-        "user {ann}; lookup by ANN@example.com finds {:?}",
-        found.map(|u| u.id)
+    let ann = show!(
+        db.users()
+            .create(&NewUser::new("ann@example.com", "Ann"))
+            .await?
+    );
+    show!(
+        db.users()
+            .get_by_email("ANN@example.com")
+            .await?
+            .map(|u| u.id)
     );
 
     step("UserRepo::insert_many and stream");
     let users: Vec<NewUser> = (0..1_000)
         .map(|i| NewUser::new(format!("user{i}@example.com"), format!("User {i}")))
         .collect();
-    println!("inserted {}", db.users().insert_many(&users).await?);
+    show!(db.users().insert_many(&users).await?);
     let users = db.users();
     let streamed: Vec<_> = users.stream().try_collect().await?;
     println!("streamed {} users", streamed.len());
 
     step("OrderRepo::create, insert_many, recent_for_user, stats_for_user");
-    db.orders().create(&NewOrder::new(ann, 1_999)).await?;
+    show!(db.orders().create(&NewOrder::new(ann, 1_999)).await?);
     let orders: Vec<NewOrder> = (1..=15).map(|i| NewOrder::new(ann, i * 100)).collect();
-    db.orders().insert_many(&orders).await?;
+    show!(db.orders().insert_many(&orders).await?);
     let recent = db.orders().recent_for_user(ann, 3).await?;
     println!(
         "newest 3 totals: {:?}",
         recent.iter().map(|o| o.total_cents).collect::<Vec<_>>()
     );
-    let stats = db.orders().stats_for_user(ann).await?;
-    println!("stats: {} orders, {} cents", stats.count, stats.total_cents);
+    show!(db.orders().stats_for_user(ann).await?);
 
     step("Db::dashboard — user, 10 newest orders and stats in one statement");
     let dashboard = db.dashboard(ann).await?;
@@ -186,7 +190,7 @@ async fn users_and_orders(db: &Db) -> anyhow::Result<i64> {
     );
 
     step("UserRepo::delete of a user with orders — refused, nothing deleted");
-    match db.users().delete(ann).await {
+    match show!(db.users().delete(ann).await) {
         Err(Error::ForeignKey) => println!("refused: {}", Error::ForeignKey),
         other => anyhow::bail!("expected ForeignKey, got {other:?}"),
     }
@@ -208,16 +212,16 @@ async fn accounts(db: &Db, ann: i64) -> anyhow::Result<()> {
             balance_cents: 0,
         })
         .await?;
-    println!(
-        "wallet {wallet}, shop {shop}; wallet after deposit: {}",
-        accounts.deposit(wallet, 500).await?
-    );
-    let total = accounts.total_balance().await?;
+    println!("wallet {wallet}, shop {shop}");
+    show!(accounts.deposit(wallet, 500).await?);
+    let total = show!(accounts.total_balance().await?);
 
     step("AccountRepo::transfer — one ledger INSERT; a trigger moves the money");
-    accounts
-        .transfer(&Transfer::new(wallet, shop, 2_500))
-        .await?;
+    show!(
+        accounts
+            .transfer(&Transfer::new(wallet, shop, 2_500))
+            .await?
+    );
     println!(
         "wallet {} / shop {}",
         balance(db, wallet).await?,
@@ -225,10 +229,11 @@ async fn accounts(db: &Db, ann: i64) -> anyhow::Result<()> {
     );
 
     step("A refused overdraft: InsufficientFunds, nothing moves");
-    match accounts
-        .transfer(&Transfer::new(wallet, shop, 1_000_000))
-        .await
-    {
+    match show!(
+        accounts
+            .transfer(&Transfer::new(wallet, shop, 1_000_000))
+            .await
+    ) {
         Err(err @ Error::InsufficientFunds { .. }) => println!("refused: {err}"),
         other => anyhow::bail!("expected InsufficientFunds, got {other:?}"),
     }
@@ -236,23 +241,24 @@ async fn accounts(db: &Db, ann: i64) -> anyhow::Result<()> {
     step(
         "A transfer to a missing account: NotFound, nothing moves (the seed destroyed money here)",
     );
-    match accounts.transfer(&Transfer::new(wallet, 4_242, 100)).await {
+    match show!(accounts.transfer(&Transfer::new(wallet, 4_242, 100)).await) {
         Err(err @ Error::NotFound { .. }) => println!("refused: {err}"),
         other => anyhow::bail!("expected NotFound, got {other:?}"),
     }
 
     step("A replayed idempotency key: Ok, moves nothing; same key, other amount: Duplicate");
     let pay = Transfer::new(wallet, shop, 700).with_key("invoice-42");
-    accounts.transfer(&pay).await?;
-    accounts.transfer(&pay).await?;
+    show!(accounts.transfer_with_outcome(&pay).await?);
+    show!(accounts.transfer_with_outcome(&pay).await?);
     println!(
         "after paying invoice-42 twice: wallet {}",
         balance(db, wallet).await?
     );
-    match accounts
-        .transfer(&Transfer::new(wallet, shop, 701).with_key("invoice-42"))
-        .await
-    {
+    match show!(
+        accounts
+            .transfer(&Transfer::new(wallet, shop, 701).with_key("invoice-42"))
+            .await
+    ) {
         Err(err @ Error::Duplicate { .. }) => println!("refused: {err}"),
         other => anyhow::bail!("expected Duplicate, got {other:?}"),
     }
@@ -262,7 +268,7 @@ async fn accounts(db: &Db, ann: i64) -> anyhow::Result<()> {
         Transfer::new(shop, wallet, 200),
         Transfer::new(shop, wallet, 1_000_000),
     ];
-    match accounts.transfer_batch(&refund).await {
+    match show!(accounts.transfer_batch(&refund).await) {
         Err(err) => println!("batch with an overdraft at step 2 refused: {err}"),
         Ok(()) => anyhow::bail!("the overdrawing batch landed"),
     }
@@ -296,7 +302,7 @@ async fn accounts(db: &Db, ann: i64) -> anyhow::Result<()> {
     println!("order {order} and its payment committed together");
 
     step("AccountRepo::total_balance — money is conserved");
-    let after = accounts.total_balance().await?;
+    let after = show!(accounts.total_balance().await?);
     println!("total before transfers {total}, after {after}");
     ensure!(total == after, "money was created or destroyed");
     Ok(())
@@ -417,7 +423,7 @@ async fn your_own_statements(db: &Db) -> anyhow::Result<()> {
 async fn operations(db: &Db, dir: &std::path::Path) -> anyhow::Result<()> {
     step("Db::backup_to — a consistent copy while the database serves");
     let copy = dir.join("tour-backup.db");
-    db.backup_to(&copy).await?;
+    show!(db.backup_to(&copy).await?);
     let restored = Db::open(&copy).await?;
     println!(
         "backup at {} opens with {} items and {} cents in the bank",
@@ -426,17 +432,17 @@ async fn operations(db: &Db, dir: &std::path::Path) -> anyhow::Result<()> {
         restored.accounts().total_balance().await?
     );
     restored.close().await;
-    let again = db.backup_to(&copy).await;
-    println!("a second backup to the same path: {}", again.unwrap_err());
+    // Never overwrites: a second backup to the same path is refused.
+    show!(db.backup_to(&copy).await).unwrap_err();
 
     step("Db::integrity_check and Db::wal_stats — what a health endpoint reports");
-    db.integrity_check().await?;
-    println!("integrity: ok; WAL: {:?}", db.wal_stats());
+    show!(db.integrity_check().await?);
+    show!(db.wal_stats());
     Ok(())
 }
 
 /// The same calls from a URL: `sqlite://` here; with the `postgres` feature and a server
-/// (`SQLREPO_PG_URL`, see the README's "Outgrowing one file"), the repositories run again on
+/// (`SQLREPO_PG_URL`, see the README's "PostgreSQL and replicas"), the repositories run again on
 /// PostgreSQL and on a primary with a streaming replica.
 async fn outgrowing_one_file(path: &std::path::Path) -> anyhow::Result<()> {
     step("Db::connect(\"sqlite://…\") — the database a URL names");
@@ -485,7 +491,7 @@ async fn outgrowing_one_file(path: &std::path::Path) -> anyhow::Result<()> {
     }
     println!(
         "(PostgreSQL part skipped: build with --features postgres and set SQLREPO_PG_URL, \
-         see the README's \"Outgrowing one file\")"
+         see the README's \"PostgreSQL and replicas\")"
     );
     Ok(())
 }

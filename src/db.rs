@@ -197,8 +197,11 @@ impl Db {
 
     /// Wraps a pool the caller configured. Nothing is migrated (call [`Db::migrate`]).
     ///
-    /// The pool's connections should have `foreign_keys` on (sqlx's default), since the ledger
-    /// relies on foreign keys to refuse transfers to missing accounts.
+    /// sqlrepo's rules need the pool's connections to keep SQLite's safeguards on, so before
+    /// the first write through this `Db` a pool with `foreign_keys` off (the ledger relies on
+    /// foreign keys to refuse transfers to missing accounts), with `CHECK` constraints ignored,
+    /// or with no rollback journal is refused with [`Error::Config`](crate::Error::Config), and
+    /// nothing is written.
     pub fn from_pool(pool: SqlitePool) -> Db {
         Db {
             connections: Arc::new(Connections::from_pool(pool)),
@@ -313,11 +316,11 @@ impl Db {
     /// was still open. Writers are not locked out (WAL lets them commit beside the snapshot),
     /// but the WAL cannot be checkpointed past the snapshot, so it grows by what is written
     /// meanwhile; each time it passes 5, 6, 8, 12, 20 … MiB, a write waits up to
-    /// [`CHECKPOINT_WAIT`](crate::conn::CHECKPOINT_WAIT) (200 ms) for a checkpoint the snapshot
+    /// [`CHECKPOINT_WAIT`](crate::CHECKPOINT_WAIT) (200 ms) for a checkpoint the snapshot
     /// cuts short, which paces the writers. The first write after the backup truncates the WAL. The copy is compacted
     /// (no free pages), synced to disk before this returns, and opens with [`Db::open`].
-    /// Restore by stopping the service and putting the copy in place of the file (see the
-    /// README's "Backups" section).
+    /// Restore by stopping the service and putting the copy in place of the file (see
+    /// [the guide's backups chapter](crate::guide::backups)).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -384,8 +387,9 @@ impl Db {
     /// seen, how many checkpoints ran and how long writes waited for them. All zeros for a
     /// `Db` made by [`Db::from_pool`], whose checkpoints are left to SQLite.
     ///
-    /// The `-wal` file stays under [`WAL_BOUND_BYTES`](crate::conn::WAL_BOUND_BYTES); the
-    /// [`conn`](crate::conn) module's `WAL_*` constants say how.
+    /// The `-wal` file stays under [`WAL_BOUND_BYTES`](crate::WAL_BOUND_BYTES); the
+    /// `WAL_*` constants and [the guide's operations chapter](crate::guide::operations) say
+    /// how.
     pub fn wal_stats(&self) -> WalStats {
         self.connections.wal_stats()
     }

@@ -35,37 +35,79 @@
 //! repository nor the arguments, which are validated and copied when the method is called), so
 //! `db.items().get(id)` can go straight into `tokio::spawn`, `join!` or `try_join_all`.
 //!
+//! # The main types
+//!
+//! | Type | What it is |
+//! |---|---|
+//! | [`Db`] | the front door: opens a database, hands out repositories, [`Tx`]s and [`Handle`]s |
+//! | [`ItemRepo`], [`UserRepo`], [`OrderRepo`], [`AccountRepo`] | one repository per table (`db.items()`, …); [`Db::dashboard`] reads a [`Dashboard`] |
+//! | [`NewItem`], [`ItemPatch`], [`Item`], [`ItemPage`], [`ItemStatus`] | items: what you create, change and read back |
+//! | [`NewUser`], [`UserPatch`], [`User`] | users |
+//! | [`NewOrder`], [`Order`], [`OrderStats`] | orders |
+//! | [`NewAccount`], [`Account`], [`Transfer`], [`TransferOutcome`] | accounts and money movements, in integer cents |
+//! | [`Tx`] | a transaction you own: the same repositories, all or nothing |
+//! | [`Handle`], [`Conn`], [`Atomic`], [`Backend`] | for a service's own tables: a connection with sqlrepo's rules, by backend |
+//! | [`DbOptions`], [`MIGRATOR`], [`WalStats`] | opening options, sqlrepo's migrations, WAL figures |
+//! | [`Error`], [`Result`] | the one error type, each variant something a caller can act on |
+//!
+//! Every type has one path, at the crate root (`sqlrepo::ItemRepo`); the input limits are in
+//! [`limits`], and [`sqlx`] is re-exported so a service's own checked queries use the same sqlx.
+//! The [`guide`] holds what does not fit here or in the README (design, a service's own tables,
+//! migrations, PostgreSQL and replicas, benchmarks, reliability, backups, operations, tests and
+//! CI), with examples compiled and run as doctests.
+//!
 //! # The layers
 //!
-//! The arrows point one way, down:
+//! The arrows point one way, down (the modules are private; what they hold is re-exported here):
 //!
 //! - **front door**: [`Db`] opens a database and hands out repositories, [`Tx`]s and
 //!   [`Handle`]s;
-//! - **repositories** ([`tables`]): one module per table with its types, its repository and its
-//!   SQL; a service's own repositories sit at this level too, built on [`Handle`];
-//! - **connections** ([`conn`]): opening, lending ([`Handle`], [`Conn`]), transactions'
-//!   plumbing and sqlrepo's own migrations ([`MIGRATOR`]);
-//! - **errors and limits** ([`error`], [`limits`]): the one [`Error`] type with its one
-//!   classifier, and the documented input limits.
+//! - **repositories**: one module per table with its types, its repository and its SQL; a
+//!   service's own repositories sit at this level too, built on [`Handle`];
+//! - **connections**: opening, lending ([`Handle`], [`Conn`]), transactions' plumbing, group
+//!   commit ([`Grouped`]) and sqlrepo's own migrations ([`MIGRATOR`]);
+//! - **errors and limits** ([`Error`], [`limits`]): the one error type with its one classifier,
+//!   and the documented input limits.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// docs.rs builds with `--cfg docsrs` (Cargo.toml's `[package.metadata.docs.rs]`): the
+// PostgreSQL items then carry a "crate feature postgres" badge.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod conn;
-pub mod db;
-pub mod error;
+mod conn;
+mod db;
+mod error;
+pub mod guide;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod hosts;
 pub mod limits;
-pub mod tables;
+mod tables;
 mod trace;
-pub mod tx;
+mod tx;
 
-pub use conn::{Atomic, Backend, Conn, DbOptions, Handle, MIGRATOR, WalStats};
+/// The sqlx sqlrepo is built on, re-exported so that a service's own checked queries
+/// (`sqlrepo::sqlx::query!`) and its pools are of the same version. A service that depends on
+/// `sqlx` directly should ask for the same minor version (0.9) with the features its own
+/// queries need (`runtime-tokio`, `sqlite`, `macros`, `migrate`, plus what its columns use);
+/// cargo then builds one sqlx for both.
+pub use sqlx;
+
+pub use conn::{
+    Atomic, Backend, CHECKPOINT_WAIT, Conn, DbOptions, Grouped, Handle, MAX_GROUP, MIGRATOR,
+    RETRY_GROWTH_BYTES, WAL_BOUND_BYTES, WAL_CHECKPOINT_BYTES, WalStats,
+};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use conn::{REPLICA_COOLDOWN, REPLICA_WAIT};
 pub use db::Db;
 pub use error::{Error, Result};
-pub use tables::accounts::{Account, AccountRepo, NewAccount, Transfer, TransferOutcome};
-pub use tables::dashboard::Dashboard;
+pub use tables::accounts::{
+    Account, AccountRepo, IDEMPOTENCY_KEY_CONSTRAINT, NewAccount, Transfer, TransferOutcome,
+};
+pub use tables::dashboard::{DASHBOARD_RECENT_ORDERS, Dashboard};
 pub use tables::items::{Item, ItemPage, ItemPatch, ItemRepo, ItemStatus, NewItem};
 pub use tables::orders::{NewOrder, Order, OrderRepo, OrderStats};
 pub use tables::users::{NewUser, User, UserPatch, UserRepo};
-pub use tables::{accounts, dashboard, items, orders, users};
 pub use tx::Tx;

@@ -100,8 +100,13 @@ impl Tx {
     /// with idempotency keys.
     ///
     /// # Errors
-    /// [`Error::Database`](crate::Error::Database) if SQLite cannot commit (disk full, I/O error); the transaction is
-    /// then rolled back.
+    /// [`Error::RolledBack`](crate::Error::RolledBack) when the transaction is over already (a
+    /// call in it failed in a way that ends it, or a call was cancelled midway); the commit's
+    /// own failure: [`Error::DiskFull`](crate::Error::DiskFull), [`Error::Io`](crate::Error::Io)
+    /// or [`Error::Busy`](crate::Error::Busy), [`Error::Unavailable`](crate::Error::Unavailable)
+    /// when PostgreSQL's connection is lost, [`Error::Database`](crate::Error::Database) for
+    /// anything else the database reports. In every case nothing of the transaction is stored:
+    /// it is rolled back.
     pub async fn commit(self) -> Result<()> {
         self.state.lock().await.commit().await
     }
@@ -110,7 +115,10 @@ impl Tx {
     /// same, without waiting).
     ///
     /// # Errors
-    /// [`Error::Database`](crate::Error::Database) if SQLite reports a failure while rolling back.
+    /// [`Error::Database`](crate::Error::Database) (or a storage variant:
+    /// [`Error::Io`](crate::Error::Io), [`Error::Unavailable`](crate::Error::Unavailable)) if the
+    /// database reports a failure while rolling back; the connection is reset before it is
+    /// used again, so nothing of the transaction is stored either way.
     pub async fn rollback(self) -> Result<()> {
         self.state.lock().await.rollback().await
     }

@@ -195,7 +195,7 @@ async fn a_restored_backup_is_the_database_as_it_was() {
         .unwrap();
     db.close().await;
 
-    // Restore as the README says: with the service stopped, the copy replaces the file, and
+    // Restore as the guide's backups chapter says: with the service stopped, the copy replaces the file, and
     // the old file's WAL and shared-memory companions go with it.
     for suffix in ["-wal", "-shm"] {
         let mut companion = db.path.clone().into_os_string();

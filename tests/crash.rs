@@ -2,9 +2,10 @@
 //! one database file; after each kill the file must be intact and hold every batch the writer
 //! acknowledged, whole, and no batch in part.
 //!
-//! The writer is this test binary itself: the parent re-executes it with
-//! `--exact writer_process_for_crash_tests --ignored`, and that `#[ignore]`d test runs the write
-//! loop when `SQLREPO_CRASH_CHILD_DB` names a file (and returns at once otherwise).
+//! The writer is this test binary itself: each test re-executes it with `--exact` and its own
+//! name and `SQLREPO_CRASH_CHILD_DB` naming the file, and the test's first line
+//! ([`write_if_child`]) turns that process into the writer (so no separate writer test exists
+//! that could run, or pass, on its own).
 //!
 //! A second test kills the writer in the middle of batches that span several statements (an
 //! `insert_many` of 50,050 rows, a caller-owned transaction of 40 transfers).
@@ -75,9 +76,9 @@ enum Ack {
     Replay,
 }
 
-#[test]
-#[ignore = "the writer process of the crash tests; it runs only when they spawn it"]
-fn writer_process_for_crash_tests() {
+/// In the writer process (the parent set [`CHILD_DB`]): writes until killed, so it does not
+/// return; in the test itself it returns at once.
+fn write_if_child() {
     let Ok(path) = std::env::var(CHILD_DB) else {
         return;
     };
@@ -97,6 +98,8 @@ fn writer_process_for_crash_tests() {
                 write_until_killed(PathBuf::from(path), seed, cycle).await
             }
         });
+    // Never falls through into the test's own body, which would spawn writers of its own.
+    panic!("the writer stopped writing before it was killed");
 }
 
 /// The writer of the big-batch test: alternately an item batch of [`BIG_BATCH_ROWS`] rows and
@@ -329,6 +332,7 @@ struct Ledger {
 
 #[test]
 fn killed_writer_loses_no_acknowledged_batch_and_leaves_no_partial_one() {
+    write_if_child();
     let seed = seed("SQLREPO_CRASH_SEED");
     let cycles = count("SQLREPO_CRASH_CYCLES", 50);
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -372,6 +376,7 @@ fn killed_writer_loses_no_acknowledged_batch_and_leaves_no_partial_one() {
 
 #[test]
 fn killed_writer_leaves_no_part_of_a_batch_that_spans_statements() {
+    write_if_child();
     let seed = seed("SQLREPO_CRASH_SEED");
     let cycles = count("SQLREPO_CRASH_BIG_CYCLES", 8);
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -407,6 +412,7 @@ fn killed_writer_leaves_no_part_of_a_batch_that_spans_statements() {
 
 #[test]
 fn killed_writer_with_concurrent_callers_loses_no_acknowledged_grouped_transfer() {
+    write_if_child();
     let seed = seed("SQLREPO_CRASH_SEED");
     let cycles = count("SQLREPO_CRASH_GROUPED_CYCLES", 30);
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -553,14 +559,15 @@ fn run_and_kill(
     mode: &str,
 ) -> Result<Vec<(String, Ack)>, String> {
     let stderr_path = dir.join("writer-stderr.txt");
+    // The test that runs in the child: the one calling, which turns into the writer there.
+    let test = match mode {
+        "small" => "killed_writer_loses_no_acknowledged_batch_and_leaves_no_partial_one",
+        "big" => "killed_writer_leaves_no_part_of_a_batch_that_spans_statements",
+        "grouped" => "killed_writer_with_concurrent_callers_loses_no_acknowledged_grouped_transfer",
+        other => panic!("no crash test writes in mode {other}"),
+    };
     let mut child: Child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "writer_process_for_crash_tests",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(CHILD_DB, path)
         .env(CHILD_SEED, child_seed.to_string())
         .env(CHILD_CYCLE, cycle.to_string())

@@ -644,17 +644,15 @@ async fn a_0_1_0_file_with_a_half_applied_migration_is_refused_and_left_as_it_wa
     assert_eq!(whole(&path), before);
 }
 
-/// Names the file an opener process opens (see [`opener_process_for_migration_tests`]).
+/// Names the file an opener process opens (see [`open_as_a_child_process`]).
 const OPENER_DB: &str = "SQLREPO_MIGRATIONS_OPENER_DB";
 /// Names the file whose appearance starts every opener process at once.
 const OPENER_GO: &str = "SQLREPO_MIGRATIONS_OPENER_GO";
 
-#[test]
-#[ignore = "an opener process of the migration tests; it runs only when they spawn it"]
-fn opener_process_for_migration_tests() {
-    let (Ok(path), Ok(go)) = (std::env::var(OPENER_DB), std::env::var(OPENER_GO)) else {
-        return;
-    };
+/// The opener processes' work: wait for the go file, then open (and so adopt) the file once.
+/// The test below re-runs itself (`--exact` its own name) with [`OPENER_DB`] set, and its first
+/// line sends that process here; so no separate test exists that could run on its own.
+fn open_as_a_child_process(path: &str, go: &str) {
     while !Path::new(&go).exists() {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
@@ -663,13 +661,16 @@ fn opener_process_for_migration_tests() {
         .build()
         .unwrap()
         .block_on(async move {
-            let db = Db::open(&path).await.expect("open in the opener process");
+            let db = Db::open(path).await.expect("open in the opener process");
             db.close().await;
         });
 }
 
 #[test]
 fn several_processes_opening_a_0_1_0_file_at_once_adopt_it_once() {
+    if let (Ok(path), Ok(go)) = (std::env::var(OPENER_DB), std::env::var(OPENER_GO)) {
+        return open_as_a_child_process(&path, &go);
+    }
     const PROCESSES: usize = 4;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v0.1.0-processes.db");
@@ -683,8 +684,7 @@ fn several_processes_opening_a_0_1_0_file_at_once_adopt_it_once() {
             std::process::Command::new(std::env::current_exe().unwrap())
                 .args([
                     "--exact",
-                    "opener_process_for_migration_tests",
-                    "--ignored",
+                    "several_processes_opening_a_0_1_0_file_at_once_adopt_it_once",
                     "--nocapture",
                     "--test-threads=1",
                 ])

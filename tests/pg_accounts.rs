@@ -1,7 +1,7 @@
 //! Accounts and the transfer ledger on PostgreSQL, end to end through `Db::connect`: the same
 //! rules as on SQLite (tests/accounts.rs), and what concurrency adds on a server with many
-//! writers at once. Skipped, saying why, without a server (`SQLREPO_PG_URL`); under `CI=true`
-//! a missing server fails.
+//! writers at once. Needs a server (`SQLREPO_PG_URL`): ignored unless asked for
+//! (`-- --include-ignored`), and then a missing server fails.
 #![cfg(feature = "postgres")]
 
 mod common;
@@ -72,6 +72,7 @@ async fn balances_and_ledger(url: &str) -> Vec<(i64, i64, i64)> {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn open_deposit_and_transfer_move_money_through_the_ledger() {
     let Some((db, url, _database)) = fresh_db().await else {
         return;
@@ -111,6 +112,7 @@ async fn open_deposit_and_transfer_move_money_through_the_ledger() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn a_key_lands_once_and_another_movement_under_it_is_duplicate_even_if_unaffordable() {
     let Some((db, url, _database)) = fresh_db().await else {
         return;
@@ -141,6 +143,7 @@ async fn a_key_lands_once_and_another_movement_under_it_is_duplicate_even_if_una
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn refusals_name_their_cause_and_move_nothing() {
     let Some((db, url, _database)) = fresh_db().await else {
         return;
@@ -206,6 +209,7 @@ async fn refusals_name_their_cause_and_move_nothing() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn a_batch_applies_in_order_all_or_nothing() {
     let Some((db, url, _database)) = fresh_db().await else {
         return;
@@ -267,6 +271,7 @@ async fn a_batch_applies_in_order_all_or_nothing() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn keys_in_a_batch_follow_the_replay_rule() {
     let Some((db, url, _database)) = fresh_db().await else {
         return;
@@ -304,6 +309,7 @@ async fn keys_in_a_batch_follow_the_replay_rule() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn inside_a_tx_a_refused_transfer_undoes_only_itself() {
     let Some((db, url, _database)) = fresh_db().await else {
         return;
@@ -341,6 +347,7 @@ async fn inside_a_tx_a_refused_transfer_undoes_only_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn concurrent_twins_of_a_key_land_once_and_the_other_is_a_replay() {
     let Some((db, _url, _database)) = fresh_db().await else {
         return;
@@ -369,6 +376,7 @@ async fn concurrent_twins_of_a_key_land_once_and_the_other_is_a_replay() {
 /// accounts. No deadlock surfaces (it would be `Error::Busy`), no money is made or lost, and
 /// every balance is what the ledger says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn money_is_conserved_and_nothing_deadlocks_under_16_concurrent_tasks() {
     let Some((db, url, _database)) = fresh_db().await else {
         return;
@@ -486,6 +494,7 @@ fn is_short(result: &Result<(), Error>, id: i64, balance: i64, requested: i64) -
 /// refused for the balance the middle transfer left (1666), a balance only a transfer that came
 /// after could see.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn a_key_that_lands_while_a_transfer_waits_makes_it_a_duplicate_not_short() {
     let Some((db, url, _database)) = fresh_db().await else {
         return;
@@ -525,6 +534,7 @@ async fn a_key_that_lands_while_a_transfer_waits_makes_it_a_duplicate_not_short(
 /// after the commit the batch is a duplicate of the key, never refused for the balance the
 /// transfer left (1666), which it would be if it had looked its keys up before waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn a_key_that_lands_while_a_batch_or_transfer_waits_makes_it_a_duplicate_not_short() {
     let Some((db, _url, _database)) = fresh_db().await else {
         return;
@@ -579,6 +589,7 @@ async fn a_key_that_lands_while_a_batch_or_transfer_waits_makes_it_a_duplicate_n
 /// The race inside a caller's transaction, where the refused statement is run again after the
 /// call's savepoint is restored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn a_key_that_lands_while_a_tx_transfer_waits_makes_it_a_duplicate_not_short() {
     let Some((db, _url, _database)) = fresh_db().await else {
         return;

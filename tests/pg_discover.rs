@@ -11,8 +11,8 @@
 use std::time::{Duration, Instant};
 
 use sqlrepo::Error;
-use sqlrepo::conn::discover::{Role, discover, probe_all};
-use sqlrepo::conn::hosts::{HostList, TargetSessionAttrs};
+use sqlrepo::hosts::{HostList, TargetSessionAttrs};
+use sqlrepo::hosts::{Role, discover, probe_all};
 
 /// A port of this suite's range that nothing listens on: a host that is down.
 const STOPPED_PORT: u16 = 57439;

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sqlrepo::conn::discover::{Role, discover};
-use sqlrepo::conn::hosts::{HostList, TargetSessionAttrs};
+use sqlrepo::hosts::{HostList, TargetSessionAttrs};
+use sqlrepo::hosts::{Role, discover};
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/pg-cluster")

@@ -1,6 +1,6 @@
 //! The PostgreSQL connection layer itself (cargo feature `postgres`): connecting by URL,
-//! migrations, transactions, and reads routed to replicas. Skipped, saying why, without a server
-//! (`SQLREPO_PG_URL`); under `CI=true` a missing server fails.
+//! migrations, transactions, and reads routed to replicas. Needs a server (`SQLREPO_PG_URL`):
+//! ignored unless asked for (`-- --include-ignored`), and then a missing server fails.
 #![cfg(feature = "postgres")]
 
 mod common;
@@ -10,6 +10,7 @@ use sqlrepo::{Backend, Db, Error};
 use sqlx::migrate::MigrateDatabase;
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn connect_migrates_and_lends_postgres_connections() {
     let Some(database) = pg::create(backend::Backend::Postgres).await else {
         return;
@@ -44,6 +45,7 @@ async fn connect_migrates_and_lends_postgres_connections() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn a_replica_that_is_down_is_skipped() {
     let Some(database) = pg::create(backend::Backend::Postgres).await else {
         return;
@@ -64,6 +66,7 @@ async fn a_replica_that_is_down_is_skipped() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn reads_after_a_write_go_to_the_primary_until_the_replica_has_caught_up() {
     let Some(database) = pg::create(backend::Backend::Replicated).await else {
         return;
@@ -118,6 +121,7 @@ async fn reads_after_a_write_go_to_the_primary_until_the_replica_has_caught_up()
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn a_missing_database_is_created_only_when_asked() {
     let Some(database) = pg::create(backend::Backend::Postgres).await else {
         return;
@@ -151,6 +155,7 @@ async fn a_missing_database_is_created_only_when_asked() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn a_transaction_a_service_left_open_is_rolled_back_before_the_connection_is_lent_again() {
     let Some(database) = pg::create(backend::Backend::Postgres).await else {
         return;
@@ -183,6 +188,7 @@ async fn a_transaction_a_service_left_open_is_rolled_back_before_the_connection_
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn a_cancelled_call_s_error_never_reaches_the_next_call_on_its_connection() {
     let Some(database) = pg::create(backend::Backend::Postgres).await else {
         return;

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sqlrepo::conn::discover::{DEFAULT_PROBE_TIMEOUT, Role, discover};
-use sqlrepo::conn::hosts::{HostList, TargetSessionAttrs};
+use sqlrepo::hosts::{DEFAULT_PROBE_TIMEOUT, Role, discover};
+use sqlrepo::hosts::{HostList, TargetSessionAttrs};
 use sqlrepo::{Db, NewAccount, Transfer};
 use time::OffsetDateTime;
 

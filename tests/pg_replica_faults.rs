@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::backend::{Backend, PgDatabase, pg};
 use serde_json::json;
-use sqlrepo::conn::{REPLICA_COOLDOWN, REPLICA_WAIT};
 use sqlrepo::{Db, ItemPatch, NewItem};
+use sqlrepo::{REPLICA_COOLDOWN, REPLICA_WAIT};
 use sqlx::{Connection, PgConnection};
 
 /// One test at a time: some of them stop the replica the others read.

@@ -1,5 +1,6 @@
 //! Items, users, orders and the dashboard on PostgreSQL (cargo feature `postgres`, a server at
-//! `SQLREPO_PG_URL`; without one these tests print why they were skipped and pass).
+//! `SQLREPO_PG_URL`): ignored unless asked for (`-- --include-ignored`), and then a missing
+//! server fails.
 #![cfg(feature = "postgres")]
 
 mod common;
@@ -30,6 +31,7 @@ fn sqlstate(err: &sqlx::Error) -> (String, Option<String>) {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn statements_on_postgres_store_and_read_what_they_should() {
     use sqlrepo_postgres::{dashboard, items, orders, users};
     let Some(database) = fresh_database().await else {
@@ -241,6 +243,7 @@ async fn statements_on_postgres_store_and_read_what_they_should() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn items_through_db_connect_behave_as_on_sqlite() {
     let Some(database) = fresh_database().await else {
         return;
@@ -347,6 +350,7 @@ async fn items_through_db_connect_behave_as_on_sqlite() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn users_orders_and_the_dashboard_through_db_connect_behave_as_on_sqlite() {
     let Some(database) = fresh_database().await else {
         return;

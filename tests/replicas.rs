@@ -16,6 +16,7 @@ use sqlrepo::{Db, ItemPatch, ItemStatus, NewAccount, NewItem, Transfer};
 const ROUNDS: i64 = 150;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL and a replica: set SQLREPO_PG_URL and SQLREPO_PG_REPLICA_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn a_replicated_db_reads_every_write_right_after_it_returns() {
     let Some(db) = TestDb::new(Backend::Replicated).await else {
         return;
@@ -140,6 +141,7 @@ async fn some_reads(db: &Db, id: i64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL and a replica: set SQLREPO_PG_URL and SQLREPO_PG_REPLICA_URL (.ci/pg-cluster); run with -- --include-ignored"]
 async fn a_replica_that_is_down_is_skipped_and_reads_answer_promptly() {
     let Some(database) = pg::create(Backend::Replicated).await else {
         return;

@@ -3,9 +3,11 @@
 //! These tests compare a file made by `cargo sqlx database create` and `cargo sqlx migrate run`
 //! with a fresh file migrated by the crate (schema and migration bookkeeping), and use it
 //! through `Db`. CI makes that file once and names it in `SQLREPO_CLI_DB`; without the variable
-//! each test makes its own with sqlx-cli in a temporary directory. Either way every test does
-//! its work: without sqlx-cli installed (and no `SQLREPO_CLI_DB`) they fail, saying how to
-//! install it, rather than pass having compared nothing.
+//! each test makes its own with sqlx-cli in a temporary directory. They are `#[ignore]`d (a
+//! machine with only Rust has no sqlx-cli, and `cargo test` reports them as ignored, not
+//! passed); `-- --include-ignored` runs them, and then every test does its work: without
+//! sqlx-cli installed (and no `SQLREPO_CLI_DB`) they fail, saying how to install it, rather
+//! than pass having compared nothing.
 //!
 //! sqlx-cli reads this crate's `sqlx.toml`, so it records our migrations in
 //! `_sqlrepo_migrations`, as the embedded migrator does (it needs sqlx-cli built with its
@@ -61,7 +63,7 @@ fn cli_database(dir: &Path) -> PathBuf {
 
 /// The schema without the bookkeeping tables, whose DDL belongs to the sqlx version that
 /// created them (and sqlx's default one may be there for the checked statements that adopt
-/// files of sqlrepo 0.1.0, see the README).
+/// files of sqlrepo 0.1.0, see the guide's migrations chapter).
 fn app_schema(path: &Path) -> Vec<SchemaRow> {
     schema(&raw(path))
         .into_iter()
@@ -77,6 +79,7 @@ async fn embedded(dir: &Path) -> PathBuf {
 }
 
 #[tokio::test]
+#[ignore = "needs sqlx-cli (cargo install sqlx-cli, as .ci/run does) or SQLREPO_CLI_DB; run with -- --include-ignored"]
 async fn the_cli_and_the_embedded_migrator_produce_the_same_schema() {
     let dir = tempfile::tempdir().unwrap();
     let cli = cli_database(dir.path());
@@ -90,6 +93,7 @@ async fn the_cli_and_the_embedded_migrator_produce_the_same_schema() {
 }
 
 #[tokio::test]
+#[ignore = "needs sqlx-cli (cargo install sqlx-cli, as .ci/run does) or SQLREPO_CLI_DB; run with -- --include-ignored"]
 async fn the_cli_and_the_embedded_migrator_record_the_same_migrations() {
     let dir = tempfile::tempdir().unwrap();
     let cli = cli_database(dir.path());
@@ -103,6 +107,7 @@ async fn the_cli_and_the_embedded_migrator_record_the_same_migrations() {
 }
 
 #[tokio::test]
+#[ignore = "needs sqlx-cli (cargo install sqlx-cli, as .ci/run does) or SQLREPO_CLI_DB; run with -- --include-ignored"]
 async fn the_cli_records_our_migrations_in_sqlrepos_own_table_not_in_sqlxs_default() {
     let dir = tempfile::tempdir().unwrap();
     let cli = cli_database(dir.path());
@@ -126,6 +131,7 @@ async fn the_cli_records_our_migrations_in_sqlrepos_own_table_not_in_sqlxs_defau
 }
 
 #[tokio::test]
+#[ignore = "needs sqlx-cli (cargo install sqlx-cli, as .ci/run does) or SQLREPO_CLI_DB; run with -- --include-ignored"]
 async fn a_cli_migrated_file_opens_without_migrating_and_serves_every_repository() {
     let dir = tempfile::tempdir().unwrap();
     let cli = cli_database(dir.path());
@@ -174,6 +180,7 @@ async fn a_cli_migrated_file_opens_without_migrating_and_serves_every_repository
 }
 
 #[tokio::test]
+#[ignore = "needs sqlx-cli (cargo install sqlx-cli, as .ci/run does) or SQLREPO_CLI_DB; run with -- --include-ignored"]
 async fn a_copy_of_the_cli_migrated_file_opens_with_migrations_on_and_keeps_its_writes() {
     let dir = tempfile::tempdir().unwrap();
     let cli = cli_database(dir.path());

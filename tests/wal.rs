@@ -4,7 +4,7 @@
 //! `SQLREPO_WAL_SECONDS=300 cargo test --release --test wal -- --nocapture`): eight readers
 //! that never pause (point gets, dashboards, counts, totals), eight writers (transfers, item
 //! creates and updates). A sampler watches the `-wal` file's size throughout. The bound is
-//! `sqlrepo::conn::WAL_BOUND_BYTES` (see its rustdoc for why it holds).
+//! `sqlrepo::WAL_BOUND_BYTES` (see its rustdoc for why it holds).
 
 mod common;
 
@@ -17,7 +17,7 @@ use common::fresh_db;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use sqlrepo::conn::WAL_BOUND_BYTES;
+use sqlrepo::WAL_BOUND_BYTES;
 use sqlrepo::{Db, Error, ItemPatch, NewItem, NewOrder, Transfer};
 
 const ACCOUNTS: i64 = 50;

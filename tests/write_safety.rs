@@ -157,21 +157,25 @@ async fn creates_on_a_full_disk_are_stored_or_refused(kind: Create) {
 }
 
 #[tokio::test]
+#[ignore = "needs root: mounts a tmpfs to fill a real disk; run with -- --include-ignored"]
 async fn item_creates_on_a_full_disk_are_stored_or_refused_never_ok_and_lost() {
     creates_on_a_full_disk_are_stored_or_refused(Create::Item).await;
 }
 
 #[tokio::test]
+#[ignore = "needs root: mounts a tmpfs to fill a real disk; run with -- --include-ignored"]
 async fn user_creates_on_a_full_disk_are_stored_or_refused_never_ok_and_lost() {
     creates_on_a_full_disk_are_stored_or_refused(Create::User).await;
 }
 
 #[tokio::test]
+#[ignore = "needs root: mounts a tmpfs to fill a real disk; run with -- --include-ignored"]
 async fn order_creates_on_a_full_disk_are_stored_or_refused_never_ok_and_lost() {
     creates_on_a_full_disk_are_stored_or_refused(Create::Order).await;
 }
 
 #[tokio::test]
+#[ignore = "needs root: mounts a tmpfs to fill a real disk; run with -- --include-ignored"]
 async fn account_opens_on_a_full_disk_are_stored_or_refused_never_ok_and_lost() {
     creates_on_a_full_disk_are_stored_or_refused(Create::Account).await;
 }
@@ -304,17 +308,14 @@ async fn a_constraint_error_inside_a_tx_fails_only_its_statement() {
 
 const CHILD_DB: &str = "SQLREPO_WRITE_SAFETY_CHILD_DB";
 
-/// Runs only as the child of `a_tx_that_hit_the_file_size_limit_...`, under `ulimit -f` with
-/// SIGXFSZ ignored, so the WAL cannot grow past 1 MiB: a big batch inside a transaction fails
-/// with an I/O error and SQLite rolls the transaction back by itself. Prints what each call
-/// returned, one line each, for the parent to check.
-#[tokio::test]
-#[ignore = "runs as a child process of the file-size-limit test"]
-async fn child_process_under_a_file_size_limit() {
-    let Ok(path) = std::env::var(CHILD_DB) else {
-        return;
-    };
-    let db = Db::open(&path).await.unwrap();
+/// The child process of `a_tx_that_hit_the_file_size_limit_...`, which re-runs itself
+/// (`--exact` its own name) under `ulimit -f` with SIGXFSZ ignored and [`CHILD_DB`] set; its
+/// first line sends that process here (so there is no separate test that could run on its
+/// own). The WAL cannot grow past 1 MiB: a big batch inside a transaction fails with an I/O
+/// error and SQLite rolls the transaction back by itself. Prints what each call returned, one
+/// line each, for the parent to check.
+async fn child_process_under_a_file_size_limit(path: &str) {
+    let db = Db::open(path).await.unwrap();
     let report = |step: &str, outcome: String| println!("STEP {step} {outcome}");
     let tx = db.begin().await.unwrap();
     let first = tx
@@ -381,6 +382,9 @@ fn kind(err: &Error) -> &'static str {
 
 #[tokio::test]
 async fn a_tx_that_hit_the_file_size_limit_stores_nothing_and_the_db_recovers() {
+    if let Ok(path) = std::env::var(CHILD_DB) {
+        return child_process_under_a_file_size_limit(&path).await;
+    }
     let test = common::fresh_db().await;
     let path = test.path.clone();
     test.db.close().await;
@@ -392,8 +396,7 @@ async fn a_tx_that_hit_the_file_size_limit_stores_nothing_and_the_db_recovers() 
         .arg(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "child_process_under_a_file_size_limit",
-            "--ignored",
+            "a_tx_that_hit_the_file_size_limit_stores_nothing_and_the_db_recovers",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -650,6 +653,7 @@ async fn a_reader_conn_refuses_writes_with_a_typed_error_and_writes_nothing() {
 // ---- group commit on a full disk ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root: mounts a tmpfs to fill a real disk; run with -- --include-ignored"]
 async fn grouped_transfers_on_a_full_disk_are_stored_exactly_when_acknowledged() {
     let disk = Tmpfs::mount(4 << 20);
     let path = disk.path().join("full.db");

@@ -6,7 +6,7 @@
 //!
 //! `cargo run --release --example bench -- --operations` runs only this part (1M rows);
 //! `--quick` makes it small. The run fails if a backup is not a sound, complete copy or the WAL
-//! passes `sqlrepo::conn::WAL_BOUND_BYTES`; times are reported, never asserted.
+//! passes `sqlrepo::WAL_BOUND_BYTES`; times are reported, never asserted.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use anyhow::{Context, ensure};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use sqlrepo::conn::WAL_BOUND_BYTES;
+use sqlrepo::WAL_BOUND_BYTES;
 use sqlrepo::{Db, ItemPatch, NewItem};
 use tokio::runtime::Runtime;
 

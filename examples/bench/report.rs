@@ -1,5 +1,5 @@
 //! The results: one [`Row`] per workload, printed as a Markdown table (it pastes into the
-//! README as is) with notes under it, and written as JSON for `--json`.
+//! guide's performance chapter as is) with notes under it, and written as JSON for `--json`.
 
 use std::path::Path;
 

@@ -1,4 +1,4 @@
-//! The chart for the README: a hand-written SVG (a plotting crate would be a larger dependency
+//! The chart for the guide: a hand-written SVG (a plotting crate would be a larger dependency
 //! than this file) of µs per operation for sqlrepo, rusqlite and naive sqlx per workload, as
 //! horizontal bars on a log scale, since the figures span four decades.
 

@@ -32,5 +32,6 @@ pub enum Backend<'c> {
     Sqlite(&'c mut SqliteConnection),
     /// A PostgreSQL connection (cargo feature `postgres`).
     #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
     Postgres(&'c mut sqlx::PgConnection),
 }

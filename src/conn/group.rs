@@ -4,10 +4,11 @@
 //!
 //! # Why
 //!
-//! Every statement costs one round trip to sqlx's worker thread (25–80 µs here), whatever
-//! SQLite does. With one writer, 16 callers' transfers used to wait in line for 16 round trips
+//! Every statement costs one round trip to sqlx's worker thread, whatever SQLite does, and
+//! that round trip is most of a point operation's cost (the guide's performance chapter has
+//! the figures). With one writer, 16 callers' transfers used to wait in line for 16 round trips
 //! and 16 commits. A group of them as one `INSERT … SELECT … FROM json_each(?)` costs one round
-//! trip and one commit, a few µs more per member.
+//! trip and one commit, and little more per member.
 //!
 //! # How
 //!

@@ -174,7 +174,9 @@ impl Conn {
     /// connection is the transaction's.
     ///
     /// # Errors
-    /// None on SQLite; the `Result` leaves room for other backends.
+    /// [`Error::Config`] when the database is on PostgreSQL (use [`postgres`](Conn::postgres)
+    /// or [`backend`](Conn::backend)); [`Error::RolledBack`] or [`Error::InvalidInput`] inside
+    /// a transaction that is over (as [`backend`](Conn::backend)).
     pub fn sqlite(&mut self) -> Result<&mut SqliteConnection> {
         self.reset_on_return();
         self.statements()
@@ -213,8 +215,10 @@ impl Conn {
     /// connection is lent again.
     ///
     /// # Errors
-    /// [`Error::Config`] when the database is a SQLite file.
+    /// [`Error::Config`] when the database is a SQLite file; [`Error::RolledBack`] or
+    /// [`Error::InvalidInput`] inside a transaction that is over (as [`backend`](Conn::backend)).
     #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
     pub fn postgres(&mut self) -> Result<&mut sqlx::PgConnection> {
         self.reset_on_return();
         match self.backend()? {
@@ -242,7 +246,8 @@ impl Conn {
     /// comes back. The built-in repositories use this.
     ///
     /// # Errors
-    /// None on SQLite; the `Result` leaves room for other backends.
+    /// As [`sqlite`](Conn::sqlite): [`Error::Config`] on PostgreSQL, [`Error::RolledBack`] or
+    /// [`Error::InvalidInput`] inside a transaction that is over.
     pub fn statements(&mut self) -> Result<&mut SqliteConnection> {
         match self.backend()? {
             Backend::Sqlite(conn) => Ok(conn),
@@ -262,7 +267,10 @@ impl Conn {
     /// before the transaction's next call or its commit.
     ///
     /// # Errors
-    /// [`Error::Busy`] when another process holds the write lock past the busy timeout.
+    /// [`Error::Busy`] when another process holds the write lock past the busy timeout;
+    /// [`Error::RolledBack`] or [`Error::InvalidInput`] inside a transaction that is over;
+    /// [`Error::Database`] (or a storage variant) when the database refuses the `BEGIN` or the
+    /// savepoint.
     pub async fn atomic(&mut self) -> Result<Atomic<'_>> {
         match &mut self.lent {
             Lent::Lease(lease) => {
@@ -286,10 +294,12 @@ pub struct Atomic<'c> {
 }
 
 impl Atomic<'_> {
-    /// The connection to run the unit's statements on.
+    /// The SQLite connection to run the unit's statements on.
     ///
     /// # Errors
-    /// None on SQLite; the `Result` leaves room for other backends.
+    /// As [`Conn::statements`]: [`Error::Config`] on PostgreSQL (use
+    /// [`backend`](Atomic::backend)), [`Error::RolledBack`] or [`Error::InvalidInput`] inside a
+    /// transaction that is over.
     pub fn sqlite(&mut self) -> Result<&mut SqliteConnection> {
         self.conn.statements()
     }
@@ -305,8 +315,10 @@ impl Atomic<'_> {
     /// Makes the unit's statements stick (`COMMIT`, or `RELEASE` of the savepoint in a `Tx`).
     ///
     /// # Errors
-    /// The commit's own failure ([`Error::DiskFull`], [`Error::Io`], [`Error::Busy`]): then
-    /// nothing of the unit is stored.
+    /// The commit's own failure ([`Error::DiskFull`], [`Error::Io`], [`Error::Busy`], or
+    /// [`Error::Database`] for anything else the database reports): then nothing of the unit is
+    /// stored. Inside a [`Tx`](crate::Tx) that is over, [`Error::RolledBack`] or
+    /// [`Error::InvalidInput`].
     pub async fn commit(mut self) -> Result<()> {
         match &mut self.conn.lent {
             Lent::Lease(lease) => {
@@ -324,8 +336,9 @@ impl Atomic<'_> {
     /// Undoes the unit's statements.
     ///
     /// # Errors
-    /// [`Error::Database`] (or a storage variant) if SQLite cannot roll back; the connection is
-    /// then reset before it is used again.
+    /// [`Error::Database`] (or a storage variant: [`Error::Io`], [`Error::DiskFull`]) if the
+    /// database cannot roll back; the connection is then reset before it is used again. Inside
+    /// a [`Tx`](crate::Tx) that is over, [`Error::RolledBack`] or [`Error::InvalidInput`].
     pub async fn rollback(mut self) -> Result<()> {
         match &mut self.conn.lent {
             Lent::Lease(lease) => match control::rollback(lease.backend()).await {

@@ -15,10 +15,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use percent_encoding::percent_decode_str;
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
-use sqlx_core::Url;
-use sqlx_core::percent_encoding::percent_decode_str;
+use url::Url;
 
 use crate::error::{Error, Result};
 
@@ -147,7 +147,7 @@ impl fmt::Debug for Host {
 /// `connect_timeout`.
 ///
 /// ```
-/// use sqlrepo::conn::hosts::{HostList, TargetSessionAttrs};
+/// use sqlrepo::hosts::{HostList, TargetSessionAttrs};
 /// let list = HostList::parse(
 ///     "postgres://app:secret@db1:5433,db2,[::1]:5434/shop?target_session_attrs=read-write",
 /// )?;

@@ -88,7 +88,7 @@ async fn has_rows_to_adopt(conn: &mut SqliteConnection) -> Result<bool> {
 /// version; none when the table does not exist. Other rows are the service's own migrations.
 ///
 /// The statements are checked against the development database, which holds
-/// `_sqlx_migrations` as sqlx itself creates it (see the README, "Checked queries").
+/// `_sqlx_migrations` as sqlx itself creates it (see the guide's migrations chapter, "Changing the schema").
 async fn rows_to_adopt(
     conn: &mut SqliteConnection,
 ) -> Result<Vec<(SqlxDefaultRow, &'static Migration)>> {

@@ -8,18 +8,18 @@
 //! checkpoints in `checkpoint`); PostgreSQL's in `postgres` (a primary pool and replica pools,
 //! reads routed so a `Db` reads its own writes), behind the same `Handle` and `Conn`.
 //! `hosts` reads libpq's multi-host connection strings and `discover` finds which of those
-//! hosts is the primary (both public, for a service that wants to look for itself).
+//! hosts is the primary (both public through the crate's `hosts` module).
 
 mod backend;
 mod checkpoint;
 mod control;
 #[cfg(feature = "postgres")]
-pub mod discover;
+pub(crate) mod discover;
 mod free_slots;
 mod group;
 mod handle;
 #[cfg(feature = "postgres")]
-pub mod hosts;
+pub(crate) mod hosts;
 mod migrate;
 mod ops;
 mod options;

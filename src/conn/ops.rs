@@ -10,7 +10,7 @@
 //! checked statement, and it runs on a read-only connection inside one read transaction: the
 //! copy is exactly the snapshot that transaction sees, and in WAL mode writers do not wait for
 //! it at all. Measured on a 1M-row file against rusqlite's backup API in the bench harness
-//! (`--backup`); see the README's "Backups" section for the figures.
+//! (`--backup`); see the guide's backups chapter for the figures.
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;

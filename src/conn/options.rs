@@ -87,7 +87,7 @@ pub struct DbOptions {
     /// PostgreSQL: how long any connect may take, the first one of [`Db::connect`](crate::Db::connect)
     /// included, before [`Error::Unavailable`](crate::Error::Unavailable) (default 5 s). A
     /// replica's connect is bounded by the shorter of this and
-    /// [`REPLICA_WAIT`](crate::conn::REPLICA_WAIT), since a read does not wait longer for it.
+    /// [`REPLICA_WAIT`](crate::REPLICA_WAIT), since a read does not wait longer for it.
     pub connect_timeout: Duration,
 }
 

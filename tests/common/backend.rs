@@ -10,10 +10,10 @@
 //! name.
 //!
 //! A PostgreSQL case gets a database of its own, created on the server of `SQLREPO_PG_URL` and
-//! dropped with its `TestDb`.
-//! Without that variable, or in a build without the `postgres` feature, a PostgreSQL case says
-//! once per test binary why it is skipped and passes; under `CI=true` a missing server is a
-//! failure.
+//! dropped with its `TestDb`. The PostgreSQL cases are `#[ignore]`d, so a plain `cargo test`
+//! (which has no server) reports them as ignored, never as passed; `-- --include-ignored` runs
+//! them, and then a missing server or a build without the `postgres` feature is a failure that
+//! says what is missing ([`missing`]).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -70,11 +70,13 @@ macro_rules! backend_test {
             }
 
             #[$($runtime)*]
+            #[ignore = "needs PostgreSQL: set SQLREPO_PG_URL (.ci/pg-cluster); run with -- --include-ignored"]
             async fn postgres() {
                 run(Backend::Postgres, $adjust, super::$name).await;
             }
 
             #[$($runtime)*]
+            #[ignore = "needs PostgreSQL and a replica: set SQLREPO_PG_URL and SQLREPO_PG_REPLICA_URL (.ci/pg-cluster); run with -- --include-ignored"]
             async fn replicated() {
                 run(Backend::Replicated, $adjust, super::$name).await;
             }
@@ -110,8 +112,8 @@ impl std::ops::Deref for TestDb {
     }
 }
 
-/// Runs `body` on a fresh database of `backend`, or skips (passing) with a reason printed
-/// once when that backend is not available here.
+/// Runs `body` on a fresh database of `backend`; fails, saying what is missing, when that
+/// backend is not available here (the PostgreSQL cases run only when asked for).
 /// SQLite's options are adjusted by `adjust` (PostgreSQL has none of them).
 pub async fn run<F, Fut>(backend: Backend, adjust: fn(DbOptions) -> DbOptions, body: F)
 where
@@ -124,8 +126,8 @@ where
 }
 
 impl TestDb {
-    /// A fresh database of `backend`, or `None` (with the reason printed once) when that
-    /// backend cannot run here.
+    /// A fresh database of `backend`. Never `None` any more: a backend that cannot run here
+    /// fails the test ([`missing`]); the `Option` stays so that callers need not change.
     pub async fn new(backend: Backend) -> Option<TestDb> {
         TestDb::new_with(backend, |options| options).await
     }
@@ -391,23 +393,15 @@ pub async fn accounts(db: &Db) -> Vec<sqlrepo::Account> {
     found
 }
 
-/// Says once per test binary why the PostgreSQL cases are skipped, or fails under `CI=true`
-/// when this build could have run them (a build without the `postgres` feature cannot).
-pub fn skip(reason: &str) {
-    if cfg!(feature = "postgres") && std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!("PostgreSQL tests cannot run under CI=true: {reason}");
-    }
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Straight to stderr: libtest captures `eprintln!` of passing tests, and this line is
-        // meant to be seen.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "PostgreSQL tests skipped: {reason}; run .ci/pg-cluster start DIR PORT and export \
-             the SQLREPO_PG_URL, SQLREPO_PG_REPLICA_URL and SQLREPO_PG_DATA it prints"
-        );
-    });
+/// Fails the test because PostgreSQL is not available here. PostgreSQL tests are `#[ignore]`d,
+/// so they run only when asked for (`-- --include-ignored` or `-- --ignored`): then a missing
+/// server is a failure, never a silent pass.
+pub fn missing(reason: &str) -> ! {
+    panic!(
+        "this PostgreSQL test was asked for but cannot run: {reason}. Start a primary and a \
+         replica with `eval \"$(.ci/pg-cluster start DIR PORT)\"` (it exports SQLREPO_PG_URL, \
+         SQLREPO_PG_REPLICA_URL and SQLREPO_PG_DATA) and build with --all-features"
+    )
 }
 
 /// The same URL with another database name (the path), keeping the query string.
@@ -478,7 +472,7 @@ pub mod pg {
     use sqlx::Connection;
     use sqlx::migrate::MigrateDatabase;
 
-    use super::{Backend, PgDatabase, TestDb, skip, with_database};
+    use super::{Backend, PgDatabase, TestDb, missing, with_database};
 
     /// The admin URL of the primary (`SQLREPO_PG_URL`) and of the replica
     /// (`SQLREPO_PG_REPLICA_URL`), or why they are missing.
@@ -512,10 +506,7 @@ pub mod pg {
     pub async fn create(backend: Backend) -> Option<PgDatabase> {
         let (primary, replica) = match urls(backend) {
             Ok(urls) => urls,
-            Err(reason) => {
-                skip(&reason);
-                return None;
-            }
+            Err(reason) => missing(&reason),
         };
         let name = unique_name();
         let primary = with_database(&primary, &name);
@@ -582,19 +573,17 @@ pub mod pg {
 pub mod pg {
     //! Without the `postgres` feature there is no PostgreSQL to test.
 
-    use super::{Backend, PgDatabase, TestDb, skip};
+    use super::{Backend, PgDatabase, TestDb, missing};
 
     const NO_FEATURE: &str = "this build has no `postgres` feature (cargo test --all-features)";
 
-    /// Always skips: this build has no PostgreSQL support.
+    /// Always fails: this build has no PostgreSQL support.
     pub async fn fresh(_backend: Backend) -> Option<TestDb> {
-        skip(NO_FEATURE);
-        None
+        missing(NO_FEATURE)
     }
 
-    /// Always skips: this build has no PostgreSQL support.
+    /// Always fails: this build has no PostgreSQL support.
     pub async fn create(_backend: Backend) -> Option<PgDatabase> {
-        skip(NO_FEATURE);
-        None
+        missing(NO_FEATURE)
     }
 }

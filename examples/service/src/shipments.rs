@@ -5,7 +5,7 @@
 //!
 //! Its statements are `query!`s checked at compile time against a development database that
 //! holds sqlrepo's schema and this crate's (a shipment references sqlrepo's `orders`); see the
-//! README, "Your own tables".
+//! README, "Your own tables", and the guide's own_tables chapter.
 
 use serde::{Deserialize, Serialize};
 use sqlrepo::{Db, Error, Handle, Result};
@@ -28,7 +28,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 /// know, or one that was edited; [`Error::Busy`] when another process holds the write lock.
 pub async fn migrate(db: &Db) -> Result<()> {
     let mut conn = db.handle().writer().await?;
-    MIGRATOR.run(conn.statements()?).await?;
+    // `sqlite()`, not `statements()`: the migrator begins and commits transactions of its own,
+    // and one it leaves open (a failed migration) is rolled back before the writer is lent again.
+    MIGRATOR.run(conn.sqlite()?).await?;
     Ok(())
 }
 

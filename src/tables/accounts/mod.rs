@@ -232,7 +232,7 @@ impl AccountRepo {
     ///
     /// On a [`Db`](crate::Db), transfers of concurrent callers that wait for the writer
     /// together are carried as one statement (group commit, see
-    /// [`crate::conn::Grouped`]): one round trip and one commit for all of them.
+    /// [`crate::Grouped`]): one round trip and one commit for all of them.
     /// Each caller still gets exactly its own answer: a neighbour's refusal makes the group run
     /// again one by one, and `Ok` means this transfer's ledger row is committed. A caller with
     /// nobody waiting runs one `INSERT`, as above. On PostgreSQL, where many writers run at

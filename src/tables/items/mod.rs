@@ -160,13 +160,13 @@ pub struct ItemRepo {
 }
 
 /// Rows per statement in `insert_many`, besides [`MAX_CHUNK_BYTES`]. One statement per chunk
-/// bounds the JSON text we build and SQLite parses (~3 MB here for ordinary rows). Measured on
-/// 100k items (release, CPU time per row, three rounds each): 10k rows 4.0-4.4 µs, 25k 4.4-5.9 µs, 50k 4.2-4.3 µs, 100k 4.2-5.5 µs: no
-/// difference beyond noise, so the larger chunk (fewer round trips) with bounded memory.
+/// bounds the JSON text we build and SQLite parses. Chunks of 10k to 100k rows measured the
+/// same per row within noise (the bench's `insert_many`), so the larger chunk (fewer round
+/// trips) with bounded memory.
 const INSERT_CHUNK_ROWS: usize = 50_000;
 
-/// Rows per page of `stream`, besides [`MAX_PAGE_BYTES`]: one round trip per page, ~1.8 µs/row
-/// measured as a JSON page.
+/// Rows per page of `stream`, besides [`MAX_PAGE_BYTES`]: one round trip per page, a page
+/// being one JSON text (see `select_page`).
 const STREAM_PAGE_ROWS: i64 = 2_000;
 
 /// The byte budget of one page of `get_many`. Its caller gets the whole result in memory
@@ -552,8 +552,8 @@ type UpdateRow<'a> = (i64, Option<&'a str>, Option<&'a str>, Option<&'a str>);
 /// Updates of concurrent callers queued for the writer together, carried as one
 /// `UPDATE … FROM json_each(?)` (one round trip and one commit for the group).
 ///
-/// Measured here (bench `mixed_concurrent`, 16 callers, 2 loaded cores): with transfers grouped
-/// and gets coalesced, the 10 % of updates still paid a writer round trip each.
+/// Why: with transfers grouped and gets coalesced, the updates of a mixed load (the bench's
+/// `mixed_concurrent`) were left paying a writer round trip each.
 struct GroupedUpdates;
 
 impl Grouped for GroupedUpdates {
@@ -621,8 +621,8 @@ impl Grouped for GroupedUpdates {
 /// Point gets of concurrent callers that find every reader taken, answered together by one
 /// `select_many` statement (one round trip for the group instead of one each).
 ///
-/// Measured here (bench, 16 concurrent callers, 2 loaded cores): point gets on 4 readers cost
-/// 14–17 µs per get of wall time uncoalesced, 10–12 µs coalesced (rusqlite 5.4–6.6 µs).
+/// Why: with 16 concurrent callers, coalescing measured cheaper per get than one statement
+/// each (the bench's "reads under load" line; figures in the guide's performance chapter).
 struct GroupedGets;
 
 impl Grouped for GroupedGets {
@@ -873,11 +873,11 @@ async fn select_by_status(conn: &mut SqliteConnection, status: ItemStatus) -> Re
 }
 
 // The page comes back as one JSON text in one value: sqlx hands rows across from its worker
-// thread one at a time (~2.9 µs/row measured), one value per page costs one crossing. The text
-// is concatenated rather than built with json_array(json(data)): `data` is already valid JSON
-// (a CHECK says so) and needs no re-parse. Measured for 300k rows (rusqlite, SQLite's work per
-// row): 0.66 µs concatenated, 1.1 µs with json_group_array, 1.5 µs with json_group_array and an
-// ORDER BY inside it. The rows arrive in the subquery's order; `parse_items` checks it.
+// thread one at a time, so one value per page costs one crossing instead of one per row. The
+// text is concatenated rather than built with json_array(json(data)): `data` is already valid
+// JSON (a CHECK says so) and needs no re-parse; concatenating measured cheaper per row than
+// json_group_array, with or without an ORDER BY inside it. The rows arrive in the subquery's
+// order; `parse_items` checks it.
 //
 // The page is bounded by bytes as well as rows, because that one value must stay far below
 // SQLite's 1e9-byte limit while an item may hold 1 MiB. `bound` adds up the size of the next
@@ -885,10 +885,10 @@ async fn select_by_status(conn: &mut SqliteConnection, status: ItemStatus) -> Re
 // header, not the value; `?4` per row stands for the id, status, timestamps and punctuation, so
 // the budget is a soft one that hostile names can pass by a few KiB per row). When they fit in
 // `?3` bytes, as ordinary rows do, they are the page; only when they do not does a running sum
-// (a window function, measured at twice the cost of the whole page, so kept off the common
-// path) find the last row that starts within the budget. The first row always fits. Measured
-// against the statement without a byte bound (rusqlite, 100k rows of ~110 bytes, debug build):
-// 3.5-4.6 µs/row before, 4.1-5.2 after. `more` is one probe of the primary key.
+// (a window function, which costs more than the whole page, so kept off the common path)
+// find the last row that starts within the budget. The first row always fits. The byte bound
+// costs ordinary rows a little per row against the statement without it (the bench's
+// `stream`). `more` is one probe of the primary key.
 // `id >= ?1`: the stream starts at i64::MIN, so ids of zero and below are read too.
 async fn select_page(
     conn: &mut SqliteConnection,
