@@ -247,6 +247,15 @@ impl HostList {
     pub fn is_multi_host(&self) -> bool {
         self.hosts.len() > 1
     }
+
+    /// The same hosts, asking for `attrs` instead (a `Db`, which writes, looks for the primary
+    /// of a list written for readers).
+    pub fn with_target_session_attrs(&self, attrs: TargetSessionAttrs) -> HostList {
+        HostList {
+            target_session_attrs: attrs,
+            ..self.clone()
+        }
+    }
 }
 
 // A connection string's password must never reach a log: the hosts are printed by label only.

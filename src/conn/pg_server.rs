@@ -65,10 +65,15 @@ impl PgServer {
                 redacted(url)
             ))
         })?;
-        Ok(PgServer {
+        Ok(PgServer::from_options(options, connect_timeout))
+    }
+
+    /// A server whose options are already read (one host of a multi-host list).
+    pub(crate) fn from_options(options: PgConnectOptions, connect_timeout: Duration) -> PgServer {
+        PgServer {
             options: options.options(KEEPALIVE),
             connect_timeout,
-        })
+        }
     }
 
     /// These options with server settings every session starts with (`options` in the

@@ -55,6 +55,8 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnection;
 
+use super::discover::discover;
+use super::hosts::{HostList, TargetSessionAttrs};
 use super::options::DbOptions;
 use super::pg_held::{HeldPg, PgLent, Rest};
 use super::pg_server::{ConnectFailure, PgServer};
@@ -195,8 +197,8 @@ impl PgConnections {
     ) -> Result<Self> {
         // The server-side limits every connection starts with.
         let settings = options.server_settings()?;
-        let primary_server =
-            PgServer::parse(primary, options.connect_timeout)?.with_settings(&settings);
+        let (primary_server, standbys) = locate(primary, options).await?;
+        let primary_server = primary_server.with_settings(&settings);
         // Connect once now, so a wrong URL or a server that is down fails here; the connection
         // migrates, then stays as the primary's first held connection.
         let mut first = match primary_server.try_connect().await {
@@ -227,13 +229,16 @@ impl PgConnections {
             None,
         ));
         let replica_connect = options.connect_timeout.min(REPLICA_WAIT);
+        // The replicas named, then the standbys a host list showed beside its primary.
         let replicas = replicas
             .iter()
-            .map(|url| {
+            .map(|url| PgServer::parse(url, replica_connect))
+            .chain(standbys.into_iter().map(Ok))
+            .map(|server| {
                 let rest = Arc::new(Rest::new(REPLICA_COOLDOWN));
                 Ok(Replica {
                     held: HeldPg::new(
-                        PgServer::parse(url, replica_connect)?.with_settings(&settings),
+                        server?.with_settings(&settings),
                         options.replica_connections,
                         REPLICA_WAIT,
                         None,
@@ -342,6 +347,66 @@ fn refresh_position(replica: Arc<Replica>) {
     } else {
         replica.refreshing.store(false, Ordering::Release);
     }
+}
+
+/// The primary to connect to, and the standbys to read from, for `url`.
+///
+/// A one-host URL names the primary itself, as always. libpq's multi-host form (several hosts,
+/// or a `target_session_attrs`) is read by `hosts::HostList` and every host asked at once what
+/// it is (`discover`): writes go to the host that is primary whatever the list asks for (a
+/// `Db` writes), and the hosts that answered as standbys serve reads under the same
+/// read-your-writes promise as named replicas.
+///
+/// # Errors
+/// [`Error::Config`] for a string libpq would refuse (the message names the part);
+/// [`Error::Unavailable`], naming every host tried and what it was, when none is a primary.
+async fn locate(url: &str, options: &DbOptions) -> Result<(PgServer, Vec<PgServer>)> {
+    let list = match HostList::parse(url) {
+        Ok(list)
+            if list.is_multi_host() || list.target_session_attrs() != TargetSessionAttrs::Any =>
+        {
+            list
+        }
+        Ok(_) => return Ok((PgServer::parse(url, options.connect_timeout)?, Vec::new())),
+        // libpq's reading is the stricter: what it refuses (an unknown target_session_attrs, a
+        // port that is no number) is refused, naming the part, before anything is touched.
+        Err(err) => return Err(err),
+    };
+    let connect_timeout = list.connect_timeout().unwrap_or(options.connect_timeout);
+    let found = match discover(&list).await {
+        Ok(found) => found,
+        // The list asked for a standby or a read-only session and none answered as one; a
+        // `Db` still needs the primary, so look again for that.
+        Err(_)
+            if !matches!(
+                list.target_session_attrs(),
+                TargetSessionAttrs::Primary | TargetSessionAttrs::ReadWrite
+            ) =>
+        {
+            discover(&list.with_target_session_attrs(TargetSessionAttrs::Primary)).await?
+        }
+        Err(err) => return Err(err),
+    };
+    let Some(primary) = found.primary() else {
+        let tried: Vec<String> = found.probes().iter().map(ToString::to_string).collect();
+        return Err(Error::Unavailable(format!(
+            "no host is a primary among the hosts tried (a Db writes, so it needs one): {}",
+            tried.join(", ")
+        )));
+    };
+    let standbys = found
+        .standbys()
+        .map(|probe| {
+            PgServer::from_options(
+                probe.host.options().clone(),
+                connect_timeout.min(REPLICA_WAIT),
+            )
+        })
+        .collect();
+    Ok((
+        PgServer::from_options(primary.host.options().clone(), connect_timeout),
+        standbys,
+    ))
 }
 
 /// Applies sqlrepo's PostgreSQL migrations that have not run (sqlx takes an advisory lock, so

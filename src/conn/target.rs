@@ -22,6 +22,10 @@ impl Target {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(Target::Postgres(url.to_owned()));
         }
+        // libpq's key=value form (`host=db1,db2 dbname=app ...`), which names no scheme.
+        if url.split_whitespace().any(|word| word.starts_with("host=")) {
+            return Ok(Target::Postgres(url.to_owned()));
+        }
         let Some(rest) = url.strip_prefix("sqlite:") else {
             return Err(Error::Config(format!(
                 "unsupported database URL {:?}: use sqlite://path/app.db or postgres://…",
