@@ -228,3 +228,25 @@ async fn the_key_value_form_connects_too() {
     assert_eq!(items_on(&database.url).await, 1);
     db.close().await;
 }
+
+#[tokio::test]
+#[ignore = "needs the PostgreSQL cluster of .ci/pg-cluster (SQLREPO_PG_URL, SQLREPO_PG_REPLICA_URL); run with -- --include-ignored"]
+async fn a_standby_named_alone_is_a_config_error_that_says_so() {
+    let database = database().await;
+    let replica_url = database.replica_url.clone().unwrap();
+    let (replica, _) = parts(&replica_url);
+    let err = Db::connect(&replica_url)
+        .await
+        .expect_err("a Db on a standby");
+    let Error::Config(message) = &err else {
+        panic!("expected Config, got {err:?}");
+    };
+    for part in [
+        "standby",
+        "primary",
+        "target_session_attrs",
+        replica.as_str(),
+    ] {
+        assert!(message.contains(part), "{part:?} not in {message:?}");
+    }
+}

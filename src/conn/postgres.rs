@@ -217,7 +217,20 @@ impl PgConnections {
             Err(_) => primary_server.connect().await?,
         };
         if options.migrate {
-            migrate_postgres(&mut first).await?;
+            migrate_postgres(&mut first)
+                .await
+                .map_err(|err| match err {
+                    // The server refused the migrations' DDL as read-only: a standby (or a
+                    // database set read-only). Say what to do, not which statement failed.
+                    Error::ReadOnly(reason) => Error::Config(format!(
+                        "the PostgreSQL server at {} refuses writes ({reason}): it is a standby, or \
+                         the database is read-only. A Db writes: connect it to the primary, or \
+                         give every host (postgres://user@h1,h2,h3/db?target_session_attrs=read-write) \
+                         and sqlrepo finds the primary",
+                        primary_server.describe()
+                    )),
+                    other => other,
+                })?;
         } else if options.verify_migrations {
             verify_postgres(&mut first).await?;
         }
