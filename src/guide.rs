@@ -30,3 +30,6 @@ pub mod operations {}
 
 #[doc = include_str!("../docs/guide/09-testing-and-ci.md")]
 pub mod testing_and_ci {}
+
+#[doc = include_str!("../docs/guide/10-postgres-in-production.md")]
+pub mod postgres_in_production {}
