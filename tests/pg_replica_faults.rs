@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::backend::{Backend, PgDatabase, pg};
+use futures_util::TryStreamExt;
 use serde_json::json;
-use sqlrepo::{Db, ItemPatch, NewItem};
+use sqlrepo::{Db, ItemPatch, ItemStatus, NewItem, NewUser};
 use sqlrepo::{REPLICA_COOLDOWN, REPLICA_WAIT};
 use sqlx::{Connection, PgConnection};
 
@@ -238,6 +239,72 @@ async fn a_stopped_replica_is_left_alone_within_the_wait_and_used_again_once_it_
         "{slowest:?} while the replica rests"
     );
 
+    drop(resume);
+    tokio::time::sleep(REPLICA_COOLDOWN + REPLICA_WAIT).await;
+    reads_reach_the_replica(&db, ids[0], &replica_url).await;
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the PostgreSQL cluster of .ci/pg-cluster as root (SQLREPO_PG_URL, SQLREPO_PG_REPLICA_URL, SQLREPO_PG_DATA); run with -- --include-ignored"]
+async fn every_kind_of_read_is_answered_within_the_wait_while_the_replica_is_stopped() {
+    let _turn = TURN.lock().await;
+    let database = database().await;
+    let replica_url = database.replica_url.clone().unwrap();
+    let db = Db::connect_replicated(&database.url, &[&replica_url])
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(
+            db.items()
+                .create(&NewItem::new(format!("desk-{n}"), json!({"n": n})))
+                .await
+                .unwrap(),
+        );
+    }
+    db.users()
+        .create(&NewUser::new("ada@example.com", "Ada"))
+        .await
+        .unwrap();
+    reads_reach_the_replica(&db, ids[0], &replica_url).await;
+
+    let resume = Resume(replica_processes());
+    signal("STOP", &resume.0);
+    let limit = REPLICA_WAIT + Duration::from_millis(700);
+    // Each kind twice: the first may meet the stopped replica, the second finds it resting.
+    for round in 0..2 {
+        let start = Instant::now();
+        assert_eq!(db.items().get_many(&ids).await.unwrap().len(), 5);
+        assert_eq!(
+            db.items()
+                .list_by_status(ItemStatus::Active)
+                .await
+                .unwrap()
+                .len(),
+            5
+        );
+        let page = db
+            .items()
+            .list_by_status_page(ItemStatus::Active, None, 3)
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), 3);
+        assert_eq!(db.items().count().await.unwrap(), 5);
+        let streamed: Vec<_> = db.items().stream().try_collect().await.unwrap();
+        assert_eq!(streamed.len(), 5);
+        let users: Vec<_> = db.users().stream().try_collect().await.unwrap();
+        assert_eq!(users.len(), 1);
+        let took = start.elapsed();
+        // Six reads: at most one wait for the stopped replica per read, then it rests.
+        assert!(
+            took < limit * 6,
+            "round {round}: six reads took {took:?} with the replica stopped"
+        );
+        if round == 1 {
+            assert!(took < limit, "round 1 (replica resting) took {took:?}");
+        }
+    }
     drop(resume);
     tokio::time::sleep(REPLICA_COOLDOWN + REPLICA_WAIT).await;
     reads_reach_the_replica(&db, ids[0], &replica_url).await;

@@ -252,12 +252,16 @@ impl ItemRepo {
             let Some(ids) = ids? else {
                 return Ok(Vec::new());
             };
-            let mut conn = handle.reader().await?;
-            match conn.backend()? {
-                Backend::Sqlite(_) => select_many(&mut conn, &ids).await,
-                #[cfg(feature = "postgres")]
-                Backend::Postgres(c) => postgres::select_many(c, &ids).await,
-            }
+            let ids = &ids;
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(_) => select_many(&mut conn, ids).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => postgres::select_many(c, ids).await,
+                    }
+                })
+                .await
         })
     }
 
@@ -276,12 +280,15 @@ impl ItemRepo {
     ) -> impl Future<Output = Result<Vec<Item>>> + Send + use<> {
         let handle = self.handle.clone();
         traced("items", "list_by_status", async move {
-            let mut conn = handle.reader().await?;
-            match conn.backend()? {
-                Backend::Sqlite(c) => select_by_status(c, status).await,
-                #[cfg(feature = "postgres")]
-                Backend::Postgres(c) => postgres::select_by_status(c, status).await,
-            }
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => select_by_status(c, status).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => postgres::select_by_status(c, status).await,
+                    }
+                })
+                .await
         })
     }
 
@@ -333,15 +340,24 @@ impl ItemRepo {
                     }
                 },
             };
-            let mut conn = handle.reader().await?;
-            let page = match conn.backend()? {
-                Backend::Sqlite(c) => select_status_page(c, status, from, limit).await?,
-                #[cfg(feature = "postgres")]
-                Backend::Postgres(c) => {
-                    postgres::select_status_page(c, status, from, limit, MAX_PAGE_BYTES as i64)
-                        .await?
-                }
-            };
+            let page = handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => select_status_page(c, status, from, limit).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => {
+                            postgres::select_status_page(
+                                c,
+                                status,
+                                from,
+                                limit,
+                                MAX_PAGE_BYTES as i64,
+                            )
+                            .await
+                        }
+                    }
+                })
+                .await?;
             let next = page.next_from().and(page.rows.last().map(|item| item.id));
             Ok(ItemPage {
                 items: page.rows,
@@ -483,15 +499,20 @@ impl ItemRepo {
     /// appear if their ids are past the current page.
     pub fn stream(&self) -> impl Stream<Item = Result<Item>> + Send + use<> {
         paging::keyset(self.handle.clone(), "items", |handle, from| async move {
-            let mut conn = handle.reader().await?;
             let max_bytes = MAX_PAGE_BYTES as i64;
-            match conn.backend()? {
-                Backend::Sqlite(c) => select_page(c, from, STREAM_PAGE_ROWS, max_bytes).await,
-                #[cfg(feature = "postgres")]
-                Backend::Postgres(c) => {
-                    postgres::select_page(c, from, STREAM_PAGE_ROWS, max_bytes).await
-                }
-            }
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => {
+                            select_page(c, from, STREAM_PAGE_ROWS, max_bytes).await
+                        }
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => {
+                            postgres::select_page(c, from, STREAM_PAGE_ROWS, max_bytes).await
+                        }
+                    }
+                })
+                .await
         })
     }
 
@@ -502,16 +523,19 @@ impl ItemRepo {
     pub fn count(&self) -> impl Future<Output = Result<i64>> + Send + use<> {
         let handle = self.handle.clone();
         traced("items", "count", async move {
-            let mut conn = handle.reader().await?;
-            match conn.backend()? {
-                Backend::Sqlite(c) => Ok(sqlx::query_scalar!(
-                    r#"SELECT count(*) AS "count!: i64" FROM items"#
-                )
-                .fetch_one(c)
-                .await?),
-                #[cfg(feature = "postgres")]
-                Backend::Postgres(c) => postgres::count(c).await,
-            }
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => Ok(sqlx::query_scalar!(
+                            r#"SELECT count(*) AS "count!: i64" FROM items"#
+                        )
+                        .fetch_one(c)
+                        .await?),
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => postgres::count(c).await,
+                    }
+                })
+                .await
         })
     }
 }

@@ -234,12 +234,17 @@ impl UserRepo {
     /// Every user in id order, in keyset pages, with memory that does not grow with the table.
     pub fn stream(&self) -> impl Stream<Item = Result<User>> + Send + use<> {
         paging::keyset(self.handle.clone(), "users", |handle, from| async move {
-            let mut conn = handle.reader().await?;
-            let rows = match conn.backend()? {
-                Backend::Sqlite(c) => select_page(c, from, STREAM_PAGE_ROWS).await?,
-                #[cfg(feature = "postgres")]
-                Backend::Postgres(c) => postgres::select_page(c, from, STREAM_PAGE_ROWS).await?,
-            };
+            let rows = handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => select_page(c, from, STREAM_PAGE_ROWS).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => {
+                            postgres::select_page(c, from, STREAM_PAGE_ROWS).await
+                        }
+                    }
+                })
+                .await?;
             Ok(Page::by_rows(rows, STREAM_PAGE_ROWS))
         })
     }
