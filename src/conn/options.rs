@@ -28,10 +28,9 @@ pub struct DbOptions {
     ///
     /// Two, because point gets that find every reader taken are coalesced into one statement:
     /// fewer readers means more coalescing and fewer worker-thread round trips. Measured by the
-    /// bench on 2 loaded cores, 16 concurrent callers: point gets 9.4–10.7 µs/op with 2 readers,
-    /// 10.4–11.6 with 4, 13–15.5 with 8, 17–19 with 16; the mixed workload (70 % gets) 20–23
-    /// µs/op with 2 readers against 31–42 with 4. One reader measured as fast for gets alone,
-    /// but then one long read (a stream page, a list) holds up every point get.
+    /// bench with 16 concurrent callers on 2 cores, point gets and the mixed workload got slower
+    /// with every reader added past two. One reader measured as fast for gets alone, but then
+    /// one long read (a stream page, a list) holds up every point get.
     pub readers: usize,
     /// How long a call waits for a lock (another process's, or this process's writer held by
     /// a long transaction) before [`Error::Busy`](crate::Error::Busy) (default 5 s).

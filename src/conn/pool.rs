@@ -4,10 +4,10 @@
 //! # Why one held writer and a few held readers
 //!
 //! sqlx-sqlite runs every statement on the connection's worker thread, so a statement costs one
-//! round trip between threads (25–80 µs here) whatever SQLite does. sqlx's `Pool` adds up to two
-//! more: it pings a connection before lending it (unless `test_before_acquire(false)`) and always
-//! pings it again when it comes back (measured: 28–31 µs per point get on a held connection,
-//! 42–85 µs through a default pool). So connections are held:
+//! round trip between threads (tens of microseconds) whatever SQLite does. sqlx's `Pool` adds up
+//! to two more: it pings a connection before lending it (unless `test_before_acquire(false)`) and
+//! always pings it again when it comes back (measured, a point get through a default pool costs
+//! up to three times one on a held connection). So connections are held:
 //!
 //! - **one writer**: every write goes through it, so writers of this process queue in Rust
 //!   instead of fighting over SQLite's write lock (no `SQLITE_BUSY` between them, and no busy-wait

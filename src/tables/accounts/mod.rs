@@ -326,9 +326,10 @@ impl AccountRepo {
 /// Transfers of several callers carried to the writer together (group commit, see
 /// [`Grouped`]): one ledger `INSERT … SELECT … FROM json_each(?)` for the whole group.
 ///
-/// Measured on this machine kind (2 cores, loaded): 16 callers' transfers one round trip each
-/// cost 68–119 µs per transfer; as one statement a member costs a few µs on top of one shared
-/// round trip and one commit.
+/// One statement for the group, because a round trip to sqlx's worker thread costs many times
+/// what SQLite needs for one transfer: a member then costs its share of one round trip and one
+/// commit (the bench's concurrent transfer rows measure it; the guide's *performance* chapter
+/// has the figures).
 struct GroupedTransfers;
 
 impl Grouped for GroupedTransfers {

@@ -23,11 +23,9 @@ pub const DASHBOARD_RECENT_ORDERS: i64 = 10;
 /// The Python service this crate ports ran three queries concurrently. Here it is one
 /// statement: the user row, the recent orders as a `json_group_array` and the stats as
 /// subqueries: one round trip to sqlx's worker thread and one snapshot, so the parts always
-/// agree. Measured side by side (release build, 10k users, 100k orders, 1,000 dashboards): the
-/// one statement took 34 µs per dashboard, the three queries run concurrently on three reader
-/// connections 89 µs, a plain point get 20 µs. The benchmark harness
-/// (`cargo run --release --example bench`, workload `dashboard`) keeps measuring it against
-/// the floor.
+/// agree; measured side by side, the one statement costs well under the three concurrent
+/// queries (each its own round trip). The benchmark harness (`cargo run --release --example
+/// bench`, workload `dashboard`) keeps measuring it against the floor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dashboard {
     /// The user.
@@ -74,11 +72,10 @@ impl Rows for Dashboard {
 async fn fetch(conn: &mut SqliteConnection, user_id: i64) -> Result<Dashboard> {
     // One statement, one snapshot, one round trip. The recent orders come from reading the
     // (user_id, created_at, id, total) index backwards, stopping after ten, and travel as one
-    // JSON array; count and sum are covered by the same index. Measured with rusqlite on 10k
-    // users / 100k orders (SQLite's own work per dashboard): 7.4 µs as written; 11.9 µs with an
-    // `ORDER BY` inside `json_group_array`; ~40 µs with the limit as a bound `?` instead of the
-    // literal 10 (SQLite then plans the correlated subquery without the limit), which is why
-    // DASHBOARD_RECENT_ORDERS is spelled out here.
+    // JSON array; count and sum are covered by the same index. Measured with rusqlite, this
+    // shape beats an `ORDER BY` inside `json_group_array`, and a literal limit beats a bound
+    // `?` several times over (SQLite plans the correlated subquery without a bound limit),
+    // which is why DASHBOARD_RECENT_ORDERS is spelled out here.
     let row = sqlx::query!(
         r#"
         SELECT u.id AS "id!: i64",
