@@ -260,6 +260,18 @@ pub(crate) fn connection_failures() -> u64 {
     CONNECTION_FAILURES.load(std::sync::atomic::Ordering::Acquire)
 }
 
+/// Writes PostgreSQL refused as read-only (SQLSTATE 25006), by this process: a `Db` given
+/// several hosts looks for the primary again when it moved, since a primary that was demoted
+/// (a planned switchover) accepts connections and refuses writes.
+#[cfg(feature = "postgres")]
+static READ_ONLY_REFUSALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many read-only refusals this process has classified.
+#[cfg(feature = "postgres")]
+pub(crate) fn read_only_refusals() -> u64 {
+    READ_ONLY_REFUSALS.load(std::sync::atomic::Ordering::Acquire)
+}
+
 /// Turns a `sqlx::Error` into the [`Error`] a caller can act on. The only classifier.
 pub(crate) fn classify(err: sqlx::Error) -> Error {
     let classified = classify_once(err);
@@ -411,9 +423,12 @@ fn classify_postgres(err: sqlx::Error) -> Error {
         // statement_timeout, pg_cancel_backend or a client's cancel request: the statement was
         // aborted, so nothing of it stands. Before the `57P` arm, which it is not part of.
         sqlstate::QUERY_CANCELED => Error::Cancelled(message.to_owned()),
-        sqlstate::READ_ONLY_SQL_TRANSACTION => Error::ReadOnly(format!(
-            "{message}; write through Handle::writer (the primary)"
-        )),
+        sqlstate::READ_ONLY_SQL_TRANSACTION => {
+            READ_ONLY_REFUSALS.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            Error::ReadOnly(format!(
+                "{message}; write through Handle::writer (the primary)"
+            ))
+        }
         "54000" => Error::TooBig(message.to_owned()),
         // Connection exceptions, the server shutting down or starting, too many connections.
         c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {

@@ -23,6 +23,9 @@ use sqlrepo::{Db, NewAccount, Transfer};
 use time::OffsetDateTime;
 
 const TRANSFERS: i64 = 50;
+
+/// One cluster at a time: both tests use the same ports.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const OPENING: i64 = 1_000_000;
 
 fn script() -> PathBuf {
@@ -127,6 +130,7 @@ fn port_of(label: &str) -> u16 {
 #[tokio::test]
 #[ignore = "needs Patroni and etcd (Debian patroni, etcd-server; root installs them); run with -- --include-ignored"]
 async fn discovery_finds_the_new_primary_after_the_leader_s_machine_is_lost() {
+    let _turn = TURN.lock().await;
     let cluster = Cluster::start();
     let list = HostList::parse(&cluster.url).unwrap();
     assert_eq!(list.hosts().len(), 3);
@@ -266,4 +270,169 @@ async fn discovery_finds_the_new_primary_after_the_leader_s_machine_is_lost() {
         accounts.get(to).await.unwrap().unwrap().balance_cents,
         OPENING + TRANSFERS + 1
     );
+}
+
+/// What the writers of the failover test saw.
+#[derive(Default)]
+struct Seen {
+    /// Transfers acknowledged (each under its own idempotency key).
+    acknowledged: i64,
+    /// Errors meanwhile, all of which must be retryable.
+    errors: Vec<String>,
+    /// The longest a single call took.
+    slowest: Duration,
+    /// The first acknowledgement after the kill.
+    first_ok_after_kill: Option<(Instant, OffsetDateTime)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Patroni and etcd (Debian patroni, etcd-server; root installs them); run with -- --include-ignored"]
+async fn one_db_on_the_three_host_url_keeps_writing_through_the_loss_of_the_leader() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let _turn = TURN.lock().await;
+    let cluster = Cluster::start();
+    let db = Db::connect(&cluster.url).await.unwrap();
+    let accounts = db.accounts();
+    let open = || NewAccount {
+        user_id: None,
+        balance_cents: OPENING,
+    };
+    let (from, to) = (
+        accounts.open(&open()).await.unwrap(),
+        accounts.open(&open()).await.unwrap(),
+    );
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|task| {
+            let (db, seen, killed_at, stop) =
+                (db.clone(), seen.clone(), killed_at.clone(), stop.clone());
+            tokio::spawn(async move {
+                let accounts = db.accounts();
+                let mut n = 0;
+                while !stop.load(Ordering::Acquire) {
+                    // The same key until it is acknowledged: a write whose answer was lost in
+                    // the outage lands once.
+                    let transfer = Transfer::new(from, to, 1).with_key(format!("w{task}-{n}"));
+                    loop {
+                        let start = Instant::now();
+                        let result = accounts.transfer(&transfer).await;
+                        let took = start.elapsed();
+                        let acknowledged = {
+                            let mut seen = seen.lock().unwrap();
+                            seen.slowest = seen.slowest.max(took);
+                            match result {
+                                Ok(_) => {
+                                    seen.acknowledged += 1;
+                                    // A call that started after the kill cannot have been
+                                    // answered by the killed leader.
+                                    if killed_at.lock().unwrap().is_some_and(|at| start > at)
+                                        && seen.first_ok_after_kill.is_none()
+                                    {
+                                        seen.first_ok_after_kill =
+                                            Some((Instant::now(), OffsetDateTime::now_utc()));
+                                    }
+                                    true
+                                }
+                                Err(err) => {
+                                    seen.errors.push(format!("{err:?}"));
+                                    false
+                                }
+                            }
+                        };
+                        if acknowledged {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before_kill = seen.lock().unwrap().acknowledged;
+    assert!(before_kill > 0, "no transfer acknowledged before the kill");
+    let (old_name, _, patroni_pid, postmaster_pid) = cluster.leader();
+    let killed_wall = OffsetDateTime::now_utc();
+    let status = Command::new("kill")
+        .args(["-KILL", &patroni_pid, &postmaster_pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let killed = Instant::now();
+    *killed_at.lock().unwrap() = Some(killed);
+
+    let first_ok = loop {
+        if let Some(first) = seen.lock().unwrap().first_ok_after_kill {
+            break first;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(90),
+            "no write acknowledged 90 s after the leader was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Writes go on on the new leader for a while, then every writer finishes its key.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Release);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    let (new_name, _, _, _) = cluster.leader();
+    assert_ne!(new_name, old_name, "Patroni promoted no other node");
+    let promoted = cluster
+        .promoted_at(&new_name)
+        .unwrap_or_else(|| panic!("{new_name}'s Patroni logged no promotion"));
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let kill_to_ok = first_ok.1 - killed_wall;
+    let promotion_to_ok = first_ok.1 - promoted;
+    println!(
+        "8 writers on one Db: {before_kill} transfers before the kill, {} in all; leader \
+         {old_name} killed, {new_name} promoted {:.2} s later; first write acknowledged {:.2} s \
+         after the kill, {:.2} s after the promotion; {} retryable errors meanwhile, slowest call \
+         {:.2} s",
+        seen.acknowledged,
+        (promoted - killed_wall).as_seconds_f64(),
+        kill_to_ok.as_seconds_f64(),
+        promotion_to_ok.as_seconds_f64(),
+        seen.errors.len(),
+        seen.slowest.as_secs_f64()
+    );
+    for err in &seen.errors {
+        assert!(
+            err.starts_with("Unavailable")
+                || err.starts_with("Busy")
+                || err.starts_with("Cancelled"),
+            "a non-retryable error during the failover: {err}"
+        );
+    }
+    assert!(
+        seen.slowest < Duration::from_secs(6),
+        "a call took {:?}: calls must fail fast, not hang",
+        seen.slowest
+    );
+    assert!(
+        promotion_to_ok < time::Duration::seconds(1),
+        "writes resumed {promotion_to_ok} after the promotion"
+    );
+
+    // Every acknowledged transfer is on the new leader, once, and money is conserved.
+    let moved = accounts.get(to).await.unwrap().unwrap().balance_cents - OPENING;
+    assert_eq!(
+        moved, seen.acknowledged,
+        "acknowledged transfers lost or doubled"
+    );
+    assert_eq!(
+        accounts.get(from).await.unwrap().unwrap().balance_cents,
+        OPENING - seen.acknowledged
+    );
+    assert_eq!(accounts.total_balance().await.unwrap(), 2 * OPENING);
+    db.close().await;
 }

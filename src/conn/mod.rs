@@ -15,6 +15,8 @@ mod checkpoint;
 mod control;
 #[cfg(feature = "postgres")]
 pub(crate) mod discover;
+#[cfg(feature = "postgres")]
+mod failover;
 mod free_slots;
 mod group;
 mod handle;

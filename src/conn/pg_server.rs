@@ -85,6 +85,21 @@ impl PgServer {
         self
     }
 
+    /// `host:port`, as `hosts::Host::label` writes it (which host a failover search chose).
+    pub(crate) fn label(&self) -> String {
+        let host = self.options.get_host();
+        if host.contains(':') {
+            format!("[{host}]:{}", self.options.get_port())
+        } else {
+            format!("{host}:{}", self.options.get_port())
+        }
+    }
+
+    /// How long a connect may take.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     /// `host:port/database`, for messages.
     pub(crate) fn describe(&self) -> String {
         format!(

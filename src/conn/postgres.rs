@@ -49,13 +49,14 @@
 //! API; a session type with a weaker, per-caller promise can be added beside it later without
 //! changing this routing (it would carry its own `Writes`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sqlx::postgres::PgConnection;
 
 use super::discover::discover;
+use super::failover::{CurrentPrimary, Failover, PoolShape};
 use super::hosts::{HostList, TargetSessionAttrs};
 use super::options::DbOptions;
 use super::pg_held::{HeldPg, PgLent, Rest};
@@ -78,7 +79,10 @@ const UNDEFINED_TABLE: &str = "42P01";
 /// The primary and the replicas of one database.
 #[derive(Debug)]
 pub(crate) struct PgConnections {
-    primary: Arc<HeldPg>,
+    /// The primary written to; a failover search replaces it.
+    primary: CurrentPrimary,
+    /// For a `Db` given several hosts: how to find the next primary when this one is lost.
+    failover: Option<Arc<Failover>>,
     replicas: Vec<Arc<Replica>>,
     next_replica: AtomicUsize,
     /// What reads need to know to read this `Db`'s writes (shared with write leases).
@@ -111,6 +115,15 @@ impl Writes {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         (known.0 >= done).then_some(known.1)
+    }
+
+    /// Forgets the positions known: they are of a primary that is gone, and reads go to the
+    /// new one until its position is learnt.
+    fn forget(&self) {
+        *self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (0, 0);
     }
 
     /// Asks the primary for its position and records it as covering the writes counted
@@ -197,7 +210,12 @@ impl PgConnections {
     ) -> Result<Self> {
         // The server-side limits every connection starts with.
         let settings = options.server_settings()?;
-        let (primary_server, standbys) = locate(primary, options).await?;
+        let Located {
+            primary: primary_server,
+            standbys,
+            hosts,
+        } = locate(primary, options).await?;
+        let primary_label = primary_server.label();
         let primary_server = primary_server.with_settings(&settings);
         // Connect once now, so a wrong URL or a server that is down fails here; the connection
         // migrates, then stays as the primary's first held connection.
@@ -234,13 +252,25 @@ impl PgConnections {
         } else if options.verify_migrations {
             verify_postgres(&mut first).await?;
         }
-        let primary = Arc::new(HeldPg::new(
+        let failover = hosts.map(|hosts| {
+            Arc::new(Failover::new(
+                hosts,
+                primary_label,
+                PoolShape {
+                    settings: settings.clone(),
+                    connect_timeout: primary_server.connect_timeout(),
+                    connections: options.primary_connections,
+                    acquire_timeout: ACQUIRE_TIMEOUT,
+                },
+            ))
+        });
+        let primary = Arc::new(RwLock::new(Arc::new(HeldPg::new(
             primary_server,
             options.primary_connections,
             ACQUIRE_TIMEOUT,
             Some(first),
             None,
-        ));
+        ))));
         let replica_connect = options.connect_timeout.min(REPLICA_WAIT);
         // The replicas named, then the standbys a host list showed beside its primary.
         let replicas = replicas
@@ -265,6 +295,7 @@ impl PgConnections {
             .collect::<Result<Vec<_>>>()?;
         let connections = PgConnections {
             primary,
+            failover,
             replicas,
             next_replica: AtomicUsize::new(0),
             writes: Arc::default(),
@@ -276,7 +307,24 @@ impl PgConnections {
 
     /// A connection to the primary, for a write or a transaction.
     pub(crate) async fn write_conn(&self) -> Result<PgLent> {
-        self.primary.lend().await
+        let lent = self.current_primary().lend().await;
+        if let Some(failover) = &self.failover
+            && (matches!(lent, Err(Error::Unavailable(_))) || failover.refused_since_last_search())
+        {
+            // The primary is lost or was demoted: look for the new one in the background;
+            // this call fails (or goes on) as it is, without waiting for the search.
+            let writes = self.writes.clone();
+            failover.search(&self.primary, move || writes.forget());
+        }
+        lent
+    }
+
+    /// The primary written to now.
+    fn current_primary(&self) -> Arc<HeldPg> {
+        self.primary
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The counter write leases report to.
@@ -326,7 +374,7 @@ impl PgConnections {
             return;
         }
         let writes = self.writes.clone();
-        let primary = self.primary.clone();
+        let primary = self.current_primary();
         let learn = async move {
             // A failure leaves reads on the primary; the next read after a write asks again.
             let _ = writes.learn(&primary).await;
@@ -340,7 +388,7 @@ impl PgConnections {
 
     /// Closes every pool.
     pub(crate) async fn close(&self) {
-        self.primary.close().await;
+        self.current_primary().close().await;
         for replica in &self.replicas {
             replica.held.close().await;
         }
@@ -373,14 +421,20 @@ fn refresh_position(replica: Arc<Replica>) {
 /// # Errors
 /// [`Error::Config`] for a string libpq would refuse (the message names the part);
 /// [`Error::Unavailable`], naming every host tried and what it was, when none is a primary.
-async fn locate(url: &str, options: &DbOptions) -> Result<(PgServer, Vec<PgServer>)> {
+async fn locate(url: &str, options: &DbOptions) -> Result<Located> {
     let list = match HostList::parse(url) {
         Ok(list)
             if list.is_multi_host() || list.target_session_attrs() != TargetSessionAttrs::Any =>
         {
             list
         }
-        Ok(_) => return Ok((PgServer::parse(url, options.connect_timeout)?, Vec::new())),
+        Ok(_) => {
+            return Ok(Located {
+                primary: PgServer::parse(url, options.connect_timeout)?,
+                standbys: Vec::new(),
+                hosts: None,
+            });
+        }
         // libpq's reading is the stricter: what it refuses (an unknown target_session_attrs, a
         // port that is no number) is refused, naming the part, before anything is touched.
         Err(err) => return Err(err),
@@ -416,10 +470,19 @@ async fn locate(url: &str, options: &DbOptions) -> Result<(PgServer, Vec<PgServe
             )
         })
         .collect();
-    Ok((
-        PgServer::from_options(primary.host.options().clone(), connect_timeout),
+    Ok(Located {
+        primary: PgServer::from_options(primary.host.options().clone(), connect_timeout),
         standbys,
-    ))
+        hosts: Some(list),
+    })
+}
+
+/// What [`locate`] found.
+struct Located {
+    primary: PgServer,
+    standbys: Vec<PgServer>,
+    /// The host list, when the URL gave several hosts: the next primary is looked for there.
+    hosts: Option<HostList>,
 }
 
 /// Applies sqlrepo's PostgreSQL migrations that have not run (sqlx takes an advisory lock, so
