@@ -15,6 +15,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlrepo::hosts::{DEFAULT_PROBE_TIMEOUT, Role, discover};
@@ -281,36 +283,27 @@ struct Seen {
     errors: Vec<String>,
     /// The longest a single call took.
     slowest: Duration,
-    /// The first acknowledgement after the kill.
+    /// The first acknowledgement of a call started after the fault.
     first_ok_after_kill: Option<(Instant, OffsetDateTime)>,
+    /// When the first and the last error were seen.
+    errors_from: Option<Instant>,
+    errors_until: Option<Instant>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs Patroni and etcd (Debian patroni, etcd-server; root installs them); run with -- --include-ignored"]
-async fn one_db_on_the_three_host_url_keeps_writing_through_the_loss_of_the_leader() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-
-    let _turn = TURN.lock().await;
-    let cluster = Cluster::start();
-    let db = Db::connect(&cluster.url).await.unwrap();
-    let accounts = db.accounts();
-    let open = || NewAccount {
-        user_id: None,
-        balance_cents: OPENING,
-    };
-    let (from, to) = (
-        accounts.open(&open()).await.unwrap(),
-        accounts.open(&open()).await.unwrap(),
-    );
-
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..8)
+/// 8 tasks of keyed transfers of 1 cent from `from` to `to` through `db`, each key retried
+/// until acknowledged, recording in `seen` until `stop` (then each finishes its key).
+fn start_writers(
+    db: &Db,
+    from: i64,
+    to: i64,
+    seen: &Arc<Mutex<Seen>>,
+    fault_at: &Arc<Mutex<Option<Instant>>>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..8)
         .map(|task| {
             let (db, seen, killed_at, stop) =
-                (db.clone(), seen.clone(), killed_at.clone(), stop.clone());
+                (db.clone(), seen.clone(), fault_at.clone(), stop.clone());
             tokio::spawn(async move {
                 let accounts = db.accounts();
                 let mut n = 0;
@@ -328,8 +321,8 @@ async fn one_db_on_the_three_host_url_keeps_writing_through_the_loss_of_the_lead
                             match result {
                                 Ok(_) => {
                                     seen.acknowledged += 1;
-                                    // A call that started after the kill cannot have been
-                                    // answered by the killed leader.
+                                    // A call that started after the fault cannot have been
+                                    // answered by the lost leader.
                                     if killed_at.lock().unwrap().is_some_and(|at| start > at)
                                         && seen.first_ok_after_kill.is_none()
                                     {
@@ -340,6 +333,9 @@ async fn one_db_on_the_three_host_url_keeps_writing_through_the_loss_of_the_lead
                                 }
                                 Err(err) => {
                                     seen.errors.push(format!("{err:?}"));
+                                    let now = Instant::now();
+                                    seen.errors_from.get_or_insert(now);
+                                    seen.errors_until = Some(now);
                                     false
                                 }
                             }
@@ -353,7 +349,41 @@ async fn one_db_on_the_three_host_url_keeps_writing_through_the_loss_of_the_lead
                 }
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Every error is one a caller retries.
+fn all_retryable(errors: &[String]) {
+    for err in errors {
+        assert!(
+            err.starts_with("Unavailable")
+                || err.starts_with("Busy")
+                || err.starts_with("Cancelled"),
+            "a non-retryable error during the failover: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Patroni and etcd (Debian patroni, etcd-server; root installs them); run with -- --include-ignored"]
+async fn one_db_on_the_three_host_url_keeps_writing_through_the_loss_of_the_leader() {
+    let _turn = TURN.lock().await;
+    let cluster = Cluster::start();
+    let db = Db::connect(&cluster.url).await.unwrap();
+    let accounts = db.accounts();
+    let open = || NewAccount {
+        user_id: None,
+        balance_cents: OPENING,
+    };
+    let (from, to) = (
+        accounts.open(&open()).await.unwrap(),
+        accounts.open(&open()).await.unwrap(),
+    );
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&db, from, to, &seen, &killed_at, &stop);
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before_kill = seen.lock().unwrap().acknowledged;
@@ -432,6 +462,92 @@ async fn one_db_on_the_three_host_url_keeps_writing_through_the_loss_of_the_lead
     assert_eq!(
         accounts.get(from).await.unwrap().unwrap().balance_cents,
         OPENING - seen.acknowledged
+    );
+    assert_eq!(accounts.total_balance().await.unwrap(), 2 * OPENING);
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Patroni and etcd (Debian patroni, etcd-server; root installs them); run with -- --include-ignored"]
+async fn one_db_on_the_three_host_url_follows_a_planned_switchover() {
+    let _turn = TURN.lock().await;
+    let cluster = Cluster::start();
+    let db = Db::connect(&cluster.url).await.unwrap();
+    let accounts = db.accounts();
+    let open = || NewAccount {
+        user_id: None,
+        balance_cents: OPENING,
+    };
+    let (from, to) = (
+        accounts.open(&open()).await.unwrap(),
+        accounts.open(&open()).await.unwrap(),
+    );
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let switched_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&db, from, to, &seen, &switched_at, &stop);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (old_name, _, _, _) = cluster.leader();
+    let config = cluster.dir.join(&old_name).join("patroni.yml");
+    let old = old_name.clone();
+    let asked = Instant::now();
+    *switched_at.lock().unwrap() = Some(asked);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("patronictl")
+            .arg("-c")
+            .arg(config)
+            .args(["switchover", "--leader", &old_name, "--force"])
+            .output()
+            .expect("patronictl")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "patronictl switchover: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (new_name, _, _, _) = cluster.leader();
+        let resumed = seen.lock().unwrap().first_ok_after_kill.is_some();
+        if resumed && new_name != old {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no switchover within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Writes go on on the new leader for a while, then every writer finishes its key.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Release);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let window = match (seen.errors_from, seen.errors_until) {
+        (Some(from), Some(until)) => until - from,
+        _ => Duration::ZERO,
+    };
+    println!(
+        "planned switchover under 8 writers on one Db: {} transfers acknowledged, {} retryable \
+         errors over {:.2} s (first error to last), slowest call {:.2} s",
+        seen.acknowledged,
+        seen.errors.len(),
+        window.as_secs_f64(),
+        seen.slowest.as_secs_f64()
+    );
+    all_retryable(&seen.errors);
+    assert!(
+        seen.slowest < Duration::from_secs(6),
+        "a call took {:?}",
+        seen.slowest
+    );
+    let moved = accounts.get(to).await.unwrap().unwrap().balance_cents - OPENING;
+    assert_eq!(
+        moved, seen.acknowledged,
+        "acknowledged transfers lost or doubled"
     );
     assert_eq!(accounts.total_balance().await.unwrap(), 2 * OPENING);
     db.close().await;

@@ -121,13 +121,10 @@ impl Failover {
                     let server =
                         PgServer::from_options(chosen.host.options().clone(), self.connect_timeout)
                             .with_settings(&self.settings);
-                    let fresh = Arc::new(HeldPg::new(
-                        server,
-                        self.connections,
-                        self.acquire_timeout,
-                        None,
-                        None,
-                    ));
+                    let fresh = Arc::new(
+                        HeldPg::new(server, self.connections, self.acquire_timeout, None, None)
+                            .primary_only(),
+                    );
                     let old = std::mem::replace(
                         &mut *primary.write().unwrap_or_else(PoisonError::into_inner),
                         fresh,

@@ -113,6 +113,9 @@ pub(crate) struct HeldPg {
     control: Arc<Control>,
     /// For a replica: when it is left alone. `None` for the primary, which is never left.
     rest: Option<Arc<Rest>>,
+    /// Each new connection must find the server a primary accepting writes (a `Db` given
+    /// several hosts: its primary may have been demoted and restarted as a standby).
+    primary_only: bool,
 }
 
 #[derive(Debug)]
@@ -203,7 +206,15 @@ impl HeldPg {
             wait,
             closed: AtomicBool::new(false),
             rest,
+            primary_only: false,
         }
+    }
+
+    /// Has every new connection check that its server is a primary accepting writes, and
+    /// refuse it with [`Error::Unavailable`] otherwise (the trigger for a failover search).
+    pub(crate) fn primary_only(mut self) -> HeldPg {
+        self.primary_only = true;
+        self
     }
 
     /// An idle connection (the most recently returned first: a caller alone keeps reusing one
@@ -229,7 +240,7 @@ impl HeldPg {
         // Checked under the slot's lock: `close` sets the flag before it takes the locks, so a
         // slot it emptied is never reconnected.
         self.open()?;
-        let conn = slot.ready(guard, &self.server).await?;
+        let conn = slot.ready(guard, &self.server, self.primary_only).await?;
         Ok(PgLent {
             conn,
             slot: slot.clone(),
@@ -274,6 +285,7 @@ impl PgSlot {
         self: &Arc<Self>,
         mut guard: OwnedMutexGuard<Option<PgConnection>>,
         server: &PgServer,
+        primary_only: bool,
     ) -> Result<OwnedMappedMutexGuard<Option<PgConnection>, PgConnection>> {
         let failures = connection_failures();
         if self.discard.swap(false, Ordering::AcqRel)
@@ -300,7 +312,19 @@ impl PgSlot {
             // A new connection may reach another server: what the old one replayed is no
             // longer known.
             self.replayed.store(i64::MIN, Ordering::Release);
-            *guard = Some(server.connect().await?);
+            let mut conn = server.connect().await?;
+            if primary_only {
+                let role = sqlrepo_postgres::role::server_role(&mut conn).await?;
+                if role.in_recovery || role.read_only {
+                    let _ = conn.close().await;
+                    return Err(Error::Unavailable(format!(
+                        "the PostgreSQL server at {} is no longer a primary accepting writes \
+                         (a failover or switchover): looking for the new one",
+                        server.describe()
+                    )));
+                }
+            }
+            *guard = Some(conn);
         }
         if self.pid.load(Ordering::Acquire) == 0
             && let Some(conn) = guard.as_mut()

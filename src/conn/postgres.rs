@@ -264,13 +264,20 @@ impl PgConnections {
                 },
             ))
         });
-        let primary = Arc::new(RwLock::new(Arc::new(HeldPg::new(
+        let held = HeldPg::new(
             primary_server,
             options.primary_connections,
             ACQUIRE_TIMEOUT,
             Some(first),
             None,
-        ))));
+        );
+        // With several hosts, a reconnect may meet the old primary restarted as a standby.
+        let held = if failover.is_some() {
+            held.primary_only()
+        } else {
+            held
+        };
+        let primary = Arc::new(RwLock::new(Arc::new(held)));
         let replica_connect = options.connect_timeout.min(REPLICA_WAIT);
         // The replicas named, then the standbys a host list showed beside its primary.
         let replicas = replicas
