@@ -47,19 +47,6 @@ fn listing(hosts: &[&str], name: &str, attrs: &str) -> String {
     )
 }
 
-/// Scans of `items` a server has run: one per get it answered.
-async fn item_scans(url: &str) -> i64 {
-    let mut conn = PgConnection::connect(url).await.unwrap();
-    let count: i64 = sqlx::query_scalar(
-        "SELECT coalesce(sum(coalesce(idx_scan, 0) + seq_scan), 0)::bigint FROM pg_stat_user_tables WHERE relname = 'items'",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    conn.close().await.unwrap();
-    count
-}
-
 /// Items stored on the primary, asked of it directly.
 async fn items_on(url: &str) -> i64 {
     let mut conn = PgConnection::connect(url).await.unwrap();
@@ -131,7 +118,7 @@ async fn writes_go_to_the_primary_wherever_it_is_listed_and_the_standby_serves_r
         .unwrap();
     // The standby's replay position is learnt in the background after a read or two, so
     // read for a while (each read still sees the item, wherever it is answered).
-    let before = item_scans(&replica_url).await;
+    let before = pg::item_scans(&replica_url).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut served = 0;
     while served == 0 && std::time::Instant::now() < deadline {
@@ -139,7 +126,7 @@ async fn writes_go_to_the_primary_wherever_it_is_listed_and_the_standby_serves_r
             assert_eq!(db.items().get(id).await.unwrap().unwrap().name, "desk");
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        served = item_scans(&replica_url).await - before;
+        served = pg::item_scans(&replica_url).await - before;
     }
     assert!(
         served > 0,

@@ -40,20 +40,6 @@ async fn database() -> PgDatabase {
         .expect("a PostgreSQL test database")
 }
 
-/// Scans of `items` the replica has run (a standby counts its own): one per get it served;
-/// the routing's own questions (its replay position) read no table.
-async fn replica_transactions(replica_url: &str) -> i64 {
-    let mut conn = PgConnection::connect(replica_url).await.unwrap();
-    let count: i64 = sqlx::query_scalar(
-        "SELECT coalesce(sum(coalesce(idx_scan, 0) + seq_scan), 0)::bigint FROM pg_stat_user_tables WHERE relname = 'items'",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    conn.close().await.unwrap();
-    count
-}
-
 /// The data an item holds after round `round`.
 fn round_data(round: i64) -> serde_json::Value {
     json!({ "round": round })
@@ -179,16 +165,37 @@ async fn gets_within(db: &Db, ids: &[i64], limit: Duration) -> Duration {
     slowest
 }
 
+/// A replicated `Db` on a fresh database with `count` items named `{prefix}-{n}`, read from
+/// the replica already; with the database (dropped with it) and the replica's URL.
+async fn replicated_with_items(prefix: &str, count: usize) -> (PgDatabase, Db, Vec<i64>, String) {
+    let database = database().await;
+    let replica_url = database.replica_url.clone().unwrap();
+    let db = Db::connect_replicated(&database.url, &[&replica_url])
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..count {
+        ids.push(
+            db.items()
+                .create(&NewItem::new(format!("{prefix}-{n}"), json!({"n": n})))
+                .await
+                .unwrap(),
+        );
+    }
+    reads_reach_the_replica(&db, ids[0], &replica_url).await;
+    (database, db, ids, replica_url)
+}
+
 /// Waits until the replica has replayed everything the primary wrote, and the `Db` reads
 /// there (its transactions on the replica go up).
 async fn reads_reach_the_replica(db: &Db, id: i64, replica_url: &str) {
     let started = Instant::now();
     loop {
-        let before = replica_transactions(replica_url).await;
+        let before = pg::item_scans(replica_url).await;
         for _ in 0..20 {
             db.items().get(id).await.unwrap().unwrap();
         }
-        if replica_transactions(replica_url).await - before >= 10 {
+        if pg::item_scans(replica_url).await - before >= 10 {
             return;
         }
         assert!(
@@ -203,21 +210,7 @@ async fn reads_reach_the_replica(db: &Db, id: i64, replica_url: &str) {
 #[ignore = "needs the PostgreSQL cluster of .ci/pg-cluster and the right to signal its replica; run with -- --include-ignored"]
 async fn a_stopped_replica_is_left_alone_within_the_wait_and_used_again_once_it_answers() {
     let _turn = TURN.lock().await;
-    let database = database().await;
-    let replica_url = database.replica_url.clone().unwrap();
-    let db = Db::connect_replicated(&database.url, &[&replica_url])
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    for n in 0..20 {
-        ids.push(
-            db.items()
-                .create(&NewItem::new(format!("lamp-{n}"), json!({})))
-                .await
-                .unwrap(),
-        );
-    }
-    reads_reach_the_replica(&db, ids[0], &replica_url).await;
+    let (_database, db, ids, replica_url) = replicated_with_items("lamp", 20).await;
 
     // Concurrent readers hold several of the replica's connections when it stops.
     let resume = Resume(replica_processes());
@@ -249,24 +242,12 @@ async fn a_stopped_replica_is_left_alone_within_the_wait_and_used_again_once_it_
 #[ignore = "needs the PostgreSQL cluster of .ci/pg-cluster as root (SQLREPO_PG_URL, SQLREPO_PG_REPLICA_URL, SQLREPO_PG_DATA); run with -- --include-ignored"]
 async fn every_kind_of_read_is_answered_within_the_wait_while_the_replica_is_stopped() {
     let _turn = TURN.lock().await;
-    let database = database().await;
-    let replica_url = database.replica_url.clone().unwrap();
-    let db = Db::connect_replicated(&database.url, &[&replica_url])
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    for n in 0..5 {
-        ids.push(
-            db.items()
-                .create(&NewItem::new(format!("desk-{n}"), json!({"n": n})))
-                .await
-                .unwrap(),
-        );
-    }
+    let (_database, db, ids, replica_url) = replicated_with_items("desk", 5).await;
     db.users()
         .create(&NewUser::new("ada@example.com", "Ada"))
         .await
         .unwrap();
+    // Reads after that write go to the replica again before it is stopped.
     reads_reach_the_replica(&db, ids[0], &replica_url).await;
 
     let resume = Resume(replica_processes());

@@ -487,6 +487,20 @@ pub mod pg {
         Ok((primary, Some(replica)))
     }
 
+    /// Scans of `items` a server has run (a standby counts its own): one per get it
+    /// answered; the routing's own questions (replay positions) read no table.
+    pub async fn item_scans(url: &str) -> i64 {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let count: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(coalesce(idx_scan, 0) + seq_scan), 0)::bigint FROM pg_stat_user_tables WHERE relname = 'items'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+        count
+    }
+
     /// A name no other test (in this process or another) is using.
     pub fn unique_name() -> String {
         static NEXT: AtomicU32 = AtomicU32::new(0);
