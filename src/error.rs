@@ -125,6 +125,25 @@ pub enum Error {
     )]
     Cancelled(String),
 
+    /// A stored row holds a value this crate cannot read without changing it, so that row is
+    /// refused rather than read wrong: JSON written by another program with a number beyond a
+    /// 64-bit float (`1e400`) or more precise than one (a 30-digit integer), which
+    /// `serde_json::Value` would fail on or round, and an update would then write back
+    /// rounded. Only that row is refused: a [`stream`](crate::ItemRepo::stream) yields this
+    /// error in its place and goes on with the next row. Not retryable; fix the row with SQL.
+    #[error(
+        "{entity} {id} holds a value that cannot be read without changing it ({reason}); \
+         correct the stored row with SQL"
+    )]
+    Unreadable {
+        /// What the row is: `"item"`.
+        entity: &'static str,
+        /// The row's id.
+        id: i64,
+        /// What in the row cannot be read, naming the value.
+        reason: String,
+    },
+
     /// Any other database failure, with the `sqlx` error kept as the source.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
@@ -177,6 +196,11 @@ impl Error {
             Error::Config(message) => Error::Config(message.clone()),
             Error::Unavailable(message) => Error::Unavailable(message.clone()),
             Error::Cancelled(message) => Error::Cancelled(message.clone()),
+            Error::Unreadable { entity, id, reason } => Error::Unreadable {
+                entity,
+                id: *id,
+                reason: reason.clone(),
+            },
             Error::Database(err) => Error::Database(sqlx::Error::Protocol(err.to_string())),
         }
     }

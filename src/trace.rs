@@ -70,6 +70,7 @@ fn variant(err: &Error) -> &'static str {
         Error::Config(_) => "config",
         Error::Unavailable(_) => "unavailable",
         Error::Cancelled(_) => "cancelled",
+        Error::Unreadable { .. } => "unreadable",
         Error::Database(_) => "database",
     }
 }

@@ -54,8 +54,8 @@ async fn statements_on_postgres_store_and_read_what_they_should() {
     );
     let row = items::select_one(c, lamp).await.unwrap().unwrap();
     assert_eq!(
-        (row.name.as_str(), &row.data, row.status.as_str()),
-        ("lamp", &json!({"watts": 40}), "active")
+        (row.name.as_str(), row.data.as_str(), row.status.as_str()),
+        ("lamp", r#"{"watts": 40}"#, "active")
     );
     assert!(
         !items::update_one(c, lamp, Some("lamp"), Some(r#"{ "watts": 40 }"#), None)

@@ -1,7 +1,6 @@
 //! The `items` table's statements on PostgreSQL: one function per statement, rows as plain
 //! values (`status` as its stored text), errors left as `sqlx::Error` for sqlrepo to classify.
 
-use serde_json::Value;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 
@@ -12,8 +11,9 @@ pub struct ItemRow {
     pub id: i64,
     /// `items.name`.
     pub name: String,
-    /// `items.data`.
-    pub data: Value,
+    /// `items.data` as PostgreSQL writes `jsonb` out as text: read as text so that the caller
+    /// decides what to do with a number `serde_json::Value` cannot hold (`1e400`).
+    pub data: String,
     /// `items.status`, as stored (`active`, `inactive`, `archived`).
     pub status: String,
     /// `items.created_at`.
@@ -36,7 +36,7 @@ pub struct ItemPage {
 struct PageRow {
     id: i64,
     name: String,
-    data: Value,
+    data: String,
     status: String,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
@@ -91,7 +91,7 @@ pub async fn select_one(conn: &mut PgConnection, id: i64) -> sqlx::Result<Option
     sqlx::query_as!(
         ItemRow,
         r#"
-        SELECT id, name, data, status, created_at, updated_at
+        SELECT id, name, data::text AS "data!", status, created_at, updated_at
         FROM items
         WHERE id = $1
         "#,
@@ -108,7 +108,7 @@ pub async fn select_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<V
     sqlx::query_as!(
         ItemRow,
         r#"
-        SELECT id, name, data, status, created_at, updated_at
+        SELECT id, name, data::text AS "data!", status, created_at, updated_at
         FROM items
         WHERE id = ANY($1)
         ORDER BY id
@@ -124,7 +124,7 @@ pub async fn select_by_status(conn: &mut PgConnection, status: &str) -> sqlx::Re
     sqlx::query_as!(
         ItemRow,
         r#"
-        SELECT id, name, data, status, created_at, updated_at
+        SELECT id, name, data::text AS "data!", status, created_at, updated_at
         FROM items
         WHERE status = $1
         ORDER BY id
@@ -173,7 +173,7 @@ pub async fn select_page(
         )
         SELECT i.id AS "id!",
                i.name AS "name!",
-               i.data AS "data!",
+               i.data::text AS "data!",
                i.status AS "status!",
                i.created_at AS "created_at!",
                i.updated_at AS "updated_at!",
@@ -227,7 +227,7 @@ pub async fn select_status_page(
         )
         SELECT i.id AS "id!",
                i.name AS "name!",
-               i.data AS "data!",
+               i.data::text AS "data!",
                i.status AS "status!",
                i.created_at AS "created_at!",
                i.updated_at AS "updated_at!",

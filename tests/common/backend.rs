@@ -252,6 +252,67 @@ impl TestDb {
         unreachable!("a PostgreSQL TestDb needs the postgres feature")
     }
 
+    /// Inserts an item as another program would, behind the API's back (`data` as JSON text,
+    /// which the API could not have written), and returns its id.
+    pub async fn foreign_item(&self, name: &str, data_json: &str) -> i64 {
+        if let Some(path) = self.sqlite_path() {
+            return super::raw(path)
+                .query_row(
+                    "INSERT INTO items (name, data) VALUES (?1, ?2) RETURNING id",
+                    (name, data_json),
+                    |row| row.get(0),
+                )
+                .expect("foreign insert");
+        }
+        #[cfg(feature = "postgres")]
+        {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&self.urls[0])
+                .await
+                .expect("connect as another program");
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO items (name, data) VALUES ($1, $2::jsonb) RETURNING id",
+            )
+            .bind(name)
+            .bind(data_json)
+            .fetch_one(&mut conn)
+            .await
+            .expect("foreign insert");
+            let _ = conn.close().await;
+            id
+        }
+        #[cfg(not(feature = "postgres"))]
+        unreachable!("a PostgreSQL TestDb needs the postgres feature")
+    }
+
+    /// An item's `data` exactly as stored, read behind the API's back (PostgreSQL: `jsonb`
+    /// written out as text, on the primary).
+    pub async fn stored_data(&self, id: i64) -> String {
+        if let Some(path) = self.sqlite_path() {
+            return super::raw(path)
+                .query_row("SELECT data FROM items WHERE id = ?1", [id], |row| {
+                    row.get(0)
+                })
+                .expect("read stored data");
+        }
+        #[cfg(feature = "postgres")]
+        {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&self.urls[0])
+                .await
+                .expect("connect to read the data");
+            let (data,): (String,) = sqlx::query_as("SELECT data::text FROM items WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut conn)
+                .await
+                .expect("read stored data");
+            let _ = conn.close().await;
+            data
+        }
+        #[cfg(not(feature = "postgres"))]
+        unreachable!("a PostgreSQL TestDb needs the postgres feature")
+    }
+
     /// The ledger rows that move money between two accounts (not openings or deposits, whose
     /// `from` is `None`).
     pub async fn transfers_between_accounts(&self) -> Vec<LedgerRow> {

@@ -6,8 +6,10 @@ use std::future::Future;
 use std::str::FromStr;
 
 use futures_core::Stream;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
@@ -20,6 +22,7 @@ use crate::limits::{
 };
 use crate::trace::{Rows, traced};
 
+mod data;
 #[cfg(feature = "postgres")]
 mod postgres;
 
@@ -497,8 +500,12 @@ impl ItemRepo {
     /// pages of at most 2,000 rows and [`MAX_PAGE_BYTES`] of JSON beyond their first row, so
     /// memory stays flat whatever the table's size and however big its rows. Each page is one consistent read; rows committed while the stream runs
     /// appear if their ids are past the current page.
+    ///
+    /// A row whose stored `data` cannot be read exactly (JSON from another program with a
+    /// number past a 64-bit float) comes as [`Error::Unreadable`] naming it, in its place, and
+    /// the stream goes on with the next row; any other error ends the stream.
     pub fn stream(&self) -> impl Stream<Item = Result<Item>> + Send + use<> {
-        paging::keyset(self.handle.clone(), "items", |handle, from| async move {
+        let rows = paging::keyset(self.handle.clone(), "items", |handle, from| async move {
             let max_bytes = MAX_PAGE_BYTES as i64;
             handle
                 .read(|mut conn| async move {
@@ -513,7 +520,8 @@ impl ItemRepo {
                     }
                 })
                 .await
-        })
+        });
+        rows.map(|row| row.and_then(|row| row.item))
     }
 
     /// How many items there are.
@@ -762,74 +770,103 @@ fn check_page_limit(limit: u32) -> Result<i64> {
     Ok(i64::from(limit))
 }
 
-/// The row shape of every item query.
+/// The row shape of the item queries that read rows (not pages): `data` as its stored text.
 struct ItemRow {
     id: i64,
     name: String,
-    data: Value,
+    data: String,
     status: ItemStatus,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
 }
 
-impl From<ItemRow> for Item {
-    fn from(row: ItemRow) -> Self {
-        Item {
-            id: row.id,
-            name: row.name,
-            data: row.data,
-            status: row.status,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-        }
+impl ItemRow {
+    /// The item, or [`Error::Unreadable`] when its stored `data` cannot be read exactly.
+    fn item(self) -> Result<Item> {
+        Ok(Item {
+            data: data::read(self.id, &self.data)?,
+            id: self.id,
+            name: self.name,
+            status: self.status,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
     }
 }
 
-/// An item as one element of a JSON page: `[id, name, data, status, created_at, updated_at]`.
+/// An item as one element of a JSON page: `[id, name, data, status, created_at, updated_at]`,
+/// `data` left as its text so that a value that cannot be read is that row's error alone.
 #[derive(Deserialize)]
-struct ItemJson(
+struct ItemJson<'a>(
     i64,
     String,
-    Value,
+    #[serde(borrow)] &'a RawValue,
     ItemStatus,
     #[serde(with = "time::serde::rfc3339")] OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")] OffsetDateTime,
 );
 
-impl From<ItemJson> for Item {
-    fn from(ItemJson(id, name, data, status, created_at, updated_at): ItemJson) -> Self {
-        Item {
-            id,
-            name,
-            data,
-            status,
-            created_at,
-            updated_at,
-        }
+/// One row of a streamed page: its id, and the item or why it cannot be read, so that the
+/// stream reports that row and goes on past it.
+struct StreamRow {
+    id: i64,
+    item: Result<Item>,
+}
+
+impl Keyed for StreamRow {
+    fn key(&self) -> i64 {
+        self.id
     }
 }
 
-/// Decodes a page built by `select_page`, `select_many_page` or `select_status_page`, in id
-/// order; `more` is the statement's answer to whether rows remain past it.
+/// Decodes a page built by `select_many_page` or `select_status_page`, in id order; `more` is
+/// the statement's answer to whether rows remain past it. A row that cannot be read fails the
+/// page, naming the row.
 fn parse_page(page: &str, more: bool) -> Result<Page<Item>> {
     Ok(Page {
-        rows: parse_items(page)?,
+        rows: parse_rows(page)?
+            .into_iter()
+            .map(|row| row.item)
+            .collect::<Result<_>>()?,
         more,
     })
 }
 
-fn parse_items(page: &str) -> Result<Vec<Item>> {
-    // A row serde cannot read (say, data nested past its limit, written by other SQL) is a
-    // decode error, as it is for `get`.
-    let rows: Vec<ItemJson> = serde_json::from_str(page)
+/// Decodes a page built by `select_page` for a stream, each row on its own.
+fn parse_stream_page(page: &str, more: bool) -> Result<Page<StreamRow>> {
+    Ok(Page {
+        rows: parse_rows(page)?,
+        more,
+    })
+}
+
+fn parse_rows(page: &str) -> Result<Vec<StreamRow>> {
+    // The page's own shape is ours (ids, quoted names and timestamps), so failing here is a
+    // decode error of the statement; `data`, which other programs write, is read per row.
+    let rows: Vec<ItemJson<'_>> = serde_json::from_str(page)
         .map_err(|err| Error::Database(sqlx::Error::Decode(err.into())))?;
-    let mut items: Vec<Item> = rows.into_iter().map(Item::from).collect();
+    let mut rows: Vec<StreamRow> = rows
+        .into_iter()
+        .map(
+            |ItemJson(id, name, data, status, created_at, updated_at)| StreamRow {
+                id,
+                item: data::read(id, data.get()).map(|data| Item {
+                    id,
+                    name,
+                    data,
+                    status,
+                    created_at,
+                    updated_at,
+                }),
+            },
+        )
+        .collect();
     // SQLite aggregates the ordered subquery in order; this keeps paging right even if a
     // future planner did not (one comparison per row).
-    if !items.is_sorted_by_key(|item| item.id) {
-        items.sort_unstable_by_key(|item| item.id);
+    if !rows.is_sorted_by_key(|row| row.id) {
+        rows.sort_unstable_by_key(|row| row.id);
     }
-    Ok(items)
+    Ok(rows)
 }
 
 async fn insert_one(
@@ -861,7 +898,7 @@ async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<Item>
         r#"
         SELECT id AS "id!: i64",
                name,
-               data AS "data: Value",
+               data AS "data!",
                status AS "status: ItemStatus",
                created_at AS "created_at: OffsetDateTime",
                updated_at AS "updated_at: OffsetDateTime"
@@ -872,7 +909,7 @@ async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<Item>
     )
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(Item::from))
+    row.map(ItemRow::item).transpose()
 }
 
 async fn select_by_status(conn: &mut SqliteConnection, status: ItemStatus) -> Result<Vec<Item>> {
@@ -881,7 +918,7 @@ async fn select_by_status(conn: &mut SqliteConnection, status: ItemStatus) -> Re
         r#"
         SELECT id AS "id!: i64",
                name,
-               data AS "data: Value",
+               data AS "data!",
                status AS "status: ItemStatus",
                created_at AS "created_at: OffsetDateTime",
                updated_at AS "updated_at: OffsetDateTime"
@@ -893,7 +930,7 @@ async fn select_by_status(conn: &mut SqliteConnection, status: ItemStatus) -> Re
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(Item::from).collect())
+    rows.into_iter().map(ItemRow::item).collect()
 }
 
 // The page comes back as one JSON text in one value: sqlx hands rows across from its worker
@@ -901,7 +938,7 @@ async fn select_by_status(conn: &mut SqliteConnection, status: ItemStatus) -> Re
 // text is concatenated rather than built with json_array(json(data)): `data` is already valid
 // JSON (a CHECK says so) and needs no re-parse; concatenating measured cheaper per row than
 // json_group_array, with or without an ORDER BY inside it. The rows arrive in the subquery's
-// order; `parse_items` checks it.
+// order; `parse_rows` checks it.
 //
 // The page is bounded by bytes as well as rows, because that one value must stay far below
 // SQLite's 1e9-byte limit while an item may hold 1 MiB. `bound` adds up the size of the next
@@ -919,7 +956,7 @@ async fn select_page(
     from_id: i64,
     limit: i64,
     max_bytes: i64,
-) -> Result<Page<Item>> {
+) -> Result<Page<StreamRow>> {
     let row = sqlx::query!(
         r#"
         WITH bound AS MATERIALIZED (
@@ -981,7 +1018,7 @@ async fn select_page(
     )
     .fetch_one(conn)
     .await?;
-    parse_page(&row.page, row.more)
+    parse_stream_page(&row.page, row.more)
 }
 
 /// The items with these ids, every page of them, in one snapshot: the first page alone when it

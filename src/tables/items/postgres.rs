@@ -5,7 +5,7 @@ use serde_json::value::RawValue;
 use sqlrepo_postgres::items as sql;
 use sqlx::PgConnection;
 
-use super::{Item, ItemStatus, ROW_OVERHEAD_BYTES};
+use super::{Item, ItemStatus, ROW_OVERHEAD_BYTES, StreamRow};
 use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::tables::paging::Page;
@@ -24,9 +24,9 @@ fn item(row: sql::ItemRow) -> Result<Item> {
         .parse()
         .map_err(|err: Error| Error::Database(sqlx::Error::Decode(err.to_string().into())))?;
     Ok(Item {
+        data: super::data::read(row.id, &row.data)?,
         id: row.id,
         name: row.name,
-        data: row.data,
         status,
         created_at: row.created_at,
         updated_at: row.updated_at,
@@ -42,6 +42,21 @@ fn page(page: sql::ItemPage) -> Result<Page<Item>> {
         rows: items(page.rows)?,
         more: page.more,
     })
+}
+
+/// A page of a stream: each row read on its own, so one that cannot be read is its own error.
+fn stream_page(page: sql::ItemPage) -> Page<StreamRow> {
+    Page {
+        rows: page
+            .rows
+            .into_iter()
+            .map(|row| StreamRow {
+                id: row.id,
+                item: item(row),
+            })
+            .collect(),
+        more: page.more,
+    }
 }
 
 /// Ids from the JSON array the repository built before the call (SQLite's form).
@@ -102,8 +117,10 @@ pub(super) async fn select_page(
     from_id: i64,
     limit: i64,
     max_bytes: i64,
-) -> Result<Page<Item>> {
-    page(sql::select_page(conn, from_id, limit, max_bytes, ROW_OVERHEAD_BYTES).await?)
+) -> Result<Page<StreamRow>> {
+    Ok(stream_page(
+        sql::select_page(conn, from_id, limit, max_bytes, ROW_OVERHEAD_BYTES).await?,
+    ))
 }
 
 pub(super) async fn select_status_page(
