@@ -11,7 +11,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -21,7 +21,7 @@ use sqlrepo::{Db, DbOptions, Error, ItemPatch, Transfer};
 use crate::data::{MixedOp, Sizes};
 use crate::mixed::TaskTally;
 use crate::rusqlite_side::{connect, get_item, transfer, update_item_data};
-use crate::timing::Measured;
+use crate::timing::{Measured, Start};
 
 /// The numbers of concurrent callers each workload runs with.
 pub const CALLERS: [usize; 3] = [1, 16, 64];
@@ -145,7 +145,7 @@ pub type RoundResult = (Measured, TaskTally, Vec<Duration>);
 
 /// sqlrepo: one tokio task per caller, all on `db`.
 pub async fn run_sqlrepo(db: &Db, plans: &[Vec<MixedOp>]) -> anyhow::Result<RoundResult> {
-    let started = Instant::now();
+    let started = Start::now();
     let tasks: Vec<_> = plans
         .iter()
         .map(|ops| tokio::spawn(sqlrepo_caller(db.clone(), ops.clone())))
@@ -164,7 +164,7 @@ async fn sqlrepo_caller(db: Db, ops: Vec<MixedOp>) -> (TaskTally, Vec<Duration>)
     let mut tally = TaskTally::default();
     let mut latencies = Vec::with_capacity(ops.len());
     for op in &ops {
-        let started = Instant::now();
+        let started = Start::now();
         let outcome = match op {
             MixedOp::Get(id) => db.items().get(*id).await.map(|_| ()),
             MixedOp::Update(id, data) => {
@@ -204,7 +204,7 @@ pub fn run_rusqlite(path: &Path, plans: &[Vec<MixedOp>]) -> anyhow::Result<Round
             })
             .collect();
         ready.wait();
-        let started = Instant::now();
+        let started = Start::now();
         let results: Vec<_> = handles
             .into_iter()
             .map(|handle| handle.join().expect("a rusqlite caller panicked"))
@@ -235,7 +235,7 @@ fn rusqlite_caller(
     let mut tally = TaskTally::default();
     let mut latencies = Vec::with_capacity(ops.len());
     for op in ops {
-        let started = Instant::now();
+        let started = Start::now();
         let outcome = match op {
             MixedOp::Get(id) => get_item(&conn, *id).map(|_| ()),
             MixedOp::Update(id, data) => update_item_data(&conn, *id, data).map(|_| ()),

@@ -3,13 +3,12 @@
 //! (get, transfer, dashboard) are measured against it in alternating rounds.
 
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::ensure;
 use sqlx::{ConnectOptions, SqliteConnection};
 
 use crate::naive::{connect_options, select_item};
-use crate::timing::Measured;
+use crate::timing::{Measured, Start};
 
 pub struct Floor {
     conn: SqliteConnection,
@@ -27,7 +26,7 @@ impl Floor {
     }
 
     pub async fn get(&mut self, ids: &[i64]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         for &id in ids {
             ensure!(
                 select_item(&mut self.conn, id).await?.is_some(),

@@ -4,7 +4,7 @@
 //! seed's three queries concurrently. Every statement is a checked `sqlx` macro.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure};
 use futures_util::TryStreamExt;
@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use crate::data::{Inputs, MixedOp};
 use crate::mixed::TaskTally;
 use crate::rss::RssProbe;
-use crate::timing::Measured;
+use crate::timing::{Measured, Start};
 
 /// The pragmas every side uses, as sqlx options (the floor uses them too).
 pub fn connect_options(path: &Path) -> SqliteConnectOptions {
@@ -96,7 +96,7 @@ impl NaiveSide {
 
     /// An `INSERT` per row, each on a connection from the pool, no transaction.
     pub async fn insert_many(&self, items: &[NewItem]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         for item in items {
             let data = serde_json::to_string(&item.data)?;
             sqlx::query!(
@@ -121,7 +121,7 @@ impl NaiveSide {
     }
 
     pub async fn set_status_many(&self, ids: &[i64]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         let mut changed = 0;
         for id in ids {
             changed += sqlx::query!(
@@ -148,7 +148,7 @@ impl NaiveSide {
     }
 
     pub async fn get(&self, ids: &[i64]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         for &id in ids {
             ensure!(
                 select_item(&self.pool, id).await?.is_some(),
@@ -164,7 +164,7 @@ impl NaiveSide {
         batches: &[Vec<i64>],
         max_rows: usize,
     ) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         let mut rows = 0;
         'batches: for batch in batches {
             for &id in batch {
@@ -185,7 +185,7 @@ impl NaiveSide {
     pub async fn stream(&self, rows: usize) -> anyhow::Result<(Measured, f64)> {
         let limit = rows as i64;
         let mut probe = RssProbe::start();
-        let started = Instant::now();
+        let started = Start::now();
         let mut stream = sqlx::query_as!(
             ItemRow,
             r#"
@@ -221,7 +221,7 @@ impl NaiveSide {
     }
 
     pub async fn transfer(&self, transfers: &[Transfer]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         for t in transfers {
             transfer(&self.pool, std::slice::from_ref(t)).await?;
         }
@@ -230,7 +230,7 @@ impl NaiveSide {
 
     /// Each batch as one transaction, three statements per step; counts steps.
     pub async fn transfer_batch(&self, batches: &[Vec<Transfer>]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         let mut steps = 0;
         for batch in batches {
             transfer(&self.pool, batch).await?;
@@ -240,7 +240,7 @@ impl NaiveSide {
     }
 
     pub async fn dashboard(&self, user_ids: &[i64]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         for &user_id in user_ids {
             let dashboard = dashboard(&self.pool, user_id).await?;
             std::hint::black_box(&dashboard);
@@ -250,7 +250,7 @@ impl NaiveSide {
 
     /// One tokio task per plan, all on this pool.
     pub async fn mixed(&self, plan: &[Vec<MixedOp>]) -> anyhow::Result<(Measured, TaskTally)> {
-        let started = Instant::now();
+        let started = Start::now();
         let tasks: Vec<_> = plan
             .iter()
             .map(|ops| tokio::spawn(mixed_task(self.pool.clone(), ops.clone())))

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use rand::rngs::SmallRng;
@@ -22,7 +22,7 @@ use sqlrepo::{Db, ItemPatch, NewItem};
 use tokio::runtime::Runtime;
 
 use crate::data::item_range;
-use crate::timing::progress;
+use crate::timing::{Start, progress};
 
 /// How big and how long: 1M rows and 20 s of steady load in a full run.
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +76,7 @@ pub fn run(runtime: &Runtime, sizes: OperationSizes, dir: &Path) -> anyhow::Resu
 
     notes.push(runtime.block_on(backup_under_writes(&db, dir, sizes.rows, file_mib))?);
 
-    let started = Instant::now();
+    let started = Start::now();
     runtime.block_on(db.integrity_check())?;
     notes.push(format!(
         "integrity_check of the {} rows ({file_mib:.0} MiB): {:.0} ms",
@@ -120,7 +120,7 @@ async fn backup_under_writes(
                     data: Some(json!({"during": "backup", "n": writes})),
                     ..ItemPatch::default()
                 };
-                let started = Instant::now();
+                let started = Start::now();
                 db.items()
                     .update(rng.random_range(1..=rows as i64), &patch)
                     .await?;
@@ -133,7 +133,7 @@ async fn backup_under_writes(
     tokio::time::sleep(Duration::from_millis(50)).await;
     let target = dir.join("operations-backup.db");
     progress(format_args!("operations: backup_to with a writer going"));
-    let started = Instant::now();
+    let started = Start::now();
     db.backup_to(&target).await?;
     let took = started.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -169,7 +169,7 @@ async fn backup_under_writes(
 fn rusqlite_copies(path: &Path, dir: &Path) -> anyhow::Result<String> {
     let source = rusqlite::Connection::open(path)?;
     let vacuum_target = dir.join("rusqlite-vacuum.db");
-    let started = Instant::now();
+    let started = Start::now();
     source.execute(
         "VACUUM INTO ?1",
         [vacuum_target.to_str().context("utf-8 path")?],
@@ -177,7 +177,7 @@ fn rusqlite_copies(path: &Path, dir: &Path) -> anyhow::Result<String> {
     let vacuum = started.elapsed();
 
     let api_target = dir.join("rusqlite-backup-api.db");
-    let started = Instant::now();
+    let started = Start::now();
     {
         let mut target = rusqlite::Connection::open(&api_target)?;
         let backup = rusqlite::backup::Backup::new(&source, &mut target)?;
@@ -243,7 +243,7 @@ async fn steady_load(dir: &Path, run: Duration) -> anyhow::Result<String> {
         });
     }
     let wal = wal_of(&path);
-    let started = Instant::now();
+    let started = Start::now();
     while started.elapsed() < run {
         let size = std::fs::metadata(&wal).map_or(0, |meta| meta.len());
         largest_wal.fetch_max(size, Ordering::Relaxed);

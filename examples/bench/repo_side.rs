@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::pin::pin;
-use std::time::Instant;
 
 use anyhow::ensure;
 use futures_util::TryStreamExt;
@@ -12,7 +11,7 @@ use sqlrepo::{Db, Error, ItemPatch, ItemStatus, NewAccount, NewItem, Transfer};
 use crate::data::{Inputs, MixedOp};
 use crate::mixed::TaskTally;
 use crate::rss::RssProbe;
-use crate::timing::Measured;
+use crate::timing::{Measured, Start};
 
 /// The most rows one sqlrepo batch call takes (`sqlrepo::limits::MAX_BATCH_ROWS`).
 const BATCH_ROWS: usize = sqlrepo::limits::MAX_BATCH_ROWS;
@@ -40,7 +39,7 @@ impl RepoSide {
 
     /// One `insert_many` call per 100,000 items (a full run makes exactly one).
     pub async fn insert_many(&self, items: &[NewItem]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         let mut inserted = 0;
         for chunk in items.chunks(BATCH_ROWS) {
             inserted += self.db.items().insert_many(chunk).await?;
@@ -54,7 +53,7 @@ impl RepoSide {
     }
 
     pub async fn set_status_many(&self, ids: &[i64]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         let mut changed = 0;
         for chunk in ids.chunks(BATCH_ROWS) {
             changed += self
@@ -73,7 +72,7 @@ impl RepoSide {
 
     pub async fn get(&self, ids: &[i64]) -> anyhow::Result<Measured> {
         let items = self.db.items();
-        let started = Instant::now();
+        let started = Start::now();
         for &id in ids {
             ensure!(items.get(id).await?.is_some(), "item {id} missing");
         }
@@ -83,7 +82,7 @@ impl RepoSide {
     /// One `get_many` call per batch; counts rows.
     pub async fn get_many(&self, batches: &[Vec<i64>]) -> anyhow::Result<Measured> {
         let items = self.db.items();
-        let started = Instant::now();
+        let started = Start::now();
         let mut rows = 0;
         for batch in batches {
             let found = items.get_many(batch).await?;
@@ -96,7 +95,7 @@ impl RepoSide {
     /// `ItemRepo::stream` over the whole table; returns the time and the RSS growth in MiB.
     pub async fn stream(&self, expected_rows: usize) -> anyhow::Result<(Measured, f64)> {
         let mut probe = RssProbe::start();
-        let started = Instant::now();
+        let started = Start::now();
         let mut stream = pin!(self.db.items().stream());
         let mut count = 0;
         while let Some(item) = stream.try_next().await? {
@@ -122,7 +121,7 @@ impl RepoSide {
     /// One `ItemRepo::create` per item, each its own committed write.
     pub async fn create_each(&self, items: &[NewItem]) -> anyhow::Result<Measured> {
         let repo = self.db.items();
-        let started = Instant::now();
+        let started = Start::now();
         for item in items {
             repo.create(item).await?;
         }
@@ -131,7 +130,7 @@ impl RepoSide {
 
     pub async fn transfer(&self, transfers: &[Transfer]) -> anyhow::Result<Measured> {
         let accounts = self.db.accounts();
-        let started = Instant::now();
+        let started = Start::now();
         for t in transfers {
             accounts.transfer(t).await?;
         }
@@ -141,7 +140,7 @@ impl RepoSide {
     /// One `transfer_batch` call per batch; counts steps.
     pub async fn transfer_batch(&self, batches: &[Vec<Transfer>]) -> anyhow::Result<Measured> {
         let accounts = self.db.accounts();
-        let started = Instant::now();
+        let started = Start::now();
         let mut steps = 0;
         for batch in batches {
             accounts.transfer_batch(batch).await?;
@@ -151,7 +150,7 @@ impl RepoSide {
     }
 
     pub async fn dashboard(&self, user_ids: &[i64]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         for &user_id in user_ids {
             let dashboard = self.db.dashboard(user_id).await?;
             std::hint::black_box(&dashboard);
@@ -162,7 +161,7 @@ impl RepoSide {
     /// The seed's dashboard shape, measured against `Db::dashboard`'s one statement: the user,
     /// the recent orders and the stats as three queries run concurrently (three readers).
     pub async fn dashboard_three_queries(&self, user_ids: &[i64]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         for &user_id in user_ids {
             let (user, recent, stats) = tokio::join!(
                 self.db.users().get(user_id),
@@ -176,7 +175,7 @@ impl RepoSide {
 
     /// One tokio task per plan, all on this `Db`.
     pub async fn mixed(&self, plan: &[Vec<MixedOp>]) -> anyhow::Result<(Measured, TaskTally)> {
-        let started = Instant::now();
+        let started = Start::now();
         let tasks: Vec<_> = plan
             .iter()
             .map(|ops| tokio::spawn(mixed_task(self.db.clone(), ops.clone())))

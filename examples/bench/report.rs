@@ -78,6 +78,11 @@ impl Row {
             .map(|floor| self.sqlrepo.us_per_op() / floor.us_per_op())
     }
 
+    /// sqlrepo's CPU time per operation over `other`'s, when both were read.
+    pub fn cpu_ratio(&self, other: Option<&Measured>) -> Option<f64> {
+        Some(self.sqlrepo.cpu_us_per_op()? / other?.cpu_us_per_op()?)
+    }
+
     fn target_text(&self) -> String {
         let ratio = match self.target {
             Target::Rusqlite(max) => format!("≤ {max:.1}x rusqlite"),
@@ -120,6 +125,12 @@ pub fn format_us(value: f64) -> String {
     } else {
         format!("{value:.3}")
     }
+}
+
+fn cpu_us(measured: Option<&Measured>) -> String {
+    measured
+        .and_then(Measured::cpu_us_per_op)
+        .map_or_else(|| "–".to_owned(), format_us)
 }
 
 fn times(ratio: Option<f64>) -> String {
@@ -189,6 +200,28 @@ pub fn print_table(rows: &[Row], notes: &[String]) {
             );
         }
     }
+    let cpu: Vec<&Row> = rows
+        .iter()
+        .filter(|row| row.sqlrepo.cpu_us_per_op().is_some())
+        .collect();
+    if !cpu.is_empty() {
+        println!();
+        println!(
+            "| CPU per operation (every thread) | sqlrepo CPU µs | rusqlite CPU µs | floor CPU µs | sqlrepo / rusqlite (CPU) | sqlrepo / floor (CPU) |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|");
+        for row in cpu {
+            println!(
+                "| {} | {} | {} | {} | {} | {} |",
+                row.name,
+                cpu_us(Some(&row.sqlrepo)),
+                cpu_us(row.rusqlite.as_ref()),
+                cpu_us(row.floor.as_ref()),
+                times(row.cpu_ratio(row.rusqlite.as_ref())),
+                times(row.cpu_ratio(row.floor.as_ref())),
+            );
+        }
+    }
     println!();
     for note in notes {
         println!("- {note}");
@@ -225,6 +258,9 @@ struct JsonRow<'a> {
     sqlrepo_p99_us: Option<f64>,
     rusqlite_p50_us: Option<f64>,
     rusqlite_p99_us: Option<f64>,
+    sqlrepo_cpu_us: Option<f64>,
+    rusqlite_cpu_us: Option<f64>,
+    floor_cpu_us: Option<f64>,
 }
 
 /// Writes the results as JSON to `path`.
@@ -258,6 +294,9 @@ pub fn write_json(path: &Path, rows: &[Row], notes: &[String]) -> anyhow::Result
                 sqlrepo_p99_us: row.concurrent.map(|c| c.sqlrepo.p99_us),
                 rusqlite_p50_us: row.concurrent.map(|c| c.rusqlite.p50_us),
                 rusqlite_p99_us: row.concurrent.map(|c| c.rusqlite.p99_us),
+                sqlrepo_cpu_us: row.sqlrepo.cpu_us_per_op(),
+                rusqlite_cpu_us: row.rusqlite.as_ref().and_then(Measured::cpu_us_per_op),
+                floor_cpu_us: row.floor.as_ref().and_then(Measured::cpu_us_per_op),
             })
             .collect(),
         notes,

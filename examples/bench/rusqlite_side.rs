@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
@@ -21,7 +21,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::data::{Inputs, MixedOp};
 use crate::mixed::TaskTally;
 use crate::rss::RssProbe;
-use crate::timing::Measured;
+use crate::timing::{Measured, Start};
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -161,7 +161,7 @@ impl RusqliteSide {
 
     /// A prepared `INSERT` per row inside one `BEGIN IMMEDIATE` transaction.
     pub fn insert_many(&mut self, items: &[NewItem]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -179,7 +179,7 @@ impl RusqliteSide {
 
     /// A prepared `UPDATE` per id inside one transaction, counting rows really changed.
     pub fn set_status_many(&mut self, ids: &[i64]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -205,7 +205,7 @@ impl RusqliteSide {
     }
 
     pub fn get(&mut self, ids: &[i64]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         for &id in ids {
             ensure!(get_item(&self.conn, id)?.is_some(), "item {id} missing");
         }
@@ -215,7 +215,7 @@ impl RusqliteSide {
     /// The rusqlite way to fetch a set of ids: a cached point get per id (in-process, each one
     /// is cheap). Counts rows.
     pub fn get_many(&mut self, batches: &[Vec<i64>]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         let mut rows = 0;
         for batch in batches {
             let mut items = Vec::with_capacity(batch.len());
@@ -236,7 +236,7 @@ impl RusqliteSide {
     /// Every item in id order, decoded one by one; returns the time and the RSS growth in MiB.
     pub fn stream(&mut self, expected_rows: usize) -> anyhow::Result<(Measured, f64)> {
         let mut probe = RssProbe::start();
-        let started = Instant::now();
+        let started = Start::now();
         let mut statement = self.conn.prepare(
             "SELECT id, name, data, status, created_at, updated_at FROM items ORDER BY id",
         )?;
@@ -283,7 +283,7 @@ impl RusqliteSide {
 
     /// A prepared `INSERT` per item in autocommit mode: each row its own committed write.
     pub fn create_each(&mut self, items: &[NewItem]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         let mut insert = self
             .conn
             .prepare_cached("INSERT INTO items (name, data, status) VALUES (?1, ?2, ?3)")?;
@@ -295,7 +295,7 @@ impl RusqliteSide {
     }
 
     pub fn transfer(&mut self, transfers: &[Transfer]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         for t in transfers {
             transfer(&mut self.conn, t)?;
         }
@@ -304,7 +304,7 @@ impl RusqliteSide {
 
     /// Each batch in one `BEGIN IMMEDIATE` transaction, checked step by step. Counts steps.
     pub fn transfer_batch(&mut self, batches: &[Vec<Transfer>]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         let mut steps = 0;
         for batch in batches {
             let tx = self
@@ -320,7 +320,7 @@ impl RusqliteSide {
     }
 
     pub fn dashboard(&mut self, user_ids: &[i64]) -> anyhow::Result<Measured> {
-        let started = Instant::now();
+        let started = Start::now();
         for &user_id in user_ids {
             let dashboard = self.read_dashboard(user_id)?;
             std::hint::black_box(&dashboard);
@@ -386,7 +386,7 @@ impl RusqliteSide {
     /// One OS thread per task, each with its own connection (the way rusqlite is shared).
     pub fn mixed(&self, plan: &[Vec<MixedOp>]) -> anyhow::Result<(Measured, TaskTally)> {
         let path = self.path.as_path();
-        let started = Instant::now();
+        let started = Start::now();
         let tallies = std::thread::scope(|scope| {
             let handles: Vec<_> = plan
                 .iter()

@@ -4,6 +4,48 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// When a side's timed work began: the wall clock and the process's CPU time (every thread:
+/// the caller's, sqlx's worker, tokio's), so that CPU time per operation can stand beside wall
+/// time. Wall time moves with how fast the machine wakes a sleeping thread; CPU time does not.
+#[derive(Debug, Clone, Copy)]
+pub struct Start {
+    at: Instant,
+    cpu: Option<Duration>,
+}
+
+impl Start {
+    /// Now, with the process's CPU time so far.
+    pub fn now() -> Start {
+        Start {
+            cpu: process_cpu(),
+            at: Instant::now(),
+        }
+    }
+
+    /// The wall time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.at.elapsed()
+    }
+}
+
+/// A bare `Instant` is a start with no CPU reading (the rows that do not report CPU time).
+impl From<Instant> for Start {
+    fn from(at: Instant) -> Start {
+        Start { at, cpu: None }
+    }
+}
+
+/// CPU time used by every thread of this process so far (`CLOCK_PROCESS_CPUTIME_ID`).
+fn process_cpu() -> Option<Duration> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `now`.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    (status == 0).then(|| Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
+}
+
 /// Work done by one side: how many operations (rows, gets, steps …) in how long. A workload run
 /// in rounds keeps each round's figure, and then reports their median: other processes on a
 /// shared machine come in bursts, and a burst should spoil one round, not the result.
@@ -11,18 +53,33 @@ use std::time::{Duration, Instant};
 pub struct Measured {
     pub ops: usize,
     pub elapsed: Duration,
+    /// The process's CPU time over the same work, when its start was read (see [`Start`]).
+    pub cpu: Option<Duration>,
     /// µs per operation of each round added with `+=`.
     rounds: Vec<f64>,
 }
 
 impl Measured {
-    /// Times `ops` operations that finished `started` ago.
-    pub fn since(started: Instant, ops: usize) -> Self {
+    /// Times `ops` operations that finished `started` ago (a [`Start`] also gives CPU time).
+    pub fn since(started: impl Into<Start>, ops: usize) -> Self {
+        let started = started.into();
+        let cpu = started
+            .cpu
+            .zip(process_cpu())
+            .map(|(before, after)| after.saturating_sub(before));
         Measured {
             ops,
             elapsed: started.elapsed(),
+            cpu,
             rounds: Vec::new(),
         }
+    }
+
+    /// CPU microseconds per operation, every thread of the process counted (the mean over all
+    /// rounds), when the work was timed from a [`Start`].
+    pub fn cpu_us_per_op(&self) -> Option<f64> {
+        self.cpu
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64)
     }
 
     /// Microseconds per operation: the median of the rounds when there are at least three,
@@ -51,12 +108,18 @@ impl Measured {
     }
 }
 
-/// Adds one round.
+/// Adds one round. CPU time stays known only while every round brought it.
 impl std::ops::AddAssign for Measured {
     fn add_assign(&mut self, round: Measured) {
+        let first = self.ops == 0 && self.rounds.is_empty();
         if round.ops > 0 {
             self.rounds.push(round.mean_us_per_op());
         }
+        self.cpu = if first {
+            round.cpu
+        } else {
+            self.cpu.zip(round.cpu).map(|(sum, more)| sum + more)
+        };
         self.ops += round.ops;
         self.elapsed += round.elapsed;
     }
