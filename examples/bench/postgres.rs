@@ -549,11 +549,11 @@ impl PgBench<'_> {
             // A Db of its own, closed before counting: a session's last statistics reach the
             // server's counters when it ends.
             let replicated = Db::connect_replicated(&self.url, &[replica_url.as_str()]).await?;
-            let before = replica_transactions(&replica_url).await?;
+            let before = replica_item_scans(&replica_url).await?;
             gets_while_writing(&replicated, ids, period).await?;
             replicated.close().await;
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let served = replica_transactions(&replica_url).await? - before;
+            let served = replica_item_scans(&replica_url).await? - before;
             let share = 100.0 * served.max(0) as f64 / ids.len() as f64;
             progress(format_args!(
                 "pg replica share under writes: one write per {period:?}: {served} of {} gets on the replica ({share:.0} %)",
@@ -603,13 +603,9 @@ async fn gets_while_writing(db: &Db, ids: &[i64], period: Duration) -> anyhow::R
 
 /// Scans of `items` the replica ran (a standby counts its own): one per get it served; the
 /// routing's own questions to the replica read no table.
-async fn replica_transactions(replica_url: &str) -> anyhow::Result<i64> {
+async fn replica_item_scans(replica_url: &str) -> anyhow::Result<i64> {
     let mut conn = PgConnection::connect(replica_url).await?;
-    let count: i64 = sqlx::query_scalar(
-        "SELECT coalesce(sum(coalesce(idx_scan, 0) + seq_scan), 0)::bigint FROM pg_stat_user_tables WHERE relname = 'items'",
-    )
-    .fetch_one(&mut conn)
-    .await?;
+    let count = sqlrepo_postgres::replication::item_scans(&mut conn).await?;
     conn.close().await?;
     Ok(count)
 }
