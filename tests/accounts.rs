@@ -5,29 +5,15 @@ mod common;
 use std::collections::HashMap;
 
 use common::backend::LedgerRow;
-use common::{TestDb, backend_test, fresh_db, raw};
+use common::{TestDb, backend_test, balance, fresh_db, open_account, raw};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use sqlrepo::{Db, Error, NewAccount, Transfer, TransferOutcome};
-
-async fn open(db: &Db, balance_cents: i64) -> i64 {
-    db.accounts()
-        .open(&NewAccount {
-            user_id: None,
-            balance_cents,
-        })
-        .await
-        .unwrap()
-}
-
-async fn balance(db: &Db, id: i64) -> i64 {
-    db.accounts().get(id).await.unwrap().unwrap().balance_cents
-}
+use sqlrepo::{Error, NewAccount, Transfer, TransferOutcome};
 
 backend_test!(a_transfer_moves_money_and_writes_one_ledger_row);
 async fn a_transfer_moves_money_and_writes_one_ledger_row(db: TestDb) {
-    let a = open(&db, 1_000).await;
-    let b = open(&db, 0).await;
+    let a = open_account(&db, 1_000).await;
+    let b = open_account(&db, 0).await;
     db.accounts()
         .transfer(&Transfer::new(a, b, 300))
         .await
@@ -47,7 +33,7 @@ async fn a_transfer_moves_money_and_writes_one_ledger_row(db: TestDb) {
 
 backend_test!(a_transfer_to_a_missing_account_moves_nothing);
 async fn a_transfer_to_a_missing_account_moves_nothing(db: TestDb) {
-    let a = open(&db, 1_000).await;
+    let a = open_account(&db, 1_000).await;
     let before = db.snapshot().await;
     let err = db
         .accounts()
@@ -85,8 +71,8 @@ async fn a_transfer_to_a_missing_account_moves_nothing(db: TestDb) {
 
 backend_test!(an_overdraft_is_insufficient_funds_with_the_balance_seen);
 async fn an_overdraft_is_insufficient_funds_with_the_balance_seen(db: TestDb) {
-    let a = open(&db, 500).await;
-    let b = open(&db, 0).await;
+    let a = open_account(&db, 500).await;
+    let b = open_account(&db, 0).await;
     let before = db.snapshot().await;
     let err = db
         .accounts()
@@ -116,10 +102,10 @@ backend_test!(a_refusal_names_the_same_cause_whichever_account_has_the_larger_id
 /// order, so for a source with the larger id it credits first: its credit is guarded, so that
 /// an overflow there cannot be reported before the source's own refusal.)
 async fn a_refusal_names_the_same_cause_whichever_account_has_the_larger_id(db: TestDb) {
-    let full = open(&db, 0).await;
+    let full = open_account(&db, 0).await;
     db.accounts().deposit(full, i64::MAX - 5).await.unwrap();
-    let poor = open(&db, 10).await;
-    let rich = open(&db, 1_000).await;
+    let poor = open_account(&db, 10).await;
+    let rich = open_account(&db, 1_000).await;
     assert!(full < poor && poor < rich, "ids rise in opening order");
     let missing = rich + 1_000_000;
     let before = (
@@ -168,8 +154,8 @@ async fn a_refusal_names_the_same_cause_whichever_account_has_the_larger_id(db: 
 
 backend_test!(self_transfers_and_non_positive_amounts_are_invalid_input);
 async fn self_transfers_and_non_positive_amounts_are_invalid_input(db: TestDb) {
-    let a = open(&db, 500).await;
-    let b = open(&db, 0).await;
+    let a = open_account(&db, 500).await;
+    let b = open_account(&db, 0).await;
     let before = db.snapshot().await;
     for t in [
         Transfer::new(a, a, 1),
@@ -186,8 +172,8 @@ async fn self_transfers_and_non_positive_amounts_are_invalid_input(db: TestDb) {
 
 backend_test!(the_same_key_twice_moves_money_once);
 async fn the_same_key_twice_moves_money_once(db: TestDb) {
-    let a = open(&db, 1_000).await;
-    let b = open(&db, 0).await;
+    let a = open_account(&db, 1_000).await;
+    let b = open_account(&db, 0).await;
     let t = Transfer::new(a, b, 400).with_key("invoice-7");
     assert_eq!(
         db.accounts().transfer_with_outcome(&t).await.unwrap(),
@@ -210,9 +196,9 @@ async fn the_same_key_twice_moves_money_once(db: TestDb) {
 
 backend_test!(the_same_key_with_other_parameters_is_duplicate_even_if_unaffordable);
 async fn the_same_key_with_other_parameters_is_duplicate_even_if_unaffordable(db: TestDb) {
-    let a = open(&db, 1_000).await;
-    let b = open(&db, 0).await;
-    let c = open(&db, 0).await;
+    let a = open_account(&db, 1_000).await;
+    let b = open_account(&db, 0).await;
+    let c = open_account(&db, 0).await;
     db.accounts()
         .transfer(&Transfer::new(a, b, 400).with_key("k"))
         .await
@@ -235,9 +221,9 @@ async fn the_same_key_with_other_parameters_is_duplicate_even_if_unaffordable(db
 
 backend_test!(a_batch_whose_third_step_overdraws_leaves_everything_as_before);
 async fn a_batch_whose_third_step_overdraws_leaves_everything_as_before(db: TestDb) {
-    let a = open(&db, 100).await;
-    let b = open(&db, 0).await;
-    let c = open(&db, 0).await;
+    let a = open_account(&db, 100).await;
+    let b = open_account(&db, 0).await;
+    let c = open_account(&db, 0).await;
     let before = db.snapshot().await;
     let batch = [
         Transfer::new(a, b, 60),
@@ -255,9 +241,9 @@ async fn a_batch_whose_third_step_overdraws_leaves_everything_as_before(db: Test
 
 backend_test!(a_batch_valid_only_in_order_succeeds_and_reordered_fails);
 async fn a_batch_valid_only_in_order_succeeds_and_reordered_fails(db: TestDb) {
-    let a = open(&db, 100).await;
-    let b = open(&db, 0).await;
-    let c = open(&db, 0).await;
+    let a = open_account(&db, 100).await;
+    let b = open_account(&db, 0).await;
+    let c = open_account(&db, 0).await;
     // b and c start empty: each step spends what the step before delivered.
     let in_order = [
         Transfer::new(a, b, 100),
@@ -290,8 +276,8 @@ async fn a_batch_valid_only_in_order_succeeds_and_reordered_fails(db: TestDb) {
 
 backend_test!(a_batch_with_a_missing_account_names_it_and_moves_nothing);
 async fn a_batch_with_a_missing_account_names_it_and_moves_nothing(db: TestDb) {
-    let a = open(&db, 100).await;
-    let b = open(&db, 0).await;
+    let a = open_account(&db, 100).await;
+    let b = open_account(&db, 0).await;
     let before = db.snapshot().await;
     let batch = [Transfer::new(a, b, 10), Transfer::new(b, 404, 5)];
     let err = db.accounts().transfer_batch(&batch).await.unwrap_err();
@@ -310,8 +296,8 @@ async fn a_batch_with_a_missing_account_names_it_and_moves_nothing(db: TestDb) {
 
 backend_test!(keys_inside_a_batch_follow_the_replay_rule);
 async fn keys_inside_a_batch_follow_the_replay_rule(db: TestDb) {
-    let a = open(&db, 1_000).await;
-    let b = open(&db, 0).await;
+    let a = open_account(&db, 1_000).await;
+    let b = open_account(&db, 0).await;
     db.accounts()
         .transfer(&Transfer::new(a, b, 100).with_key("landed"))
         .await
@@ -357,8 +343,8 @@ async fn keys_inside_a_batch_follow_the_replay_rule(db: TestDb) {
 
 backend_test!(invalid_steps_are_named_and_empty_batches_are_ok);
 async fn invalid_steps_are_named_and_empty_batches_are_ok(db: TestDb) {
-    let a = open(&db, 100).await;
-    let b = open(&db, 0).await;
+    let a = open_account(&db, 100).await;
+    let b = open_account(&db, 0).await;
     db.accounts().transfer_batch(&[]).await.unwrap();
     let err = db
         .accounts()
@@ -374,7 +360,7 @@ async fn invalid_steps_are_named_and_empty_batches_are_ok(db: TestDb) {
 
 backend_test!(deposits_are_checked_recorded_and_return_the_new_balance);
 async fn deposits_are_checked_recorded_and_return_the_new_balance(db: TestDb) {
-    let a = open(&db, 100).await;
+    let a = open_account(&db, 100).await;
     assert_eq!(db.accounts().deposit(a, 50).await.unwrap(), 150);
     assert_eq!(balance(&db, a).await, 150);
     assert_eq!(
@@ -407,8 +393,8 @@ async fn deposits_are_checked_recorded_and_return_the_new_balance(db: TestDb) {
 
 backend_test!(a_credit_that_would_overflow_is_invalid_input);
 async fn a_credit_that_would_overflow_is_invalid_input(db: TestDb) {
-    let rich = open(&db, i64::MAX).await;
-    let a = open(&db, 10).await;
+    let rich = open_account(&db, i64::MAX).await;
+    let a = open_account(&db, 10).await;
     let before = db.snapshot().await;
     let err = db
         .accounts()
@@ -460,7 +446,7 @@ async fn the_bank_test_conserves_money_under_concurrent_valid_and_invalid_transf
 
     let mut opening = HashMap::new();
     for i in 0..ACCOUNTS {
-        let id = open(&db, 10_000 + i * 100).await;
+        let id = open_account(&db, 10_000 + i * 100).await;
         opening.insert(id, 10_000 + i * 100);
     }
     let start_total: i64 = opening.values().sum();
@@ -574,8 +560,8 @@ async fn the_bank_test_conserves_money_under_concurrent_valid_and_invalid_transf
 
 backend_test!(a_total_balance_past_i64_is_overflow_not_a_wrong_number_nor_the_callers_fault);
 async fn a_total_balance_past_i64_is_overflow_not_a_wrong_number_nor_the_callers_fault(db: TestDb) {
-    open(&db, i64::MAX).await;
-    open(&db, 1).await;
+    open_account(&db, i64::MAX).await;
+    open_account(&db, 1).await;
     let err = db.accounts().total_balance().await.unwrap_err();
     // Stored data overflows, not input: InvalidInput would tell a service to answer 422.
     assert!(matches!(err, Error::Overflow(_)), "{err:?}");
@@ -590,9 +576,9 @@ backend_test!(every_balance_can_be_rebuilt_from_the_ledger_after_opens_deposits_
 async fn every_balance_can_be_rebuilt_from_the_ledger_after_opens_deposits_and_transfers(
     db: TestDb,
 ) {
-    let a = open(&db, 500).await;
-    let b = open(&db, 0).await;
-    let c = open(&db, 1_250).await;
+    let a = open_account(&db, 500).await;
+    let b = open_account(&db, 0).await;
+    let c = open_account(&db, 1_250).await;
     db.accounts().deposit(b, 75).await.unwrap();
     db.accounts()
         .transfer(&Transfer::new(a, b, 200))
@@ -608,8 +594,8 @@ async fn every_balance_can_be_rebuilt_from_the_ledger_after_opens_deposits_and_t
 
 backend_test!(an_opening_balance_is_one_ledger_row_from_no_account_and_is_credited_once);
 async fn an_opening_balance_is_one_ledger_row_from_no_account_and_is_credited_once(db: TestDb) {
-    let a = open(&db, 500).await;
-    let empty = open(&db, 0).await;
+    let a = open_account(&db, 500).await;
+    let empty = open_account(&db, 0).await;
     assert_eq!(balance(&db, a).await, 500);
     assert_eq!(balance(&db, empty).await, 0);
     assert_eq!(db.accounts().total_balance().await.unwrap(), 500);
@@ -661,7 +647,7 @@ async fn a_failed_open_writes_no_ledger_row(db: TestDb) {
 
 backend_test!(a_deposit_returns_exactly_the_balance_it_stored);
 async fn a_deposit_returns_exactly_the_balance_it_stored(db: TestDb) {
-    let a = open(&db, 40).await;
+    let a = open_account(&db, 40).await;
     for (amount, expected) in [(1, 41), (59, 100), (1_000_000, 1_000_100)] {
         assert_eq!(db.accounts().deposit(a, amount).await.unwrap(), expected);
         assert_eq!(balance(&db, a).await, expected);
@@ -671,12 +657,12 @@ async fn a_deposit_returns_exactly_the_balance_it_stored(db: TestDb) {
 
 backend_test!(open_returns_the_new_accounts_id_not_its_opening_ledger_rows);
 async fn open_returns_the_new_accounts_id_not_its_opening_ledger_rows(db: TestDb) {
-    let a = open(&db, 0).await;
+    let a = open_account(&db, 0).await;
     for _ in 0..3 {
         db.accounts().deposit(a, 5).await.unwrap();
     }
     // The opening row written inside this INSERT is ledger row 4; the account is 2.
-    let b = open(&db, 500).await;
+    let b = open_account(&db, 500).await;
     assert_eq!(b, a + 1);
     assert_eq!(balance(&db, b).await, 500);
     balances_and_ledger(&db, &[(a, 15, 15), (b, 500, 500)]).await;
@@ -709,11 +695,11 @@ async fn concurrent_transfers_each_get_exactly_their_own_outcome_and_money_is_co
     let mut sinks = Vec::new();
     let mut poor = Vec::new();
     for _ in 0..8 {
-        rich.push(open(&db, 1_000_000).await);
-        sinks.push(open(&db, 0).await);
+        rich.push(open_account(&db, 1_000_000).await);
+        sinks.push(open_account(&db, 0).await);
     }
     for _ in 0..4 {
-        poor.push(open(&db, 0).await);
+        poor.push(open_account(&db, 0).await);
     }
     let start_total = db.accounts().total_balance().await.unwrap();
     // Keys that landed before the concurrent part: replayed exactly, or reused with another

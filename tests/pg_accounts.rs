@@ -9,8 +9,9 @@ mod common;
 use std::sync::Arc;
 
 use common::backend::{Backend, PgDatabase, pg};
+use common::{balance, open_account};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-use sqlrepo::{Db, Error, NewAccount, Transfer, TransferOutcome};
+use sqlrepo::{Db, Error, Transfer, TransferOutcome};
 use sqlx::{Connection, PgConnection};
 
 /// A fresh, migrated database on the test server, its URL for raw inspection, and the guard
@@ -19,20 +20,6 @@ async fn fresh_db() -> Option<(Db, String, PgDatabase)> {
     let database = pg::create(Backend::Postgres).await?;
     let db = Db::connect(&database.url).await.unwrap();
     Some((db, database.url.clone(), database))
-}
-
-async fn open(db: &Db, balance_cents: i64) -> i64 {
-    db.accounts()
-        .open(&NewAccount {
-            user_id: None,
-            balance_cents,
-        })
-        .await
-        .unwrap()
-}
-
-async fn balance(db: &Db, id: i64) -> i64 {
-    db.accounts().get(id).await.unwrap().unwrap().balance_cents
 }
 
 /// Every balance and every ledger row, to compare before and after a refusal. Read with
@@ -77,8 +64,8 @@ async fn open_deposit_and_transfer_move_money_through_the_ledger() {
     let Some((db, url, _database)) = fresh_db().await else {
         return;
     };
-    let a = open(&db, 1_000).await;
-    let b = open(&db, 0).await;
+    let a = open_account(&db, 1_000).await;
+    let b = open_account(&db, 0).await;
     let account = db.accounts().get(a).await.unwrap().unwrap();
     assert_eq!(
         (account.id, account.user_id, account.balance_cents),
@@ -117,8 +104,8 @@ async fn a_key_lands_once_and_another_movement_under_it_is_duplicate_even_if_una
     let Some((db, url, _database)) = fresh_db().await else {
         return;
     };
-    let a = open(&db, 1_000).await;
-    let b = open(&db, 0).await;
+    let a = open_account(&db, 1_000).await;
+    let b = open_account(&db, 0).await;
     let t = Transfer::new(a, b, 400).with_key("invoice-7");
     let accounts = db.accounts();
     assert_eq!(
@@ -148,9 +135,9 @@ async fn refusals_name_their_cause_and_move_nothing() {
     let Some((db, url, _database)) = fresh_db().await else {
         return;
     };
-    let a = open(&db, 300).await;
-    let b = open(&db, 0).await;
-    let rich = open(&db, i64::MAX).await;
+    let a = open_account(&db, 300).await;
+    let b = open_account(&db, 0).await;
+    let rich = open_account(&db, i64::MAX).await;
     let before = snapshot(&url).await;
     let accounts = db.accounts();
 
@@ -214,9 +201,9 @@ async fn a_batch_applies_in_order_all_or_nothing() {
     let Some((db, url, _database)) = fresh_db().await else {
         return;
     };
-    let a = open(&db, 100).await;
-    let b = open(&db, 0).await;
-    let c = open(&db, 0).await;
+    let a = open_account(&db, 100).await;
+    let b = open_account(&db, 0).await;
+    let c = open_account(&db, 0).await;
     let accounts = db.accounts();
 
     // Valid only in this order: b and c are paid before they pay.
@@ -276,8 +263,8 @@ async fn keys_in_a_batch_follow_the_replay_rule() {
     let Some((db, url, _database)) = fresh_db().await else {
         return;
     };
-    let a = open(&db, 100).await;
-    let b = open(&db, 0).await;
+    let a = open_account(&db, 100).await;
+    let b = open_account(&db, 0).await;
     let accounts = db.accounts();
     accounts
         .transfer(&Transfer::new(a, b, 30).with_key("k1"))
@@ -314,8 +301,8 @@ async fn inside_a_tx_a_refused_transfer_undoes_only_itself() {
     let Some((db, url, _database)) = fresh_db().await else {
         return;
     };
-    let a = open(&db, 100).await;
-    let b = open(&db, 0).await;
+    let a = open_account(&db, 100).await;
+    let b = open_account(&db, 0).await;
     let tx = db.begin().await.unwrap();
     tx.accounts()
         .transfer(&Transfer::new(a, b, 40).with_key("t1"))
@@ -352,8 +339,8 @@ async fn concurrent_twins_of_a_key_land_once_and_the_other_is_a_replay() {
     let Some((db, _url, _database)) = fresh_db().await else {
         return;
     };
-    let a = open(&db, 1_000).await;
-    let b = open(&db, 0).await;
+    let a = open_account(&db, 1_000).await;
+    let b = open_account(&db, 0).await;
     for round in 0..20 {
         let t = Transfer::new(a, b, 1).with_key(format!("twin-{round}"));
         let (first, second) = tokio::join!(
@@ -383,7 +370,7 @@ async fn money_is_conserved_and_nothing_deadlocks_under_16_concurrent_tasks() {
     };
     let mut ids = Vec::new();
     for _ in 0..8 {
-        ids.push(open(&db, 1_000).await);
+        ids.push(open_account(&db, 1_000).await);
     }
     let ids = Arc::new(ids);
     let mut tasks = Vec::new();
@@ -500,8 +487,8 @@ async fn a_key_that_lands_while_a_transfer_waits_makes_it_a_duplicate_not_short(
         return;
     };
     for round in 0..100 {
-        let a = open(&db, 700).await;
-        let b = open(&db, 2_358).await;
+        let a = open_account(&db, 700).await;
+        let b = open_account(&db, 2_358).await;
         let key = format!("race-{round}");
         let accounts = db.accounts();
         let (first, middle, last) = tokio::join!(
@@ -540,10 +527,10 @@ async fn a_key_that_lands_while_a_batch_or_transfer_waits_makes_it_a_duplicate_n
         return;
     };
     for round in 0..5 {
-        let a = open(&db, 700).await;
-        let b = open(&db, 2_358).await;
-        let c = open(&db, 10).await;
-        let d = open(&db, 0).await;
+        let a = open_account(&db, 700).await;
+        let b = open_account(&db, 2_358).await;
+        let c = open_account(&db, 10).await;
+        let d = open_account(&db, 0).await;
         let key = format!("batch-race-{round}");
         let holder = db.begin().await.unwrap();
         holder
@@ -595,8 +582,8 @@ async fn a_key_that_lands_while_a_tx_transfer_waits_makes_it_a_duplicate_not_sho
         return;
     };
     for round in 0..100 {
-        let a = open(&db, 700).await;
-        let b = open(&db, 2_358).await;
+        let a = open_account(&db, 700).await;
+        let b = open_account(&db, 2_358).await;
         let key = format!("tx-race-{round}");
         let tx = db.begin().await.unwrap();
         let in_tx = Transfer::new(b, a, 2_782).with_key(key.clone());

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::backend::{Backend, PgDatabase, pg};
-use sqlrepo::{Db, DbOptions, Error, NewAccount, Transfer};
+use common::open_account;
+use sqlrepo::{Db, DbOptions, Error, Transfer};
 use sqlx::{Connection, PgConnection};
 
 /// A fresh database on the test server; fails the test when there is none.
@@ -24,16 +25,6 @@ async fn database() -> PgDatabase {
         "this test needs a PostgreSQL server: set SQLREPO_PG_URL (`.ci/pg-cluster start DIR PORT` \
          prints it)",
     )
-}
-
-async fn open(db: &Db, balance_cents: i64) -> i64 {
-    db.accounts()
-        .open(&NewAccount {
-            user_id: None,
-            balance_cents,
-        })
-        .await
-        .unwrap()
 }
 
 /// Another program's session holding account `id`'s row lock (`SELECT … FOR UPDATE` in an open
@@ -118,10 +109,10 @@ async fn transfers_given_up_behind_a_strangers_lock_are_cancelled_and_free_their
     let database = database().await;
     let url = &database.url;
     let db = Db::connect(url).await.unwrap();
-    let a = open(&db, 10_000).await;
-    let b = open(&db, 0).await;
-    let c = open(&db, 500).await;
-    let unrelated = open(&db, 700).await;
+    let a = open_account(&db, 10_000).await;
+    let b = open_account(&db, 0).await;
+    let c = open_account(&db, 500).await;
+    let unrelated = open_account(&db, 700).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let prober = probe(&db, unrelated, 700, stop.clone());
@@ -221,20 +212,18 @@ async fn transfers_given_up_behind_a_strangers_lock_are_cancelled_and_free_their
     db.close().await;
 }
 
-#[tokio::test]
-#[ignore = "needs PostgreSQL (SQLREPO_PG_URL); run with -- --include-ignored"]
-async fn a_statement_past_statement_timeout_is_cancelled_retryable_and_stores_nothing() {
+/// A transfer tried under `options` while another session holds its source account's lock:
+/// returns how it was refused and how long the refusal took. It must store nothing (checked
+/// once the lock is gone and anything still waiting would have landed), and the same transfer
+/// retried unchanged then lands -- what a retryable error promises its caller.
+async fn refused_while_locked_then_retried(options: DbOptions) -> (Error, Duration) {
     let database = database().await;
     let url = &database.url;
-    // No lock limit: the statement limit is what stops the wait.
-    let options = DbOptions::new("")
-        .statement_timeout(Duration::from_millis(300))
-        .lock_timeout(Duration::ZERO);
-    let db = Db::connect_replicated_with(url, &[], options.clone())
+    let db = Db::connect_replicated_with(url, &[], options)
         .await
         .unwrap();
-    let a = open(&db, 1_000).await;
-    let b = open(&db, 0).await;
+    let a = open_account(&db, 1_000).await;
+    let b = open_account(&db, 0).await;
     let before = stored(url).await;
 
     let locker = lock_account(url, a).await;
@@ -244,22 +233,15 @@ async fn a_statement_past_statement_timeout_is_cancelled_retryable_and_stores_no
         .transfer(&Transfer::new(a, b, 100))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Cancelled(_)), "{err:?}");
-    assert!(err.is_retryable());
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    let took = started.elapsed();
     release(locker).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         stored(url).await,
         before,
-        "the cancelled transfer stored something"
+        "the refused transfer stored something ({err:?})"
     );
 
-    // Retried unchanged once the lock is gone, it lands.
     db.accounts()
         .transfer(&Transfer::new(a, b, 100))
         .await
@@ -268,41 +250,29 @@ async fn a_statement_past_statement_timeout_is_cancelled_retryable_and_stores_no
     assert_eq!(balances, vec![(a, 900), (b, 100)]);
     assert_eq!(ledger, vec![(Some(a), b, 100)]);
     db.close().await;
+    (err, took)
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL (SQLREPO_PG_URL); run with -- --include-ignored"]
+async fn a_statement_past_statement_timeout_is_cancelled_retryable_and_stores_nothing() {
+    // No lock limit: the statement limit is what stops the wait.
+    let options = DbOptions::new("")
+        .statement_timeout(Duration::from_millis(300))
+        .lock_timeout(Duration::ZERO);
+    let (err, took) = refused_while_locked_then_retried(options).await;
+    assert!(matches!(err, Error::Cancelled(_)), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(took < Duration::from_secs(3), "{took:?}");
 }
 
 #[tokio::test]
 #[ignore = "needs PostgreSQL (SQLREPO_PG_URL); run with -- --include-ignored"]
 async fn a_lock_held_past_lock_timeout_is_busy_and_stores_nothing() {
-    let database = database().await;
-    let url = &database.url;
     let options = DbOptions::new("").lock_timeout(Duration::from_millis(200));
-    let db = Db::connect_replicated_with(url, &[], options.clone())
-        .await
-        .unwrap();
-    let a = open(&db, 1_000).await;
-    let b = open(&db, 0).await;
-    let before = stored(url).await;
-
-    let locker = lock_account(url, a).await;
-    let err = db
-        .accounts()
-        .transfer(&Transfer::new(a, b, 100))
-        .await
-        .unwrap_err();
+    let (err, _) = refused_while_locked_then_retried(options).await;
     assert!(matches!(err, Error::Busy), "{err:?}");
     assert!(err.is_retryable());
-    release(locker).await;
-    assert_eq!(
-        stored(url).await,
-        before,
-        "the refused transfer stored something"
-    );
-    db.accounts()
-        .transfer(&Transfer::new(a, b, 100))
-        .await
-        .unwrap();
-    assert_eq!(stored(url).await.0, vec![(a, 900), (b, 100)]);
-    db.close().await;
 }
 
 #[tokio::test]
@@ -390,8 +360,8 @@ async fn a_tx_left_idle_past_its_limit_is_rolled_back_and_the_db_goes_on() {
     let db = Db::connect_replicated_with(url, &[], options.clone())
         .await
         .unwrap();
-    let a = open(&db, 1_000).await;
-    let b = open(&db, 0).await;
+    let a = open_account(&db, 1_000).await;
+    let b = open_account(&db, 0).await;
     let before = stored(url).await;
 
     let tx = db.begin().await.unwrap();
@@ -426,9 +396,9 @@ async fn a_call_given_up_inside_a_tx_is_undone_alone_and_the_tx_commits_the_rest
     let database = database().await;
     let url = &database.url;
     let db = Db::connect(url).await.unwrap();
-    let a = open(&db, 1_000).await;
-    let b = open(&db, 0).await;
-    let c = open(&db, 500).await;
+    let a = open_account(&db, 1_000).await;
+    let b = open_account(&db, 0).await;
+    let c = open_account(&db, 500).await;
 
     let locker = lock_account(url, a).await;
     let tx = db.begin().await.unwrap();

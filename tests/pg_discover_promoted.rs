@@ -11,10 +11,13 @@
 
 #![cfg(feature = "postgres")]
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::pg_server;
 use sqlrepo::hosts::{HostList, TargetSessionAttrs};
 use sqlrepo::hosts::{Role, discover};
 
@@ -77,31 +80,6 @@ impl Drop for Pair {
     }
 }
 
-/// `pg_ctl` of the newest installed PostgreSQL, as the `postgres` user when we are root.
-fn pg_ctl(args: &[&str]) -> std::process::Output {
-    let mut bindirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL's server programs in /usr/lib/postgresql")
-        .map(|entry| entry.unwrap().path().join("bin"))
-        .collect();
-    bindirs.sort();
-    let program = bindirs
-        .pop()
-        .expect("a PostgreSQL bin directory")
-        .join("pg_ctl");
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| out.stdout.trim_ascii() == b"0");
-    let mut command = if is_root {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--"]).arg(&program);
-        command
-    } else {
-        Command::new(&program)
-    };
-    command.args(args).output().unwrap()
-}
-
 /// The hosts in libpq's key=value form (`host=a,b port=1,2`), the other form of a list.
 fn list(hosts: &[&String], attrs: TargetSessionAttrs) -> HostList {
     let (names, ports): (Vec<&str>, Vec<&str>) = hosts
@@ -129,19 +107,8 @@ async fn of_two_primaries_writes_go_to_the_one_promoted_last_on_the_newer_timeli
     let old_timeline = before.chosen().state().unwrap().timeline.unwrap();
 
     let replica_dir = pair.dir.join("replica");
-    let out = pg_ctl(&[
-        "promote",
-        "-w",
-        "-t",
-        "60",
-        "-D",
-        replica_dir.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "pg_ctl promote: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let replica_dir = replica_dir.to_str().unwrap();
+    pg_server::run("pg_ctl", ["promote", "-w", "-t", "60", "-D", replica_dir]);
     // `promote -w` returns once the server accepts writes; its probe may still be in flight.
     let deadline = Instant::now() + Duration::from_secs(30);
     let promoted = loop {

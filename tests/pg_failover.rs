@@ -11,12 +11,13 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::backend::{Backend, missing, pg};
+use common::pg_server;
 use rand::{Rng, SeedableRng};
 use sqlrepo::{Db, Error, NewAccount, Transfer, TransferOutcome};
 
@@ -30,46 +31,6 @@ struct Attempt {
     result: Result<(), String>,
     /// Started after the server was back up.
     after_restart: bool,
-}
-
-/// Runs a server program as the `postgres` OS user when this test runs as root (the server
-/// refuses root), otherwise as ourselves.
-fn pg_ctl(args: &[&str]) -> std::process::Output {
-    let bindir = std::process::Command::new("pg_config")
-        .arg("--bindir")
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-        .unwrap_or_else(|| {
-            // pg_config may be missing (it lives in libpq-dev): take the newest server's.
-            let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-                .expect("PostgreSQL's server programs")
-                .map(|entry| entry.unwrap().path().join("bin"))
-                .collect();
-            dirs.sort();
-            dirs.pop().expect("a PostgreSQL bin directory")
-        });
-    let program = bindir.join("pg_ctl");
-    let is_root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| out.stdout.trim_ascii() == b"0");
-    let mut command = if is_root {
-        let mut command = std::process::Command::new("runuser");
-        command.args(["-u", "postgres", "--"]).arg(&program);
-        command
-    } else {
-        std::process::Command::new(&program)
-    };
-    let output = command.args(args).output().expect("run pg_ctl");
-    assert!(
-        output.status.success(),
-        "pg_ctl {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
 }
 
 /// The variant of an error, for the report.
@@ -150,9 +111,22 @@ async fn the_primary_killed_mid_load_loses_no_acknowledged_transfer_and_the_db_r
 
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let killed_at = Instant::now();
-    pg_ctl(&["-D", &primary_dir, "stop", "-m", "immediate"]);
+    pg_server::run(
+        "pg_ctl",
+        ["-D", primary_dir.as_str(), "stop", "-m", "immediate"],
+    );
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    pg_ctl(&["-D", &primary_dir, "-l", &log, "-w", "start"]);
+    pg_server::run(
+        "pg_ctl",
+        [
+            "-D",
+            primary_dir.as_str(),
+            "-l",
+            log.as_str(),
+            "-w",
+            "start",
+        ],
+    );
     restarted.store(true, Ordering::Relaxed);
     let down_for = killed_at.elapsed();
     tokio::time::sleep(Duration::from_millis(3_000)).await;

@@ -13,7 +13,8 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::backend::{Backend, PgDatabase, pg};
+use common::backend::{Backend, PgDatabase, missing, pg};
+use common::pg_server;
 use futures_util::TryStreamExt;
 use serde_json::json;
 use sqlrepo::{Db, ItemPatch, ItemStatus, NewItem, NewUser};
@@ -23,17 +24,11 @@ use sqlx::{Connection, PgConnection};
 /// One test at a time: some of them stop the replica the others read.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A fresh database on the primary and its URL on the replica; fails without a cluster.
+/// A fresh database on the primary and its URL on the replica; fails without a cluster
+/// (`pg::create` checks the two URLs, this the data directory the tests stop the replica in).
 async fn database() -> PgDatabase {
-    for var in [
-        "SQLREPO_PG_URL",
-        "SQLREPO_PG_REPLICA_URL",
-        "SQLREPO_PG_DATA",
-    ] {
-        assert!(
-            std::env::var(var).is_ok(),
-            "{var} is not set: start a cluster with .ci/pg-cluster start DIR PORT and export what it prints"
-        );
+    if std::env::var("SQLREPO_PG_DATA").is_err() {
+        missing("SQLREPO_PG_DATA is not set (these tests signal and stop the replica in it)");
     }
     pg::create(Backend::Replicated)
         .await
@@ -292,35 +287,6 @@ async fn every_kind_of_read_is_answered_within_the_wait_while_the_replica_is_sto
     db.close().await;
 }
 
-/// PostgreSQL's server programs (`pg_ctl`, `pg_basebackup`).
-fn pg_bindir() -> PathBuf {
-    std::process::Command::new("pg_config")
-        .arg("--bindir")
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-        .unwrap_or_else(|| {
-            let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-                .expect("PostgreSQL's server programs")
-                .map(|entry| entry.unwrap().path().join("bin"))
-                .collect();
-            dirs.sort();
-            dirs.pop().expect("a PostgreSQL bin directory")
-        })
-}
-
-/// Runs a server program as the `postgres` user (the server refuses root).
-fn as_postgres(program: &str, args: &[&std::ffi::OsStr]) {
-    let status = std::process::Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(pg_bindir().join(program))
-        .args(args)
-        .status()
-        .expect("runuser (the test must run as root)");
-    assert!(status.success(), "{program} {args:?}");
-}
-
 /// Runs `pg_ctl` on the replica.
 fn pg_ctl_replica(args: &[&str]) {
     let data = PathBuf::from(std::env::var("SQLREPO_PG_DATA").unwrap());
@@ -335,7 +301,7 @@ fn pg_ctl_replica(args: &[&str]) {
         "60".as_ref(),
     ];
     all.extend(args.iter().map(std::ffi::OsStr::new));
-    as_postgres("pg_ctl", &all);
+    pg_server::run("pg_ctl", &all);
 }
 
 /// Starts the replica again however the test ends.
@@ -351,21 +317,9 @@ impl Drop for Restart {
 #[ignore = "needs the PostgreSQL cluster of .ci/pg-cluster and root (to run pg_ctl as postgres); run with -- --include-ignored"]
 async fn reads_that_meet_a_replica_shut_down_are_answered_by_the_primary() {
     let _turn = TURN.lock().await;
-    let database = database().await;
-    let replica_url = database.replica_url.clone().unwrap();
-    let db = Db::connect_replicated(&database.url, &[&replica_url])
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    for n in 0..20 {
-        ids.push(
-            db.items()
-                .create(&NewItem::new(format!("desk-{n}"), json!({})))
-                .await
-                .unwrap(),
-        );
-    }
-    // Several replica connections made and held, so several meet the shutdown.
+    let (_database, db, ids, replica_url) = replicated_with_items("desk", 20).await;
+    // Several replica connections made and held (the reads go there already), so several
+    // meet the shutdown.
     let warm: Vec<_> = (0..8)
         .map(|_| {
             let (db, id) = (db.clone(), ids[0]);
@@ -416,9 +370,9 @@ impl SecondReplica {
             .and_then(|(_, rest)| rest.split('/').next())
             .unwrap()
             .to_owned();
-        as_postgres(
+        pg_server::run(
             "pg_basebackup",
-            &[
+            [
                 "-h".as_ref(),
                 "127.0.0.1".as_ref(),
                 "-p".as_ref(),
@@ -445,9 +399,9 @@ impl SecondReplica {
             dir,
         };
         let log = replica.dir.with_extension("log");
-        as_postgres(
+        pg_server::run(
             "pg_ctl",
-            &[
+            [
                 "-D".as_ref(),
                 replica.dir.as_os_str(),
                 "-l".as_ref(),
@@ -464,9 +418,8 @@ impl SecondReplica {
 
 impl Drop for SecondReplica {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(pg_bindir().join("pg_ctl"))
+        // Not `pg_server::run`: a failed stop must not panic inside a drop.
+        let _ = pg_server::command("pg_ctl")
             .arg("-D")
             .arg(&self.dir)
             .args(["-m", "immediate", "-w", "stop"])

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use serde_json::json;
-use sqlrepo::{Db, ItemPatch, NewItem};
+use sqlrepo::{Db, ItemPatch, NewItem, Transfer};
 use sqlrepo_postgres::floor;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::{Connection, PgConnection, Postgres};
@@ -226,6 +226,19 @@ impl<'a> PgBench<'a> {
         Ok(totals)
     }
 
+    /// After a workload of transfers on both sides: both moved money inside one bank, so it
+    /// still holds what it opened with; anything else is a bug in one side, not a timing.
+    async fn ensure_money_conserved(&self, workload: &str) -> anyhow::Result<()> {
+        let sizes = &self.inputs.sizes;
+        let opened = sizes.accounts as i64 * sizes.opening_balance_cents;
+        let total = self.db.accounts().total_balance().await?;
+        ensure!(
+            total == opened,
+            "after {workload} the bank holds {total} cents, expected {opened}"
+        );
+        Ok(())
+    }
+
     fn push(&mut self, name: &'static str, unit: &'static str, sides: [Measured; 2]) {
         let [repo, floor] = sides;
         self.rows.push(Row {
@@ -370,22 +383,13 @@ impl<'a> PgBench<'a> {
                 async |bench, range| {
                     let started = Instant::now();
                     for t in &transfers[range.clone()] {
-                        let landed =
-                            floor::transfer(&mut bench.floor, t.from, t.to, t.amount_cents).await?;
-                        ensure!(landed == 1, "a floor transfer landed {landed} rows");
+                        floor_transfer(&mut bench.floor, t).await?;
                     }
                     Ok(Measured::since(started, range.len()))
                 },
             )
             .await?;
-        // Both sides moved money inside one bank: it still holds what it opened with.
-        let sizes = &self.inputs.sizes;
-        let opened = sizes.accounts as i64 * sizes.opening_balance_cents;
-        let total = self.db.accounts().total_balance().await?;
-        ensure!(
-            total == opened,
-            "after pg transfer the bank holds {total} cents, expected {opened}"
-        );
+        self.ensure_money_conserved("pg transfer").await?;
         self.push("pg transfer", "transfer", sides);
         Ok(())
     }
@@ -418,10 +422,7 @@ impl<'a> PgBench<'a> {
                     for unit in &units[range.clone()] {
                         sqlrepo_postgres::tx::begin(&mut bench.floor).await?;
                         for t in unit.iter() {
-                            let landed =
-                                floor::transfer(&mut bench.floor, t.from, t.to, t.amount_cents)
-                                    .await?;
-                            ensure!(landed == 1, "a floor transfer landed {landed} rows");
+                            floor_transfer(&mut bench.floor, t).await?;
                         }
                         sqlrepo_postgres::tx::commit(&mut bench.floor).await?;
                     }
@@ -429,13 +430,7 @@ impl<'a> PgBench<'a> {
                 },
             )
             .await?;
-        let sizes = &self.inputs.sizes;
-        let opened = sizes.accounts as i64 * sizes.opening_balance_cents;
-        let total = self.db.accounts().total_balance().await?;
-        ensure!(
-            total == opened,
-            "after pg tx of 5 the bank holds {total} cents, expected {opened}"
-        );
+        self.ensure_money_conserved("pg tx of 5").await?;
         self.push("pg tx of 5", "tx", sides);
         Ok(())
     }
@@ -549,11 +544,11 @@ impl PgBench<'_> {
             // A Db of its own, closed before counting: a session's last statistics reach the
             // server's counters when it ends.
             let replicated = Db::connect_replicated(&self.url, &[replica_url.as_str()]).await?;
-            let before = replica_transactions(&replica_url).await?;
+            let before = replica_item_scans(&replica_url).await?;
             gets_while_writing(&replicated, ids, period).await?;
             replicated.close().await;
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let served = replica_transactions(&replica_url).await? - before;
+            let served = replica_item_scans(&replica_url).await? - before;
             let share = 100.0 * served.max(0) as f64 / ids.len() as f64;
             progress(format_args!(
                 "pg replica share under writes: one write per {period:?}: {served} of {} gets on the replica ({share:.0} %)",
@@ -603,15 +598,19 @@ async fn gets_while_writing(db: &Db, ids: &[i64], period: Duration) -> anyhow::R
 
 /// Scans of `items` the replica ran (a standby counts its own): one per get it served; the
 /// routing's own questions to the replica read no table.
-async fn replica_transactions(replica_url: &str) -> anyhow::Result<i64> {
+async fn replica_item_scans(replica_url: &str) -> anyhow::Result<i64> {
     let mut conn = PgConnection::connect(replica_url).await?;
-    let count: i64 = sqlx::query_scalar(
-        "SELECT coalesce(sum(coalesce(idx_scan, 0) + seq_scan), 0)::bigint FROM pg_stat_user_tables WHERE relname = 'items'",
-    )
-    .fetch_one(&mut conn)
-    .await?;
+    let count = sqlrepo_postgres::replication::item_scans(&mut conn).await?;
     conn.close().await?;
     Ok(count)
+}
+
+/// One transfer on the floor's held connection: its ledger row must land (the schema's trigger
+/// refuses an overdraft or a missing account with an error, never with no row).
+async fn floor_transfer(conn: &mut PgConnection, t: &Transfer) -> anyhow::Result<()> {
+    let landed = floor::transfer(conn, t.from, t.to, t.amount_cents).await?;
+    ensure!(landed == 1, "a floor transfer landed {landed} rows");
+    Ok(())
 }
 
 /// Point gets through a `Db`; each item must be there.

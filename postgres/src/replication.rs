@@ -27,3 +27,27 @@ pub async fn replayed_position(conn: &mut PgConnection) -> sqlx::Result<Option<i
     .fetch_one(conn)
     .await
 }
+
+/// How many scans of table `items` this server has run (index and sequential together, from
+/// its statistics): on a standby, the scans it ran itself, so the difference across a run of
+/// point gets is how many of them that replica answered. The routing's own questions to a
+/// replica ([`replayed_position`]) read no table, so they do not count.
+///
+/// sqlrepo never calls this; `examples/bench` ("replica share under writes") and the replica
+/// tests do, to see where reads went. It lives here so that it is checked against PostgreSQL
+/// like every other statement. A session's counts reach the view when it ends or reports (at
+/// most once a second), so a caller that needs all of them closes the sessions it measured
+/// first.
+pub async fn item_scans(conn: &mut PgConnection) -> sqlx::Result<i64> {
+    // `idx_scan` is NULL for a table with no index; `sum` over no row (no `items` in this
+    // database) is NULL too: both count as no scans.
+    sqlx::query_scalar!(
+        r#"
+        SELECT coalesce(sum(coalesce(idx_scan, 0) + seq_scan), 0)::bigint AS "scans!"
+        FROM pg_stat_user_tables
+        WHERE relname = 'items'
+        "#
+    )
+    .fetch_one(conn)
+    .await
+}

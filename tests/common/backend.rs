@@ -548,16 +548,13 @@ pub mod pg {
         Ok((primary, Some(replica)))
     }
 
-    /// Scans of `items` a server has run (a standby counts its own): one per get it
-    /// answered; the routing's own questions (replay positions) read no table.
+    /// Scans of `items` the server at `url` has run (a standby counts its own): one per get
+    /// it answered (`sqlrepo_postgres::replication::item_scans`, as the bench counts them).
     pub async fn item_scans(url: &str) -> i64 {
         let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-        let count: i64 = sqlx::query_scalar(
-            "SELECT coalesce(sum(coalesce(idx_scan, 0) + seq_scan), 0)::bigint FROM pg_stat_user_tables WHERE relname = 'items'",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+        let count = sqlrepo_postgres::replication::item_scans(&mut conn)
+            .await
+            .unwrap();
         conn.close().await.unwrap();
         count
     }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod pg_server;
 pub mod tmpfs;
 
 #[allow(unused_imports)]
@@ -111,15 +112,31 @@ pub fn integrity_check(path: &std::path::Path) -> String {
         .unwrap()
 }
 
+/// Opens an account with no owner holding `balance_cents` and returns its id (setup only:
+/// panics on failure). Either backend: a `TestDb` derefs to its `Db`.
+pub async fn open_account(db: &Db, balance_cents: i64) -> i64 {
+    let new = sqlrepo::NewAccount {
+        user_id: None,
+        balance_cents,
+    };
+    db.accounts().open(&new).await.expect("open account")
+}
+
 /// Opens `count` accounts with no owner, `balance_cents` each, and returns their ids.
 pub async fn open_accounts(db: &Db, count: usize, balance_cents: i64) -> Vec<i64> {
     let mut ids = Vec::with_capacity(count);
     for _ in 0..count {
-        let new = sqlrepo::NewAccount {
-            user_id: None,
-            balance_cents,
-        };
-        ids.push(db.accounts().open(&new).await.expect("open account"));
+        ids.push(open_account(db, balance_cents).await);
     }
     ids
+}
+
+/// Account `id`'s balance as the API reports it (panics when there is no such account).
+pub async fn balance(db: &Db, id: i64) -> i64 {
+    db.accounts()
+        .get(id)
+        .await
+        .expect("get account")
+        .expect("the account exists")
+        .balance_cents
 }
