@@ -3,7 +3,9 @@
 //! three-host URL, writes through it, SIGKILLs the leader's Patroni and postmaster together (the
 //! machine lost), and shows that discovery on the same URL finds the promoted node: a primary
 //! on a newer timeline holding every acknowledged write. It prints kill→promotion and
-//! promotion→discovery.
+//! promotion→discovery. The same through one open `Db` under 8 writers, after which the killed
+//! node is restarted and the `Db` reads from it once it rejoins as a standby; and a planned
+//! switchover.
 //!
 //! Ignored by default: it needs Patroni and etcd (Debian's `patroni` and `etcd-server`, which
 //! the script installs when run as root) and loopback ports BASEPORT+1..21
@@ -129,6 +131,86 @@ impl Cluster {
                 .ok()?
                 .assume_utc(),
         )
+    }
+}
+
+impl Cluster {
+    /// Starts a killed node's Patroni again (`.ci/patroni-cluster start-node`).
+    fn start_node(&self, name: &str) {
+        let out = Command::new(script())
+            .arg("start-node")
+            .arg(&self.dir)
+            .arg(name)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "start-node {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Waits until the cluster has a leader and two streaming replicas again (`status`).
+    fn wait_healthy(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = Command::new(script())
+                .arg("status")
+                .arg(&self.dir)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster is not healthy {within:?} after a node's restart:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Scans of `accounts` the server on `port` has run (a standby counts its own): one per get
+/// it answered; the routing's own questions (roles, replay positions) read no table.
+async fn account_scans(port: u16) -> i64 {
+    use sqlx::Connection;
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let count: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(coalesce(idx_scan, 0) + seq_scan), 0)::bigint \
+         FROM pg_stat_user_tables WHERE relname = 'accounts'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    count
+}
+
+/// Deposits a cent into `account` and reads it back twenty times, until the server on
+/// `port` has answered at least ten of those reads (or 60 s pass): every read shows the
+/// deposit just made (read-your-writes), wherever it was served. Returns the reads `port`
+/// served, and the rounds it took.
+async fn reads_served_on(db: &Db, account: i64, port: u16) -> (i64, usize) {
+    let accounts = db.accounts();
+    let before = account_scans(port).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut rounds = 0;
+    loop {
+        let balance = accounts.deposit(account, 1).await.unwrap();
+        for _ in 0..20 {
+            let read = accounts.get(account).await.unwrap().unwrap().balance_cents;
+            assert_eq!(read, balance, "a read after a deposit did not see it");
+        }
+        rounds += 1;
+        // A standby's counters reach pg_stat_user_tables within about a second.
+        let served = account_scans(port).await - before;
+        if served >= 10 || Instant::now() > deadline {
+            return (served, rounds);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -452,7 +534,7 @@ async fn one_db_on_the_three_host_url_keeps_writing_through_the_loss_of_the_lead
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before_kill = writers.acknowledged();
     assert!(before_kill > 0, "no transfer acknowledged before the kill");
-    let (old_name, _, patroni_pid, postmaster_pid) = cluster.leader();
+    let (old_name, old_port, patroni_pid, postmaster_pid) = cluster.leader();
     let killed_wall = OffsetDateTime::now_utc();
     let status = Command::new("kill")
         .args(["-KILL", &patroni_pid, &postmaster_pid])
@@ -498,6 +580,24 @@ async fn one_db_on_the_three_host_url_keeps_writing_through_the_loss_of_the_lead
     assert!(
         promotion_to_ok < time::Duration::seconds(1),
         "writes resumed {promotion_to_ok} after the promotion"
+    );
+
+    // The lost machine comes back: Patroni rejoins the old leader as a standby of the new one
+    // (pg_rewind if it had WAL the others never got), and the same open Db reads from it
+    // again, still reading its own writes.
+    let restarted = Instant::now();
+    cluster.start_node(&old_name);
+    cluster.wait_healthy(Duration::from_secs(120));
+    let rejoined = restarted.elapsed();
+    let (served, rounds) = reads_served_on(&db, seen.from, old_port).await;
+    println!(
+        "{old_name} restarted and streaming again {:.1} s later; it served {served} of the \
+         Db's reads in {rounds} rounds of a deposit and 20 reads",
+        rejoined.as_secs_f64()
+    );
+    assert!(
+        served >= 10,
+        "the rejoined standby {old_name} served {served} reads of the open Db"
     );
     db.close().await;
 }
