@@ -267,8 +267,9 @@ static REFUSALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 
 #[cfg(feature = "postgres")]
 thread_local! {
-    /// The task that made the last such classification on this thread, and its number.
-    static LAST_REFUSAL: std::cell::Cell<Option<(tokio::task::Id, u64)>> =
+    /// The task that made the last such classification on this thread (`None`: the future a
+    /// `block_on` runs, such as `#[tokio::main]`'s, which is no task), and its number.
+    static LAST_REFUSAL: std::cell::Cell<Option<(Option<tokio::task::Id>, u64)>> =
         const { std::cell::Cell::new(None) };
 }
 
@@ -288,9 +289,7 @@ pub(crate) fn refusals_so_far() -> u64 {
 /// between the two may miss it; its next write meets the same refusal.)
 #[cfg(feature = "postgres")]
 pub(crate) fn refusal_seen_since(since: u64) -> bool {
-    let Some(task) = tokio::task::try_id() else {
-        return false;
-    };
+    let task = tokio::task::try_id();
     LAST_REFUSAL.with(|last| match last.get() {
         Some((by, number)) if by == task && number > since => {
             last.set(None);
@@ -304,9 +303,8 @@ pub(crate) fn refusal_seen_since(since: u64) -> bool {
 #[cfg(feature = "postgres")]
 fn note_refusal() {
     let number = REFUSALS.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
-    if let Some(task) = tokio::task::try_id() {
-        LAST_REFUSAL.with(|last| last.set(Some((task, number))));
-    }
+    let task = tokio::task::try_id();
+    LAST_REFUSAL.with(|last| last.set(Some((task, number))));
 }
 
 /// Turns a `sqlx::Error` into the [`Error`] a caller can act on. The only classifier.
@@ -646,6 +644,30 @@ mod tests {
             "t.a, t.b"
         );
         assert_eq!(unique_name(None, "c", None), "c");
+    }
+
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    async fn a_refusal_is_a_lease_s_own_only_in_its_task_after_it_was_lent_and_once() {
+        let broken = || {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "connection reset by peer",
+            ))
+        };
+        // Before the lease was lent: another call's.
+        assert!(matches!(classify(broken()), Error::Unavailable(_)));
+        let since = refusals_so_far();
+        assert!(!refusal_seen_since(since));
+        // Another task's on the same thread (another Db's call, say): not this lease's.
+        tokio::spawn(async move { classify(broken()) })
+            .await
+            .unwrap();
+        assert!(!refusal_seen_since(since));
+        // This task's own, after the lease was lent: seen, and only once.
+        assert!(matches!(classify(broken()), Error::Unavailable(_)));
+        assert!(refusal_seen_since(since));
+        assert!(!refusal_seen_since(since));
     }
 
     #[test]
