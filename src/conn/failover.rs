@@ -30,7 +30,9 @@
 //! answers as a primary while the `Db` writes to another is not written to: when its timeline
 //! is newer than the current primary's (it was promoted after it), a search runs, which
 //! chooses the newest timeline; otherwise it is a stale primary (restarted outside its
-//! manager's control) and is left alone, probed again at the next round.
+//! manager's control) and is left alone, probed again at the next round. A standby read from
+//! that answers, when asked its replay position, as a primary on a newer timeline (promoted
+//! while the primary written to kept running) starts a search too, at the next read.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};

@@ -77,6 +77,9 @@ pub(crate) struct Replicas {
     timeline: AtomicI64,
     /// Counts new timelines, so a replay position asked before one is not kept after it.
     epoch: AtomicU64,
+    /// A replica answered as a primary on a newer timeline than the primary written to (it
+    /// was promoted after it): the next read starts a search, which prefers the newest.
+    newer_primary: AtomicBool,
 }
 
 impl Replicas {
@@ -90,6 +93,7 @@ impl Replicas {
             set: RwLock::new(Arc::new(set)),
             timeline: AtomicI64::new(timeline.map_or(-1, i64::from)),
             epoch: AtomicU64::new(0),
+            newer_primary: AtomicBool::new(false),
         }
     }
 
@@ -137,9 +141,21 @@ impl Replicas {
         }
     }
 
+    /// Whether a replica said, since the last call, that it is a primary on a newer timeline
+    /// than the one written to.
+    pub(crate) fn take_newer_primary(&self) -> bool {
+        self.newer_primary.load(Ordering::Relaxed)
+            && self.newer_primary.swap(false, Ordering::AcqRel)
+    }
+
     fn accepts(&self, timeline: Option<i32>) -> bool {
         let wanted = self.timeline.load(Ordering::Acquire);
         wanted < 0 || timeline.is_some_and(|timeline| i64::from(timeline) >= wanted)
+    }
+
+    fn newer_than_primary(&self, timeline: Option<i32>) -> bool {
+        let wanted = self.timeline.load(Ordering::Acquire);
+        wanted >= 0 && timeline.is_some_and(|timeline| i64::from(timeline) > wanted)
     }
 }
 
@@ -206,7 +222,13 @@ impl Replica {
             }
             // Not a replica (promoted, or the primary's URL given twice), or one left on an
             // older timeline than the primary's: it cannot promise.
-            Ok(_) => {
+            Ok(asked) => {
+                if let Ok(role) = asked
+                    && !role.in_recovery
+                    && replicas.newer_than_primary(role.timeline)
+                {
+                    replicas.newer_primary.store(true, Ordering::Release);
+                }
                 conn.set_replayed(None);
                 self.rest();
             }

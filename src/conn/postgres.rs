@@ -241,6 +241,10 @@ impl PgConnections {
     /// A connection to read on: a replica that has replayed every write this `Db` returned,
     /// else the primary.
     pub(crate) async fn read_conn(&self) -> Result<PgLent> {
+        if self.replicas.take_newer_primary() {
+            // Two primaries, one promoted after the other: writes must go to the newer.
+            self.primary_lost();
+        }
         let replicas = self.replicas.current();
         if replicas.is_empty() {
             return self.write_conn().await;
