@@ -10,7 +10,7 @@
 //! cannot be made, or a new connection found a standby; [`Error::ReadOnly`](crate::Error::ReadOnly):
 //! a write refused as read-only; "recovery is in progress") starts the search for its `Db`
 //! alone (`error::refusal_seen_since`). One search at a time asks every host what it is
-//! (`discover`), pausing 25 ms, doubling to at most 200 ms, between rounds (a pause near a
+//! (`discover`), pausing 25 ms, doubling to at most 100 ms, between rounds (a pause near a
 //! second would spend the whole budget of a failover), for at most [`SEARCH_FOR`]. Meanwhile
 //! calls fail fast with the retryable `Unavailable` (the dead host refuses, or its connect is
 //! bounded by `connect_timeout`); they never hang. Once a primary answers, on the newest
@@ -53,8 +53,10 @@ pub(crate) const SEARCH_FOR: Duration = Duration::from_secs(120);
 /// The first pause between two rounds of a search, doubled each round up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(25);
 
-/// The longest pause between two rounds: a round after a promotion must come soon.
-const MAX_PAUSE: Duration = Duration::from_millis(200);
+/// The longest pause between two rounds: a round after a promotion must come soon (each round
+/// is one connection per host, so a tenth of a second costs a few connections per second
+/// during an outage).
+const MAX_PAUSE: Duration = Duration::from_millis(100);
 
 /// How often the hosts that are neither the primary nor a standby read from are probed again:
 /// a rejoined standby serves reads within this, for one connection per such host per round.
