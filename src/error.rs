@@ -284,16 +284,51 @@ pub(crate) fn connection_failures() -> u64 {
     CONNECTION_FAILURES.load(std::sync::atomic::Ordering::Acquire)
 }
 
-/// Writes PostgreSQL refused as read-only (SQLSTATE 25006), by this process: a `Db` given
-/// several hosts looks for the primary again when it moved, since a primary that was demoted
-/// (a planned switchover) accepts connections and refuses writes.
+/// Numbers the classifications that say a server cannot take writes now (see
+/// [`refusal_seen_since`]), process-wide, so a lease can tell the ones made after it was lent.
 #[cfg(feature = "postgres")]
-static READ_ONLY_REFUSALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static REFUSALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// How many read-only refusals this process has classified.
 #[cfg(feature = "postgres")]
-pub(crate) fn read_only_refusals() -> u64 {
-    READ_ONLY_REFUSALS.load(std::sync::atomic::Ordering::Acquire)
+thread_local! {
+    /// The task that made the last such classification on this thread (`None`: the future a
+    /// `block_on` runs, such as `#[tokio::main]`'s, which is no task), and its number.
+    static LAST_REFUSAL: std::cell::Cell<Option<(Option<tokio::task::Id>, u64)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The number the next refusal will be above: a lease takes it when it is lent.
+#[cfg(feature = "postgres")]
+pub(crate) fn refusals_so_far() -> u64 {
+    REFUSALS.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Whether the running task, on this thread, classified an error saying the server cannot take
+/// writes ([`Error::Unavailable`], [`Error::ReadOnly`], "recovery is in progress") after
+/// `since` ([`refusals_so_far`] when the lease was lent); forgets it once asked.
+///
+/// A statement's error is classified by the `?` right after its answer, and a lease that saw it
+/// is dropped by the same return, with no `.await` in between: so this is the lease's own
+/// result, not another task's, and not another `Db`'s. (A call that awaits something else
+/// between the two may miss it; its next write meets the same refusal.)
+#[cfg(feature = "postgres")]
+pub(crate) fn refusal_seen_since(since: u64) -> bool {
+    let task = tokio::task::try_id();
+    LAST_REFUSAL.with(|last| match last.get() {
+        Some((by, number)) if by == task && number > since => {
+            last.set(None);
+            true
+        }
+        _ => false,
+    })
+}
+
+/// Records a refusal for [`refusal_seen_since`].
+#[cfg(feature = "postgres")]
+fn note_refusal() {
+    let number = REFUSALS.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+    let task = tokio::task::try_id();
+    LAST_REFUSAL.with(|last| last.set(Some((task, number))));
 }
 
 /// Turns a `sqlx::Error` into the [`Error`] a caller can act on. The only classifier.
@@ -301,6 +336,8 @@ pub(crate) fn classify(err: sqlx::Error) -> Error {
     let classified = classify_once(err);
     if let Error::Unavailable(_) = classified {
         CONNECTION_FAILURES.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        #[cfg(feature = "postgres")]
+        note_refusal();
     }
     classified
 }
@@ -378,6 +415,7 @@ pub(crate) mod sqlstate {
     pub(crate) const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
     pub(crate) const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
     pub(crate) const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+    pub(crate) const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
     pub(crate) const INVALID_CATALOG_NAME: &str = "3D000";
     pub(crate) const DUPLICATE_DATABASE: &str = "42P04";
     pub(crate) const DISK_FULL: &str = "53100";
@@ -448,10 +486,16 @@ fn classify_postgres(err: sqlx::Error) -> Error {
         // aborted, so nothing of it stands. Before the `57P` arm, which it is not part of.
         sqlstate::QUERY_CANCELED => Error::Cancelled(message.to_owned()),
         sqlstate::READ_ONLY_SQL_TRANSACTION => {
-            READ_ONLY_REFUSALS.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            // On a connection to the primary: it was demoted, or made read-only.
+            note_refusal();
             Error::ReadOnly(format!(
                 "{message}; write through Handle::writer (the primary)"
             ))
+        }
+        // A primary's function (its WAL position) asked of a server that is a standby now.
+        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE if message == "recovery is in progress" => {
+            note_refusal();
+            Error::Database(err)
         }
         "54000" => Error::TooBig(message.to_owned()),
         // Connection exceptions, the server shutting down or starting, too many connections.
@@ -624,6 +668,30 @@ mod tests {
             "t.a, t.b"
         );
         assert_eq!(unique_name(None, "c", None), "c");
+    }
+
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    async fn a_refusal_is_a_lease_s_own_only_in_its_task_after_it_was_lent_and_once() {
+        let broken = || {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "connection reset by peer",
+            ))
+        };
+        // Before the lease was lent: another call's.
+        assert!(matches!(classify(broken()), Error::Unavailable(_)));
+        let since = refusals_so_far();
+        assert!(!refusal_seen_since(since));
+        // Another task's on the same thread (another Db's call, say): not this lease's.
+        tokio::spawn(async move { classify(broken()) })
+            .await
+            .unwrap();
+        assert!(!refusal_seen_since(since));
+        // This task's own, after the lease was lent: seen, and only once.
+        assert!(matches!(classify(broken()), Error::Unavailable(_)));
+        assert!(refusal_seen_since(since));
+        assert!(!refusal_seen_since(since));
     }
 
     #[test]

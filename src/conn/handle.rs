@@ -598,6 +598,12 @@ impl TxState {
         if crate::trace::dropping_unfinished_call() && self.call_open {
             self.call_given_up = true;
         }
+        // The call's own refusal (the primary lost or demoted) starts the failover search now,
+        // not when the transaction ends.
+        #[cfg(feature = "postgres")]
+        if let Some(lease) = self.lease.as_mut() {
+            lease.report_refusal();
+        }
         if self.lease.is_some() && self.events.ended() != self.began_at {
             self.kill(
                 "SQLite rolled it back after an error (a full disk, an I/O error, or a \

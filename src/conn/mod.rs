@@ -28,6 +28,8 @@ mod options;
 #[cfg(feature = "postgres")]
 mod pg_held;
 #[cfg(feature = "postgres")]
+mod pg_replicas;
+#[cfg(feature = "postgres")]
 mod pg_server;
 mod pool;
 #[cfg(feature = "postgres")]

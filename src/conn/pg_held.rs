@@ -217,6 +217,19 @@ impl HeldPg {
         self
     }
 
+    /// `host:port` of the server.
+    pub(crate) fn label(&self) -> String {
+        self.server.label()
+    }
+
+    /// Forgets how far every connection's server said it had replayed (a failover: the
+    /// positions are of the old timeline); each is asked again before a read relies on it.
+    pub(crate) fn forget_replayed(&self) {
+        for slot in &self.slots {
+            slot.replayed.store(i64::MIN, Ordering::Release);
+        }
+    }
+
     /// An idle connection (the most recently returned first: a caller alone keeps reusing one
     /// warm connection), else the first to come free, waiting in line at most `wait`
     /// ([`Error::Busy`]). After [`HeldPg::close`], [`Error::Database`] (`PoolClosed`).

@@ -31,13 +31,17 @@ use tokio::sync::{Mutex, OnceCell, OwnedMappedMutexGuard, OwnedMutexGuard};
 
 use super::backend::Backend;
 use super::checkpoint::{Checkpointer, LongRead, WalStats};
+#[cfg(feature = "postgres")]
+use super::failover::Failover;
 use super::free_slots::{FreeSlots, Ticket};
 use super::migrate::migrate_on;
 use super::options::DbOptions;
 #[cfg(feature = "postgres")]
 use super::pg_held::PgLent;
 #[cfg(feature = "postgres")]
-use super::postgres::{PgConnections, Writes};
+use super::pg_replicas::Writes;
+#[cfg(feature = "postgres")]
+use super::postgres::PgConnections;
 use crate::error::{Error, Result};
 
 /// Every connection of one database, shared by the `Db` and every [`Handle`](super::Handle)
@@ -379,7 +383,11 @@ impl Connections {
                 Ok(Lease::pooled(conn))
             }
             #[cfg(feature = "postgres")]
-            Kind::Postgres(pg) => Ok(Lease::postgres(pg.write_conn().await?, Some(pg.writes()))),
+            Kind::Postgres(pg) => Ok(Lease::postgres(
+                pg.write_conn().await?,
+                Some(pg.writes()),
+                pg.failover(),
+            )),
         }
     }
 
@@ -473,7 +481,7 @@ impl Connections {
     pub(crate) async fn primary_read_lease(&self) -> Result<Lease> {
         #[cfg(feature = "postgres")]
         if let Kind::Postgres(pg) = &self.kind {
-            return Ok(Lease::postgres(pg.write_conn().await?, None));
+            return Ok(Lease::postgres(pg.write_conn().await?, None, pg.failover()));
         }
         self.read_lease().await
     }
@@ -500,7 +508,16 @@ impl Connections {
             }
             Kind::Pool { pool, .. } => Ok(Lease::pooled(pool.acquire().await?)),
             #[cfg(feature = "postgres")]
-            Kind::Postgres(pg) => Ok(Lease::postgres(pg.read_conn().await?, None)),
+            Kind::Postgres(pg) => {
+                let conn = pg.read_conn().await?;
+                // A read on the primary tells of its loss as a write does.
+                let failover = if conn.on_replica() {
+                    None
+                } else {
+                    pg.failover()
+                };
+                Ok(Lease::postgres(conn, None, failover))
+            }
         }
     }
 }
@@ -635,6 +652,12 @@ enum LeaseKind {
         /// Taken only by `Drop`, to be handed back in doubt when it is.
         conn: Option<PgLent>,
         writes: Option<Arc<Writes>>,
+        /// On the primary of a `Db` given several hosts: told when this lease's own call was
+        /// refused as the primary's loss or demotion would be (see `failover`).
+        failover: Option<Arc<Failover>>,
+        /// `error::refusals_so_far()` when lent (or last reported): refusals after it are
+        /// this lease's.
+        since: u64,
     },
 }
 
@@ -647,13 +670,35 @@ impl Lease {
     }
 
     #[cfg(feature = "postgres")]
-    fn postgres(conn: PgLent, writes: Option<Arc<Writes>>) -> Lease {
+    fn postgres(
+        conn: PgLent,
+        writes: Option<Arc<Writes>>,
+        failover: Option<Arc<Failover>>,
+    ) -> Lease {
         Lease {
             kind: LeaseKind::Postgres {
                 conn: Some(conn),
                 writes,
+                failover,
+                since: crate::error::refusals_so_far(),
             },
             in_doubt: false,
+        }
+    }
+
+    /// Starts the search for a new primary when this lease's own call, on the primary of a
+    /// `Db` given several hosts, was refused as the primary's loss or demotion would be.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn report_refusal(&mut self) {
+        if let LeaseKind::Postgres {
+            failover: Some(failover),
+            since,
+            ..
+        } = &mut self.kind
+            && crate::error::refusal_seen_since(*since)
+        {
+            *since = crate::error::refusals_so_far();
+            failover.search();
         }
     }
 
@@ -725,7 +770,9 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         #[cfg(feature = "postgres")]
-        if let LeaseKind::Postgres { conn, writes } = &mut self.kind {
+        self.report_refusal();
+        #[cfg(feature = "postgres")]
+        if let LeaseKind::Postgres { conn, writes, .. } = &mut self.kind {
             if let Some(writes) = writes {
                 writes.count();
             }

@@ -49,7 +49,7 @@
 //! API; a session type with a weaker, per-caller promise can be added beside it later without
 //! changing this routing (it would carry its own `Writes`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -59,16 +59,11 @@ use super::discover::discover;
 use super::failover::{CurrentPrimary, Failover, PoolShape};
 use super::hosts::{HostList, TargetSessionAttrs};
 use super::options::DbOptions;
-use super::pg_held::{HeldPg, PgLent, Rest};
+use super::pg_held::{HeldPg, PgLent};
+pub use super::pg_replicas::{REPLICA_COOLDOWN, REPLICA_WAIT};
+use super::pg_replicas::{Replicas, Writes, refresh_position};
 use super::pg_server::{ConnectFailure, PgServer};
 use crate::error::{Error, Result, has_sqlstate, sqlstate};
-
-/// How long a read waits for a replica (a connection, its replay position, and the read
-/// itself) before it reads on the primary instead.
-pub const REPLICA_WAIT: Duration = Duration::from_millis(500);
-
-/// How long a replica that failed to answer is left alone before it is tried again.
-pub const REPLICA_COOLDOWN: Duration = Duration::from_secs(2);
 
 /// How long a call waits for a free connection to the primary before [`Error::Busy`].
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,122 +76,14 @@ const UNDEFINED_TABLE: &str = "42P01";
 pub(crate) struct PgConnections {
     /// The primary written to; a failover search replaces it.
     primary: CurrentPrimary,
-    /// For a `Db` given several hosts: how to find the next primary when this one is lost.
+    /// For a `Db` given several hosts: how to find the next primary when this one is lost,
+    /// and the standbys that come back.
     failover: Option<Arc<Failover>>,
-    replicas: Vec<Arc<Replica>>,
+    /// The standbys read from (a `Db` given several hosts adds those that come back).
+    replicas: Arc<Replicas>,
     next_replica: AtomicUsize,
     /// What reads need to know to read this `Db`'s writes (shared with write leases).
     writes: Arc<Writes>,
-}
-
-/// Writes counted as they return, and the newest primary WAL position known to cover them.
-#[derive(Debug, Default)]
-pub(crate) struct Writes {
-    /// Write leases come back (writes returned to their callers, or gave up).
-    done: AtomicU64,
-    /// `(writes counted, a primary WAL position taken after all of them returned)`.
-    known: std::sync::Mutex<(u64, i64)>,
-    /// A task is asking the primary for its position.
-    learning: AtomicBool,
-}
-
-impl Writes {
-    /// Counts a write lease that came back.
-    pub(crate) fn count(&self) {
-        self.done.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// The primary position replicas must have replayed for a read now, if one is known that
-    /// covers every write counted so far.
-    fn needed(&self) -> Option<i64> {
-        let done = self.done.load(Ordering::Acquire);
-        let known = self
-            .known
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        (known.0 >= done).then_some(known.1)
-    }
-
-    /// Forgets the positions known: they are of a primary that is gone, and reads go to the
-    /// new one until its position is learnt.
-    fn forget(&self) {
-        *self
-            .known
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = (0, 0);
-    }
-
-    /// Asks the primary for its position and records it as covering the writes counted
-    /// before the question.
-    async fn learn(&self, primary: &HeldPg) -> Result<()> {
-        let done = self.done.load(Ordering::Acquire);
-        let mut conn = primary.lend().await?;
-        let position = sqlrepo_postgres::replication::current_position(conn.conn()).await?;
-        let mut known = self
-            .known
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        known.0 = known.0.max(done);
-        known.1 = known.1.max(position);
-        Ok(())
-    }
-}
-
-#[derive(Debug)]
-struct Replica {
-    held: HeldPg,
-    /// When it is left alone after failing to answer (shared with its lent connections, so a
-    /// read that runs out of time on one rests it).
-    rest: Arc<Rest>,
-    /// A task is asking it for its replay position.
-    refreshing: AtomicBool,
-}
-
-impl Replica {
-    fn resting(&self) -> bool {
-        self.rest.resting()
-    }
-
-    fn rest(&self) {
-        self.rest.rest();
-    }
-
-    /// A connection to this replica, within [`REPLICA_WAIT`]; `None` (and a rest) otherwise.
-    async fn acquire(&self) -> Option<PgLent> {
-        match tokio::time::timeout(REPLICA_WAIT, self.held.lend()).await {
-            Ok(Ok(conn)) => Some(conn),
-            _ => {
-                self.rest();
-                None
-            }
-        }
-    }
-
-    /// Asks a connection of the replica how far its server has replayed, within
-    /// [`REPLICA_WAIT`], and has the connection remember it.
-    async fn refresh(&self) {
-        let Some(mut conn) = self.acquire().await else {
-            return;
-        };
-        let asked = tokio::time::timeout(
-            REPLICA_WAIT,
-            sqlrepo_postgres::replication::replayed_position(conn.conn()),
-        )
-        .await;
-        match asked {
-            Ok(Ok(Some(position))) => conn.set_replayed(Some(position)),
-            // Not a replica (promoted, or the primary's URL given twice): it cannot promise.
-            Ok(Ok(None) | Err(_)) => {
-                conn.set_replayed(None);
-                self.rest();
-            }
-            // No answer in time: stalled or gone; the connection is not lent again.
-            Err(_) => {
-                conn.discard();
-                self.rest();
-            }
-        }
-    }
 }
 
 impl PgConnections {
@@ -214,6 +101,7 @@ impl PgConnections {
             primary: primary_server,
             standbys,
             hosts,
+            timeline,
         } = locate(primary, options).await?;
         let primary_label = primary_server.label();
         let primary_server = primary_server.with_settings(&settings);
@@ -252,27 +140,15 @@ impl PgConnections {
         } else if options.verify_migrations {
             verify_postgres(&mut first).await?;
         }
-        let failover = hosts.map(|hosts| {
-            Arc::new(Failover::new(
-                hosts,
-                primary_label,
-                PoolShape {
-                    settings: settings.clone(),
-                    connect_timeout: primary_server.connect_timeout(),
-                    connections: options.primary_connections,
-                    acquire_timeout: ACQUIRE_TIMEOUT,
-                },
-            ))
-        });
         let held = HeldPg::new(
-            primary_server,
+            primary_server.clone(),
             options.primary_connections,
             ACQUIRE_TIMEOUT,
             Some(first),
             None,
         );
         // With several hosts, a reconnect may meet the old primary restarted as a standby.
-        let held = if failover.is_some() {
+        let held = if hosts.is_some() {
             held.primary_only()
         } else {
             held
@@ -280,32 +156,44 @@ impl PgConnections {
         let primary = Arc::new(RwLock::new(Arc::new(held)));
         let replica_connect = options.connect_timeout.min(REPLICA_WAIT);
         // The replicas named, then the standbys a host list showed beside its primary.
-        let replicas = replicas
+        let servers = replicas
             .iter()
             .map(|url| PgServer::parse(url, replica_connect))
             .chain(standbys.into_iter().map(Ok))
-            .map(|server| {
-                let rest = Arc::new(Rest::new(REPLICA_COOLDOWN));
-                Ok(Replica {
-                    held: HeldPg::new(
-                        server?.with_settings(&settings),
-                        options.replica_connections,
-                        REPLICA_WAIT,
-                        None,
-                        Some(rest.clone()),
-                    ),
-                    rest,
-                    refreshing: AtomicBool::new(false),
-                }
-                .into())
-            })
+            .map(|server| Ok(server?.with_settings(&settings)))
             .collect::<Result<Vec<_>>>()?;
+        let replicas = Arc::new(Replicas::new(
+            servers,
+            options.replica_connections,
+            timeline,
+        ));
+        let writes = Arc::<Writes>::default();
+        let failover = hosts.map(|hosts| {
+            let failover = Arc::new(Failover::new(
+                hosts,
+                (primary_label, timeline),
+                PoolShape {
+                    settings: settings.clone(),
+                    connect_timeout: primary_server.connect_timeout(),
+                    connections: options.primary_connections,
+                    acquire_timeout: ACQUIRE_TIMEOUT,
+                    replica_connect_timeout: replica_connect,
+                    replica_connections: options.replica_connections,
+                },
+                primary.clone(),
+                writes.clone(),
+                replicas.clone(),
+            ));
+            // Hosts that were down at connect may come back as standbys.
+            failover.watch();
+            failover
+        });
         let connections = PgConnections {
             primary,
             failover,
             replicas,
             next_replica: AtomicUsize::new(0),
-            writes: Arc::default(),
+            writes,
         };
         // The schema is a write too: reads made after this must see it.
         connections.writes.count();
@@ -315,15 +203,26 @@ impl PgConnections {
     /// A connection to the primary, for a write or a transaction.
     pub(crate) async fn write_conn(&self) -> Result<PgLent> {
         let lent = self.current_primary().lend().await;
-        if let Some(failover) = &self.failover
-            && (matches!(lent, Err(Error::Unavailable(_))) || failover.refused_since_last_search())
-        {
-            // The primary is lost or was demoted: look for the new one in the background;
-            // this call fails (or goes on) as it is, without waiting for the search.
-            let writes = self.writes.clone();
-            failover.search(&self.primary, move || writes.forget());
+        if matches!(lent, Err(Error::Unavailable(_))) {
+            // The primary is lost, or a new connection found it a standby: look for the new
+            // one in the background; this call fails as it is, without waiting for the search.
+            self.primary_lost();
         }
         lent
+    }
+
+    /// What a lease on the primary tells when its own call was refused as the primary's
+    /// loss or demotion would be (see `error::refusal_seen_since`): `None` for a `Db` of one
+    /// host, which has nowhere else to look.
+    pub(crate) fn failover(&self) -> Option<Arc<Failover>> {
+        self.failover.clone()
+    }
+
+    /// Starts the search for a new primary (a `Db` given several hosts).
+    fn primary_lost(&self) {
+        if let Some(failover) = &self.failover {
+            failover.search();
+        }
     }
 
     /// The primary written to now.
@@ -342,7 +241,12 @@ impl PgConnections {
     /// A connection to read on: a replica that has replayed every write this `Db` returned,
     /// else the primary.
     pub(crate) async fn read_conn(&self) -> Result<PgLent> {
-        if self.replicas.is_empty() {
+        if self.replicas.take_newer_primary() {
+            // Two primaries, one promoted after the other: writes must go to the newer.
+            self.primary_lost();
+        }
+        let replicas = self.replicas.current();
+        if replicas.is_empty() {
             return self.write_conn().await;
         }
         let Some(needed) = self.writes.needed() else {
@@ -350,10 +254,10 @@ impl PgConnections {
             self.learn_position();
             return self.write_conn().await;
         };
-        let count = self.replicas.len();
+        let count = replicas.len();
         let start = self.next_replica.fetch_add(1, Ordering::Relaxed) % count;
         let mut behind = None;
-        for replica in (0..count).map(|i| &self.replicas[(start + i) % count]) {
+        for replica in (0..count).map(|i| &replicas[(start + i) % count]) {
             if replica.resting() {
                 continue;
             }
@@ -370,7 +274,7 @@ impl PgConnections {
             }
         }
         if let Some(replica) = behind {
-            refresh_position(replica.clone());
+            refresh_position(replica.clone(), self.replicas.clone());
         }
         self.write_conn().await
     }
@@ -382,9 +286,17 @@ impl PgConnections {
         }
         let writes = self.writes.clone();
         let primary = self.current_primary();
+        let failover = self.failover.clone();
         let learn = async move {
             // A failure leaves reads on the primary; the next read after a write asks again.
-            let _ = writes.learn(&primary).await;
+            let since = crate::error::refusals_so_far();
+            if writes.learn(&primary).await.is_err()
+                && crate::error::refusal_seen_since(since)
+                && let Some(failover) = failover
+            {
+                // The primary answered as a standby would: it was demoted.
+                failover.search();
+            }
             writes.learning.store(false, Ordering::Release);
         };
         match tokio::runtime::Handle::try_current() {
@@ -393,27 +305,13 @@ impl PgConnections {
         }
     }
 
-    /// Closes every pool.
+    /// Closes every pool, and stops the failover's searches and probes.
     pub(crate) async fn close(&self) {
-        self.current_primary().close().await;
-        for replica in &self.replicas {
-            replica.held.close().await;
+        if let Some(failover) = &self.failover {
+            failover.close();
         }
-    }
-}
-
-/// Starts a task that asks `replica` how far it has replayed, unless one is asking already.
-fn refresh_position(replica: Arc<Replica>) {
-    if replica.refreshing.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        drop(runtime.spawn(async move {
-            replica.refresh().await;
-            replica.refreshing.store(false, Ordering::Release);
-        }));
-    } else {
-        replica.refreshing.store(false, Ordering::Release);
+        self.current_primary().close().await;
+        self.replicas.close().await;
     }
 }
 
@@ -440,6 +338,7 @@ async fn locate(url: &str, options: &DbOptions) -> Result<Located> {
                 primary: PgServer::parse(url, options.connect_timeout)?,
                 standbys: Vec::new(),
                 hosts: None,
+                timeline: None,
             });
         }
         // libpq's reading is the stricter: what it refuses (an unknown target_session_attrs, a
@@ -481,6 +380,7 @@ async fn locate(url: &str, options: &DbOptions) -> Result<Located> {
         primary: PgServer::from_options(primary.host.options().clone(), connect_timeout),
         standbys,
         hosts: Some(list),
+        timeline: primary.state().and_then(|state| state.timeline),
     })
 }
 
@@ -490,6 +390,8 @@ struct Located {
     standbys: Vec<PgServer>,
     /// The host list, when the URL gave several hosts: the next primary is looked for there.
     hosts: Option<HostList>,
+    /// The primary's timeline, when discovery found it.
+    timeline: Option<u32>,
 }
 
 /// Applies sqlrepo's PostgreSQL migrations that have not run (sqlx takes an advisory lock, so
