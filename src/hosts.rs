@@ -9,6 +9,7 @@
 //! health check, a tool that lists a cluster's roles).
 
 pub use crate::conn::discover::{
-    DEFAULT_PROBE_TIMEOUT, Discovery, Probe, Role, ServerState, choose, discover, probe, probe_all,
+    DEFAULT_PROBE_TIMEOUT, Discovery, PRIMARY_GRACE, Probe, Role, ServerState, choose, discover,
+    probe, probe_all,
 };
 pub use crate::conn::hosts::{Host, HostList, TargetSessionAttrs};

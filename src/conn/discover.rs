@@ -5,7 +5,8 @@
 //! ([`sqlrepo_postgres::role::server_role`]) on a fresh connection, bounded by the list's
 //! `connect_timeout` (or [`DEFAULT_PROBE_TIMEOUT`]). The choice is then made in the list's
 //! order, as libpq tries hosts: in parallel the answer is the one libpq would reach, without
-//! waiting for each unreachable host in turn.
+//! waiting for each unreachable host in turn. For writes, once a host has answered as a primary
+//! accepting writes, the others are waited for only [`PRIMARY_GRACE`] longer.
 //!
 //! Where libpq takes the first host that qualifies, two rules are added for writes (`primary`,
 //! `read-write`), so that a write never goes to a server another has superseded:
@@ -18,7 +19,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
 use sqlrepo_postgres::role::ServerRole;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
@@ -170,8 +173,13 @@ impl Discovery {
 /// standbys: the case of a failover in progress), naming every host tried and what it was.
 /// Retryable: a host promoted later qualifies on the next call.
 pub async fn discover(list: &HostList) -> Result<Discovery> {
-    let probes = probe_all(list).await;
     let attrs = list.target_session_attrs();
+    let probes = match attrs {
+        TargetSessionAttrs::Primary | TargetSessionAttrs::ReadWrite => {
+            probe_until_primary(list).await
+        }
+        _ => probe_all(list).await,
+    };
     match choose(attrs, &probes) {
         Some(chosen) => Ok(Discovery {
             probes,
@@ -187,6 +195,58 @@ pub async fn discover(list: &HostList) -> Result<Discovery> {
 pub async fn probe_all(list: &HostList) -> Vec<Probe> {
     let timeout = list.connect_timeout().unwrap_or(DEFAULT_PROBE_TIMEOUT);
     join_all(list.hosts().iter().map(|host| probe(host, timeout))).await
+}
+
+/// How long, once one host has answered as a primary accepting writes, the hosts that have
+/// not answered yet are waited for. During a failover one of them can hold its probe for the
+/// whole `connect_timeout` (a node being restarted by Patroni, a machine gone silent), which
+/// would keep writes failing seconds past the promotion; the ones that do answer within this
+/// still take part in the choice (the newest timeline wins).
+pub const PRIMARY_GRACE: Duration = Duration::from_millis(300);
+
+/// [`probe_all`], except that once a host has answered as a primary accepting writes, hosts
+/// still unanswered [`PRIMARY_GRACE`] later are left out as not answering.
+async fn probe_until_primary(list: &HostList) -> Vec<Probe> {
+    let timeout = list.connect_timeout().unwrap_or(DEFAULT_PROBE_TIMEOUT);
+    let mut pending: FuturesUnordered<_> = list
+        .hosts()
+        .iter()
+        .enumerate()
+        .map(|(index, host)| async move { (index, probe(host, timeout).await) })
+        .collect();
+    let mut answered: Vec<Option<Probe>> = vec![None; list.hosts().len()];
+    let mut grace_ends: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match grace_ends {
+            None => pending.next().await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, pending.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+        };
+        let Some((index, probe)) = next else { break };
+        if grace_ends.is_none()
+            && probe
+                .state()
+                .is_some_and(|state| state.satisfies(TargetSessionAttrs::ReadWrite))
+        {
+            grace_ends = Some(tokio::time::Instant::now() + PRIMARY_GRACE);
+        }
+        answered[index] = Some(probe);
+    }
+    list.hosts()
+        .iter()
+        .zip(answered)
+        .map(|(host, probe)| {
+            probe.unwrap_or_else(|| Probe {
+                host: host.clone(),
+                outcome: Err(format!(
+                    "no answer within {} ms of another host answering as the primary",
+                    PRIMARY_GRACE.as_millis()
+                )),
+            })
+        })
+        .collect()
 }
 
 /// Connects to one host, reads its role, and closes the connection.
