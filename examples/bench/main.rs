@@ -27,6 +27,8 @@
 
 mod concurrent;
 mod data;
+#[cfg(feature = "postgres")]
+mod failover;
 mod floor;
 mod mixed;
 mod naive;
@@ -50,7 +52,7 @@ use crate::timing::progress;
 use crate::workloads::Bench;
 
 const USAGE: &str = "\
-usage: cargo run --release [--features postgres] --example bench -- [--quick] [--json PATH] [--svg PATH] [--current-thread] [--operations] [--postgres]
+usage: cargo run --release [--features postgres] --example bench -- [--quick] [--json PATH] [--svg PATH] [--current-thread] [--operations] [--postgres] [--failover]
 
   --quick           every workload small (seconds, even in a debug build); for CI
   --json PATH       also write the results as JSON to PATH
@@ -60,7 +62,11 @@ usage: cargo run --release [--features postgres] --example bench -- [--quick] [-
   --operations      run only the operations workloads (backup of a 1M-row file, integrity
                     check, the WAL under steady load) and print their report lines
   --postgres        run only the PostgreSQL rows (needs the postgres feature and
-                    SQLREPO_PG_URL; SQLREPO_PG_REPLICA_URL for the replica rows)";
+                    SQLREPO_PG_URL; SQLREPO_PG_REPLICA_URL for the replica rows)
+  --failover        also the failover rows: a three-node Patroni cluster started on loopback
+                    (ports SQLREPO_PATRONI_BASEPORT+1..21, default 57000), its leader killed
+                    under 8 writers (needs the postgres feature, Patroni and etcd: root
+                    installs them)";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -70,6 +76,7 @@ struct Args {
     current_thread: bool,
     operations_only: bool,
     postgres_only: bool,
+    failover: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -81,6 +88,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--current-thread" => args.current_thread = true,
             "--operations" => args.operations_only = true,
             "--postgres" => args.postgres_only = true,
+            "--failover" => args.failover = true,
             "--json" => args.json = Some(words.next().context(USAGE)?.into()),
             "--svg" => args.svg = Some(words.next().context(USAGE)?.into()),
             "-h" | "--help" => {
@@ -135,6 +143,20 @@ fn run_postgres(
     Ok((Vec::new(), vec![why.to_owned()]))
 }
 
+#[cfg(feature = "postgres")]
+fn run_failover(
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<(Vec<report::Row>, Vec<String>)> {
+    failover::run(runtime)
+}
+
+#[cfg(not(feature = "postgres"))]
+fn run_failover(
+    _runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<(Vec<report::Row>, Vec<String>)> {
+    bail!("--failover needs the postgres feature (--features postgres)")
+}
+
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     timing::start_clock();
@@ -175,6 +197,11 @@ fn main() -> anyhow::Result<()> {
     let (pg_rows, pg_notes) = run_postgres(&runtime, &inputs, args.postgres_only)?;
     rows.extend(pg_rows);
     notes.extend(pg_notes);
+    if args.failover {
+        let (failover_rows, failover_notes) = run_failover(&runtime)?;
+        rows.extend(failover_rows);
+        notes.extend(failover_notes);
+    }
 
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let setting = format!(
