@@ -23,7 +23,8 @@ use time::OffsetDateTime;
 
 use crate::conn::{Backend, Conn, Grouped, Handle};
 use crate::error::{Error, Result};
-use crate::limits::{MAX_KEY_CHARS, at_position, check_amount, check_batch};
+use crate::kit::{at_position, check_batch};
+use crate::limits::{MAX_KEY_CHARS, check_amount};
 use crate::trace::{Rows, traced};
 
 #[cfg(feature = "postgres")]

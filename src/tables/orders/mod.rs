@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use crate::conn::{Backend, Handle};
 use crate::error::{Error, Result};
-use crate::limits::batch_json;
+use crate::kit::json_rows;
 use crate::trace::{Rows, traced};
 
 #[cfg(feature = "postgres")]
@@ -230,7 +230,7 @@ impl OrderRepo {
 /// The orders as the JSON array `insert_batch` reads, `[[user_id, total], ...]`; `None` for
 /// none.
 fn batch_text(orders: &[NewOrder]) -> Result<Option<String>> {
-    batch_json("order", orders, NewOrder::validate, |o| {
+    json_rows("order", orders, NewOrder::validate, |o| {
         (o.user_id, o.total_cents)
     })
 }

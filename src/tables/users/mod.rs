@@ -10,7 +10,8 @@ use time::OffsetDateTime;
 use super::paging::{self, Keyed, Page};
 use crate::conn::{Backend, Handle};
 use crate::error::Result;
-use crate::limits::{batch_json, check_email, check_name};
+use crate::kit::json_rows;
+use crate::limits::{check_email, check_name};
 use crate::trace::traced;
 
 #[cfg(feature = "postgres")]
@@ -262,7 +263,7 @@ fn validate_patch(patch: &UserPatch) -> Result<()> {
 
 /// The users as the JSON array `insert_batch` reads, `[[email, name], ...]`; `None` for none.
 fn batch_text(users: &[NewUser]) -> Result<Option<String>> {
-    batch_json("user", users, NewUser::validate, |u| (&*u.email, &*u.name))
+    json_rows("user", users, NewUser::validate, |u| (&*u.email, &*u.name))
 }
 
 async fn insert_one(conn: &mut SqliteConnection, email: &str, name: &str) -> Result<i64> {
