@@ -1,5 +1,8 @@
 //! The documented limits on input, and the checks that enforce them before the database is
-//! touched. SQLite's own `CHECK`s repeat the rules it can see, as a second line.
+//! touched. SQLite's own `CHECK`s repeat the rules it can see, as a second line. The other
+//! constants a caller may need (a group's size, the dashboard's length, the idempotency key's
+//! constraint name) are here too, where a reader looks for them; their first paths at the crate
+//! root stay.
 
 use serde_json::Value;
 
@@ -8,6 +11,20 @@ use crate::error::{Error, Result};
 /// The most rows one `insert_many`, `set_status_many` or `transfer_batch` call accepts.
 /// A larger slice is [`Error::InvalidInput`] and nothing is written.
 pub const MAX_BATCH_ROWS: usize = 100_000;
+
+/// The most requests one group of concurrent callers' calls carries (see
+/// [`Grouped`](crate::Grouped)); the rest stay queued for the next one. Bounds the statement
+/// (and the JSON it reads) and the latency of a group's first member. Also at
+/// `sqlrepo::MAX_GROUP`, its first path.
+pub const MAX_GROUP: usize = 256;
+
+/// How many orders a [`Dashboard`](crate::Dashboard) shows, newest first (the literal
+/// `LIMIT 10` in its statement). Also at `sqlrepo::DASHBOARD_RECENT_ORDERS`, its first path.
+pub const DASHBOARD_RECENT_ORDERS: i64 = 10;
+
+/// The constraint a reused idempotency key reports in [`Error::Duplicate`]. Also at
+/// `sqlrepo::IDEMPOTENCY_KEY_CONSTRAINT`, its first path.
+pub const IDEMPOTENCY_KEY_CONSTRAINT: &str = "transfers.idempotency_key";
 
 /// The longest item name, user name or email, in characters.
 pub const MAX_NAME_CHARS: usize = 256;
