@@ -10,13 +10,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::SqlitePool;
 
 use crate::conn::{
     Backend, Connections, DbOptions, Handle, TempFile, WalStats, backup_into, claim_backup_path,
-    integrity_problems, migrate_on,
+    integrity_problems, migrate_on, migrate_service_on,
 };
 use crate::error::Result;
+use crate::kit::traced;
 use crate::tables::accounts::AccountRepo;
 use crate::tables::dashboard::{self, Dashboard};
 use crate::tables::items::ItemRepo;
@@ -234,11 +236,20 @@ impl Db {
         }
     }
 
-    /// The [`Handle`] this database's repositories use: a service's own repositories take
-    /// their connections from it too, so their writes queue with ours.
+    /// Applies a service's own migrations (its `static MIGRATOR: Migrator = sqlx::migrate!()`,
+    /// recorded in sqlx's default `_sqlx_migrations`) on this database's writer; run it after
+    /// [`Db::open`] has applied sqlrepo's, so the service's tables may reference ours. Running it
+    /// again applies nothing.
     ///
-    /// A service runs its own migrations (its `sqlx::migrate!()`, recorded in sqlx's default
-    /// `_sqlx_migrations`) on the writer, after [`Db::open`] applied sqlrepo's:
+    /// On SQLite the pending migrations run in one `BEGIN IMMEDIATE` transaction, as sqlrepo's
+    /// own do: of several processes starting on one file at once, one applies them and the
+    /// others wait for it (up to the busy timeout), then find nothing to do; all of them land
+    /// or none. (A pending migration marked `-- no-transaction` cannot run inside one: then they
+    /// run one by one, as sqlx runs them, without that lock.) On PostgreSQL sqlx's own advisory
+    /// lock does the same. The writes queue with sqlrepo's on the one writer, and the future
+    /// is `Send` (sqlx's `Migrator::run` on a connection is not, for every lifetime).
+    ///
+    /// Given [`MIGRATOR`](crate::MIGRATOR), sqlrepo's own, it is [`Db::migrate`].
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -251,12 +262,43 @@ impl Db {
     /// #     sqlx::SqlStr::from_static("CREATE TABLE notes (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users (id))"),
     /// #     false,
     /// # )]);
-    /// // In a service: `static MIGRATOR: Migrator = sqlx::migrate!();`
-    /// let db = sqlrepo::Db::in_memory().await?;
-    /// let mut conn = db.handle().writer().await?;
-    /// service_migrator.run(conn.sqlite()?).await?;
+    /// // In a service: `pub static MIGRATOR: Migrator = sqlx::migrate!();`, its migrations/.
+    /// let db = sqlrepo::Db::in_memory().await?; // sqlrepo's migrations
+    /// db.run_migrations(&service_migrator).await?; // then the service's
+    /// db.run_migrations(&service_migrator).await?; // nothing left to apply
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Errors
+    /// [`Error::Schema`](crate::Error::Schema) when the database holds a migration of this
+    /// migrator that it does not know, one that changed since it ran, one that failed
+    /// part-way, or one whose SQL the database refuses (a syntax error, a table that already
+    /// exists), naming the version; nothing of the pending migrations is applied then on SQLite
+    /// (on PostgreSQL those before the refused one stay, each its own transaction).
+    /// [`Error::Busy`](crate::Error::Busy) when another process holds the write lock past the
+    /// busy timeout.
+    pub async fn run_migrations(&self, migrator: &Migrator) -> Result<()> {
+        if std::ptr::eq(migrator, &crate::MIGRATOR) {
+            return self.migrate().await;
+        }
+        traced("migrations", "run_migrations", async {
+            let mut conn = self.handle().writer().await?;
+            // Migrations open transactions of their own: have the writer reset after them.
+            conn.reset_on_return();
+            match conn.backend()? {
+                Backend::Sqlite(conn) => migrate_service_on(conn, migrator).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(conn) => {
+                    crate::conn::migrate_service_postgres(conn, migrator).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// The [`Handle`] this database's repositories use: a service's own repositories take
+    /// their connections from it too, so their writes queue with ours. A service's own
+    /// migrations run on it with [`Db::run_migrations`].
     pub fn handle(&self) -> Handle {
         Handle::db(self.connections.clone())
     }

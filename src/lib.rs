@@ -47,11 +47,12 @@
 //! | [`NewAccount`], [`Account`], [`Transfer`], [`TransferOutcome`] | accounts and money movements, in integer cents |
 //! | [`Tx`] | a transaction you own: the same repositories, all or nothing |
 //! | [`Handle`], [`Conn`], [`Atomic`], [`Backend`] | for a service's own tables: a connection with sqlrepo's rules, by backend |
+//! | [`kit`] | for a service's own repositories: spans, batch helpers, timestamps, the repository shape ([`Db::run_migrations`] runs its migrations) |
 //! | [`DbOptions`], [`MIGRATOR`], [`WalStats`] | opening options, sqlrepo's migrations, WAL figures |
 //! | [`Error`], [`Result`] | the one error type, each variant something a caller can act on |
 //!
 //! Every type has one path, at the crate root (`sqlrepo::ItemRepo`); the input limits are in
-//! [`limits`], and [`sqlx`] is re-exported so a service's own checked queries use the same sqlx.
+//! [`limits`], the helpers our repositories are built with in [`kit`], and [`sqlx`] is re-exported so a service's own checked queries use the same sqlx.
 //! The [`guide`] holds what does not fit here or in the README (design, a service's own tables,
 //! migrations, PostgreSQL and replicas, benchmarks, reliability, backups, operations, tests and
 //! CI), with examples compiled and run as doctests.
@@ -62,8 +63,9 @@
 //!
 //! - **front door**: [`Db`] opens a database and hands out repositories, [`Tx`]s and
 //!   [`Handle`]s;
-//! - **repositories**: one module per table with its types, its repository and its SQL; a
-//!   service's own repositories sit at this level too, built on [`Handle`];
+//! - **repositories**: one module per table with its types, its repository and its SQL, built
+//!   with the [`kit`] (spans, batches, timestamps); a service's own repositories sit at this
+//!   level too, built on [`Handle`] and the same kit;
 //! - **connections**: opening, lending ([`Handle`], [`Conn`]), transactions' plumbing, group
 //!   commit ([`Grouped`]) and sqlrepo's own migrations ([`MIGRATOR`]);
 //! - **errors and limits** ([`Error`], [`limits`]): the one error type with its one classifier,
@@ -82,6 +84,7 @@ pub mod guide;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod hosts;
+pub mod kit;
 pub mod limits;
 mod tables;
 mod trace;

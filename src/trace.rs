@@ -14,8 +14,28 @@ use tracing::field::Empty;
 
 use crate::error::{Error, Result};
 
-/// Runs one repository call inside its span and records what it did.
-pub(crate) async fn traced<T: Rows>(
+/// Runs one repository call inside its span and records what it did: the span sqlrepo's own
+/// calls make (target `sqlrepo`, level DEBUG, name `sqlrepo`), with the fields `table` and
+/// `operation` as given, `rows` (what [`Rows`] says of the result), `elapsed_us`, and on failure
+/// `error`, the variant's name in snake case (`duplicate`, `busy`, …). It records no value of
+/// the call's data, so user data stays out of logs.
+///
+/// Wrap a repository method's whole future in it (validation included), so a refused call is a
+/// span with its error too. A call dropped unfinished (cancelled) closes its span unrecorded;
+/// inside a [`Tx`](crate::Tx) on PostgreSQL it is also how sqlrepo knows the call was given up
+/// on, so its statement is undone before the transaction's next call.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> sqlrepo::Result<()> {
+/// let found: Option<i64> = sqlrepo::kit::traced("notes", "get", async { Ok(Some(7)) }).await?;
+/// assert_eq!(found, Some(7));
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// The error of `work`, unchanged.
+pub async fn traced<T: Rows>(
     table: &'static str,
     operation: &'static str,
     work: impl Future<Output = Result<T>>,
@@ -75,9 +95,12 @@ fn variant(err: &Error) -> &'static str {
     }
 }
 
-/// How many rows a result stands for: written (a count, a created id, a changed flag) or
-/// returned.
-pub(crate) trait Rows {
+/// How many rows a result stands for, for the `rows` field of a [`traced`] call's span: written
+/// (a count, a created id, a changed flag) or returned. Implemented for `u64` (a count), `i64`
+/// (a created id or a value: one), `bool`, `()`, `Option<T>` and `Vec<T>`; implement it for a
+/// result type of your own.
+pub trait Rows {
+    /// The rows this result stands for.
     fn rows(&self) -> u64;
 }
 

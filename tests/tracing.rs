@@ -201,3 +201,38 @@ async fn a_stream_of_big_items_holds_at_most_a_page_budget_of_bytes_at_a_time() 
     // The last page holds the two remaining big rows and the small ones.
     assert_eq!(pages[2..], [10 - 2 * big_per_page + 5], "{pages:?}");
 }
+
+#[tokio::test]
+async fn a_services_call_through_the_kit_is_a_span_like_ours() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::registry().with(
+        captured
+            .clone()
+            .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG),
+    );
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let found: Vec<i64> = sqlrepo::kit::traced("notes", "list", async { Ok(vec![1, 2, 3]) })
+        .await
+        .unwrap();
+    assert_eq!(found, [1, 2, 3]);
+    let refused: sqlrepo::Result<u64> = sqlrepo::kit::traced("notes", "insert_many", async {
+        Err(sqlrepo::Error::Duplicate {
+            constraint: "notes.slug".to_owned(),
+        })
+    })
+    .await;
+    assert!(matches!(refused, Err(sqlrepo::Error::Duplicate { .. })));
+
+    let spans = captured.0.lock().unwrap().clone();
+    let field = |index: usize, name: &str| spans[index].1.get(name).cloned();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert_eq!(field(0, "table").as_deref(), Some("notes"));
+    assert_eq!(field(0, "operation").as_deref(), Some("list"));
+    assert_eq!(field(0, "rows").as_deref(), Some("3"));
+    assert!(field(0, "elapsed_us").is_some());
+    assert_eq!(field(0, "error"), None);
+    assert_eq!(field(1, "operation").as_deref(), Some("insert_many"));
+    assert_eq!(field(1, "error").as_deref(), Some("duplicate"));
+    assert_eq!(field(1, "rows"), None);
+}

@@ -128,3 +128,26 @@ pub async fn insert_batch(
     .await?;
     Ok(result.rows_affected())
 }
+
+/// The orders with these ids, in id order (unknown ids skipped, repeated ones given once).
+pub async fn select_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Vec<OrderRow>> {
+    sqlx::query_as!(
+        OrderRow,
+        r#"
+        SELECT id, user_id, total, created_at
+        FROM orders
+        WHERE id = ANY($1)
+        ORDER BY id
+        "#,
+        ids,
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// How many orders there are.
+pub async fn count(conn: &mut PgConnection) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM orders"#)
+        .fetch_one(conn)
+        .await
+}

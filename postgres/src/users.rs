@@ -148,3 +148,26 @@ pub async fn insert_batch(
     .await?;
     Ok(result.rows_affected())
 }
+
+/// The users with these ids, in id order (unknown ids skipped, repeated ones given once).
+pub async fn select_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Vec<UserRow>> {
+    sqlx::query_as!(
+        UserRow,
+        r#"
+        SELECT id, email, name, created_at
+        FROM users
+        WHERE id = ANY($1)
+        ORDER BY id
+        "#,
+        ids,
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// How many users there are.
+pub async fn count(conn: &mut PgConnection) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM users"#)
+        .fetch_one(conn)
+        .await
+}

@@ -42,9 +42,7 @@ use super::handle::{Conn, Handle};
 use super::pool::{Connections, Lease};
 use crate::error::{Error, Result};
 
-/// The most requests one group carries; the rest stay queued for the next one. Bounds the
-/// statement (and the JSON it reads) and the latency of a group's first member.
-pub const MAX_GROUP: usize = 256;
+pub use crate::limits::MAX_GROUP;
 
 /// A kind of call that several callers' requests can share one trip to a connection for: a
 /// write (carried to the writer together, one commit) or a point read (answered by one

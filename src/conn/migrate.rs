@@ -4,7 +4,7 @@
 //! open one file at once.
 
 use sqlx::Connection;
-use sqlx::migrate::{MigrateError, Migration};
+use sqlx::migrate::{MigrateError, Migration, Migrator};
 use sqlx::sqlite::SqliteConnection;
 
 use crate::error::{Error, Result};
@@ -55,13 +55,99 @@ pub(crate) async fn migrate_on(conn: &mut SqliteConnection) -> Result<()> {
     Ok(())
 }
 
+/// Applies a service's migrator on SQLite as [`migrate_on`] applies ours: the pending
+/// migrations in one `BEGIN IMMEDIATE` transaction (each in a savepoint inside it), so of
+/// several processes starting at once one applies them and the others wait, then find nothing
+/// to do; a current file is only checked, without the write lock.
+///
+/// A pending migration marked `-- no-transaction` cannot run inside a transaction (that is why
+/// it is marked): then the migrator runs as sqlx runs it, each migration by itself, without
+/// the lock across processes.
+pub(crate) async fn migrate_service_on(
+    conn: &mut SqliteConnection,
+    migrator: &Migrator,
+) -> Result<()> {
+    let pending = pending(conn, migrator).await;
+    if pending.is_empty() || pending.iter().any(|migration| migration.no_tx) {
+        migrator
+            .run_direct(None, &mut *conn, false)
+            .await
+            .map_err(service_error)?;
+        return Ok(());
+    }
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    migrator
+        .run_direct(None, &mut *tx, false)
+        .await
+        .map_err(service_error)?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Applies a service's migrator on PostgreSQL: sqlx's own run, each migration in its
+/// transaction, serialized across processes by sqlx's advisory lock.
+#[cfg(feature = "postgres")]
+pub(crate) async fn migrate_service_postgres(
+    conn: &mut sqlx::PgConnection,
+    migrator: &Migrator,
+) -> Result<()> {
+    let run = migrator.run_direct(None, &mut *conn, false).await;
+    if run.is_err() && migrator.locking {
+        // sqlx returns before its unlock when a migration fails, and the advisory lock is the
+        // session's: a rollback keeps it, so every later run (from any connection) would wait
+        // for it until the lock timeout. Best effort: the migration's error is the one to tell.
+        use sqlx::migrate::Migrate;
+        let _unlocked = conn.unlock().await;
+    }
+    run.map_err(service_error)
+}
+
+/// A service's migration error, said of the service's migrations: the classifier's sentences
+/// for [`MigrateError`] speak of sqlrepo's own (a newer sqlrepo release, say).
+fn service_error(err: MigrateError) -> Error {
+    match err {
+        MigrateError::VersionMissing(version) => Error::Schema(format!(
+            "the database has the service's migration {version} applied, which this migrator \
+             does not know: a newer build of the service migrated it"
+        )),
+        MigrateError::VersionMismatch(version) => Error::Schema(format!(
+            "the service's migration {version} differs from the one applied to this database: \
+             it was edited after it ran"
+        )),
+        MigrateError::Dirty(version) => Error::Schema(format!(
+            "the service's migration {version} failed part-way on an earlier run; repair the \
+             database by hand"
+        )),
+        // A lock keeps its meaning (Busy, retry); the migration's own SQL refused is a schema
+        // problem, named by its version.
+        MigrateError::ExecuteMigration(err, version) => match Error::from(err) {
+            Error::Database(err) => Error::Schema(format!(
+                "the service's migration {version} could not be applied: {err}"
+            )),
+            other => other,
+        },
+        other => other.into(),
+    }
+}
+
+/// The up migrations of `migrator` not recorded as applied (all of them when its table is
+/// missing).
+async fn pending<'m>(conn: &mut SqliteConnection, migrator: &'m Migrator) -> Vec<&'m Migration> {
+    use sqlx::migrate::Migrate;
+    let applied = conn
+        .list_applied_migrations(&migrator.table_name)
+        .await
+        .unwrap_or_default();
+    migrator
+        .iter()
+        .filter(|migration| !migration.migration_type.is_down_migration())
+        .filter(|migration| !applied.iter().any(|done| done.version == migration.version))
+        .collect()
+}
+
 /// Whether every migration of this release is recorded as applied (a missing table: no).
 async fn all_applied(conn: &mut SqliteConnection) -> bool {
-    use sqlx::migrate::Migrate;
-    let Ok(applied) = conn.list_applied_migrations(&MIGRATOR.table_name).await else {
-        return false;
-    };
-    up_migrations().all(|migration| applied.iter().any(|done| done.version == migration.version))
+    pending(conn, &MIGRATOR).await.is_empty()
 }
 
 /// This release's up migrations.

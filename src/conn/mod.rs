@@ -49,7 +49,9 @@ pub use options::DbOptions;
 pub use postgres::{REPLICA_COOLDOWN, REPLICA_WAIT};
 
 pub(crate) use handle::TxState;
-pub(crate) use migrate::migrate_on;
+#[cfg(feature = "postgres")]
+pub(crate) use migrate::migrate_service_postgres;
+pub(crate) use migrate::{migrate_on, migrate_service_on};
 pub(crate) use ops::{backup_into, claim_backup_path, integrity_problems};
 pub(crate) use pool::{Connections, TempFile};
 #[cfg(feature = "postgres")]

@@ -124,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
     let db = Db::open(&path)
         .await
         .with_context(|| format!("cannot open the database {path}"))?;
-    shipments::migrate(&db)
+    db.run_migrations(&shipments::MIGRATOR)
         .await
         .with_context(|| format!("cannot apply the service's migrations to {path}"))?;
     let listener = TcpListener::bind(&addr)

@@ -44,7 +44,7 @@ impl Service {
         let db = Db::open(dir.path().join("service.db"))
             .await
             .expect("open db");
-        service::shipments::migrate(&db)
+        db.run_migrations(&service::shipments::MIGRATOR)
             .await
             .expect("the service's migrations");
         Service::start_on(db, dir).await

@@ -16,7 +16,7 @@ use tempfile::TempDir;
 async fn open() -> (Db, TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = Db::open(dir.path().join("shop.db")).await.expect("open");
-    shipments::migrate(&db)
+    db.run_migrations(&shipments::MIGRATOR)
         .await
         .expect("the service's migrations");
     (db, dir)
@@ -38,10 +38,7 @@ async fn order(db: &Db, email: &str, total_cents: i64) -> (i64, i64) {
 }
 
 fn ship(order_id: i64) -> NewShipment {
-    NewShipment {
-        order_id,
-        address: "1 Quay Street".to_owned(),
-    }
+    NewShipment::new(order_id, "1 Quay Street")
 }
 
 #[tokio::test]
@@ -226,7 +223,7 @@ async fn run_service_migrations(path: &Path) {
     let db = Db::open_with(DbOptions::new(path).migrate(false))
         .await
         .unwrap();
-    shipments::migrate(&db).await.unwrap();
+    db.run_migrations(&shipments::MIGRATOR).await.unwrap();
     db.close().await;
 }
 
@@ -245,7 +242,7 @@ async fn the_services_migrations_and_sqlrepos_share_a_file_in_either_order_repea
             }
         }
         let db = Db::open(&path).await.unwrap();
-        shipments::migrate(&db).await.unwrap();
+        db.run_migrations(&shipments::MIGRATOR).await.unwrap();
         let (_, order) = order(&db, "ann@example.com", 700).await;
         ShipmentRepo::new(db.handle())
             .create(&ship(order))
@@ -279,5 +276,196 @@ async fn a_shipment_behind_another_processs_write_lock_is_busy_and_writes_nothin
     shipments.create(&ship(order)).await.unwrap();
     assert_eq!(shipments.count().await.unwrap(), 1);
     other.close().await;
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_shipments_future_owns_its_arguments_and_can_be_spawned() {
+    let (db, _dir) = open().await;
+    let (_, order) = order(&db, "ann@example.com", 700).await;
+    let shipments = ShipmentRepo::new(db.handle());
+    let new = NewShipment::new(order, "1 Quay Street");
+    // The future borrows neither the repository nor `new`: both may go before it runs.
+    let created = tokio::spawn(shipments.create(&new));
+    drop(new);
+    let id = created.await.unwrap().unwrap();
+    let read = tokio::spawn(shipments.get(id)).await.unwrap().unwrap();
+    assert_eq!(read.expect("the shipment").order_id, order);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn insert_many_writes_every_shipment_in_slice_order() {
+    let (db, _dir) = open().await;
+    let mut orders = Vec::new();
+    for i in 0..3 {
+        orders.push(order(&db, &format!("u{i}@example.com"), 100).await.1);
+    }
+    let shipments = ShipmentRepo::new(db.handle());
+    let batch: Vec<NewShipment> = orders
+        .iter()
+        .map(|&order| NewShipment::new(order, format!("{order} Quay Street")))
+        .collect();
+    assert_eq!(shipments.insert_many(&batch).await.unwrap(), 3);
+    assert_eq!(shipments.insert_many(&[]).await.unwrap(), 0);
+    for (position, &order) in orders.iter().enumerate() {
+        let shipped = shipments.for_order(order).await.unwrap().expect("shipped");
+        assert_eq!(shipped.id, position as i64 + 1);
+        assert_eq!(shipped.address, format!("{order} Quay Street"));
+    }
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_batch_with_a_bad_row_names_its_position_and_writes_nothing() {
+    let (db, _dir) = open().await;
+    let (_, first) = order(&db, "ann@example.com", 100).await;
+    let (_, second) = order(&db, "bob@example.com", 100).await;
+    let shipments = ShipmentRepo::new(db.handle());
+    let blank = [
+        NewShipment::new(first, "1 Quay Street"),
+        NewShipment::new(second, "  "),
+    ];
+    match shipments.insert_many(&blank).await {
+        Err(Error::InvalidInput(message)) => assert!(
+            message.starts_with("shipment 1: "),
+            "the position is named: {message}"
+        ),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    // Refused by the database: a missing order, a repeated one. Nothing of either batch stays.
+    let missing = [
+        NewShipment::new(first, "1 Quay Street"),
+        NewShipment::new(999, "2 Quay Street"),
+    ];
+    assert!(matches!(
+        shipments.insert_many(&missing).await,
+        Err(Error::ForeignKey)
+    ));
+    let repeated = [
+        NewShipment::new(first, "1 Quay Street"),
+        NewShipment::new(first, "2 Quay Street"),
+    ];
+    match shipments.insert_many(&repeated).await {
+        Err(Error::Duplicate { constraint }) => assert_eq!(constraint, "shipments.order_id"),
+        other => panic!("expected Duplicate, got {other:?}"),
+    }
+    assert_eq!(shipments.count().await.unwrap(), 0);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_batch_inside_a_tx_commits_and_rolls_back_with_sqlrepos_writes() {
+    let (db, _dir) = open().await;
+    let user = db
+        .users()
+        .create(&NewUser::new("ann@example.com", "Ann"))
+        .await
+        .unwrap();
+    let tx = db.begin().await.unwrap();
+    let first = tx.orders().create(&NewOrder::new(user, 100)).await.unwrap();
+    let second = tx.orders().create(&NewOrder::new(user, 200)).await.unwrap();
+    let batch = [
+        NewShipment::new(first, "1 Quay Street"),
+        NewShipment::new(second, "2 Quay Street"),
+    ];
+    assert_eq!(
+        ShipmentRepo::new(tx.handle())
+            .insert_many(&batch)
+            .await
+            .unwrap(),
+        2
+    );
+    drop(tx);
+    assert_eq!(ShipmentRepo::new(db.handle()).count().await.unwrap(), 0);
+    assert_eq!(db.orders().get(first).await.unwrap(), None);
+
+    let tx = db.begin().await.unwrap();
+    let first = tx.orders().create(&NewOrder::new(user, 100)).await.unwrap();
+    ShipmentRepo::new(tx.handle())
+        .insert_many(&[NewShipment::new(first, "1 Quay Street")])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(ShipmentRepo::new(db.handle()).count().await.unwrap(), 1);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn created_at_is_now_in_the_canonical_form_and_kept_so_for_other_writers() {
+    let (db, dir) = open().await;
+    let (_, order) = order(&db, "ann@example.com", 700).await;
+    let before = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    let shipments = ShipmentRepo::new(db.handle());
+    let id = shipments
+        .create(&NewShipment::new(order, "1 Quay Street"))
+        .await
+        .unwrap();
+    let created = shipments.get(id).await.unwrap().unwrap().created_at;
+    assert!(created >= before && created <= time::OffsetDateTime::now_utc());
+
+    // Another program writes the sqlite3 shell's form; the trigger stores ours, and refuses
+    // text that is no time at all.
+    let url = format!("sqlite://{}", dir.path().join("shop.db").display());
+    let mut other = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::query!(
+        "UPDATE shipments SET created_at = '2026-01-02 03:04:05' WHERE id = ?1",
+        id
+    )
+    .execute(&mut other)
+    .await
+    .unwrap();
+    let stored = sqlx::query_scalar!(
+        r#"SELECT created_at AS "created_at!" FROM shipments WHERE id = ?1"#,
+        id
+    )
+    .fetch_one(&mut other)
+    .await
+    .unwrap();
+    assert_eq!(stored, "2026-01-02T03:04:05.000Z");
+    assert_eq!(
+        sqlrepo::kit::format_timestamp(shipments.get(id).await.unwrap().unwrap().created_at),
+        stored
+    );
+    for unreadable in ["soon", "2026-13-45"] {
+        let refused = sqlx::query!(
+            "UPDATE shipments SET created_at = ?1 WHERE id = ?2",
+            unreadable,
+            id
+        )
+        .execute(&mut other)
+        .await;
+        assert!(refused.is_err(), "{unreadable} was stored");
+    }
+    let unset = sqlx::query!("UPDATE shipments SET created_at = NULL WHERE id = ?1", id)
+        .execute(&mut other)
+        .await;
+    assert!(unset.is_err(), "the time was taken away");
+    let kept = sqlx::query_scalar!(
+        r#"SELECT created_at AS "created_at!" FROM shipments WHERE id = ?1"#,
+        id
+    )
+    .fetch_one(&mut other)
+    .await
+    .unwrap();
+    assert_eq!(kept, stored);
+
+    // A row another program inserts without the time gets the time of the insert.
+    let (_, second) = self::order(&db, "bob@example.com", 100).await;
+    sqlx::query!(
+        "INSERT INTO shipments (order_id, address) VALUES (?1, '2 Quay Street')",
+        second
+    )
+    .execute(&mut other)
+    .await
+    .unwrap();
+    let filled = shipments
+        .for_order(second)
+        .await
+        .unwrap()
+        .expect("inserted");
+    assert!(filled.created_at >= before);
     db.close().await;
 }

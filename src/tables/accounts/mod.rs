@@ -23,14 +23,14 @@ use time::OffsetDateTime;
 
 use crate::conn::{Backend, Conn, Grouped, Handle};
 use crate::error::{Error, Result};
-use crate::limits::{MAX_KEY_CHARS, at_position, check_amount, check_batch};
+use crate::kit::{at_position, check_batch};
+use crate::limits::{MAX_KEY_CHARS, check_amount};
 use crate::trace::{Rows, traced};
 
 #[cfg(feature = "postgres")]
 mod postgres;
 
-/// The constraint a reused idempotency key reports in [`Error::Duplicate`].
-pub const IDEMPOTENCY_KEY_CONSTRAINT: &str = "transfers.idempotency_key";
+pub use crate::limits::IDEMPOTENCY_KEY_CONSTRAINT;
 
 /// A stored account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +53,21 @@ pub struct NewAccount {
     pub user_id: Option<i64>,
     /// Opening balance in cents, zero or more.
     pub balance_cents: i64,
+}
+
+impl NewAccount {
+    /// An account of `user_id` (`None`: nobody's) opening with `balance_cents`.
+    ///
+    /// ```
+    /// let new = sqlrepo::NewAccount::new(None, 500);
+    /// assert_eq!((new.user_id, new.balance_cents), (None, 500));
+    /// ```
+    pub fn new(user_id: Option<i64>, balance_cents: i64) -> Self {
+        NewAccount {
+            user_id,
+            balance_cents,
+        }
+    }
 }
 
 /// A movement of money between two accounts.

@@ -15,8 +15,7 @@ use crate::trace::{Rows, traced};
 #[cfg(feature = "postgres")]
 mod postgres;
 
-/// How many orders a dashboard shows (the literal `LIMIT 10` in its statement).
-pub const DASHBOARD_RECENT_ORDERS: i64 = 10;
+pub use crate::limits::DASHBOARD_RECENT_ORDERS;
 
 /// What [`Db::dashboard`](crate::Db::dashboard) returns.
 ///

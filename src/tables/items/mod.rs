@@ -16,11 +16,11 @@ use time::OffsetDateTime;
 use super::paging::{self, Keyed, Page};
 use crate::conn::{Backend, Conn, Grouped, Handle};
 use crate::error::{Error, Result};
+use crate::kit::{self, Rows, at_position, check_batch, json_text, traced};
 use crate::limits::{
-    MAX_CHUNK_BYTES, MAX_PAGE_BYTES, MAX_PAGE_ROWS, at_position, check_batch, check_data_depth,
+    MAX_CHUNK_BYTES, MAX_CHUNK_ROWS, MAX_PAGE_BYTES, MAX_PAGE_ROWS, check_data_depth,
     check_data_size, check_name,
 };
-use crate::trace::{Rows, traced};
 
 mod data;
 #[cfg(feature = "postgres")]
@@ -161,12 +161,6 @@ impl ItemPatch {
 pub struct ItemRepo {
     handle: Handle,
 }
-
-/// Rows per statement in `insert_many`, besides [`MAX_CHUNK_BYTES`]. One statement per chunk
-/// bounds the JSON text we build and SQLite parses. Chunks of 10k to 100k rows measured the
-/// same per row within noise (the bench's `insert_many`), so the larger chunk (fewer round
-/// trips) with bounded memory.
-const INSERT_CHUNK_ROWS: usize = 50_000;
 
 /// Rows per page of `stream`, besides [`MAX_PAGE_BYTES`]: one round trip per page, a page
 /// being one JSON text (see `select_page`).
@@ -437,7 +431,7 @@ impl ItemRepo {
     ) -> impl Future<Output = Result<u64>> + Send + use<> {
         let handle = self.handle.clone();
         let chunks = check_batch("insert_many", items.len())
-            .and_then(|()| batch_chunks(items, INSERT_CHUNK_ROWS, MAX_CHUNK_BYTES));
+            .and_then(|()| batch_chunks(items, MAX_CHUNK_ROWS, MAX_CHUNK_BYTES));
         traced("items", "insert_many", async move {
             let chunks = chunks?;
             let mut conn = handle.writer().await?;
@@ -445,29 +439,12 @@ impl ItemRepo {
             if matches!(conn.backend()?, Backend::Postgres(_)) {
                 return postgres::insert_many(&mut conn, &chunks).await;
             }
-            match chunks.as_slice() {
-                [] => Ok(0),
-                // One statement is atomic by itself: no transaction, one round trip.
-                [rows] => insert_batch(conn.statements()?, rows).await,
-                _ => {
-                    let mut tx = conn.atomic().await?;
-                    let mut inserted = 0;
-                    for rows in &chunks {
-                        match insert_batch(tx.sqlite()?, rows).await {
-                            Ok(count) => inserted += count,
-                            Err(err) => {
-                                // The error to report is the batch's. A rollback that fails
-                                // too leaves the unit unfinished, and its Drop resets the
-                                // writer (or ends the caller's Tx): nothing half-done stays.
-                                let _unfinished = tx.rollback().await;
-                                return Err(err);
-                            }
-                        }
-                    }
-                    tx.commit().await?;
-                    Ok(inserted)
-                }
-            }
+            // The kit's own helper, as a service's repository uses it: one statement for one
+            // chunk, one all-or-nothing unit for several.
+            kit::write_chunks(&mut conn, &chunks, |sqlite, rows| {
+                Box::pin(insert_batch(sqlite, rows))
+            })
+            .await
         })
     }
 
@@ -709,10 +686,6 @@ fn data_text(data: &Value) -> Result<String> {
     Ok(text)
 }
 
-fn json_text<T: Serialize + ?Sized>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|err| Error::invalid(format!("not JSON: {err}")))
-}
-
 /// The items as the JSON arrays `insert_batch` reads, `[[name, data, status], ...]`, one per
 /// statement: a chunk closes before it would pass `max_rows` rows or `max_bytes` bytes (a
 /// single row bigger than that is a chunk by itself). Validates each item on the way, so a bad
@@ -722,42 +695,22 @@ fn batch_chunks(items: &[NewItem], max_rows: usize, max_bytes: usize) -> Result<
     let not_json = |index: usize, err: serde_json::Error| {
         Error::invalid(format!("item {index}: not JSON: {err}"))
     };
-    let mut chunks = Vec::new();
-    let mut chunk: Vec<u8> = Vec::new();
-    let mut rows_in_chunk = 0;
-    let mut row: Vec<u8> = Vec::new();
-    for (index, item) in items.iter().enumerate() {
+    // Written by hand rather than through `kit::json_chunks`: `data` is measured as it is
+    // serialized, in the one pass, instead of serializing it twice.
+    kit::chunk_rows(items, max_rows, max_bytes, |row, index, item| {
         item.validate()
             .map_err(|err| at_position("item", index, err))?;
-        row.clear();
         row.push(b'[');
-        serde_json::to_writer(&mut row, &item.name).map_err(|err| not_json(index, err))?;
+        serde_json::to_writer(&mut *row, &item.name).map_err(|err| not_json(index, err))?;
         row.push(b',');
         let data_start = row.len();
-        serde_json::to_writer(&mut row, &item.data).map_err(|err| not_json(index, err))?;
+        serde_json::to_writer(&mut *row, &item.data).map_err(|err| not_json(index, err))?;
         check_data_size(row.len() - data_start).map_err(|err| at_position("item", index, err))?;
         row.push(b',');
-        serde_json::to_writer(&mut row, &item.status).map_err(|err| not_json(index, err))?;
+        serde_json::to_writer(&mut *row, &item.status).map_err(|err| not_json(index, err))?;
         row.push(b']');
-        if rows_in_chunk > 0
-            && (rows_in_chunk == max_rows || chunk.len() + 1 + row.len() + 1 > max_bytes)
-        {
-            chunks.push(close_chunk(std::mem::take(&mut chunk))?);
-            rows_in_chunk = 0;
-        }
-        chunk.push(if rows_in_chunk == 0 { b'[' } else { b',' });
-        chunk.extend_from_slice(&row);
-        rows_in_chunk += 1;
-    }
-    if rows_in_chunk > 0 {
-        chunks.push(close_chunk(chunk)?);
-    }
-    Ok(chunks)
-}
-
-fn close_chunk(mut chunk: Vec<u8>) -> Result<String> {
-    chunk.push(b']');
-    String::from_utf8(chunk).map_err(|err| Error::invalid(format!("not UTF-8: {err}")))
+        Ok(())
+    })
 }
 
 /// A `list_by_status_page` limit within 1..=[`MAX_PAGE_ROWS`].

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use crate::conn::{Backend, Handle};
 use crate::error::{Error, Result};
-use crate::limits::batch_json;
+use crate::kit::json_rows;
 use crate::trace::{Rows, traced};
 
 #[cfg(feature = "postgres")]
@@ -137,6 +137,53 @@ impl OrderRepo {
         })
     }
 
+    /// The orders with these ids, in id order; unknown ids are skipped and repeated ids given
+    /// once. One statement (the ids travel as one JSON array), so one consistent read.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for more than
+    /// [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) ids, before the database is touched;
+    /// [`Error::Schema`](crate::Error::Schema) when migrations have not run.
+    pub fn get_many(&self, ids: &[i64]) -> impl Future<Output = Result<Vec<Order>>> + Send + use<> {
+        let handle = self.handle.clone();
+        let ids = crate::kit::check_batch("get_many", ids.len()).map(|()| ids.to_vec());
+        traced("orders", "get_many", async move {
+            let ids = ids?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ids = &ids;
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => select_many(c, &crate::kit::json_text(ids)?).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => postgres::select_many(c, ids).await,
+                    }
+                })
+                .await
+        })
+    }
+
+    /// How many orders there are.
+    ///
+    /// # Errors
+    /// [`Error::Schema`](crate::Error::Schema) when migrations have not run.
+    pub fn count(&self) -> impl Future<Output = Result<i64>> + Send + use<> {
+        let handle = self.handle.clone();
+        traced("orders", "count", async move {
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => count(c).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => postgres::count(c).await,
+                    }
+                })
+                .await
+        })
+    }
+
     /// A user's newest `limit` orders, newest first; ties on `created_at` go to the higher id
     /// (the order inserted last comes first).
     ///
@@ -230,7 +277,7 @@ impl OrderRepo {
 /// The orders as the JSON array `insert_batch` reads, `[[user_id, total], ...]`; `None` for
 /// none.
 fn batch_text(orders: &[NewOrder]) -> Result<Option<String>> {
-    batch_json("order", orders, NewOrder::validate, |o| {
+    json_rows("order", orders, NewOrder::validate, |o| {
         (o.user_id, o.total_cents)
     })
 }
@@ -331,4 +378,32 @@ async fn insert_batch(conn: &mut SqliteConnection, rows_json: &str) -> Result<u6
     .execute(conn)
     .await?;
     Ok(result.rows_affected())
+}
+
+// `json_each` reads the ids of one JSON array: one statement however many ids, each a probe of
+// the primary key.
+async fn select_many(conn: &mut SqliteConnection, ids_json: &str) -> Result<Vec<Order>> {
+    Ok(sqlx::query_as!(
+        Order,
+        r#"
+        SELECT id AS "id!: i64",
+               user_id,
+               total AS total_cents,
+               created_at AS "created_at: OffsetDateTime"
+        FROM orders
+        WHERE id IN (SELECT value FROM json_each(?1))
+        ORDER BY id
+        "#,
+        ids_json,
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+async fn count(conn: &mut SqliteConnection) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar!(r#"SELECT count(*) AS "count!: i64" FROM orders"#)
+            .fetch_one(conn)
+            .await?,
+    )
 }

@@ -59,3 +59,15 @@ pub(super) async fn insert_batch(conn: &mut PgConnection, rows_json: &str) -> Re
     let (user_ids, totals): (Vec<i64>, Vec<i64>) = rows.into_iter().unzip();
     Ok(sql::insert_batch(conn, &user_ids, &totals).await?)
 }
+
+pub(super) async fn select_many(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<Order>> {
+    Ok(sql::select_many(conn, ids)
+        .await?
+        .into_iter()
+        .map(order)
+        .collect())
+}
+
+pub(super) async fn count(conn: &mut PgConnection) -> Result<i64> {
+    Ok(sql::count(conn).await?)
+}

@@ -10,7 +10,8 @@ use time::OffsetDateTime;
 use super::paging::{self, Keyed, Page};
 use crate::conn::{Backend, Handle};
 use crate::error::Result;
-use crate::limits::{batch_json, check_email, check_name};
+use crate::kit::json_rows;
+use crate::limits::{check_email, check_name};
 use crate::trace::traced;
 
 #[cfg(feature = "postgres")]
@@ -130,6 +131,53 @@ impl UserRepo {
                         Backend::Sqlite(c) => select_one(c, id).await,
                         #[cfg(feature = "postgres")]
                         Backend::Postgres(c) => postgres::select_one(c, id).await,
+                    }
+                })
+                .await
+        })
+    }
+
+    /// The users with these ids, in id order; unknown ids are skipped and repeated ids given
+    /// once. One statement (the ids travel as one JSON array), so one consistent read.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for more than
+    /// [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS) ids, before the database is touched;
+    /// [`Error::Schema`](crate::Error::Schema) when migrations have not run.
+    pub fn get_many(&self, ids: &[i64]) -> impl Future<Output = Result<Vec<User>>> + Send + use<> {
+        let handle = self.handle.clone();
+        let ids = crate::kit::check_batch("get_many", ids.len()).map(|()| ids.to_vec());
+        traced("users", "get_many", async move {
+            let ids = ids?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ids = &ids;
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => select_many(c, &crate::kit::json_text(ids)?).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => postgres::select_many(c, ids).await,
+                    }
+                })
+                .await
+        })
+    }
+
+    /// How many users there are.
+    ///
+    /// # Errors
+    /// [`Error::Schema`](crate::Error::Schema) when migrations have not run.
+    pub fn count(&self) -> impl Future<Output = Result<i64>> + Send + use<> {
+        let handle = self.handle.clone();
+        traced("users", "count", async move {
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => count(c).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => postgres::count(c).await,
                     }
                 })
                 .await
@@ -262,7 +310,7 @@ fn validate_patch(patch: &UserPatch) -> Result<()> {
 
 /// The users as the JSON array `insert_batch` reads, `[[email, name], ...]`; `None` for none.
 fn batch_text(users: &[NewUser]) -> Result<Option<String>> {
-    batch_json("user", users, NewUser::validate, |u| (&*u.email, &*u.name))
+    json_rows("user", users, NewUser::validate, |u| (&*u.email, &*u.name))
 }
 
 async fn insert_one(conn: &mut SqliteConnection, email: &str, name: &str) -> Result<i64> {
@@ -385,4 +433,32 @@ async fn insert_batch(conn: &mut SqliteConnection, rows_json: &str) -> Result<u6
     .execute(conn)
     .await?;
     Ok(result.rows_affected())
+}
+
+// `json_each` reads the ids of one JSON array: one statement however many ids, each a probe of
+// the primary key.
+async fn select_many(conn: &mut SqliteConnection, ids_json: &str) -> Result<Vec<User>> {
+    Ok(sqlx::query_as!(
+        User,
+        r#"
+        SELECT id AS "id!: i64",
+               email,
+               name,
+               created_at AS "created_at: OffsetDateTime"
+        FROM users
+        WHERE id IN (SELECT value FROM json_each(?1))
+        ORDER BY id
+        "#,
+        ids_json,
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+async fn count(conn: &mut SqliteConnection) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar!(r#"SELECT count(*) AS "count!: i64" FROM users"#)
+            .fetch_one(conn)
+            .await?,
+    )
 }

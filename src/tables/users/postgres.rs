@@ -61,3 +61,15 @@ pub(super) async fn insert_batch(conn: &mut PgConnection, rows_json: &str) -> Re
     let (emails, names): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
     Ok(sql::insert_batch(conn, &emails, &names).await?)
 }
+
+pub(super) async fn select_many(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<User>> {
+    Ok(sql::select_many(conn, ids)
+        .await?
+        .into_iter()
+        .map(user)
+        .collect())
+}
+
+pub(super) async fn count(conn: &mut PgConnection) -> Result<i64> {
+    Ok(sql::count(conn).await?)
+}

@@ -1,0 +1,3 @@
+DROP TRIGGER shipments_created_at_canonical_on_update;
+DROP TRIGGER shipments_created_at_canonical_on_insert;
+ALTER TABLE shipments DROP COLUMN created_at;
