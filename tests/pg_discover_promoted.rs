@@ -13,70 +13,28 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::pg_server;
+use common::{pg_pair, pg_server};
 use sqlrepo::hosts::{HostList, TargetSessionAttrs};
 use sqlrepo::hosts::{Role, discover};
 
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/pg-cluster")
-}
-
-/// A primary and its streaming replica of this test's own, stopped (and their directory
-/// deleted) when dropped, whatever the test did to them.
+/// This test's own pair, with each server as the `host:port` label discovery reports.
 struct Pair {
-    dir: PathBuf,
+    servers: pg_pair::Pair,
     primary: String,
     replica: String,
-    _parent: tempfile::TempDir,
 }
 
 impl Pair {
     fn start() -> Pair {
-        let port = std::env::var("SQLREPO_PROMOTE_PORT").unwrap_or_else(|_| "56500".into());
-        let parent = tempfile::tempdir().unwrap();
-        // The servers run as the `postgres` user, which must reach the directory.
-        let mut permissions = std::fs::metadata(parent.path()).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o711);
-        std::fs::set_permissions(parent.path(), permissions).unwrap();
-        let dir = parent.path().join("pair");
-        let out = Command::new(script())
-            .arg("start")
-            .arg(&dir)
-            .arg(&port)
-            .output()
-            .expect("run .ci/pg-cluster");
-        assert!(
-            out.status.success(),
-            "could not start a PostgreSQL pair (this test needs PostgreSQL 15 -- the script \
-             installs it as root -- and ports {port} and the next free):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let export = |name: &str| {
-            stdout
-                .split_whitespace()
-                .find_map(|word| word.strip_prefix(&format!("{name}=")))
-                .unwrap_or_else(|| panic!("no {name} in {stdout}"))
-                .trim_matches(|c| c == '\'' || c == '"')
-                .to_owned()
-        };
-        let label = |url: String| HostList::parse(&url).unwrap().hosts()[0].label();
+        let servers = pg_pair::Pair::start("SQLREPO_PROMOTE_PORT", "56500");
+        let label = |url: &str| HostList::parse(url).unwrap().hosts()[0].label();
         Pair {
-            primary: label(export("SQLREPO_PG_URL")),
-            replica: label(export("SQLREPO_PG_REPLICA_URL")),
-            dir,
-            _parent: parent,
+            primary: label(&servers.primary),
+            replica: label(&servers.replica),
+            servers,
         }
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        let _ = Command::new(script()).arg("stop").arg(&self.dir).status();
     }
 }
 
@@ -106,7 +64,7 @@ async fn of_two_primaries_writes_go_to_the_one_promoted_last_on_the_newer_timeli
     assert_eq!(before.chosen().host.label(), old);
     let old_timeline = before.chosen().state().unwrap().timeline.unwrap();
 
-    let replica_dir = pair.dir.join("replica");
+    let replica_dir = pair.servers.dir.join("replica");
     let replica_dir = replica_dir.to_str().unwrap();
     pg_server::run("pg_ctl", ["promote", "-w", "-t", "60", "-D", replica_dir]);
     // `promote -w` returns once the server accepts writes; its probe may still be in flight.

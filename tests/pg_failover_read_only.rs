@@ -12,100 +12,20 @@
 
 #![cfg(feature = "postgres")]
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sqlrepo::{Db, Error, NewItem};
 use sqlx::{Connection, PgConnection};
 
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/pg-cluster")
-}
-
-/// A primary and its streaming replica of this test's own, stopped (and their directory
-/// deleted) when dropped, whatever the test did to them.
-struct Pair {
-    dir: PathBuf,
-    primary: String,
-    replica: String,
-    _parent: tempfile::TempDir,
-}
-
-impl Pair {
-    fn start() -> Pair {
-        let port = std::env::var("SQLREPO_READ_ONLY_PORT").unwrap_or_else(|_| "56600".into());
-        let parent = tempfile::tempdir().unwrap();
-        // The servers run as the `postgres` user, which must reach the directory.
-        let mut permissions = std::fs::metadata(parent.path()).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o711);
-        std::fs::set_permissions(parent.path(), permissions).unwrap();
-        let dir = parent.path().join("pair");
-        let out = Command::new(script())
-            .arg("start")
-            .arg(&dir)
-            .arg(&port)
-            .output()
-            .expect("run .ci/pg-cluster");
-        assert!(
-            out.status.success(),
-            "could not start a PostgreSQL pair (this test needs PostgreSQL 15 -- the script \
-             installs it as root -- and ports {port} and the next free):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let export = |name: &str| {
-            stdout
-                .split_whitespace()
-                .find_map(|word| word.strip_prefix(&format!("{name}=")))
-                .unwrap_or_else(|| panic!("no {name} in {stdout}"))
-                .trim_matches(|c| c == '\'' || c == '"')
-                .to_owned()
-        };
-        Pair {
-            primary: export("SQLREPO_PG_URL"),
-            replica: export("SQLREPO_PG_REPLICA_URL"),
-            dir,
-            _parent: parent,
-        }
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        let _ = Command::new(script()).arg("stop").arg(&self.dir).status();
-    }
-}
+use common::pg_pair::Pair;
+use common::pg_server;
 
 /// `host:port` of a one-host URL `postgres://user@host:port/name`.
 fn host_of(url: &str) -> &str {
     url.split_once('@').unwrap().1.split_once('/').unwrap().0
-}
-
-/// `pg_ctl` of the newest installed PostgreSQL, as the `postgres` user when we are root.
-fn pg_ctl(args: &[&str]) -> std::process::Output {
-    let mut bindirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL's server programs in /usr/lib/postgresql")
-        .map(|entry| entry.unwrap().path().join("bin"))
-        .collect();
-    bindirs.sort();
-    let program = bindirs
-        .pop()
-        .expect("a PostgreSQL bin directory")
-        .join("pg_ctl");
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| out.stdout.trim_ascii() == b"0");
-    let mut command = if is_root {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--"]).arg(&program);
-        command
-    } else {
-        Command::new(&program)
-    };
-    command.args(args).output().unwrap()
 }
 
 /// Runs one statement on the server of `url` as the admin.
@@ -130,7 +50,7 @@ async fn items_named(url: &str, name: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (it starts, demotes and promotes a pair of its own); run with -- --include-ignored"]
 async fn writes_refused_as_read_only_move_the_db_to_the_promoted_standby() {
-    let pair = Pair::start();
+    let pair = Pair::start("SQLREPO_READ_ONLY_PORT", "56600");
     let url = format!(
         "postgres://postgres@{},{}/postgres?target_session_attrs=read-write&connect_timeout=2",
         host_of(&pair.primary),
@@ -176,18 +96,16 @@ async fn writes_refused_as_read_only_move_the_db_to_the_promoted_standby() {
     }
 
     let replica_dir = pair.dir.join("replica");
-    let out = pg_ctl(&[
-        "promote",
-        "-w",
-        "-t",
-        "60",
-        "-D",
-        replica_dir.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "pg_ctl promote: {}",
-        String::from_utf8_lossy(&out.stderr)
+    pg_server::run(
+        "pg_ctl",
+        [
+            "promote",
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            replica_dir.to_str().unwrap(),
+        ],
     );
     // `promote -w` returns once the server accepts writes.
     let promoted = Instant::now();

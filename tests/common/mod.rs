@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod pg_pair;
 pub mod pg_server;
 pub mod tmpfs;
 
