@@ -32,7 +32,7 @@ fn unreadable(id: i64, reason: String) -> Error {
 
 /// Why the first number in this JSON text that `Value` cannot hold exactly cannot be held, or
 /// `None` when every number can. Strings are skipped (a digit inside one is not a number).
-fn first_inexact_number(text: &str) -> Option<String> {
+pub(super) fn first_inexact_number(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut at = 0;
     while at < bytes.len() {

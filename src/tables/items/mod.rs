@@ -759,6 +759,17 @@ struct ItemJson<'a>(
     #[serde(with = "time::serde::rfc3339")] OffsetDateTime,
 );
 
+/// [`ItemJson`] with `data` read straight into a value: the one pass an ordinary page takes.
+#[derive(Deserialize)]
+struct ItemJsonValue(
+    i64,
+    String,
+    Value,
+    ItemStatus,
+    #[serde(with = "time::serde::rfc3339")] OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")] OffsetDateTime,
+);
+
 /// One row of a streamed page: its id, and the item or why it cannot be read, so that the
 /// stream reports that row and goes on past it.
 struct StreamRow {
@@ -794,11 +805,33 @@ fn parse_stream_page(page: &str, more: bool) -> Result<Page<StreamRow>> {
 }
 
 fn parse_rows(page: &str) -> Result<Vec<StreamRow>> {
+    // An ordinary page (no number anywhere in it that a value would not hold exactly: its ids
+    // are integers, its names and timestamps strings) is read in one pass; one that does not
+    // read that way (a foreign row's number, nesting or lone surrogate) is read again row by
+    // row, so that only the rows at fault are errors.
+    if data::first_inexact_number(page).is_none()
+        && let Ok(rows) = serde_json::from_str::<Vec<ItemJsonValue>>(page)
+    {
+        let rows = rows.into_iter().map(
+            |ItemJsonValue(id, name, data, status, created_at, updated_at)| StreamRow {
+                id,
+                item: Ok(Item {
+                    id,
+                    name,
+                    data,
+                    status,
+                    created_at,
+                    updated_at,
+                }),
+            },
+        );
+        return Ok(in_id_order(rows.collect()));
+    }
     // The page's own shape is ours (ids, quoted names and timestamps), so failing here is a
     // decode error of the statement; `data`, which other programs write, is read per row.
     let rows: Vec<ItemJson<'_>> = serde_json::from_str(page)
         .map_err(|err| Error::Database(sqlx::Error::Decode(err.into())))?;
-    let mut rows: Vec<StreamRow> = rows
+    let rows: Vec<StreamRow> = rows
         .into_iter()
         .map(
             |ItemJson(id, name, data, status, created_at, updated_at)| StreamRow {
@@ -814,12 +847,16 @@ fn parse_rows(page: &str) -> Result<Vec<StreamRow>> {
             },
         )
         .collect();
-    // SQLite aggregates the ordered subquery in order; this keeps paging right even if a
-    // future planner did not (one comparison per row).
+    Ok(in_id_order(rows))
+}
+
+/// SQLite aggregates the ordered subquery in order; this keeps paging right even if a future
+/// planner did not (one comparison per row).
+fn in_id_order(mut rows: Vec<StreamRow>) -> Vec<StreamRow> {
     if !rows.is_sorted_by_key(|row| row.id) {
         rows.sort_unstable_by_key(|row| row.id);
     }
-    Ok(rows)
+    rows
 }
 
 async fn insert_one(
