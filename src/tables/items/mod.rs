@@ -244,16 +244,18 @@ impl ItemRepo {
     /// [`Error::TooBig`] only for a single stored row past SQLite's limits (written by other SQL).
     pub fn get_many(&self, ids: &[i64]) -> impl Future<Output = Result<Vec<Item>>> + Send + use<> {
         let handle = self.handle.clone();
-        let ids = check_batch("get_many", ids.len()).and_then(|()| id_list(ids));
+        // Kept as ids: SQLite reads them as one JSON array, PostgreSQL as an array parameter.
+        let ids = check_batch("get_many", ids.len()).map(|()| ids.to_vec());
         traced("items", "get_many", async move {
-            let Some(ids) = ids? else {
+            let ids = ids?;
+            if ids.is_empty() {
                 return Ok(Vec::new());
-            };
+            }
             let ids = &ids;
             handle
                 .read(|mut conn| async move {
                     match conn.backend()? {
-                        Backend::Sqlite(_) => select_many(&mut conn, ids).await,
+                        Backend::Sqlite(_) => select_many(&mut conn, &json_text(ids)?).await,
                         #[cfg(feature = "postgres")]
                         Backend::Postgres(c) => postgres::select_many(c, ids).await,
                     }
@@ -459,14 +461,15 @@ impl ItemRepo {
         status: ItemStatus,
     ) -> impl Future<Output = Result<u64>> + Send + use<> {
         let handle = self.handle.clone();
-        let ids = check_batch("set_status_many", ids.len()).and_then(|()| id_list(ids));
+        let ids = check_batch("set_status_many", ids.len()).map(|()| ids.to_vec());
         traced("items", "set_status_many", async move {
-            let Some(ids) = ids? else {
+            let ids = ids?;
+            if ids.is_empty() {
                 return Ok(0);
-            };
+            }
             let mut conn = handle.writer().await?;
             match conn.backend()? {
-                Backend::Sqlite(c) => update_status_batch(c, &ids, status).await,
+                Backend::Sqlite(c) => update_status_batch(c, &json_text(&ids)?, status).await,
                 #[cfg(feature = "postgres")]
                 Backend::Postgres(c) => postgres::update_status_batch(c, &ids, status).await,
             }

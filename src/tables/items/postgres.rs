@@ -59,11 +59,6 @@ fn stream_page(page: sql::ItemPage) -> Page<StreamRow> {
     }
 }
 
-/// Ids from the JSON array the repository built before the call (SQLite's form).
-fn ids(ids_json: &str) -> Result<Vec<i64>> {
-    serde_json::from_str(ids_json).map_err(|err| Error::invalid(format!("not JSON: {err}")))
-}
-
 /// Refuses data holding a NUL character (`\u0000` in a string or a key), which `jsonb` cannot
 /// store. Checked here, before the statement, and not left to the server's cast: the cast runs
 /// only where the plan evaluates it, so an update of a missing id would be refused under a
@@ -101,8 +96,8 @@ pub(super) async fn select_one(conn: &mut PgConnection, id: i64) -> Result<Optio
     sql::select_one(conn, id).await?.map(item).transpose()
 }
 
-pub(super) async fn select_many(conn: &mut PgConnection, ids_json: &str) -> Result<Vec<Item>> {
-    items(sql::select_many(conn, &ids(ids_json)?).await?)
+pub(super) async fn select_many(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<Item>> {
+    items(sql::select_many(conn, ids).await?)
 }
 
 pub(super) async fn select_by_status(
@@ -162,10 +157,10 @@ pub(super) async fn delete_one(conn: &mut PgConnection, id: i64) -> Result<bool>
 
 pub(super) async fn update_status_batch(
     conn: &mut PgConnection,
-    ids_json: &str,
+    ids: &[i64],
     status: ItemStatus,
 ) -> Result<u64> {
-    Ok(sql::update_status_batch(conn, &ids(ids_json)?, status.as_str()).await?)
+    Ok(sql::update_status_batch(conn, ids, status.as_str()).await?)
 }
 
 pub(super) async fn count(conn: &mut PgConnection) -> Result<i64> {
