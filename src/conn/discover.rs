@@ -20,7 +20,6 @@ use std::fmt;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 use sqlrepo_postgres::role::ServerRole;
 use sqlx::Connection;
@@ -193,8 +192,7 @@ pub async fn discover(list: &HostList) -> Result<Discovery> {
 /// Probes every host of `list` at once, each bounded by the list's `connect_timeout` (or
 /// [`DEFAULT_PROBE_TIMEOUT`]); the result is in the list's order.
 pub async fn probe_all(list: &HostList) -> Vec<Probe> {
-    let timeout = list.connect_timeout().unwrap_or(DEFAULT_PROBE_TIMEOUT);
-    join_all(list.hosts().iter().map(|host| probe(host, timeout))).await
+    probe_hosts(list, None).await
 }
 
 /// How long, once one host has answered as a primary accepting writes, the hosts that have
@@ -207,6 +205,12 @@ pub const PRIMARY_GRACE: Duration = Duration::from_millis(300);
 /// [`probe_all`], except that once a host has answered as a primary accepting writes, hosts
 /// still unanswered [`PRIMARY_GRACE`] later are left out as not answering.
 async fn probe_until_primary(list: &HostList) -> Vec<Probe> {
+    probe_hosts(list, Some(PRIMARY_GRACE)).await
+}
+
+/// Every host probed at once; with a `grace`, the probes still out that long after a host
+/// answered as a primary accepting writes are given up, as not answering.
+async fn probe_hosts(list: &HostList, grace: Option<Duration>) -> Vec<Probe> {
     let timeout = list.connect_timeout().unwrap_or(DEFAULT_PROBE_TIMEOUT);
     let mut pending: FuturesUnordered<_> = list
         .hosts()
@@ -225,12 +229,13 @@ async fn probe_until_primary(list: &HostList) -> Vec<Probe> {
             },
         };
         let Some((index, probe)) = next else { break };
-        if grace_ends.is_none()
+        if let Some(grace) = grace
+            && grace_ends.is_none()
             && probe
                 .state()
                 .is_some_and(|state| state.satisfies(TargetSessionAttrs::ReadWrite))
         {
-            grace_ends = Some(tokio::time::Instant::now() + PRIMARY_GRACE);
+            grace_ends = Some(tokio::time::Instant::now() + grace);
         }
         answered[index] = Some(probe);
     }
@@ -242,7 +247,7 @@ async fn probe_until_primary(list: &HostList) -> Vec<Probe> {
                 host: host.clone(),
                 outcome: Err(format!(
                     "no answer within {} ms of another host answering as the primary",
-                    PRIMARY_GRACE.as_millis()
+                    grace.unwrap_or_default().as_millis()
                 )),
             })
         })
