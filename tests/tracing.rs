@@ -51,15 +51,20 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Captured {
     }
 }
 
-#[tokio::test]
-async fn repository_calls_emit_spans_with_rows_and_elapsed_but_no_user_data() {
+/// Spans of this thread from DEBUG up, captured until the guard is dropped.
+fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
     let captured = Captured::default();
     let subscriber = tracing_subscriber::registry().with(
         captured
             .clone()
             .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG),
     );
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn repository_calls_emit_spans_with_rows_and_elapsed_but_no_user_data() {
+    let (captured, _guard) = capture();
 
     let db = fresh_db().await;
     let secret = "secret-name-4711";
@@ -169,13 +174,7 @@ async fn a_stream_of_big_items_holds_at_most_a_page_budget_of_bytes_at_a_time() 
     use futures_util::TryStreamExt;
     use sqlrepo::limits::{MAX_DATA_BYTES, MAX_PAGE_BYTES};
 
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::registry().with(
-        captured
-            .clone()
-            .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG),
-    );
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture();
 
     let db = fresh_db().await;
     // Ten items of 1 MiB each, the most `data` may hold; then a few small ones.
@@ -204,13 +203,7 @@ async fn a_stream_of_big_items_holds_at_most_a_page_budget_of_bytes_at_a_time() 
 
 #[tokio::test]
 async fn a_services_call_through_the_kit_is_a_span_like_ours() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::registry().with(
-        captured
-            .clone()
-            .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG),
-    );
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture();
 
     let found: Vec<i64> = sqlrepo::kit::traced("notes", "list", async { Ok(vec![1, 2, 3]) })
         .await
