@@ -16,8 +16,6 @@ use sqlrepo::hosts::{Role, discover, probe_all};
 
 /// A port of this suite's range that nothing listens on: a host that is down.
 const STOPPED_PORT: u16 = 57439;
-/// A port of this suite's range where the test's own listener accepts and never answers.
-const SILENT_PORT: u16 = 57438;
 
 const NEEDS: &str = "needs a PostgreSQL primary and streaming replica (.ci/pg-cluster start: \
                      SQLREPO_PG_URL, SQLREPO_PG_REPLICA_URL); run with -- --include-ignored";
@@ -177,9 +175,12 @@ async fn a_primary_with_read_only_sessions_is_a_primary_but_not_read_write() {
 async fn a_host_that_never_answers_is_given_up_after_connect_timeout_and_the_others_probed_meanwhile()
  {
     let primary = primary();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", SILENT_PORT))
+    // A port the kernel picks: a fixed one in the ephemeral range can be taken by any
+    // outgoing connection of the moment (CI met "Address already in use").
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
         .unwrap();
+    let silent_port = listener.local_addr().unwrap().port();
     // Accepts every connection and holds it without a byte: a server hung mid-failover.
     let silent = tokio::spawn(async move {
         let mut held = Vec::new();
@@ -187,7 +188,7 @@ async fn a_host_that_never_answers_is_given_up_after_connect_timeout_and_the_oth
             held.push(socket);
         }
     });
-    let silent_host = format!("127.0.0.1:{SILENT_PORT}");
+    let silent_host = format!("127.0.0.1:{silent_port}");
     let hosts = [silent_host.as_str(), primary.as_str()];
     let list = HostList::parse(&format!(
         "postgres://postgres@{}/postgres?target_session_attrs=read-write&connect_timeout=2",
