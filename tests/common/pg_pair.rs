@@ -20,21 +20,36 @@ pub struct Pair {
 
 impl Pair {
     /// Starts a pair on the port in the environment variable `port_var` (else
-    /// `default_port`) and the next; fails the test, saying what it needs, if it cannot.
+    /// `default_port`) and the next (or the two pairs after, if those are taken); fails the
+    /// test, saying what it needs, if it cannot.
     pub fn start(port_var: &str, default_port: &str) -> Pair {
-        let port = std::env::var(port_var).unwrap_or_else(|_| default_port.to_owned());
+        let first: u16 = std::env::var(port_var)
+            .unwrap_or_else(|_| default_port.to_owned())
+            .parse()
+            .expect("a port number");
         let parent = tempfile::tempdir().unwrap();
         // The servers run as the `postgres` user, which must reach the directory.
         let mut permissions = std::fs::metadata(parent.path()).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o711);
         std::fs::set_permissions(parent.path(), permissions).unwrap();
-        let dir = parent.path().join("pair");
-        let out = Command::new(script())
-            .arg("start")
-            .arg(&dir)
-            .arg(&port)
-            .output()
-            .expect("run .ci/pg-cluster");
+        // Our ports lie in Linux's ephemeral range, so an outgoing connection of the moment
+        // can hold one ("could not bind ... Address already in use"): the next pair of ports
+        // is tried then, twice at most.
+        let mut attempt = 0;
+        let (dir, out, port) = loop {
+            let port = first + 2 * attempt;
+            let dir = parent.path().join(format!("pair-{port}"));
+            let out = Command::new(script())
+                .arg("start")
+                .arg(&dir)
+                .arg(port.to_string())
+                .output()
+                .expect("run .ci/pg-cluster");
+            if out.status.success() || attempt == 2 {
+                break (dir, out, port);
+            }
+            attempt += 1;
+        };
         assert!(
             out.status.success(),
             "could not start a PostgreSQL pair (this test needs PostgreSQL 15 -- the script \
