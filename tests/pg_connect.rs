@@ -114,7 +114,7 @@ async fn no_debug_error_or_span_shows_the_password() {
 
     // Failures with the password in the URL: a server that refuses, a URL that does not
     // parse, a scheme sqlrepo does not know, a database that does not exist.
-    let refused = with_password("postgres://127.0.0.1:57209/nothing_here");
+    let refused = with_password("postgres://127.0.0.1:27209/nothing_here");
     let unparsable = format!("postgres://postgres:{PASSWORD}@127.0.0.1:notaport/db");
     let unknown_scheme = format!("mysql://postgres:{PASSWORD}@127.0.0.1/db");
     let missing = format!("{primary}_missing");

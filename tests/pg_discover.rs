@@ -15,7 +15,7 @@ use sqlrepo::hosts::{HostList, TargetSessionAttrs};
 use sqlrepo::hosts::{Role, discover, probe_all};
 
 /// A port of this suite's range that nothing listens on: a host that is down.
-const STOPPED_PORT: u16 = 57439;
+const STOPPED_PORT: u16 = 27439;
 
 const NEEDS: &str = "needs a PostgreSQL primary and streaming replica (.ci/pg-cluster start: \
                      SQLREPO_PG_URL, SQLREPO_PG_REPLICA_URL); run with -- --include-ignored";

@@ -5,7 +5,7 @@
 //! first-that-answers.
 //!
 //! The test splits the pair it runs on, so it starts a pair of its own with `.ci/pg-cluster`
-//! (ports `SQLREPO_PROMOTE_PORT` and the next, default 56500) and stops it when done, and never
+//! (ports `SQLREPO_PROMOTE_PORT` and the next, default 26500) and stops it when done, and never
 //! touches the servers other suites share. Ignored by default; `-- --include-ignored` runs it,
 //! and then a missing PostgreSQL is a failure.
 
@@ -28,7 +28,7 @@ struct Pair {
 
 impl Pair {
     fn start() -> Pair {
-        let servers = pg_pair::Pair::start("SQLREPO_PROMOTE_PORT", "56500");
+        let servers = pg_pair::Pair::start("SQLREPO_PROMOTE_PORT", "26500");
         let label = |url: &str| HostList::parse(url).unwrap().hosts()[0].label();
         Pair {
             primary: label(&servers.primary),

@@ -6,7 +6,7 @@
 //! promoted host within a second of it accepting writes; nothing lands on the old one.
 //!
 //! The test demotes and promotes the pair it runs on, so it starts a pair of its own with
-//! `.ci/pg-cluster` (ports `SQLREPO_READ_ONLY_PORT` and the next, default 56600) and stops it
+//! `.ci/pg-cluster` (ports `SQLREPO_READ_ONLY_PORT` and the next, default 26600) and stops it
 //! when done, and never touches the servers other suites share. Ignored by default;
 //! `-- --include-ignored` runs it, and then a missing PostgreSQL is a failure.
 
@@ -50,7 +50,7 @@ async fn items_named(url: &str, name: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (it starts, demotes and promotes a pair of its own); run with -- --include-ignored"]
 async fn writes_refused_as_read_only_move_the_db_to_the_promoted_standby() {
-    let pair = Pair::start("SQLREPO_READ_ONLY_PORT", "56600");
+    let pair = Pair::start("SQLREPO_READ_ONLY_PORT", "26600");
     let url = format!(
         "postgres://postgres@{},{}/postgres?target_session_attrs=read-write&connect_timeout=2",
         host_of(&pair.primary),

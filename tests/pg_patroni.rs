@@ -9,7 +9,7 @@
 //!
 //! Ignored by default: it needs Patroni and etcd (Debian's `patroni` and `etcd-server`, which
 //! the script installs when run as root) and loopback ports BASEPORT+1..21
-//! (`SQLREPO_PATRONI_BASEPORT`, default 57000). `cargo test --all-features --test pg_patroni --
+//! (`SQLREPO_PATRONI_BASEPORT`, default 27000). `cargo test --all-features --test pg_patroni --
 //! --include-ignored` runs it; without what it needs it fails, saying so. The cluster is stopped
 //! and deleted when the test ends, passed or failed.
 

@@ -397,7 +397,7 @@ impl SecondReplica {
                 "fast".as_ref(),
             ],
         );
-        // The port after the cluster's replica (57202 for a cluster on 57200).
+        // The port after the cluster's replica (27202 for a cluster on 27200).
         let second_port = port.parse::<u16>().unwrap() + 2;
         let conf = dir.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).unwrap();

@@ -7,7 +7,7 @@
 //!
 //! The cluster and the writers are those of `tests/pg_patroni.rs`, so the bench and the test
 //! measure one thing one way. Needs Patroni, etcd and PostgreSQL (the script installs them as
-//! root) and loopback ports `SQLREPO_PATRONI_BASEPORT`+1..21 (default 57000).
+//! root) and loopback ports `SQLREPO_PATRONI_BASEPORT`+1..21 (default 27000).
 
 #[path = "../../tests/common/patroni.rs"]
 mod patroni;

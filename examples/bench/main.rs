@@ -64,7 +64,7 @@ usage: cargo run --release [--features postgres] --example bench -- [--quick] [-
   --postgres        run only the PostgreSQL rows (needs the postgres feature and
                     SQLREPO_PG_URL; SQLREPO_PG_REPLICA_URL for the replica rows)
   --failover        also the failover rows: a three-node Patroni cluster started on loopback
-                    (ports SQLREPO_PATRONI_BASEPORT+1..21, default 57000), its leader killed
+                    (ports SQLREPO_PATRONI_BASEPORT+1..21, default 27000), its leader killed
                     under 8 writers (needs the postgres feature, Patroni and etcd: root
                     installs them)";
 

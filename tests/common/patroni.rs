@@ -31,7 +31,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Cluster {
-        let base = std::env::var("SQLREPO_PATRONI_BASEPORT").unwrap_or_else(|_| "57000".into());
+        let base = std::env::var("SQLREPO_PATRONI_BASEPORT").unwrap_or_else(|_| "27000".into());
         let parent = tempfile::tempdir().unwrap();
         // Patroni and PostgreSQL run as the `postgres` user, which must reach the directory.
         let mut permissions = std::fs::metadata(parent.path()).unwrap().permissions();

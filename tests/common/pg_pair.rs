@@ -32,9 +32,9 @@ impl Pair {
         let mut permissions = std::fs::metadata(parent.path()).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o711);
         std::fs::set_permissions(parent.path(), permissions).unwrap();
-        // Our ports lie in Linux's ephemeral range, so an outgoing connection of the moment
-        // can hold one ("could not bind ... Address already in use"): the next pair of ports
-        // is tried then, twice at most.
+        // Our default ports lie below Linux's ephemeral range, so no outgoing connection
+        // takes one; a port held by something else of the machine's ("could not bind ...
+        // Address already in use") makes the next pair of ports be tried, twice at most.
         let mut attempt = 0;
         let (dir, out, port) = loop {
             let port = first + 2 * attempt;
