@@ -244,3 +244,39 @@ async fn an_invalid_row_is_refused_by_position_before_anything_is_sent() {
     assert!(matches!(chunks(&too_many), Err(Error::InvalidInput(_))));
     assert_eq!(chunks(&[]).unwrap(), Vec::<String>::new());
 }
+
+/// `kit::read_page` stops at its row limit or past `MAX_PAGE_BYTES` beyond the first row,
+/// whichever comes first; the row past the budget starts the next page (the cursor is the last
+/// row taken), a first row bigger than the budget is still taken, and a short page has no
+/// cursor.
+#[tokio::test]
+async fn read_page_stops_at_rows_or_bytes_and_leaves_the_rest_for_the_next_page() {
+    use sqlrepo::limits::MAX_PAGE_BYTES;
+    let budget = MAX_PAGE_BYTES as i64;
+    let rows = |sizes: &[i64]| {
+        let rows: Vec<Result<(i64, i64), sqlx::Error>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| Ok((i as i64 + 10, size)))
+            .collect();
+        futures_util::stream::iter(rows)
+    };
+    let take = |(key, size): (i64, i64)| (key, key, size);
+
+    let by_rows = kit::read_page(rows(&[1, 1, 1, 1]), 3, take).await.unwrap();
+    assert_eq!((by_rows.rows, by_rows.next), (vec![10, 11, 12], Some(12)));
+
+    let third = budget / 2 + 1;
+    let by_bytes = kit::read_page(rows(&[5, third, third, 1]), 10, take)
+        .await
+        .unwrap();
+    assert_eq!((by_bytes.rows, by_bytes.next), (vec![10, 11], Some(11)));
+
+    let huge_first = kit::read_page(rows(&[budget * 3, 1]), 10, take)
+        .await
+        .unwrap();
+    assert_eq!((huge_first.rows, huge_first.next), (vec![10, 11], None));
+
+    let short = kit::read_page(rows(&[1, 1]), 10, take).await.unwrap();
+    assert_eq!((short.rows, short.next), (vec![10, 11], None));
+}

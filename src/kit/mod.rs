@@ -7,6 +7,7 @@
 //! | [`check_batch`], [`at_position`] | a batch refused past [`MAX_BATCH_ROWS`], and an invalid row named by its position |
 //! | [`json_rows`], [`json_chunks`], [`json_text`] | a batch as the JSON text one `json_each(?)` statement expands, whole or in byte-bounded chunks |
 //! | [`write_chunks`] | those chunks written as one all-or-nothing unit: one statement for one chunk, a transaction (or a savepoint in a `Tx`) for several |
+//! | [`Page`], [`page_limit`], [`page_from`], [`read_page`], [`keyset`] | keyset pages bounded by rows and bytes, and the constant-memory stream over them |
 //! | [`NOW_SQL`], [`parse_timestamp`], [`format_timestamp`] | the timestamp convention of our tables: RFC 3339 UTC text with milliseconds, kept canonical by a trigger |
 //!
 //! Migrations run with [`Db::run_migrations`](crate::Db::run_migrations), and connections come
@@ -105,6 +106,14 @@ use crate::error::{Error, Result};
 use crate::limits::{MAX_BATCH_ROWS, MAX_CHUNK_BYTES, MAX_CHUNK_ROWS};
 
 pub use crate::trace::{Rows, traced};
+pub use pages::{Page, STREAM_PAGE_ROWS, keyset, page_from, page_limit, read_page};
+
+mod pages;
+
+/// The stream trait of [`keyset`] and of every repository's `stream()` (`futures_core`'s, which
+/// `futures` and `tokio-stream` use too), so that a generated repository names it without a
+/// dependency of the service's own.
+pub use futures_core::Stream;
 
 /// Refuses a batch larger than [`MAX_BATCH_ROWS`] with [`Error::InvalidInput`], naming the
 /// operation (`what`): call it before the database is touched.
