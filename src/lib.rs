@@ -114,3 +114,8 @@ pub use tables::items::{Item, ItemPage, ItemPatch, ItemRepo, ItemStatus, NewItem
 pub use tables::orders::{NewOrder, Order, OrderRepo, OrderStats};
 pub use tables::users::{NewUser, User, UserPatch, UserRepo};
 pub use tx::Tx;
+
+/// `#[derive(sqlrepo::Table)]`: a repository of sqlrepo's shape for a service's own SQLite
+/// table, every statement a `sqlx::query!` checked in the service's crate. See its own
+/// documentation for the attributes and what it generates.
+pub use sqlrepo_derive::Table;
