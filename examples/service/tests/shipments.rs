@@ -3,43 +3,13 @@
 //! sqlrepo's repositories (commit keeps both, a dropped `Tx` neither); its errors are sqlrepo's
 //! typed variants. Each test works on a fresh database file.
 
-#[path = "../src/shipments.rs"]
-mod shipments;
+mod common;
 
 use std::path::Path;
 
-use shipments::{NewShipment, ShipmentRepo};
+use common::shipments::{self, NewShipment, ShipmentRepo};
+use common::{open, order, ship};
 use sqlrepo::{Db, DbOptions, Error, NewAccount, NewOrder, NewUser, Transfer};
-use tempfile::TempDir;
-
-/// A fresh file migrated as the service's `main` does it: sqlrepo's, then the service's.
-async fn open() -> (Db, TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = Db::open(dir.path().join("shop.db")).await.expect("open");
-    db.run_migrations(&shipments::MIGRATOR)
-        .await
-        .expect("the service's migrations");
-    (db, dir)
-}
-
-/// A user with an order of `total_cents`: (user, order).
-async fn order(db: &Db, email: &str, total_cents: i64) -> (i64, i64) {
-    let user = db
-        .users()
-        .create(&NewUser::new(email, "Ann"))
-        .await
-        .expect("user");
-    let order = db
-        .orders()
-        .create(&NewOrder::new(user, total_cents))
-        .await
-        .expect("order");
-    (user, order)
-}
-
-fn ship(order_id: i64) -> NewShipment {
-    NewShipment::new(order_id, "1 Quay Street")
-}
 
 #[tokio::test]
 async fn a_shipment_written_on_the_db_handle_is_read_back() {
