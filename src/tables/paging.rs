@@ -1,14 +1,13 @@
 //! Keyset paging: the constant-memory streams of the repositories.
 
-use std::collections::VecDeque;
 use std::future::Future;
 
 use futures_core::Stream;
-use futures_util::stream;
 
 use crate::conn::Handle;
 use crate::error::Result;
-use crate::trace::{Rows, traced};
+use crate::kit;
+use crate::trace::Rows;
 
 /// A row with the integer key its table is paged by (the rowid).
 pub(crate) trait Keyed {
@@ -41,8 +40,10 @@ impl<T: Keyed> Page<T> {
 }
 
 /// Every row of a table in key order, fetched a page at a time by `fetch(handle, from)`, which
-/// returns the rows with keys from `from` up. Only one page is held at a time, and no
-/// connection is held between pages, so a slow consumer blocks no writer and no checkpoint.
+/// returns the rows with keys from `from` up: the kit's stream ([`kit::keyset`], which a
+/// service's derived repository uses too), with our pages' inclusive lower bounds. Only one
+/// page is held at a time, and no connection is held between pages, so a slow consumer blocks
+/// no writer and no checkpoint.
 pub(crate) fn keyset<T, F, Fut>(
     handle: Handle,
     table: &'static str,
@@ -50,28 +51,29 @@ pub(crate) fn keyset<T, F, Fut>(
 ) -> impl Stream<Item = Result<T>> + Send
 where
     T: Keyed + Send + 'static,
-    F: Fn(Handle, i64) -> Fut + Send + 'static,
+    F: Fn(Handle, i64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Page<T>>> + Send,
 {
-    // Rowids may be zero or negative (a row inserted with an explicit id by other SQL), so the
-    // first page starts at the smallest key there is, not after 0.
-    let state = (fetch, handle, Some(i64::MIN), VecDeque::<T>::new());
-    stream::try_unfold(
-        state,
-        move |(fetch, handle, mut from, mut buffer)| async move {
-            loop {
-                if let Some(row) = buffer.pop_front() {
-                    return Ok(Some((row, (fetch, handle, from, buffer))));
-                }
-                let Some(first) = from else {
-                    return Ok(None);
-                };
-                let page = traced(table, "stream_page", fetch(handle.clone(), first)).await?;
-                from = page.next_from();
-                buffer.extend(page.rows);
-            }
-        },
-    )
+    let fetch = std::sync::Arc::new(fetch);
+    kit::keyset(handle, table, move |handle, after| {
+        let fetch = fetch.clone();
+        async move {
+            // Rowids may be zero or negative (a row inserted with an explicit id by other SQL),
+            // so the first page starts at the smallest key there is, not after 0.
+            let Some(from) = kit::page_from(after) else {
+                return Ok(kit::Page {
+                    rows: Vec::new(),
+                    next: None,
+                });
+            };
+            let page = fetch(handle, from).await?;
+            let next = page.next_from().and(page.rows.last().map(Keyed::key));
+            Ok(kit::Page {
+                rows: page.rows,
+                next,
+            })
+        }
+    })
 }
 
 impl<T> Rows for Page<T> {
