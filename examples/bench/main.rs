@@ -27,6 +27,7 @@
 
 mod concurrent;
 mod data;
+mod derived;
 #[cfg(feature = "postgres")]
 mod failover;
 mod floor;

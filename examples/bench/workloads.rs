@@ -12,6 +12,7 @@ use crate::concurrent::{
     CALLERS, Latencies, Workload, open_with_readers, plans, run_rusqlite, run_sqlrepo,
 };
 use crate::data::{Inputs, item_range};
+use crate::derived;
 use crate::floor::Floor;
 use crate::mixed::{Verdict, cut_plan, verify};
 use crate::naive::NaiveSide;
@@ -97,6 +98,7 @@ impl<'a> Bench<'a> {
         self.set_status_many()?;
         self.get()?;
         self.get_many()?;
+        self.derived()?;
         self.stream()?;
         self.create()?;
         progress(format_args!(
@@ -247,6 +249,42 @@ impl<'a> Bench<'a> {
             batches.len(),
             inputs.sizes.get_many_batch_rows
         ));
+        Ok(())
+    }
+
+    /// A repository derived with `#[derive(sqlrepo::Table)]` over `items` against the built-in
+    /// `ItemRepo`: point gets on sqlrepo's file, and `insert_many` of up to 20,000 items on
+    /// fresh files; reported as notes (derived / built-in), the issue's goal being 1.1x.
+    fn derived(&mut self) -> anyhow::Result<()> {
+        let inputs = self.inputs;
+        let rounds = inputs.sizes.rounds;
+        let dir = self
+            .lite_path
+            .parent()
+            .expect("a scratch directory")
+            .to_path_buf();
+        let items = &inputs.items[..inputs.items.len().min(20_000)];
+        let (get_builtin, get_derived) =
+            self.runtime
+                .block_on(derived::gets(self.repo.db(), &inputs.get_ids, rounds))?;
+        let (insert_builtin, insert_derived) = self
+            .runtime
+            .block_on(derived::inserts(&dir, items, rounds))?;
+        for (what, builtin, derived) in [
+            ("get", &get_builtin, &get_derived),
+            ("insert_many", &insert_builtin, &insert_derived),
+        ] {
+            report_side(&format!("derived {what}"), "built-in", builtin);
+            report_side(&format!("derived {what}"), "derived", derived);
+            self.notes.push(format!(
+                "derived {what}: #[derive(sqlrepo::Table)] over items {:.2} µs/op against the \
+                 built-in ItemRepo's {:.2}: {:.2}x (goal ≤ 1.1x; interleaved rounds, {} ops).",
+                derived.us_per_op(),
+                builtin.us_per_op(),
+                derived.us_per_op() / builtin.us_per_op(),
+                derived.ops
+            ));
+        }
         Ok(())
     }
 
