@@ -384,7 +384,7 @@ impl Db {
     /// or the path is not valid UTF-8; [`Error::DiskFull`](crate::Error::DiskFull) when the copy does not fit (the
     /// partial copy is removed); [`Error::Io`](crate::Error::Io) when the file cannot be created or synced (a
     /// missing directory, no permission); [`Error::Busy`](crate::Error::Busy) when every reader stays taken past
-    /// the busy timeout.
+    /// the busy timeout; [`Error::WrongBackend`](crate::Error::WrongBackend) on PostgreSQL.
     pub async fn backup_to(&self, path: impl AsRef<Path>) -> Result<()> {
         self.sqlite_only("backup_to", "pg_basebackup (or pg_dump)")?;
         let target = claim_backup_path(path.as_ref())?;
@@ -412,7 +412,8 @@ impl Db {
     /// # Errors
     /// [`Error::Corrupt`](crate::Error::Corrupt) naming what SQLite found wrong (up to 100 problems) when the file is
     /// damaged; [`Error::Corrupt`](crate::Error::Corrupt) or [`Error::Io`](crate::Error::Io) when the file cannot even be read;
-    /// [`Error::Busy`](crate::Error::Busy) when every reader stays taken past the busy timeout.
+    /// [`Error::Busy`](crate::Error::Busy) when every reader stays taken past the busy timeout;
+    /// [`Error::WrongBackend`](crate::Error::WrongBackend) on PostgreSQL.
     pub async fn integrity_check(&self) -> Result<()> {
         self.sqlite_only("integrity_check", "amcheck")?;
         let _long_read = self.connections.long_read();
@@ -439,7 +440,7 @@ impl Db {
     /// Refuses an operation that exists for SQLite files only, naming PostgreSQL's own tool.
     fn sqlite_only(&self, operation: &str, instead: &str) -> Result<()> {
         if self.connections.is_postgres() {
-            return Err(crate::Error::Config(format!(
+            return Err(crate::Error::WrongBackend(format!(
                 "Db::{operation} works on SQLite files; on PostgreSQL use {instead}"
             )));
         }

@@ -33,6 +33,11 @@ pub enum Error {
     },
 
     /// A referenced row is missing, or the row is still referenced by others.
+    ///
+    /// It names no constraint: SQLite does not report which foreign key failed (only
+    /// `FOREIGN KEY constraint failed`, and only at the end of the statement), so a name could
+    /// be given on PostgreSQL alone, and the variant's shape is the same on both backends. To
+    /// learn which parent is missing, read it.
     #[error(
         "a referenced row is missing or this row is still referenced \
          (for example a user who still has orders or accounts); remove or create that row first"
@@ -144,6 +149,34 @@ pub enum Error {
         reason: String,
     },
 
+    /// The database refused a value with a `CHECK` or `NOT NULL` constraint of the schema: a
+    /// value that passed the caller's side (sqlrepo's own repositories refuse bad input first,
+    /// as [`Error::InvalidInput`]) but not the table's rule, typically on a service's own table
+    /// or a trigger's check. Nothing of the statement was stored. Not retryable unchanged.
+    #[error(
+        "the database refused the value: it breaks the constraint {constraint}; change the value \
+         to meet it"
+    )]
+    Constraint {
+        /// The constraint as the database names it: a `CHECK`'s name (`tags_name_length`), or
+        /// `table.column` for a `NOT NULL` (`tags.name`).
+        constraint: String,
+    },
+
+    /// A [`Tx`](crate::Tx) (or a repository or [`Handle`](crate::Handle) taken from it) was
+    /// used after it was committed or rolled back: a program error, not bad input. Nothing was
+    /// done; begin a new transaction. (A transaction that *the database* ended, after a failure
+    /// inside it, is [`Error::RolledBack`].)
+    #[error("the transaction has already been committed or rolled back; begin a new one")]
+    TxFinished,
+
+    /// A call that needs one backend was made on the other: [`Conn::sqlite`](crate::Conn::sqlite)
+    /// on a `Db` opened on a `postgres://` URL, or [`Conn::postgres`](crate::Conn::postgres) on
+    /// a SQLite file. A program error, not configuration: match on
+    /// [`Conn::backend`](crate::Conn::backend) to serve both.
+    #[error("the wrong backend for this call: {0}")]
+    WrongBackend(String),
+
     /// Any other database failure, with the `sqlx` error kept as the source.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
@@ -201,6 +234,11 @@ impl Error {
                 id: *id,
                 reason: reason.clone(),
             },
+            Error::Constraint { constraint } => Error::Constraint {
+                constraint: constraint.clone(),
+            },
+            Error::TxFinished => Error::TxFinished,
+            Error::WrongBackend(message) => Error::WrongBackend(message.clone()),
             Error::Database(err) => Error::Database(sqlx::Error::Protocol(err.to_string())),
         }
     }
@@ -368,14 +406,9 @@ fn classify_once(err: sqlx::Error) -> Error {
         },
         SQLITE_CONSTRAINT_FOREIGNKEY => Error::ForeignKey,
         SQLITE_CONSTRAINT_TRIGGER if message.starts_with("FOREIGN KEY") => Error::ForeignKey,
-        SQLITE_CONSTRAINT_CHECK => Error::InvalidInput(format!(
-            "the database refused the value (constraint {})",
-            constraint_name(&message)
-        )),
-        SQLITE_CONSTRAINT_NOTNULL => Error::InvalidInput(format!(
-            "a required value is missing ({})",
-            constraint_name(&message)
-        )),
+        SQLITE_CONSTRAINT_CHECK | SQLITE_CONSTRAINT_NOTNULL => Error::Constraint {
+            constraint: constraint_name(&message).into_owned(),
+        },
         SQLITE_CONSTRAINT_DATATYPE => Error::InvalidInput(
             "a number is out of range: the result would overflow a 64-bit integer".to_owned(),
         ),
@@ -460,14 +493,16 @@ fn classify_postgres(err: sqlx::Error) -> Error {
             constraint: unique_name(pg.table(), constraint, pg.detail()),
         },
         sqlstate::FOREIGN_KEY_VIOLATION => Error::ForeignKey,
-        sqlstate::CHECK_VIOLATION => Error::InvalidInput(format!(
-            "the database refused the value (constraint {constraint})"
-        )),
-        sqlstate::NOT_NULL_VIOLATION => Error::InvalidInput(format!(
-            "a required value is missing ({}.{})",
-            pg.table().unwrap_or("?"),
-            pg.column().unwrap_or("?")
-        )),
+        sqlstate::CHECK_VIOLATION => Error::Constraint {
+            constraint: constraint.to_owned(),
+        },
+        sqlstate::NOT_NULL_VIOLATION => Error::Constraint {
+            constraint: format!(
+                "{}.{}",
+                pg.table().unwrap_or("?"),
+                pg.column().unwrap_or("?")
+            ),
+        },
         sqlstate::NUMERIC_VALUE_OUT_OF_RANGE => Error::InvalidInput(
             "a number is out of range: the result would overflow a 64-bit integer".to_owned(),
         ),

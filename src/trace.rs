@@ -91,6 +91,9 @@ fn variant(err: &Error) -> &'static str {
         Error::Unavailable(_) => "unavailable",
         Error::Cancelled(_) => "cancelled",
         Error::Unreadable { .. } => "unreadable",
+        Error::Constraint { .. } => "constraint",
+        Error::TxFinished => "tx_finished",
+        Error::WrongBackend(_) => "wrong_backend",
         Error::Database(_) => "database",
     }
 }

@@ -1765,10 +1765,10 @@ async fn repositories_of_a_finished_transaction_refuse_work_and_change_nothing(t
         ),
         format!("{:?}", orders.create(&NewOrder::new(fx.ann, 5)).await),
     ];
-    // Finished by the caller: the call is a mistake (InvalidInput). Dropped: the transaction
-    // was rolled back and says so (RolledBack).
+    // Finished by the caller: the call is a mistake, a state error of its own (TxFinished).
+    // Dropped: the transaction was rolled back and says so (RolledBack).
     for outcome in &outcomes[..3] {
-        assert!(outcome.starts_with("Err(InvalidInput("), "{outcome}");
+        assert_eq!(outcome, "Err(TxFinished)");
     }
     assert!(
         outcomes[3].starts_with("Err(RolledBack("),

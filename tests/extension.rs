@@ -130,3 +130,69 @@ async fn our_repositories_are_built_from_any_handle() {
     tx.rollback().await.unwrap();
     assert!(test.db.items().get(id).await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_check_or_not_null_the_schema_refuses_is_a_constraint_error_naming_it() {
+    let test = common::fresh_db().await;
+    let labels = LabelRepo {
+        handle: test.db.handle(),
+    };
+    let id = labels.add("lamp").await.unwrap();
+    let mut conn = test.db.handle().writer().await.unwrap();
+    // A value our repositories would refuse first (ItemStatus has no "bogus"), written by a
+    // service's own statement: the table's CHECK refuses it, by name.
+    let bogus = sqlx::query!("UPDATE items SET status = 'bogus' WHERE id = ?1", id)
+        .execute(conn.statements().unwrap())
+        .await
+        .map_err(Error::from);
+    match bogus {
+        Err(Error::Constraint { constraint }) => assert_eq!(constraint, "items_status_known"),
+        other => panic!("expected Constraint(items_status_known), got {other:?}"),
+    }
+    let missing: Option<&str> = None;
+    let null_name = sqlx::query!("INSERT INTO items (name) VALUES (?1)", missing)
+        .execute(conn.statements().unwrap())
+        .await
+        .map_err(Error::from);
+    match null_name {
+        Err(Error::Constraint { constraint }) => assert_eq!(constraint, "items.name"),
+        other => panic!("expected Constraint(items.name), got {other:?}"),
+    }
+    drop(conn);
+    // Neither statement changed anything.
+    let item = test.db.items().get(id).await.unwrap().unwrap();
+    assert_eq!(item.status, sqlrepo::ItemStatus::Active);
+    assert_eq!(labels.count().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_finished_tx_is_its_own_error_and_changes_nothing() {
+    let test = common::fresh_db().await;
+    let tx = test.db.begin().await.unwrap();
+    let handle = tx.handle();
+    let labels = LabelRepo {
+        handle: handle.clone(),
+    };
+    labels.add("in-tx").await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(matches!(handle.writer().await, Err(Error::TxFinished)));
+    assert!(matches!(handle.reader().await, Err(Error::TxFinished)));
+    let late = labels.add("late").await;
+    assert!(matches!(late, Err(Error::TxFinished)), "{late:?}");
+    assert!(!Error::TxFinished.is_retryable());
+    assert_eq!(test.db.items().count().await.unwrap(), 1);
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn the_other_backends_connection_is_a_wrong_backend_error() {
+    let test = common::fresh_db().await;
+    let mut conn = test.db.handle().writer().await.unwrap();
+    let err = conn.postgres().unwrap_err();
+    assert!(
+        matches!(&err, Error::WrongBackend(m) if m.contains("Conn::sqlite")),
+        "{err:?}"
+    );
+    drop(conn);
+    assert!(matches!(test.db.items().count().await, Ok(0)));
+}

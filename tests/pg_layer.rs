@@ -26,12 +26,12 @@ async fn connect_migrates_and_lends_postgres_connections() {
         .await
         .unwrap();
     assert!(position > 0);
-    assert!(matches!(conn.sqlite(), Err(Error::Config(_))));
+    assert!(matches!(conn.sqlite(), Err(Error::WrongBackend(_))));
     assert!(matches!(conn.backend().unwrap(), Backend::Postgres(_)));
     drop(conn);
     assert!(matches!(
         db.backup_to("/tmp/never.db").await,
-        Err(Error::Config(_))
+        Err(Error::WrongBackend(_))
     ));
     let tx = db.begin().await.unwrap();
     let mut conn = tx.handle().writer().await.unwrap();

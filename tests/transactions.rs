@@ -174,7 +174,7 @@ async fn repositories_of_a_finished_transaction_refuse_work(db: TestDb) {
             .create(&NewItem::new("late", serde_json::json!({})))
             .await
             .unwrap_err(),
-        Error::InvalidInput(_)
+        Error::TxFinished
     ));
     assert_eq!(db.items().count().await.unwrap(), 0);
 }

@@ -90,7 +90,7 @@ impl Handle {
     ///
     /// # Errors
     /// [`Error::Busy`] when every reader stays taken past the busy timeout;
-    /// [`Error::InvalidInput`] when the transaction has already finished.
+    /// [`Error::TxFinished`] when the transaction has already finished.
     pub async fn reader(&self) -> Result<Conn> {
         match &self.route {
             Route::Db(connections) => Ok(Conn::lease(connections.read_lease().await?)),
@@ -103,7 +103,7 @@ impl Handle {
     ///
     /// # Errors
     /// [`Error::Busy`] when the writer stays taken past the busy timeout (a long transaction);
-    /// [`Error::InvalidInput`] when the transaction has already finished.
+    /// [`Error::TxFinished`] when the transaction has already finished.
     pub async fn writer(&self) -> Result<Conn> {
         match &self.route {
             Route::Db(connections) => Ok(Conn::lease(connections.write_lease().await?)),
@@ -174,8 +174,8 @@ impl Conn {
     /// connection is the transaction's.
     ///
     /// # Errors
-    /// [`Error::Config`] when the database is on PostgreSQL (use [`postgres`](Conn::postgres)
-    /// or [`backend`](Conn::backend)); [`Error::RolledBack`] or [`Error::InvalidInput`] inside
+    /// [`Error::WrongBackend`] when the database is on PostgreSQL (use [`postgres`](Conn::postgres)
+    /// or [`backend`](Conn::backend)); [`Error::RolledBack`] or [`Error::TxFinished`] inside
     /// a transaction that is over (as [`backend`](Conn::backend)).
     pub fn sqlite(&mut self) -> Result<&mut SqliteConnection> {
         self.reset_on_return();
@@ -186,7 +186,7 @@ impl Conn {
     /// [`statements`](Conn::statements)); the built-in repositories match on it.
     ///
     /// # Errors
-    /// [`Error::RolledBack`] or [`Error::InvalidInput`] inside a transaction that is over.
+    /// [`Error::RolledBack`] or [`Error::TxFinished`] inside a transaction that is over.
     pub fn backend(&mut self) -> Result<Backend<'_>> {
         match &mut self.lent {
             Lent::Lease(lease) => Ok(lease.backend()),
@@ -215,17 +215,17 @@ impl Conn {
     /// connection is lent again.
     ///
     /// # Errors
-    /// [`Error::Config`] when the database is a SQLite file; [`Error::RolledBack`] or
-    /// [`Error::InvalidInput`] inside a transaction that is over (as [`backend`](Conn::backend)).
+    /// [`Error::WrongBackend`] when the database is a SQLite file; [`Error::RolledBack`] or
+    /// [`Error::TxFinished`] inside a transaction that is over (as [`backend`](Conn::backend)).
     #[cfg(feature = "postgres")]
     #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
     pub fn postgres(&mut self) -> Result<&mut sqlx::PgConnection> {
         self.reset_on_return();
         match self.backend()? {
             Backend::Postgres(conn) => Ok(conn),
-            Backend::Sqlite(_) => Err(Error::Config(
+            Backend::Sqlite(_) => Err(Error::WrongBackend(
                 "this Db is a SQLite file: use Conn::sqlite (Conn::postgres is for a Db opened \
-                 with Db::connect on a postgres:// URL)"
+                 with Db::connect on a postgres:// URL), or match on Conn::backend"
                     .to_owned(),
             )),
         }
@@ -246,13 +246,13 @@ impl Conn {
     /// comes back. The built-in repositories use this.
     ///
     /// # Errors
-    /// As [`sqlite`](Conn::sqlite): [`Error::Config`] on PostgreSQL, [`Error::RolledBack`] or
-    /// [`Error::InvalidInput`] inside a transaction that is over.
+    /// As [`sqlite`](Conn::sqlite): [`Error::WrongBackend`] on PostgreSQL, [`Error::RolledBack`] or
+    /// [`Error::TxFinished`] inside a transaction that is over.
     pub fn statements(&mut self) -> Result<&mut SqliteConnection> {
         match self.backend()? {
             Backend::Sqlite(conn) => Ok(conn),
             #[cfg(feature = "postgres")]
-            Backend::Postgres(_) => Err(Error::Config(
+            Backend::Postgres(_) => Err(Error::WrongBackend(
                 "this Db is on PostgreSQL: use Conn::postgres, or match on Conn::backend"
                     .to_owned(),
             )),
@@ -268,7 +268,7 @@ impl Conn {
     ///
     /// # Errors
     /// [`Error::Busy`] when another process holds the write lock past the busy timeout;
-    /// [`Error::RolledBack`] or [`Error::InvalidInput`] inside a transaction that is over;
+    /// [`Error::RolledBack`] or [`Error::TxFinished`] inside a transaction that is over;
     /// [`Error::Database`] (or a storage variant) when the database refuses the `BEGIN` or the
     /// savepoint.
     pub async fn atomic(&mut self) -> Result<Atomic<'_>> {
@@ -297,8 +297,8 @@ impl Atomic<'_> {
     /// The SQLite connection to run the unit's statements on.
     ///
     /// # Errors
-    /// As [`Conn::statements`]: [`Error::Config`] on PostgreSQL (use
-    /// [`backend`](Atomic::backend)), [`Error::RolledBack`] or [`Error::InvalidInput`] inside a
+    /// As [`Conn::statements`]: [`Error::WrongBackend`] on PostgreSQL (use
+    /// [`backend`](Atomic::backend)), [`Error::RolledBack`] or [`Error::TxFinished`] inside a
     /// transaction that is over.
     pub fn sqlite(&mut self) -> Result<&mut SqliteConnection> {
         self.conn.statements()
@@ -318,7 +318,7 @@ impl Atomic<'_> {
     /// The commit's own failure ([`Error::DiskFull`], [`Error::Io`], [`Error::Busy`], or
     /// [`Error::Database`] for anything else the database reports): then nothing of the unit is
     /// stored. Inside a [`Tx`](crate::Tx) that is over, [`Error::RolledBack`] or
-    /// [`Error::InvalidInput`].
+    /// [`Error::TxFinished`].
     pub async fn commit(mut self) -> Result<()> {
         match &mut self.conn.lent {
             Lent::Lease(lease) => {
@@ -338,7 +338,7 @@ impl Atomic<'_> {
     /// # Errors
     /// [`Error::Database`] (or a storage variant: [`Error::Io`], [`Error::DiskFull`]) if the
     /// database cannot roll back; the connection is then reset before it is used again. Inside
-    /// a [`Tx`](crate::Tx) that is over, [`Error::RolledBack`] or [`Error::InvalidInput`].
+    /// a [`Tx`](crate::Tx) that is over, [`Error::RolledBack`] or [`Error::TxFinished`].
     pub async fn rollback(mut self) -> Result<()> {
         match &mut self.conn.lent {
             Lent::Lease(lease) => match control::rollback(lease.backend()).await {
@@ -440,9 +440,7 @@ impl TxState {
             return Err(Error::RolledBack(reason.to_owned()));
         }
         if self.lease.is_none() {
-            return Err(Error::invalid(
-                "the transaction has already been committed or rolled back",
-            ));
+            return Err(Error::TxFinished);
         }
         Ok(())
     }

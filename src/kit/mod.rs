@@ -295,8 +295,8 @@ pub type ChunkWrite<'c> = Pin<Box<dyn Future<Output = Result<u64>> + Send + 'c>>
 /// ```
 ///
 /// # Errors
-/// The first chunk's error (then nothing of any chunk is stored); [`Error::Config`] when the
-/// database is on PostgreSQL (its statements need [`Conn::backend`]); the unit's own errors as
+/// The first chunk's error (then nothing of any chunk is stored); [`Error::WrongBackend`] when
+/// the database is on PostgreSQL (its statements need [`Conn::backend`]); the unit's own errors as
 /// [`Conn::atomic`] and [`Atomic::commit`](crate::Atomic::commit) list them.
 pub async fn write_chunks<F>(conn: &mut Conn, chunks: &[String], mut write: F) -> Result<u64>
 where

@@ -300,6 +300,11 @@ pub fn error_response(err: &Error) -> Response {
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({"error": "invalid_input", "message": message}),
         ),
+        // The schema refused a value the handler let through: still the client's value.
+        Error::Constraint { constraint } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"error": "constraint", "message": message, "constraint": constraint}),
+        ),
         Error::Busy => {
             tracing::warn!(error = %err, "database busy; asking the client to retry");
             let body = json!({"error": "busy", "message": message});

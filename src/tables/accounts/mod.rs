@@ -388,7 +388,12 @@ impl Grouped for GroupedTransfers {
                     _ => Ok(TransferOutcome::Landed),
                 })
                 .collect(),
-            Err(Error::Duplicate { .. } | Error::ForeignKey | Error::InvalidInput(_)) => {
+            Err(
+                Error::Duplicate { .. }
+                | Error::ForeignKey
+                | Error::InvalidInput(_)
+                | Error::Constraint { .. },
+            ) => {
                 let mut outcomes = Vec::with_capacity(ts.len());
                 for t in ts {
                     outcomes.push(Self::apply_one(conn, t).await);

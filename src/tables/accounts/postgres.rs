@@ -122,7 +122,7 @@ pub(super) async fn transfer_batch(conn: &mut Conn, steps_json: &str) -> Result<
 fn postgres(conn: &mut Conn) -> Result<&mut PgConnection> {
     match conn.backend()? {
         Backend::Postgres(pg) => Ok(pg),
-        _ => Err(Error::Config(
+        _ => Err(Error::WrongBackend(
             "a PostgreSQL statement was sent to another backend".to_owned(),
         )),
     }

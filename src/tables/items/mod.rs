@@ -612,7 +612,10 @@ impl Grouped for GroupedUpdates {
             Some(Err(err))
                 if !matches!(
                     err,
-                    Error::Duplicate { .. } | Error::InvalidInput(_) | Error::ForeignKey
+                    Error::Duplicate { .. }
+                        | Error::InvalidInput(_)
+                        | Error::Constraint { .. }
+                        | Error::ForeignKey
                 ) =>
             {
                 // A commit may have failed halfway: roll back before the writer's next use.

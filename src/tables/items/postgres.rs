@@ -237,7 +237,7 @@ async fn insert_columns(conn: &mut PgConnection, columns: &Columns) -> Result<u6
 fn postgres(backend: crate::Backend<'_>) -> Result<&mut PgConnection> {
     match backend {
         crate::Backend::Postgres(conn) => Ok(conn),
-        crate::Backend::Sqlite(_) => Err(Error::Config(
+        crate::Backend::Sqlite(_) => Err(Error::WrongBackend(
             "a SQLite connection where a PostgreSQL one was expected".to_owned(),
         )),
     }
