@@ -43,7 +43,7 @@
 //! | [`ItemRepo`], [`UserRepo`], [`OrderRepo`], [`AccountRepo`] | one repository per table (`db.items()`, …); [`Db::dashboard`] reads a [`Dashboard`] |
 //! | [`NewItem`], [`ItemPatch`], [`Item`], [`ItemPage`], [`ItemStatus`] | items: what you create, change and read back |
 //! | [`NewUser`], [`UserPatch`], [`User`] | users |
-//! | [`NewOrder`], [`Order`], [`OrderStats`] | orders |
+//! | [`NewOrder`], [`OrderPatch`], [`Order`], [`OrderStats`] | orders |
 //! | [`NewAccount`], [`Account`], [`Transfer`], [`TransferOutcome`] | accounts and money movements, in integer cents |
 //! | [`Tx`] | a transaction you own: the same repositories, all or nothing |
 //! | [`Handle`], [`Conn`], [`Atomic`], [`Backend`] | for a service's own tables: a connection with sqlrepo's rules, by backend |
@@ -111,7 +111,7 @@ pub use tables::accounts::{
 };
 pub use tables::dashboard::{DASHBOARD_RECENT_ORDERS, Dashboard};
 pub use tables::items::{Item, ItemPage, ItemPatch, ItemRepo, ItemStatus, NewItem};
-pub use tables::orders::{NewOrder, Order, OrderRepo, OrderStats};
+pub use tables::orders::{NewOrder, Order, OrderPatch, OrderRepo, OrderStats};
 pub use tables::users::{NewUser, User, UserPatch, UserRepo};
 pub use tx::Tx;
 

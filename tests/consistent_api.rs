@@ -5,7 +5,8 @@
 mod common;
 
 use common::{TestDb, backend_test, user};
-use sqlrepo::{Error, NewAccount, NewOrder, NewUser, limits};
+use futures_util::TryStreamExt;
+use sqlrepo::{Error, NewAccount, NewOrder, NewUser, OrderPatch, limits};
 
 backend_test!(users_get_many_reads_the_known_ids_once_each_in_id_order);
 async fn users_get_many_reads_the_known_ids_once_each_in_id_order(db: TestDb) {
@@ -115,5 +116,81 @@ fn the_scattered_constants_are_in_limits_and_still_at_their_first_paths() {
     assert_eq!(
         limits::IDEMPOTENCY_KEY_CONSTRAINT,
         "transfers.idempotency_key"
+    );
+}
+
+backend_test!(orders_update_changes_only_what_the_patch_names_and_refusals_change_nothing);
+async fn orders_update_changes_only_what_the_patch_names_and_refusals_change_nothing(db: TestDb) {
+    let ann = user(&db, "ann@example.com", "Ann").await;
+    let bob = user(&db, "bob@example.com", "Bob").await;
+    let id = db.orders().create(&NewOrder::new(ann, 500)).await.unwrap();
+    let created = db.orders().get(id).await.unwrap().unwrap();
+    let total = |cents| OrderPatch {
+        total_cents: Some(cents),
+        ..OrderPatch::default()
+    };
+
+    assert!(db.orders().update(id, &total(450)).await.unwrap());
+    // The same value again, and an empty patch, change nothing and say so.
+    assert!(!db.orders().update(id, &total(450)).await.unwrap());
+    assert!(
+        !db.orders()
+            .update(id, &OrderPatch::default())
+            .await
+            .unwrap()
+    );
+    assert!(!db.orders().update(999_999, &total(1)).await.unwrap());
+    let moved = OrderPatch {
+        user_id: Some(bob),
+        ..OrderPatch::default()
+    };
+    assert!(db.orders().update(id, &moved).await.unwrap());
+    let after = db.orders().get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (after.user_id, after.total_cents, after.created_at),
+        (bob, 450, created.created_at)
+    );
+    assert_eq!(
+        db.orders().stats_for_user(bob).await.unwrap().total_cents,
+        450
+    );
+
+    // Refused before the database (negative) and by it (unknown user): nothing changes.
+    let negative = db.orders().update(id, &total(-1)).await;
+    assert!(
+        matches!(negative, Err(Error::InvalidInput(_))),
+        "{negative:?}"
+    );
+    let orphan = OrderPatch {
+        user_id: Some(999_999),
+        total_cents: Some(1),
+    };
+    let orphaned = db.orders().update(id, &orphan).await;
+    assert!(matches!(orphaned, Err(Error::ForeignKey)), "{orphaned:?}");
+    assert_eq!(db.orders().get(id).await.unwrap().unwrap(), after);
+}
+
+backend_test!(orders_stream_yields_every_order_once_in_id_order_across_pages);
+async fn orders_stream_yields_every_order_once_in_id_order_across_pages(db: TestDb) {
+    let ann = user(&db, "ann@example.com", "Ann").await;
+    assert!(
+        db.orders()
+            .stream()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // More than one stream page (2,000 rows).
+    let orders: Vec<NewOrder> = (0..4_500).map(|n| NewOrder::new(ann, n)).collect();
+    assert_eq!(db.orders().insert_many(&orders).await.unwrap(), 4_500);
+    let streamed: Vec<_> = db.orders().stream().try_collect().await.unwrap();
+    assert_eq!(streamed.len(), 4_500);
+    assert!(streamed.windows(2).all(|w| w[0].id < w[1].id));
+    let totals: Vec<i64> = streamed.iter().map(|o| o.total_cents).collect();
+    assert_eq!(totals, (0..4_500).collect::<Vec<i64>>());
+    assert_eq!(
+        streamed[17],
+        db.orders().get(streamed[17].id).await.unwrap().unwrap()
     );
 }

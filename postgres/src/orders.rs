@@ -151,3 +151,53 @@ pub async fn count(conn: &mut PgConnection) -> sqlx::Result<i64> {
         .fetch_one(conn)
         .await
 }
+
+/// Applies a patch (`None`: keep); `true` when the order existed and a value really changed.
+/// A user that does not exist fails `orders_user_fk` (23503), a negative total
+/// `orders_total_non_negative` (23514); nothing changes then.
+pub async fn update_one(
+    conn: &mut PgConnection,
+    id: i64,
+    user_id: Option<i64>,
+    total: Option<i64>,
+) -> sqlx::Result<bool> {
+    let result = sqlx::query!(
+        r#"
+        UPDATE orders
+        SET user_id = coalesce($2, user_id),
+            total = coalesce($3, total)
+        WHERE id = $1
+          AND (user_id IS DISTINCT FROM coalesce($2, user_id)
+               OR total IS DISTINCT FROM coalesce($3, total))
+        "#,
+        id,
+        user_id,
+        total,
+    )
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected() > 0)
+}
+
+/// A keyset page: at most `limit` orders with ids from `from_id` up, in id order. An order row
+/// is four numbers wide, so rows alone bound the page.
+pub async fn select_page(
+    conn: &mut PgConnection,
+    from_id: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<OrderRow>> {
+    sqlx::query_as!(
+        OrderRow,
+        r#"
+        SELECT id, user_id, total, created_at
+        FROM orders
+        WHERE id >= $1
+        ORDER BY id
+        LIMIT $2
+        "#,
+        from_id,
+        limit,
+    )
+    .fetch_all(conn)
+    .await
+}

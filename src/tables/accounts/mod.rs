@@ -243,7 +243,9 @@ impl AccountRepo {
     /// Moves money between two accounts atomically, as one ledger `INSERT`.
     ///
     /// With an idempotency key that already landed with the same from/to/amount, returns
-    /// `Ok(())` and moves nothing, whatever the balances are now.
+    /// `Ok(())` and moves nothing, whatever the balances are now. `Ok(())` does not say which
+    /// of the two happened: [`transfer_with_outcome`](Self::transfer_with_outcome) is the one
+    /// way to learn it (the same call, returning [`TransferOutcome`]).
     ///
     /// On a [`Db`](crate::Db), transfers of concurrent callers that wait for the writer
     /// together are carried as one statement (group commit, see

@@ -2,10 +2,12 @@
 
 use std::future::Future;
 
+use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
+use super::paging::{self, Keyed, Page};
 use crate::conn::{Backend, Handle};
 use crate::error::{Error, Result};
 use crate::kit::json_rows;
@@ -56,6 +58,40 @@ impl NewOrder {
         Ok(())
     }
 }
+
+/// A partial update of an order: `None` fields keep their stored value.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct OrderPatch {
+    /// Another existing user the order now belongs to.
+    pub user_id: Option<i64>,
+    /// A new total in cents, zero or more.
+    pub total_cents: Option<i64>,
+}
+
+impl OrderPatch {
+    /// Whether the patch changes nothing (every field `None`).
+    pub fn is_empty(&self) -> bool {
+        self.user_id.is_none() && self.total_cents.is_none()
+    }
+
+    fn validate(&self) -> Result<()> {
+        match self.total_cents {
+            Some(total) if total < 0 => Err(Error::invalid(format!(
+                "an order total cannot be negative ({total} cents)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Keyed for Order {
+    fn key(&self) -> i64 {
+        self.id
+    }
+}
+
+/// Rows per page of [`OrderRepo::stream`]: an order is four numbers, so rows bound the page.
+const STREAM_PAGE_ROWS: i64 = 2_000;
 
 /// How many orders a user has and what they add up to; zeros for a user with none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -232,6 +268,66 @@ impl OrderRepo {
         })
     }
 
+    /// Applies a patch; `true` when the order existed and a value really changed (an empty
+    /// patch, or one that repeats the stored values, is `Ok(false)` and writes nothing).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sqlrepo::Result<()> {
+    /// use sqlrepo::{Db, NewOrder, NewUser, OrderPatch};
+    /// let db = Db::in_memory().await?;
+    /// let ann = db.users().create(&NewUser::new("ann@example.com", "Ann")).await?;
+    /// let id = db.orders().create(&NewOrder::new(ann, 500)).await?;
+    /// let patch = OrderPatch { total_cents: Some(450), ..OrderPatch::default() };
+    /// assert!(db.orders().update(id, &patch).await?);
+    /// assert!(!db.orders().update(id, &patch).await?); // already 450
+    /// assert_eq!(db.orders().get(id).await?.unwrap().total_cents, 450);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a negative total (before the database is touched);
+    /// [`Error::ForeignKey`] when the new user does not exist. Nothing changes either way.
+    pub fn update(
+        &self,
+        id: i64,
+        patch: &OrderPatch,
+    ) -> impl Future<Output = Result<bool>> + Send + use<> {
+        let handle = self.handle.clone();
+        let patch = patch.validate().map(|()| patch.clone());
+        traced("orders", "update", async move {
+            let patch = patch?;
+            if patch.is_empty() {
+                return Ok(false);
+            }
+            let mut conn = handle.writer().await?;
+            let (user_id, total) = (patch.user_id, patch.total_cents);
+            match conn.backend()? {
+                Backend::Sqlite(c) => update_one(c, id, user_id, total).await,
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(c) => postgres::update_one(c, id, user_id, total).await,
+            }
+        })
+    }
+
+    /// Every order in id order, in keyset pages, with memory that does not grow with the table.
+    pub fn stream(&self) -> impl Stream<Item = Result<Order>> + Send + use<> {
+        paging::keyset(self.handle.clone(), "orders", |handle, from| async move {
+            let rows = handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => select_page(c, from, STREAM_PAGE_ROWS).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => {
+                            postgres::select_page(c, from, STREAM_PAGE_ROWS).await
+                        }
+                    }
+                })
+                .await?;
+            Ok(Page::by_rows(rows, STREAM_PAGE_ROWS))
+        })
+    }
+
     /// Deletes an order; `true` when it existed.
     ///
     /// # Errors
@@ -353,6 +449,51 @@ async fn select_stats(conn: &mut SqliteConnection, user_id: i64) -> Result<Order
         user_id,
     )
     .fetch_one(conn)
+    .await?)
+}
+
+// `IS NOT` (NULL-safe) makes the row match only when a value really differs.
+async fn update_one(
+    conn: &mut SqliteConnection,
+    id: i64,
+    user_id: Option<i64>,
+    total_cents: Option<i64>,
+) -> Result<bool> {
+    let result = sqlx::query!(
+        r#"
+        UPDATE orders
+        SET user_id = coalesce(?2, user_id),
+            total = coalesce(?3, total)
+        WHERE id = ?1
+          AND (user_id IS NOT coalesce(?2, user_id)
+               OR total IS NOT coalesce(?3, total))
+        "#,
+        id,
+        user_id,
+        total_cents,
+    )
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected() > 0)
+}
+
+async fn select_page(conn: &mut SqliteConnection, from_id: i64, limit: i64) -> Result<Vec<Order>> {
+    Ok(sqlx::query_as!(
+        Order,
+        r#"
+        SELECT id AS "id!: i64",
+               user_id,
+               total AS total_cents,
+               created_at AS "created_at: OffsetDateTime"
+        FROM orders
+        WHERE id >= ?1
+        ORDER BY id
+        LIMIT ?2
+        "#,
+        from_id,
+        limit,
+    )
+    .fetch_all(conn)
     .await?)
 }
 

@@ -71,3 +71,24 @@ pub(super) async fn select_many(conn: &mut PgConnection, ids: &[i64]) -> Result<
 pub(super) async fn count(conn: &mut PgConnection) -> Result<i64> {
     Ok(sql::count(conn).await?)
 }
+
+pub(super) async fn update_one(
+    conn: &mut PgConnection,
+    id: i64,
+    user_id: Option<i64>,
+    total: Option<i64>,
+) -> Result<bool> {
+    Ok(sql::update_one(conn, id, user_id, total).await?)
+}
+
+pub(super) async fn select_page(
+    conn: &mut PgConnection,
+    from_id: i64,
+    limit: i64,
+) -> Result<Vec<Order>> {
+    Ok(sql::select_page(conn, from_id, limit)
+        .await?
+        .into_iter()
+        .map(order)
+        .collect())
+}
