@@ -168,8 +168,13 @@ async fn users_and_orders(db: &Db) -> anyhow::Result<i64> {
     let streamed: Vec<_> = users.stream().try_collect().await?;
     println!("streamed {} users", streamed.len());
 
-    step("OrderRepo::create, insert_many, recent_for_user, stats_for_user");
-    show!(db.orders().create(&NewOrder::new(ann, 1_999)).await?);
+    step("OrderRepo::create, update, insert_many, recent_for_user, stats_for_user, stream");
+    let first_order = db.orders().create(&NewOrder::new(ann, 1_999)).await?;
+    let discount = sqlrepo::OrderPatch {
+        total_cents: Some(1_799),
+        ..Default::default()
+    };
+    show!(db.orders().update(first_order, &discount).await?);
     let orders: Vec<NewOrder> = (1..=15).map(|i| NewOrder::new(ann, i * 100)).collect();
     show!(db.orders().insert_many(&orders).await?);
     let recent = db.orders().recent_for_user(ann, 3).await?;
@@ -178,6 +183,8 @@ async fn users_and_orders(db: &Db) -> anyhow::Result<i64> {
         recent.iter().map(|o| o.total_cents).collect::<Vec<_>>()
     );
     show!(db.orders().stats_for_user(ann).await?);
+    let streamed: Vec<_> = db.orders().stream().try_collect().await?;
+    println!("streamed {} orders", streamed.len());
 
     step("Db::dashboard — user, 10 newest orders and stats in one statement");
     let dashboard = db.dashboard(ann).await?;
