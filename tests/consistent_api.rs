@@ -194,3 +194,62 @@ async fn orders_stream_yields_every_order_once_in_id_order_across_pages(db: Test
         db.orders().get(streamed[17].id).await.unwrap().unwrap()
     );
 }
+
+backend_test!(accounts_get_many_count_and_stream_agree_with_get);
+async fn accounts_get_many_count_and_stream_agree_with_get(db: TestDb) {
+    let ann = user(&db, "ann@example.com", "Ann").await;
+    let accounts = db.accounts();
+    assert_eq!(accounts.count().await.unwrap(), 0);
+    assert!(
+        accounts
+            .stream()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut ids = Vec::new();
+    for cents in [700, 0, 300] {
+        ids.push(
+            accounts
+                .open(&NewAccount::new(Some(ann), cents))
+                .await
+                .unwrap(),
+        );
+    }
+    let bare = accounts.open(&NewAccount::new(None, 5)).await.unwrap();
+    accounts
+        .transfer(&sqlrepo::Transfer::new(ids[0], ids[1], 200))
+        .await
+        .unwrap();
+    assert_eq!(accounts.count().await.unwrap(), 4);
+
+    let found = accounts
+        .get_many(&[bare, ids[2], 999_999, ids[0], bare])
+        .await
+        .unwrap();
+    let expected = [
+        accounts.get(ids[0]).await.unwrap().unwrap(),
+        accounts.get(ids[2]).await.unwrap().unwrap(),
+        accounts.get(bare).await.unwrap().unwrap(),
+    ];
+    assert_eq!(found, expected);
+    assert_eq!(found[0].balance_cents, 500);
+    assert_eq!(found[2].user_id, None);
+    assert!(accounts.get_many(&[]).await.unwrap().is_empty());
+    let too_many = vec![ids[0]; limits::MAX_BATCH_ROWS + 1];
+    let refused = accounts.get_many(&too_many).await;
+    assert!(
+        matches!(refused, Err(Error::InvalidInput(_))),
+        "{refused:?}"
+    );
+
+    let streamed: Vec<_> = accounts.stream().try_collect().await.unwrap();
+    let balances: Vec<(i64, i64)> = streamed.iter().map(|a| (a.id, a.balance_cents)).collect();
+    assert_eq!(
+        balances,
+        [(ids[0], 500), (ids[1], 200), (ids[2], 300), (bare, 5)]
+    );
+    let sum: i64 = streamed.iter().map(|a| a.balance_cents).sum();
+    assert_eq!(sum, accounts.total_balance().await.unwrap());
+}

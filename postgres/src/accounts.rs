@@ -110,6 +110,52 @@ pub async fn select_account(conn: &mut PgConnection, id: i64) -> sqlx::Result<Op
     .await
 }
 
+/// The accounts with these ids, in id order (unknown ids skipped, repeats given once).
+pub async fn select_many(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<Vec<AccountRow>> {
+    sqlx::query_as!(
+        AccountRow,
+        r#"
+        SELECT id, user_id, balance, created_at
+        FROM accounts
+        WHERE id = ANY($1)
+        ORDER BY id
+        "#,
+        ids,
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// How many accounts there are.
+pub async fn count(conn: &mut PgConnection) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM accounts"#)
+        .fetch_one(conn)
+        .await
+}
+
+/// A keyset page: at most `limit` accounts with ids from `from_id` up, in id order (a row is
+/// four numbers wide, so rows alone bound the page).
+pub async fn select_page(
+    conn: &mut PgConnection,
+    from_id: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<AccountRow>> {
+    sqlx::query_as!(
+        AccountRow,
+        r#"
+        SELECT id, user_id, balance, created_at
+        FROM accounts
+        WHERE id >= $1
+        ORDER BY id
+        LIMIT $2
+        "#,
+        from_id,
+        limit,
+    )
+    .fetch_all(conn)
+    .await
+}
+
 /// Credits an account through the ledger and returns the new balance: one round trip to the SQL
 /// function `sqlrepo_deposit`. An unknown account is 23503 on `transfers_to_fk`, an overflow
 /// 22003.

@@ -17,10 +17,12 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
+use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
+use super::paging::{self, Keyed, Page};
 use crate::conn::{Backend, Conn, Grouped, Handle};
 use crate::error::{Error, Result};
 use crate::kit::{at_position, check_batch};
@@ -214,6 +216,76 @@ impl AccountRepo {
                     }
                 })
                 .await
+        })
+    }
+
+    /// The accounts with these ids, in id order; unknown ids are skipped and repeated ids given
+    /// once. One statement, so one consistent read of the balances.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for more than [`MAX_BATCH_ROWS`](crate::limits::MAX_BATCH_ROWS)
+    /// ids, before the database is touched; [`Error::Schema`] when migrations have not run.
+    pub fn get_many(
+        &self,
+        ids: &[i64],
+    ) -> impl Future<Output = Result<Vec<Account>>> + Send + use<> {
+        let handle = self.handle.clone();
+        let ids = check_batch("get_many", ids.len()).map(|()| ids.to_vec());
+        traced("accounts", "get_many", async move {
+            let ids = ids?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ids = &ids;
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => select_many(c, &crate::kit::json_text(ids)?).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => postgres::get_many(c, ids).await,
+                    }
+                })
+                .await
+        })
+    }
+
+    /// How many accounts there are.
+    ///
+    /// # Errors
+    /// [`Error::Schema`] when migrations have not run.
+    pub fn count(&self) -> impl Future<Output = Result<i64>> + Send + use<> {
+        let handle = self.handle.clone();
+        traced("accounts", "count", async move {
+            handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => count(c).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => postgres::count(c).await,
+                    }
+                })
+                .await
+        })
+    }
+
+    /// Every account in id order, in keyset pages, with memory that does not grow with the
+    /// table. Each page is one consistent read; a transfer landing between two pages may show
+    /// in one account and not yet in the other, so use
+    /// [`total_balance`](Self::total_balance) for a sum.
+    pub fn stream(&self) -> impl Stream<Item = Result<Account>> + Send + use<> {
+        paging::keyset(self.handle.clone(), "accounts", |handle, from| async move {
+            let rows = handle
+                .read(|mut conn| async move {
+                    match conn.backend()? {
+                        Backend::Sqlite(c) => select_page(c, from, STREAM_PAGE_ROWS).await,
+                        #[cfg(feature = "postgres")]
+                        Backend::Postgres(c) => {
+                            postgres::select_page(c, from, STREAM_PAGE_ROWS).await
+                        }
+                    }
+                })
+                .await?;
+            Ok(Page::by_rows(rows, STREAM_PAGE_ROWS))
         })
     }
 
@@ -609,6 +681,65 @@ async fn insert_account(
     .execute(conn)
     .await?;
     Ok(result.last_insert_rowid())
+}
+
+impl Keyed for Account {
+    fn key(&self) -> i64 {
+        self.id
+    }
+}
+
+/// Rows per page of [`AccountRepo::stream`]: an account is four numbers, so rows bound it.
+const STREAM_PAGE_ROWS: i64 = 2_000;
+
+async fn select_many(conn: &mut SqliteConnection, ids_json: &str) -> Result<Vec<Account>> {
+    Ok(sqlx::query_as!(
+        Account,
+        r#"
+        SELECT id AS "id!: i64",
+               user_id,
+               balance AS balance_cents,
+               created_at AS "created_at: OffsetDateTime"
+        FROM accounts
+        WHERE id IN (SELECT value FROM json_each(?1))
+        ORDER BY id
+        "#,
+        ids_json,
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+async fn count(conn: &mut SqliteConnection) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar!(r#"SELECT count(*) AS "count!: i64" FROM accounts"#)
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+async fn select_page(
+    conn: &mut SqliteConnection,
+    from_id: i64,
+    limit: i64,
+) -> Result<Vec<Account>> {
+    Ok(sqlx::query_as!(
+        Account,
+        r#"
+        SELECT id AS "id!: i64",
+               user_id,
+               balance AS balance_cents,
+               created_at AS "created_at: OffsetDateTime"
+        FROM accounts
+        WHERE id >= ?1
+        ORDER BY id
+        LIMIT ?2
+        "#,
+        from_id,
+        limit,
+    )
+    .fetch_all(conn)
+    .await?)
 }
 
 async fn select_account(conn: &mut SqliteConnection, id: i64) -> Result<Option<Account>> {

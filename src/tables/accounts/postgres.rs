@@ -30,14 +30,35 @@ pub(super) async fn open(
     Ok(statements::insert_account(conn, user_id, balance_cents).await?)
 }
 
-pub(super) async fn get(conn: &mut PgConnection, id: i64) -> Result<Option<Account>> {
-    let row = statements::select_account(conn, id).await?;
-    Ok(row.map(|row| Account {
+fn account(row: statements::AccountRow) -> Account {
+    Account {
         id: row.id,
         user_id: row.user_id,
         balance_cents: row.balance,
         created_at: row.created_at,
-    }))
+    }
+}
+
+pub(super) async fn get(conn: &mut PgConnection, id: i64) -> Result<Option<Account>> {
+    Ok(statements::select_account(conn, id).await?.map(account))
+}
+
+pub(super) async fn get_many(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<Account>> {
+    let rows = statements::select_many(conn, ids).await?;
+    Ok(rows.into_iter().map(account).collect())
+}
+
+pub(super) async fn count(conn: &mut PgConnection) -> Result<i64> {
+    Ok(statements::count(conn).await?)
+}
+
+pub(super) async fn select_page(
+    conn: &mut PgConnection,
+    from_id: i64,
+    limit: i64,
+) -> Result<Vec<Account>> {
+    let rows = statements::select_page(conn, from_id, limit).await?;
+    Ok(rows.into_iter().map(account).collect())
 }
 
 pub(super) async fn deposit(conn: &mut PgConnection, id: i64, amount_cents: i64) -> Result<i64> {
