@@ -235,6 +235,18 @@ async fn accounts(db: &Db, ann: i64) -> anyhow::Result<()> {
         balance(db, shop).await?
     );
 
+    step("AccountRepo::get_many, count, stream — the reads every repository has");
+    let both = accounts.get_many(&[shop, wallet]).await?;
+    println!(
+        "balances by id: {:?}",
+        both.iter()
+            .map(|a| (a.id, a.balance_cents))
+            .collect::<Vec<_>>()
+    );
+    show!(accounts.count().await?);
+    let streamed: Vec<_> = accounts.stream().try_collect().await?;
+    println!("streamed {} accounts", streamed.len());
+
     step("A refused overdraft: InsufficientFunds, nothing moves");
     match show!(
         accounts
