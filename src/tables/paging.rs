@@ -4,7 +4,7 @@ use std::future::Future;
 
 use futures_core::Stream;
 
-use crate::conn::Handle;
+use crate::conn::{Conn, Handle};
 use crate::error::Result;
 use crate::kit;
 use crate::trace::Rows;
@@ -73,6 +73,27 @@ where
                 next,
             })
         }
+    })
+}
+
+/// Every row of a table whose rows are small enough for rows alone to bound a page (users,
+/// orders, accounts: a few numbers and bounded text), [`kit::STREAM_PAGE_ROWS`] a page:
+/// `read(conn, from, limit)` reads the rows with keys from `from` up, at most `limit`, on a
+/// connection [`Handle::read`] lends (a replica's, where there is one).
+pub(crate) fn by_rows<T, F, Fut>(
+    handle: Handle,
+    table: &'static str,
+    read: F,
+) -> impl Stream<Item = Result<T>> + Send
+where
+    T: Keyed + Send + 'static,
+    F: Fn(Conn, i64, i64) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<T>>> + Send,
+{
+    let limit = i64::from(kit::STREAM_PAGE_ROWS);
+    keyset(handle, table, move |handle, from| async move {
+        let rows = handle.read(|conn| read(conn, from, limit)).await?;
+        Ok(Page::by_rows(rows, limit))
     })
 }
 

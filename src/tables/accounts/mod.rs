@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
-use super::paging::{self, Keyed, Page};
+use super::paging::{self, Keyed};
 use crate::conn::{Backend, Conn, Grouped, Handle};
 use crate::error::{Error, Result};
 use crate::kit::{at_position, check_batch};
@@ -273,20 +273,17 @@ impl AccountRepo {
     /// in one account and not yet in the other, so use
     /// [`total_balance`](Self::total_balance) for a sum.
     pub fn stream(&self) -> impl Stream<Item = Result<Account>> + Send + use<> {
-        paging::keyset(self.handle.clone(), "accounts", |handle, from| async move {
-            let rows = handle
-                .read(|mut conn| async move {
-                    match conn.backend()? {
-                        Backend::Sqlite(c) => select_page(c, from, STREAM_PAGE_ROWS).await,
-                        #[cfg(feature = "postgres")]
-                        Backend::Postgres(c) => {
-                            postgres::select_page(c, from, STREAM_PAGE_ROWS).await
-                        }
-                    }
-                })
-                .await?;
-            Ok(Page::by_rows(rows, STREAM_PAGE_ROWS))
-        })
+        paging::by_rows(
+            self.handle.clone(),
+            "accounts",
+            |mut conn, from, limit| async move {
+                match conn.backend()? {
+                    Backend::Sqlite(c) => select_page(c, from, limit).await,
+                    #[cfg(feature = "postgres")]
+                    Backend::Postgres(c) => postgres::select_page(c, from, limit).await,
+                }
+            },
+        )
     }
 
     /// Credits an account (recorded as a ledger row with no source) and returns the new balance.
@@ -688,9 +685,6 @@ impl Keyed for Account {
         self.id
     }
 }
-
-/// Rows per page of [`AccountRepo::stream`]: an account is four numbers, so rows bound it.
-const STREAM_PAGE_ROWS: i64 = 2_000;
 
 async fn select_many(conn: &mut SqliteConnection, ids_json: &str) -> Result<Vec<Account>> {
     Ok(sqlx::query_as!(

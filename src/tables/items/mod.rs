@@ -163,8 +163,8 @@ pub struct ItemRepo {
 }
 
 /// Rows per page of `stream`, besides [`MAX_PAGE_BYTES`]: one round trip per page, a page
-/// being one JSON text (see `select_page`).
-const STREAM_PAGE_ROWS: i64 = 2_000;
+/// being one JSON text (see `select_page`). The kit's, which every stream pages by.
+const STREAM_PAGE_ROWS: i64 = crate::kit::STREAM_PAGE_ROWS as i64;
 
 /// The byte budget of one page of `get_many`. Its caller gets the whole result in memory
 /// anyway, so the budget only keeps each value SQLite builds far below its 1e9-byte limit while

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
-use super::paging::{self, Keyed, Page};
+use super::paging::{self, Keyed};
 use crate::conn::{Backend, Handle};
 use crate::error::{Error, Result};
 use crate::kit::json_rows;
@@ -89,9 +89,6 @@ impl Keyed for Order {
         self.id
     }
 }
-
-/// Rows per page of [`OrderRepo::stream`]: an order is four numbers, so rows bound the page.
-const STREAM_PAGE_ROWS: i64 = 2_000;
 
 /// How many orders a user has and what they add up to; zeros for a user with none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -312,20 +309,17 @@ impl OrderRepo {
 
     /// Every order in id order, in keyset pages, with memory that does not grow with the table.
     pub fn stream(&self) -> impl Stream<Item = Result<Order>> + Send + use<> {
-        paging::keyset(self.handle.clone(), "orders", |handle, from| async move {
-            let rows = handle
-                .read(|mut conn| async move {
-                    match conn.backend()? {
-                        Backend::Sqlite(c) => select_page(c, from, STREAM_PAGE_ROWS).await,
-                        #[cfg(feature = "postgres")]
-                        Backend::Postgres(c) => {
-                            postgres::select_page(c, from, STREAM_PAGE_ROWS).await
-                        }
-                    }
-                })
-                .await?;
-            Ok(Page::by_rows(rows, STREAM_PAGE_ROWS))
-        })
+        paging::by_rows(
+            self.handle.clone(),
+            "orders",
+            |mut conn, from, limit| async move {
+                match conn.backend()? {
+                    Backend::Sqlite(c) => select_page(c, from, limit).await,
+                    #[cfg(feature = "postgres")]
+                    Backend::Postgres(c) => postgres::select_page(c, from, limit).await,
+                }
+            },
+        )
     }
 
     /// Deletes an order; `true` when it existed.

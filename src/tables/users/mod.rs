@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
-use super::paging::{self, Keyed, Page};
+use super::paging::{self, Keyed};
 use crate::conn::{Backend, Handle};
 use crate::error::Result;
 use crate::kit::json_rows;
@@ -87,10 +87,6 @@ pub struct UserPatch {
 pub struct UserRepo {
     handle: Handle,
 }
-
-/// Rows per page of `stream`. A user row is small (email and name are at most 256 characters
-/// each), so a page needs no byte budget besides.
-const STREAM_PAGE_ROWS: i64 = 2_000;
 
 impl UserRepo {
     /// The repository on `handle`: a [`Db`](crate::Db)\'s, a [`Tx`](crate::Tx)\'s, or any
@@ -281,20 +277,17 @@ impl UserRepo {
 
     /// Every user in id order, in keyset pages, with memory that does not grow with the table.
     pub fn stream(&self) -> impl Stream<Item = Result<User>> + Send + use<> {
-        paging::keyset(self.handle.clone(), "users", |handle, from| async move {
-            let rows = handle
-                .read(|mut conn| async move {
-                    match conn.backend()? {
-                        Backend::Sqlite(c) => select_page(c, from, STREAM_PAGE_ROWS).await,
-                        #[cfg(feature = "postgres")]
-                        Backend::Postgres(c) => {
-                            postgres::select_page(c, from, STREAM_PAGE_ROWS).await
-                        }
-                    }
-                })
-                .await?;
-            Ok(Page::by_rows(rows, STREAM_PAGE_ROWS))
-        })
+        paging::by_rows(
+            self.handle.clone(),
+            "users",
+            |mut conn, from, limit| async move {
+                match conn.backend()? {
+                    Backend::Sqlite(c) => select_page(c, from, limit).await,
+                    #[cfg(feature = "postgres")]
+                    Backend::Postgres(c) => postgres::select_page(c, from, limit).await,
+                }
+            },
+        )
     }
 }
 
