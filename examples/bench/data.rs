@@ -71,6 +71,24 @@ impl Sizes {
         }
     }
 
+    /// The regression guard's run (`--guard`, `--record`): the quick sizes with more
+    /// operations and five rounds (each figure the median of them), so that a debug build's
+    /// ratios hold still enough to compare with a record, in well under a minute.
+    pub fn guard() -> Self {
+        Sizes {
+            items: 5_000,
+            gets: 2_000,
+            get_many_batches: 10,
+            stream_rows: 20_000,
+            transfers: 1_500,
+            batches: 10,
+            dashboards: 500,
+            mixed_ops_per_task: 150,
+            rounds: 5,
+            ..Sizes::quick()
+        }
+    }
+
     /// Every workload small: seconds even in a debug build, to prove the harness works.
     pub fn quick() -> Self {
         Sizes {

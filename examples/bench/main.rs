@@ -8,6 +8,7 @@
 //! cargo run --release --example bench                         # full run, table on stdout
 //! cargo run --release --example bench -- --json bench.json    # also bench.json and bench.svg
 //! cargo run --example bench -- --quick                        # every workload small (CI)
+//! cargo run --example bench -- --quick --guard examples/bench/recorded.json   # regression guard
 //! SQLREPO_PG_URL=postgres://… SQLREPO_PG_REPLICA_URL=postgres://… \
 //!   cargo run --release --features postgres --example bench    # PostgreSQL rows too
 //! ```
@@ -15,8 +16,9 @@
 //! Ratios taken side by side in one run are what to read; absolute figures move a lot from day
 //! to day on shared machines. So the workloads made of many small operations run in rounds in
 //! which the sides take turns (who goes first rotates), and each figure is the median of its
-//! rounds. There are no timing assertions: the run fails only when a side does the wrong work
-//! (a row missing, a count off) or sqlrepo's `mixed` run hits `Busy` or loses a write.
+//! rounds. A normal run has no timing assertions: it fails only when a side does the wrong work
+//! (a row missing, a count off) or sqlrepo's `mixed` run hits `Busy` or loses a write. The
+//! regression guard (`--guard`, `guard.rs`) is the one run that fails on figures.
 //!
 //! With the `postgres` feature and `SQLREPO_PG_URL` set, PostgreSQL rows follow (`pg ...`, in
 //! `postgres.rs`): sqlrepo on PostgreSQL against raw sqlx on a held connection, `COPY`, and a
@@ -31,6 +33,7 @@ mod derived;
 #[cfg(feature = "postgres")]
 mod failover;
 mod floor;
+mod guard;
 mod mixed;
 mod naive;
 mod operations;
@@ -53,7 +56,7 @@ use crate::timing::progress;
 use crate::workloads::Bench;
 
 const USAGE: &str = "\
-usage: cargo run --release [--features postgres] --example bench -- [--quick] [--json PATH] [--svg PATH] [--current-thread] [--operations] [--postgres] [--failover]
+usage: cargo run --release [--features postgres] --example bench -- [--quick] [--json PATH] [--svg PATH] [--current-thread] [--operations] [--postgres] [--failover] [--guard PATH] [--record PATH]
 
   --quick           every workload small (seconds, even in a debug build); for CI
   --json PATH       also write the results as JSON to PATH
@@ -67,7 +70,12 @@ usage: cargo run --release [--features postgres] --example bench -- [--quick] [-
   --failover        also the failover rows: a three-node Patroni cluster started on loopback
                     (ports SQLREPO_PATRONI_BASEPORT+1..21, default 27000), its leader killed
                     under 8 writers (needs the postgres feature, Patroni and etcd: root
-                    installs them)";
+                    installs them)
+  --guard PATH      fail when a SQLite row's ratio (to rusqlite, or to the floor) is more than
+                    1.5x the ratio recorded in PATH for this machine class; a row over the line
+                    is measured again in fresh runs (at most 3 in all) and fails only if every
+                    run had it over
+  --record PATH     write the record --guard reads: each row's worst ratio over 5 runs";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -78,6 +86,8 @@ struct Args {
     operations_only: bool,
     postgres_only: bool,
     failover: bool,
+    guard: Option<PathBuf>,
+    record: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -92,6 +102,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--failover" => args.failover = true,
             "--json" => args.json = Some(words.next().context(USAGE)?.into()),
             "--svg" => args.svg = Some(words.next().context(USAGE)?.into()),
+            "--guard" => args.guard = Some(words.next().context(USAGE)?.into()),
+            "--record" => args.record = Some(words.next().context(USAGE)?.into()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -99,6 +111,12 @@ fn parse_args() -> anyhow::Result<Args> {
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
+    ensure!(
+        args.guard.is_none() && args.record.is_none()
+            || !(args.quick || args.postgres_only || args.operations_only || args.failover),
+        "--guard and --record make a run of their own (SQLite rows at the guard's sizes): \
+         not with --quick, --postgres, --operations or --failover"
+    );
     if args.svg.is_none()
         && let Some(json) = &args.json
     {
@@ -181,6 +199,9 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Some(path) = args.guard.as_ref().or(args.record.as_ref()) {
+        return guard_run(&runtime, path, args.record.is_some());
+    }
     let sizes = if args.quick {
         Sizes::quick()
     } else {
@@ -239,4 +260,173 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--guard` or `--record`: the SQLite rows at the guard's sizes, then the record written or
+/// checked; the table printed either way.
+fn guard_run(
+    runtime: &tokio::runtime::Runtime,
+    path: &std::path::Path,
+    recording: bool,
+) -> anyhow::Result<()> {
+    let inputs = Inputs::generate(Sizes::guard());
+    let rows = sqlite_rows(runtime, &inputs)?;
+    let (note, failure) = if recording {
+        record(runtime, &inputs, &rows, path)?;
+        (
+            format!(
+                "guard record written to {} (each row's worst of {} runs)",
+                path.display(),
+                guard::RECORD_RUNS
+            ),
+            None,
+        )
+    } else {
+        check(runtime, &inputs, &rows, path)?
+    };
+    println!();
+    report::print_table(&rows, &[guard::class(), note]);
+    match failure {
+        Some(failure) => bail!("{failure}"),
+        None => Ok(()),
+    }
+}
+
+/// The SQLite rows of one more whole run, on fresh databases (for the guard).
+fn sqlite_rows(
+    runtime: &tokio::runtime::Runtime,
+    inputs: &Inputs,
+) -> anyhow::Result<Vec<report::Row>> {
+    let dir = tempfile::tempdir()?;
+    let (rows, _, verdict) = Bench::open(runtime, inputs, dir.path())?.run()?;
+    ensure!(
+        verdict.clean(),
+        "sqlrepo's mixed run broke a rule: {}",
+        verdict.describe("sqlrepo")
+    );
+    Ok(rows)
+}
+
+/// Writes the guard's record: each row's worst ratio over [`guard::RECORD_RUNS`] runs, this
+/// one included.
+fn record(
+    runtime: &tokio::runtime::Runtime,
+    inputs: &Inputs,
+    rows: &[report::Row],
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut worst = guard::ratios(rows);
+    progress(format_args!(
+        "guard record, run 1: {}",
+        guard::describe(&worst)
+    ));
+    for run in 2..=guard::RECORD_RUNS {
+        let ratios = guard::ratios(&sqlite_rows(runtime, inputs)?);
+        progress(format_args!(
+            "guard record, run {run}: {}",
+            guard::describe(&ratios)
+        ));
+        guard::merge(&mut worst, ratios, true);
+    }
+    guard::Record {
+        class: guard::class(),
+        made_by: format!(
+            "cargo run{} --example bench -- --record {}",
+            if cfg!(debug_assertions) {
+                ""
+            } else {
+                " --release"
+            },
+            path.display()
+        ),
+        rows: worst,
+    }
+    .write(path)
+}
+
+/// Compares this run with the record at `path`, measuring again while a row is over the
+/// line. Returns the note for the table, and the failure if a row stayed over.
+fn check(
+    runtime: &tokio::runtime::Runtime,
+    inputs: &Inputs,
+    rows: &[report::Row],
+    path: &std::path::Path,
+) -> anyhow::Result<(String, Option<String>)> {
+    let record = guard::Record::read(path)?;
+    let class = guard::class();
+    if record.class != class {
+        return Ok((
+            format!(
+                "guard: not compared; {} holds figures for a {}, this is a {class}",
+                path.display(),
+                record.class
+            ),
+            None,
+        ));
+    }
+    let mut best = guard::ratios(rows);
+    progress(format_args!("guard, run 1: {}", guard::describe(&best)));
+    let mut runs = 1;
+    while runs < guard::CHECK_RUNS && !record.over(&best).is_empty() {
+        runs += 1;
+        let names: Vec<String> = record
+            .over(&best)
+            .into_iter()
+            .map(|(name, ..)| name)
+            .collect();
+        progress(format_args!(
+            "guard: over {}x the record: {}; measuring again (run {runs} of {})",
+            guard::TOLERANCE,
+            names.join(", "),
+            guard::CHECK_RUNS
+        ));
+        let ratios = guard::ratios(&sqlite_rows(runtime, inputs)?);
+        progress(format_args!(
+            "guard, run {runs}: {}",
+            guard::describe(&ratios)
+        ));
+        guard::merge(&mut best, ratios, false);
+    }
+    let over = record.over(&best);
+    let missing = record.missing(&best);
+    let closest = record
+        .rows
+        .iter()
+        .filter_map(|(name, recorded)| Some((name, best.get(name)?.ratio / recorded.ratio)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let mut note = format!(
+        "guard: {} of {} recorded rows within {}x of {} (best of {runs} run{})",
+        record.rows.len() - over.len() - missing.len(),
+        record.rows.len(),
+        guard::TOLERANCE,
+        path.display(),
+        if runs == 1 { "" } else { "s" }
+    );
+    if let Some((name, share)) = closest {
+        note.push_str(&format!(
+            "; closest to its line: {name} at {share:.2}x its record"
+        ));
+    }
+    let mut problems: Vec<String> = over
+        .iter()
+        .map(|(name, now, recorded)| {
+            format!(
+                "{name} at {now:.2}x (recorded {recorded:.2}x, line {:.2}x)",
+                recorded * guard::TOLERANCE
+            )
+        })
+        .collect();
+    problems.extend(
+        missing
+            .iter()
+            .map(|name| format!("{name} recorded but not measured")),
+    );
+    let failure = (!problems.is_empty()).then(|| {
+        format!(
+            "benchmark regression guard ({}): {}",
+            path.display(),
+            problems.join("; ")
+        )
+    });
+    Ok((note, failure))
 }
