@@ -106,6 +106,7 @@ use crate::error::{Error, Result};
 use crate::limits::{MAX_BATCH_ROWS, MAX_CHUNK_BYTES, MAX_CHUNK_ROWS};
 
 pub use crate::trace::{Rows, traced};
+pub(crate) use pages::keyset_of;
 pub use pages::{Page, STREAM_PAGE_ROWS, keyset, page_from, page_limit, read_page};
 
 mod pages;

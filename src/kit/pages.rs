@@ -117,9 +117,15 @@ where
 }
 
 /// Every row of a table in key order, `fetch(handle, after)` returning the page of rows with
-/// keys above `after` (`None`: from the first). One page is held at a time and no connection
-/// between pages, so a slow consumer blocks no writer and no checkpoint; each page is a span
-/// `table`/`stream_page`. The first error ends the stream.
+/// keys above `after` (`None`: from the first); each page is a span `table`/`stream_page`. The
+/// first error ends the stream.
+///
+/// The next page is read while the caller works through the current one: as soon as a page
+/// arrives, the read of the one after it starts in a task of its own (on the Tokio runtime the
+/// stream is first polled in; without one, when the caller asks for it). So at most two pages
+/// are held, the one being consumed and the one read ahead, and a connection only while a page
+/// is being read: a slow consumer blocks no writer and no checkpoint. Dropping the stream
+/// stops the read ahead.
 pub fn keyset<T, F, Fut>(
     handle: Handle,
     table: &'static str,
@@ -128,29 +134,125 @@ pub fn keyset<T, F, Fut>(
 where
     T: Send + 'static,
     F: Fn(Handle, Option<i64>) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Page<T>>> + Send,
+    Fut: Future<Output = Result<Page<T>>> + Send + 'static,
 {
-    // `Some(after)` for the next page to read, where `after` is `None` for the first.
-    let state = (
+    keyset_of(handle, table, fetch)
+}
+
+/// [`keyset`] for a fetch whose answer is a page of another shape (`P`), which says how many
+/// rows it holds (the span's `rows`) and becomes a [`Page`]: a page whose "row" is an undecoded
+/// chunk of many rows, decoded by the stream's consumer, still reports its real row count.
+pub(crate) fn keyset_of<T, P, F, Fut>(
+    handle: Handle,
+    table: &'static str,
+    fetch: F,
+) -> impl Stream<Item = Result<T>> + Send + use<T, P, F, Fut>
+where
+    T: Send + 'static,
+    P: Rows + Into<Page<T>> + Send + 'static,
+    F: Fn(Handle, Option<i64>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<P>> + Send + 'static,
+{
+    let state = Keyset {
         fetch,
         handle,
-        Some(None::<i64>),
-        std::collections::VecDeque::<T>::new(),
-    );
-    stream::try_unfold(
-        state,
-        move |(fetch, handle, mut cursor, mut buffer)| async move {
-            loop {
-                if let Some(row) = buffer.pop_front() {
-                    return Ok(Some((row, (fetch, handle, cursor, buffer))));
-                }
-                let Some(after) = cursor else {
-                    return Ok(None);
-                };
-                let page = traced(table, "stream_page", fetch(handle.clone(), after)).await?;
-                cursor = page.next.map(Some);
-                buffer.extend(page.rows);
+        table,
+        next: Next::Start,
+        buffer: std::collections::VecDeque::new(),
+    };
+    stream::try_unfold(state, |mut state| async move {
+        loop {
+            if let Some(row) = state.buffer.pop_front() {
+                return Ok(Some((row, state)));
             }
-        },
-    )
+            let page = match std::mem::replace(&mut state.next, Next::Done) {
+                Next::Start => state.page(None).await?,
+                Next::Ahead(ahead) => ahead.page().await?,
+                Next::Done => return Ok(None),
+            };
+            if let Some(after) = page.next {
+                state.next = Next::Ahead(state.read_ahead(after));
+            }
+            state.buffer.extend(page.rows);
+        }
+    })
+}
+
+/// The state of a [`keyset`] stream between two rows.
+struct Keyset<T, F> {
+    fetch: F,
+    handle: Handle,
+    table: &'static str,
+    next: Next<T>,
+    buffer: std::collections::VecDeque<T>,
+}
+
+/// What comes after the rows in hand.
+enum Next<T> {
+    /// Nothing read yet: the first page, when first polled.
+    Start,
+    /// The next page, being read.
+    Ahead(Ahead<T>),
+    /// The last page was read.
+    Done,
+}
+
+impl<T, P, F, Fut> Keyset<T, F>
+where
+    T: Send + 'static,
+    P: Rows + Into<Page<T>> + Send + 'static,
+    F: Fn(Handle, Option<i64>) -> Fut,
+    Fut: Future<Output = Result<P>> + Send + 'static,
+{
+    fn page(&self, after: Option<i64>) -> impl Future<Output = Result<Page<T>>> + Send + 'static {
+        use tracing::Instrument;
+        let page = traced(
+            self.table,
+            "stream_page",
+            (self.fetch)(self.handle.clone(), after),
+        );
+        async move { page.await.map(Into::into) }.in_current_span()
+    }
+
+    /// Starts reading the page after `after` in a task of its own, or, without a Tokio
+    /// runtime, keeps it to read when asked.
+    fn read_ahead(&self, after: i64) -> Ahead<T> {
+        let page = self.page(Some(after));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => Ahead::Spawned(runtime.spawn(page)),
+            Err(_) => Ahead::Later(Box::pin(page)),
+        }
+    }
+}
+
+/// A page read ahead.
+enum Ahead<T> {
+    /// Being read in a task of its own; aborted if the stream is dropped first.
+    Spawned(tokio::task::JoinHandle<Result<Page<T>>>),
+    /// To be read when the caller asks for it (no runtime to run it meanwhile).
+    Later(std::pin::Pin<Box<dyn Future<Output = Result<Page<T>>> + Send>>),
+}
+
+impl<T> Ahead<T> {
+    async fn page(mut self) -> Result<Page<T>> {
+        match &mut self {
+            Ahead::Spawned(task) => match task.await {
+                Ok(page) => page,
+                // The read panicked: the caller's poll panics, as it would have read inline.
+                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                // Cancelled: only when the runtime shuts down under the stream.
+                Err(_) => Err(Error::Database(sqlx::Error::WorkerCrashed)),
+            },
+            Ahead::Later(page) => page.await,
+        }
+    }
+}
+
+impl<T> Drop for Ahead<T> {
+    fn drop(&mut self) {
+        // A dropped stream reads no further; a finished task ignores this.
+        if let Ahead::Spawned(task) = self {
+            task.abort();
+        }
+    }
 }

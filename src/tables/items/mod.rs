@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
-use super::paging::{self, Keyed, Page};
+use super::paging::{Keyed, Page};
 use crate::conn::{Backend, Conn, Grouped, Handle};
 use crate::error::{Error, Result};
 use crate::kit::{self, Rows, at_position, check_batch, json_text, traced};
@@ -485,7 +485,16 @@ impl ItemRepo {
     /// number past a 64-bit float) comes as [`Error::Unreadable`] naming it, in its place, and
     /// the stream goes on with the next row; any other error ends the stream.
     pub fn stream(&self) -> impl Stream<Item = Result<Item>> + Send + use<> {
-        let rows = paging::keyset(self.handle.clone(), "items", |handle, from| async move {
+        let pages = kit::keyset_of(self.handle.clone(), "items", |handle, after| async move {
+            // Rowids may be zero or negative (a row inserted with an explicit id by other
+            // SQL), so the first page starts at the smallest key there is, not after 0.
+            let Some(from) = kit::page_from(after) else {
+                return Ok(StreamPage {
+                    chunks: Vec::new(),
+                    rows: 0,
+                    next: None,
+                });
+            };
             let max_bytes = MAX_PAGE_BYTES as i64;
             handle
                 .read(|mut conn| async move {
@@ -495,13 +504,30 @@ impl ItemRepo {
                         }
                         #[cfg(feature = "postgres")]
                         Backend::Postgres(c) => {
-                            postgres::select_page(c, from, STREAM_PAGE_ROWS, max_bytes).await
+                            postgres::select_page(c, from, STREAM_PAGE_ROWS, max_bytes)
+                                .await
+                                .map(StreamChunk::page)
                         }
                     }
                 })
                 .await
         });
-        rows.map(|row| row.and_then(|row| row.item))
+        // A page is decoded here, as the caller asks for its rows, so that the database reads
+        // the next page (the read ahead of `kit::keyset`) meanwhile. A page that cannot be
+        // decoded at all ends the stream; a row that cannot be read is that row's error.
+        pages
+            .flat_map(|chunk| {
+                let rows: Vec<(Result<Item>, bool)> = match chunk.and_then(StreamChunk::rows) {
+                    Ok(rows) => rows.into_iter().map(|row| (row.item, false)).collect(),
+                    Err(err) => vec![(Err(err), true)],
+                };
+                futures_util::stream::iter(rows)
+            })
+            .scan(false, |ended, (item, fatal)| {
+                let item = (!*ended).then_some(item);
+                *ended = fatal;
+                std::future::ready(item)
+            })
     }
 
     /// How many items there are.
@@ -789,6 +815,58 @@ impl Keyed for StreamRow {
     }
 }
 
+/// One page of `stream` as the database gave it (its rows in one chunk), how many rows it
+/// holds, and the key to read on from when rows may follow.
+struct StreamPage {
+    chunks: Vec<StreamChunk>,
+    rows: u64,
+    next: Option<i64>,
+}
+
+impl Rows for StreamPage {
+    fn rows(&self) -> u64 {
+        self.rows
+    }
+}
+
+impl From<StreamPage> for kit::Page<StreamChunk> {
+    fn from(page: StreamPage) -> Self {
+        kit::Page {
+            rows: page.chunks,
+            next: page.next,
+        }
+    }
+}
+
+/// The rows of one page of `stream`: SQLite's are one JSON text, decoded by the stream's
+/// consumer; PostgreSQL's come decoded.
+enum StreamChunk {
+    Json(String),
+    #[cfg(feature = "postgres")]
+    Rows(Vec<StreamRow>),
+}
+
+impl StreamChunk {
+    /// A decoded page as one chunk, with the key of its last row when rows may follow.
+    #[cfg(feature = "postgres")]
+    fn page(page: Page<StreamRow>) -> StreamPage {
+        let next = page.next_from().and(page.rows.last().map(Keyed::key));
+        StreamPage {
+            rows: page.rows.len() as u64,
+            chunks: vec![StreamChunk::Rows(page.rows)],
+            next,
+        }
+    }
+
+    fn rows(self) -> Result<Vec<StreamRow>> {
+        match self {
+            StreamChunk::Json(page) => parse_rows(&page),
+            #[cfg(feature = "postgres")]
+            StreamChunk::Rows(rows) => Ok(rows),
+        }
+    }
+}
+
 /// Decodes a page built by `select_many_page` or `select_status_page`, in id order; `more` is
 /// the statement's answer to whether rows remain past it. A row that cannot be read fails the
 /// page, naming the row.
@@ -798,14 +876,6 @@ fn parse_page(page: &str, more: bool) -> Result<Page<Item>> {
             .into_iter()
             .map(|row| row.item)
             .collect::<Result<_>>()?,
-        more,
-    })
-}
-
-/// Decodes a page built by `select_page` for a stream, each row on its own.
-fn parse_stream_page(page: &str, more: bool) -> Result<Page<StreamRow>> {
-    Ok(Page {
-        rows: parse_rows(page)?,
         more,
     })
 }
@@ -952,7 +1022,7 @@ async fn select_page(
     from_id: i64,
     limit: i64,
     max_bytes: i64,
-) -> Result<Page<StreamRow>> {
+) -> Result<StreamPage> {
     let row = sqlx::query!(
         r#"
         WITH bound AS MATERIALIZED (
@@ -998,7 +1068,9 @@ async fn select_page(
                ) AS "page!: String",
                EXISTS (
                    SELECT 1 FROM items WHERE id > (SELECT end_id FROM page_end)
-               ) AS "more!: bool"
+               ) AS "more!: bool",
+               (SELECT end_id FROM page_end) AS "end_id: i64",
+               count(*) AS "rows!: i64"
         FROM (
             SELECT id, name, data, status, created_at, updated_at
             FROM items
@@ -1014,7 +1086,13 @@ async fn select_page(
     )
     .fetch_one(conn)
     .await?;
-    parse_stream_page(&row.page, row.more)
+    // The cursor comes from the statement, not from the decoded rows, so that the next page can
+    // be read while this one is decoded.
+    Ok(StreamPage {
+        chunks: vec![StreamChunk::Json(row.page)],
+        rows: u64::try_from(row.rows).unwrap_or_default(),
+        next: row.end_id.filter(|_| row.more),
+    })
 }
 
 /// The items with these ids, every page of them, in one snapshot: the first page alone when it
