@@ -163,6 +163,100 @@ async fn users_and_accounts_written_with_current_timestamp_read_back() {
 }
 
 #[tokio::test]
+async fn an_item_inserted_by_other_sql_has_each_timestamp_made_canonical_whichever_it_is() {
+    // The insert trigger tests `created_at` alone when the two timestamps are one value, and
+    // both otherwise: every mix of canonical and not, equal and not, ends canonical.
+    let db = fresh_db().await;
+    let conn = raw(&db.path);
+    let cases = [
+        // (created_at, updated_at) as written -> as stored
+        (
+            ("2024-01-02T03:04:05.678Z", "2024-01-02T03:04:05.678Z"),
+            ("2024-01-02T03:04:05.678Z", "2024-01-02T03:04:05.678Z"),
+        ),
+        (
+            ("2024-01-02 03:04:05", "2024-01-02 03:04:05"),
+            ("2024-01-02T03:04:05.000Z", "2024-01-02T03:04:05.000Z"),
+        ),
+        (
+            ("2024-01-02T03:04:05.678Z", "2024-05-06 07:08:09"),
+            ("2024-01-02T03:04:05.678Z", "2024-05-06T07:08:09.000Z"),
+        ),
+        (
+            ("2024-05-06 07:08:09", "2024-01-02T03:04:05.678Z"),
+            ("2024-05-06T07:08:09.000Z", "2024-01-02T03:04:05.678Z"),
+        ),
+        (
+            ("2024-01-02T03:04:05.678Z", "2024-05-06T07:08:09.000Z"),
+            ("2024-01-02T03:04:05.678Z", "2024-05-06T07:08:09.000Z"),
+        ),
+    ];
+    for (n, ((created, updated), (want_created, want_updated))) in cases.into_iter().enumerate() {
+        conn.execute(
+            "INSERT INTO items (name, created_at, updated_at) VALUES (?1, ?2, ?3)",
+            (format!("theirs {n}"), created, updated),
+        )
+        .unwrap();
+        let id = conn.last_insert_rowid();
+        let stored: (String, String) = conn
+            .query_row(
+                "SELECT created_at, updated_at FROM items WHERE id = ?1",
+                [id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            stored,
+            (want_created.to_owned(), want_updated.to_owned()),
+            "written as {created:?}, {updated:?}"
+        );
+        let read = db.items().get(id).await.unwrap().unwrap();
+        assert_eq!(
+            read.created_at,
+            OffsetDateTime::parse(want_created, &Rfc3339).unwrap()
+        );
+        assert_eq!(
+            read.updated_at,
+            OffsetDateTime::parse(want_updated, &Rfc3339).unwrap()
+        );
+    }
+    // An unreadable `updated_at` beside a canonical `created_at` is refused, and nothing lands.
+    let before = dump_all(&db.path);
+    let err = conn
+        .execute(
+            "INSERT INTO items (name, created_at, updated_at)
+             VALUES ('when?', '2024-01-02T03:04:05.678Z', 'next week')",
+            [],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("must be a date and time"), "{err}");
+    assert_eq!(dump_all(&db.path), before);
+    // sqlrepo's own batch writes one instant into both.
+    db.items()
+        .insert_many(&[
+            NewItem::new("ours 1", json!({})),
+            NewItem::new("ours 2", json!({})),
+        ])
+        .await
+        .unwrap();
+    let ours: Vec<(String, String)> = conn
+        .prepare("SELECT created_at, updated_at FROM items WHERE name LIKE 'ours %'")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ours.len(), 2);
+    for (created, updated) in ours {
+        assert_eq!(created, updated);
+        assert!(
+            OffsetDateTime::parse(&created, &Rfc3339).is_ok(),
+            "{created}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_timestamp_sqlite_cannot_read_is_refused_and_writes_nothing() {
     let db = fresh_db().await;
     let before = dump_all(&db.path);
