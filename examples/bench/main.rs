@@ -1,8 +1,9 @@
 //! The benchmark harness of issue 5: every workload through sqlrepo, through rusqlite
 //! in-process (the limit), and the naive sqlx way (a pool acquire and a statement per row), each
-//! on a fresh database file, all in one run, with a floor column (the same point get through
-//! raw sqlx on one held connection). It prints a Markdown table of µs per operation and the
-//! ratios the issue's targets are stated in.
+//! on a fresh database file, all in one run, with a floor column (raw sqlx on one held
+//! connection: the same point get for the reads, the same statement for a transfer; see
+//! `floor.rs`). It prints a Markdown table of µs per operation and the ratios the issues'
+//! targets are stated in (issue 25's where it set one).
 //!
 //! ```text
 //! cargo run --release --example bench                         # full run, table on stdout

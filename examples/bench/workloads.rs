@@ -72,7 +72,7 @@ impl<'a> Bench<'a> {
         let lite_path = dir.join("rusqlite.db");
         let naive_path = dir.join("naive.db");
         let repo = runtime.block_on(RepoSide::open(&dir.join("sqlrepo.db")))?;
-        let floor = runtime.block_on(Floor::open(repo.path()))?;
+        let floor = runtime.block_on(Floor::open(repo.path(), &dir.join("floor.db"), inputs))?;
         let lite = RusqliteSide::create(&lite_path)?;
         let naive = runtime.block_on(NaiveSide::open(&naive_path))?;
         progress(format_args!("three fresh databases in {}", dir.display()));
@@ -161,7 +161,8 @@ impl<'a> Bench<'a> {
         self.rows.push(Row {
             rusqlite: Some(lite),
             naive: Some(naive),
-            target: Target::Rusqlite(1.0),
+            // Issue 25's goal (issue 5 asked for 1.0x).
+            target: Target::Rusqlite(0.7),
             ..Row::new("insert_many", "row", repo)
         });
         Ok(())
@@ -315,7 +316,8 @@ impl<'a> Bench<'a> {
         self.rows.push(Row {
             rusqlite: Some(lite),
             naive: Some(naive),
-            target: Target::Rusqlite(5.0),
+            // Issue 25's goal (issue 5 asked for 5x).
+            target: Target::Rusqlite(2.0),
             rss_growth_mib: Some((repo_rss, STREAM_RSS_LIMIT_MIB)),
             ..Row::new("stream", "row", repo)
         });
@@ -375,15 +377,20 @@ impl<'a> Bench<'a> {
                         let mine = &naive_transfers[slice(naive_transfers.len(), rounds, round)];
                         bench.runtime.block_on(bench.naive.transfer(mine))
                     }
-                    Side::Floor => bench.turn_floor(transfers.len(), round),
+                    Side::Floor => bench.runtime.block_on(bench.floor.transfer(mine)),
                 }
             })?;
         self.check_bank("after transfer", [repo.ops, lite.ops, naive.ops])?;
+        self.notes.push(
+            "transfer's floor is the statement sqlrepo sends for one transfer, through raw sqlx \
+             on one held writable connection to a database of its own (seeded alike)."
+                .to_owned(),
+        );
         self.rows.push(Row {
             rusqlite: Some(lite),
             naive: Some(naive),
             floor: Some(floor),
-            target: Target::Floor(1.2),
+            target: Target::Floor(1.1),
             ..Row::new("transfer", "transfer", repo)
         });
         Ok(())
@@ -566,8 +573,9 @@ impl<'a> Bench<'a> {
                 };
                 self.rows.push(Row {
                     rusqlite: Some(lite),
+                    // Issue 25's goal for 16 callers (issue 14 asked for 1.0x).
                     target: if callers == 16 {
-                        Target::Rusqlite(1.0)
+                        Target::Rusqlite(0.5)
                     } else {
                         Target::None
                     },
@@ -808,7 +816,8 @@ impl<'a> Bench<'a> {
             return;
         };
         let mut lines = Vec::new();
-        for name in ["transfer", "dashboard"] {
+        // The transfer's floor is a transfer already (see `floor.rs`); the dashboard's is a get.
+        for name in ["dashboard"] {
             let (Some(repo), Some(floor), Some(lite)) = (
                 us_of(name, |row| Some(&row.sqlrepo)),
                 us_of(name, |row| row.floor.as_ref()),
