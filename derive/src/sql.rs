@@ -59,8 +59,9 @@ pub fn insert_one(table: &Table) -> String {
     )
 }
 
-/// One JSON array of rows, `[[a, b], …]`, expanded by `json_each`: one statement however many
-/// rows, atomic by itself; `ORDER BY key` gives ids in slice order.
+/// One JSON array of rows, `[[a, b], …]`, expanded by `jsonb_each` (each row's `value` stays in
+/// SQLite's parsed form, which the `->>` read without parsing it again): one statement however
+/// many rows, atomic by itself; `ORDER BY key` gives ids in slice order.
 pub fn insert_batch(table: &Table) -> String {
     let values: Vec<String> = table
         .data()
@@ -69,7 +70,7 @@ pub fn insert_batch(table: &Table) -> String {
         .chain(table.created().map(|_| NOW.to_owned()))
         .collect();
     format!(
-        "INSERT INTO {} ({}) SELECT {} FROM json_each(?1) ORDER BY key",
+        "INSERT INTO {} ({}) SELECT {} FROM jsonb_each(?1) ORDER BY key",
         table.name,
         insert_columns(table),
         values.join(", ")

@@ -411,14 +411,15 @@ async fn delete_one(conn: &mut SqliteConnection, id: i64) -> Result<bool> {
     Ok(result.rows_affected() > 0)
 }
 
-// One JSON array `[[email, name], ...]` expanded by `json_each`: one statement for the batch,
-// atomic by itself; `ORDER BY key` gives ids in slice order.
+// One JSON array `[[email, name], ...]` expanded by `jsonb_each` (each row's `value` kept in
+// SQLite's parsed form for the `->>` to read, as items' `insert_batch` explains): one statement
+// for the batch, atomic by itself; `ORDER BY key` gives ids in slice order.
 async fn insert_batch(conn: &mut SqliteConnection, rows_json: &str) -> Result<u64> {
     let result = sqlx::query!(
         r#"
         INSERT INTO users (email, name)
         SELECT value ->> 0, value ->> 1
-        FROM json_each(?1)
+        FROM jsonb_each(?1)
         ORDER BY key
         "#,
         rows_json,
