@@ -318,7 +318,8 @@ async fn a_stream_dropped_while_it_reads_ahead_leaves_the_only_reader_free() {
 }
 
 // Rows committed while the stream reads ahead: every row there before it started comes exactly
-// once, in id order, and so do the new ones it sees (ids past the page being read).
+// once, in id order, and so do the new ones it sees (ids past the page being read); each row it
+// yields is the row the table holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_committed_while_a_stream_reads_ahead_come_once_in_id_order() {
     let db = fresh_db_with(|options| options).await;
@@ -326,22 +327,31 @@ async fn rows_committed_while_a_stream_reads_ahead_come_once_in_id_order() {
     db.items().insert_many(&items).await.unwrap();
     let repo = db.items();
     let mut stream = std::pin::pin!(repo.stream());
-    let (mut last, mut seen, mut batch) = (0, 0, 0);
+    let mut streamed = Vec::new();
+    let mut batch = 0;
     while let Some(got) = stream.try_next().await.unwrap() {
-        assert!(got.id > last, "{} after {last}", got.id);
-        last = got.id;
-        seen += 1;
-        if seen % 1_500 == 0 {
+        if let Some(last) = streamed.last() {
+            assert!(got.id > *last, "{} after {last}", got.id);
+        }
+        streamed.push(got.id);
+        if got.id <= 9_000 {
+            assert_eq!(got.name, format!("n{}", got.id - 1));
+        }
+        if streamed.len() % 1_500 == 0 {
             let more: Vec<NewItem> = (0..500).map(|i| item(&format!("b{batch}-{i}"))).collect();
             db.items().insert_many(&more).await.unwrap();
             batch += 1;
         }
     }
-    let total = db.items().count().await.unwrap();
-    assert!(seen >= 9_000 && seen <= total, "saw {seen} of {total}");
-    // The last batch was inserted after the stream had read past 9,000 rows and at least one
-    // page ahead; the rows before it all came.
-    assert!(last >= 9_000);
+    // Every row there at the start came, each once (the ids only ever grow).
+    let old: Vec<i64> = streamed.iter().copied().filter(|id| *id <= 9_000).collect();
+    assert_eq!(old, (1..=9_000).collect::<Vec<i64>>());
+    // What came past them are rows the table holds, and it holds every batch inserted.
+    assert_eq!(db.items().count().await.unwrap(), 9_000 + 500 * batch);
+    let new: Vec<i64> = streamed.iter().copied().filter(|id| *id > 9_000).collect();
+    assert!(!new.is_empty(), "no row committed meanwhile came");
+    let held = db.items().get_many(&new).await.unwrap();
+    assert_eq!(held.iter().map(|item| item.id).collect::<Vec<_>>(), new);
 }
 
 backend_test!(get_many_returns_known_ids_in_order);
