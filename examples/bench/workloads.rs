@@ -815,30 +815,21 @@ impl<'a> Bench<'a> {
         let Some(rusqlite_get) = us_of("get", |row| row.rusqlite.as_ref()) else {
             return;
         };
-        let mut lines = Vec::new();
-        // The transfer's floor is a transfer already (see `floor.rs`); the dashboard's is a get.
-        for name in ["dashboard"] {
-            let (Some(repo), Some(floor), Some(lite)) = (
-                us_of(name, |row| Some(&row.sqlrepo)),
-                us_of(name, |row| row.floor.as_ref()),
-                us_of(name, |row| row.rusqlite.as_ref()),
-            ) else {
-                continue;
-            };
-            let composite = floor - rusqlite_get + lite;
-            lines.push(format!(
-                "{name} {} µs vs {} µs = {:.2}x",
-                report::format_us(repo),
-                report::format_us(composite),
-                repo / composite
-            ));
-        }
-        if !lines.is_empty() {
-            self.notes.push(format!(
-                "floor of one operation (a floor get, less rusqlite's get, plus rusqlite's \
-                 operation): {}.",
-                lines.join("; ")
-            ));
-        }
+        // Only the dashboard: the transfer's floor is a transfer already (see `floor.rs`).
+        let (Some(repo), Some(floor), Some(lite)) = (
+            us_of("dashboard", |row| Some(&row.sqlrepo)),
+            us_of("dashboard", |row| row.floor.as_ref()),
+            us_of("dashboard", |row| row.rusqlite.as_ref()),
+        ) else {
+            return;
+        };
+        let composite = floor - rusqlite_get + lite;
+        self.notes.push(format!(
+            "floor of one operation (a floor get, less rusqlite's get, plus rusqlite's \
+             operation): dashboard {} µs vs {} µs = {:.2}x.",
+            report::format_us(repo),
+            report::format_us(composite),
+            repo / composite
+        ));
     }
 }
