@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use common::tmpfs::Tmpfs;
 use common::{integrity_check, item_names};
 use serde_json::json;
-use sqlrepo::{Db, DbOptions, Error, NewAccount, NewItem, Transfer};
+use sqlrepo::{Db, DbOptions, Error, NewAccount, NewItem, NewOrder, NewUser, Transfer};
 
 /// Fills the file system holding `dir` with one file, until the kernel says no more.
 fn fill(dir: &Path) -> PathBuf {
@@ -55,6 +55,8 @@ struct FullDisk {
     /// Two accounts, `a` holding all the money (10,000 cents), `b` none.
     a: i64,
     b: i64,
+    /// A user, made before the disk filled, for orders to name.
+    user: i64,
     _disk: Tmpfs,
 }
 
@@ -78,6 +80,11 @@ impl FullDisk {
             }
         };
         let (a, b) = (account(10_000).await, account(0).await);
+        let user = db
+            .users()
+            .create(&NewUser::new("owner@example.test", "Owner"))
+            .await
+            .unwrap();
 
         let mut acknowledged = Vec::new();
         let mut batch = 0;
@@ -116,6 +123,7 @@ impl FullDisk {
             refused,
             a,
             b,
+            user,
             _disk: disk,
         }
     }
@@ -173,6 +181,36 @@ async fn a_write_on_a_full_disk_fails_with_disk_full_and_stores_nothing() {
     assert!(matches!(moved, Err(Error::DiskFull)), "{moved:?}");
     assert_eq!(full.balances().await, (10_000, 0));
     assert_eq!(full.db.accounts().total_balance().await.unwrap(), 10_000);
+}
+
+#[tokio::test]
+#[ignore = "needs root: mounts a tmpfs to fill a real disk; run with -- --include-ignored"]
+async fn user_order_and_ledger_batches_on_a_full_disk_fail_with_disk_full_and_store_nothing() {
+    // The other one-statement batches (`jsonb_each` over the rows), as items' is above: each
+    // is refused whole, with nothing of it stored.
+    let full = FullDisk::new().await;
+    let users: Vec<NewUser> = (0..500)
+        .map(|i| NewUser::new(format!("u{i}@example.test"), "n".repeat(200)))
+        .collect();
+    let err = full.db.users().insert_many(&users).await.unwrap_err();
+    assert!(matches!(err, Error::DiskFull), "users: {err:?}");
+    assert_eq!(full.db.users().count().await.unwrap(), 1);
+
+    let orders: Vec<NewOrder> = (0..2_000)
+        .map(|i| NewOrder::new(full.user, i + 1))
+        .collect();
+    let err = full.db.orders().insert_many(&orders).await.unwrap_err();
+    assert!(matches!(err, Error::DiskFull), "orders: {err:?}");
+    assert_eq!(full.db.orders().count().await.unwrap(), 0);
+
+    let steps: Vec<Transfer> = (0..1_000)
+        .map(|_| Transfer::new(full.a, full.b, 1))
+        .collect();
+    let err = full.db.accounts().transfer_batch(&steps).await.unwrap_err();
+    assert!(matches!(err, Error::DiskFull), "transfer_batch: {err:?}");
+    assert_eq!(full.balances().await, (10_000, 0));
+    assert_eq!(full.db.accounts().total_balance().await.unwrap(), 10_000);
+    assert_eq!(integrity_check(&full.path), "ok");
 }
 
 #[tokio::test]
