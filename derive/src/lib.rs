@@ -130,6 +130,7 @@ fn expand(t: &Table) -> proc_macro2::TokenStream {
         None => quote!(|_: &#new| ::sqlrepo::Result::<()>::Ok(())),
     };
     let build_row = quote!(#row { #(#all: record.#all),* });
+    let direct_get = direct_get(t, &sql::select_one(t));
 
     let insert_one = sql::insert_one(t);
     let insert_batch = sql::insert_batch(t);
@@ -275,6 +276,7 @@ fn expand(t: &Table) -> proc_macro2::TokenStream {
             > + Send + use<> {
                 let handle = self.handle.clone();
                 ::sqlrepo::kit::traced(#name, "get", async move {
+                    #direct_get
                     let mut conn = handle.reader().await?;
                     let record = ::sqlx::query!(#select_one, id)
                         .fetch_optional(conn.statements()?)
@@ -420,6 +422,33 @@ fn expand(t: &Table) -> proc_macro2::TokenStream {
                 })
                 .await
             }
+        }
+    }
+}
+
+/// The direct read of `get` (`Handle::read_direct`: on the caller's thread, the same text as
+/// the checked `query!` after it, which answers whenever this gives up), for a row whose every
+/// field is of a type `sqlrepo::kit::DirectColumn` decodes as sqlx would; nothing otherwise
+/// (a row with a field of a service's own type is read by sqlx alone).
+fn direct_get(t: &Table, select_one: &str) -> proc_macro2::TokenStream {
+    if !t.columns.iter().all(table::Column::reads_directly) {
+        return proc_macro2::TokenStream::new();
+    }
+    let row = &t.row;
+    let fields = t.columns.iter().enumerate().map(|(index, column)| {
+        let ident = &column.ident;
+        quote!(#ident: ::sqlrepo::kit::direct_column(row, #index)?)
+    });
+    quote! {
+        let direct = handle
+            .read_direct(|conn| {
+                ::sqlrepo::kit::direct_get(conn, #select_one, id, |row| {
+                    ::std::option::Option::Some(#row { #(#fields),* })
+                })
+            })
+            .await;
+        if let ::std::option::Option::Some(found) = direct {
+            return ::sqlrepo::Result::Ok(found);
         }
     }
 }

@@ -30,6 +30,35 @@ pub struct Column {
     pub as_field_type: bool,
 }
 
+impl Column {
+    /// Whether a direct read decodes this field (`sqlrepo::kit::DirectColumn`): a plain
+    /// `i64`, `i32`, `bool`, `f64`, `String`, `Vec<u8>` or `OffsetDateTime`, or an `Option` of
+    /// one. These are the types whose sqlx decoding `DirectColumn` follows, whether sqlx
+    /// infers them from the column or `as_field_type` names them; any other type (a service's
+    /// own `sqlx::Type`) is decoded by sqlx alone.
+    pub fn reads_directly(&self) -> bool {
+        let Type::Path(path) = self.inner.as_ref().unwrap_or(&self.ty) else {
+            return false;
+        };
+        let Some(last) = path.path.segments.last() else {
+            return false;
+        };
+        let name = last.ident.to_string();
+        match &last.arguments {
+            PathArguments::None => matches!(
+                name.as_str(),
+                "i64" | "i32" | "bool" | "f64" | "String" | "OffsetDateTime"
+            ),
+            PathArguments::AngleBracketed(args) => {
+                name == "Vec"
+                    && args.args.len() == 1
+                    && matches!(&args.args[0], GenericArgument::Type(Type::Path(inner)) if inner.path.is_ident("u8"))
+            }
+            PathArguments::Parenthesized(_) => false,
+        }
+    }
+}
+
 /// The whole derive input.
 pub struct Table {
     pub row: Ident,

@@ -98,6 +98,27 @@ impl Handle {
         }
     }
 
+    /// Runs the point read `read` on the caller's own thread, on a read-only connection of
+    /// SQLite's C library (no worker-thread round trip): `None` inside a `Tx` (whose reads see
+    /// its own writes, on its connection), on a database without direct readers, or when
+    /// `read` gives up (`None`), and the caller then runs its ordinary read. `read` must be a
+    /// bounded read (one row by its key) and must give up on anything but a clean answer.
+    ///
+    /// It spends the task's cooperative budget as tokio's own resources do: a read that never
+    /// waits would otherwise let a task that loops over reads keep its thread from every other
+    /// task (writers, timers) for as long as it loops.
+    pub async fn read_direct<T>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> Option<T>,
+    ) -> Option<T> {
+        let answer = match &self.route {
+            Route::Db(connections) => connections.read_direct(read),
+            Route::Tx(_) => None,
+        };
+        tokio::task::coop::consume_budget().await;
+        answer
+    }
+
     /// A connection to write on: the database's one writer (writes of this process queue for
     /// it, so they never meet `SQLITE_BUSY` among themselves), or the transaction's connection.
     ///

@@ -13,6 +13,7 @@
 mod backend;
 mod checkpoint;
 mod control;
+mod direct;
 #[cfg(feature = "postgres")]
 pub(crate) mod discover;
 #[cfg(feature = "postgres")]

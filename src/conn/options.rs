@@ -47,6 +47,12 @@ pub struct DbOptions {
     /// queued point reads of their kind (default true). Each caller's answer is the same
     /// either way. For comparisons.
     pub group_reads: bool,
+    /// Answer point reads by key (`get`) on the caller's own thread, on read-only connections
+    /// of SQLite's C library opened as needed, instead of a round trip to a reader's worker
+    /// thread (default true). The statement and the answer are the same; anything short of a
+    /// clean row (a lock, an error, a value that does not decode) is read again the ordinary
+    /// way. For comparisons.
+    pub direct_reads: bool,
     /// PostgreSQL: how long one statement may run before the server cancels it
     /// (`statement_timeout`, set on every connection at connect; the call fails with
     /// [`Error::Cancelled`](crate::Error::Cancelled), nothing of the statement stored; default
@@ -109,6 +115,7 @@ impl DbOptions {
             migrate: true,
             group_writes: true,
             group_reads: true,
+            direct_reads: true,
             statement_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(5),
             idle_in_transaction_session_timeout: Duration::from_secs(60),
@@ -185,6 +192,12 @@ impl DbOptions {
     /// Sets whether queued point reads share a statement (see [`DbOptions::group_reads`]).
     pub fn group_reads(mut self, group: bool) -> Self {
         self.group_reads = group;
+        self
+    }
+
+    /// Sets whether point reads run on the caller's thread (see [`DbOptions::direct_reads`]).
+    pub fn direct_reads(mut self, direct: bool) -> Self {
+        self.direct_reads = direct;
         self
     }
 

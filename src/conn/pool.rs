@@ -31,6 +31,7 @@ use tokio::sync::{Mutex, OnceCell, OwnedMappedMutexGuard, OwnedMutexGuard};
 
 use super::backend::Backend;
 use super::checkpoint::{Checkpointer, LongRead, WalStats};
+use super::direct::DirectReaders;
 #[cfg(feature = "postgres")]
 use super::failover::Failover;
 use super::free_slots::{FreeSlots, Ticket};
@@ -74,6 +75,8 @@ enum Kind {
         group_writes: bool,
         /// Whether point reads queued together share a statement (`DbOptions::group_reads`).
         group_reads: bool,
+        /// Point reads answered on the caller's thread (`DbOptions::direct_reads`).
+        direct: Option<Box<DirectReaders>>,
     },
     Pool {
         pool: SqlitePool,
@@ -281,6 +284,9 @@ impl Connections {
                 checkpoints,
                 group_writes: options.group_writes,
                 group_reads: options.group_reads,
+                direct: options
+                    .direct_reads
+                    .then(|| Box::new(DirectReaders::new(&options.path))),
             },
             extensions: Extensions::default(),
             temp_file,
@@ -345,8 +351,12 @@ impl Connections {
                 writer,
                 readers,
                 checkpoints,
+                direct,
                 ..
             } => {
+                if let Some(direct) = direct {
+                    direct.close();
+                }
                 checkpoints.close().await;
                 for slot in readers.iter().chain(std::iter::once(writer)) {
                     let conn = slot.conn.lock().await.take();
@@ -453,6 +463,21 @@ impl Connections {
                 ..
             }
         )
+    }
+
+    /// Runs the point read `read` on the caller's thread (see `direct`): `None` when this
+    /// database has no direct readers, none is free, or `read` gave up.
+    pub(crate) fn read_direct<T>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> Option<T>,
+    ) -> Option<T> {
+        match &self.kind {
+            Kind::Held {
+                direct: Some(direct),
+                ..
+            } => direct.read(read),
+            _ => None,
+        }
     }
 
     /// An idle reader, without waiting: `None` when every reader is taken (or for a caller's

@@ -218,3 +218,46 @@ async fn every_derived_method_works_inside_a_tx_and_a_dropped_tx_keeps_nothing()
     assert_eq!(outside.count().await.unwrap(), 4);
     db.close().await;
 }
+
+#[tokio::test]
+async fn get_is_answered_on_the_callers_thread_with_what_the_ordinary_read_gives() {
+    let (db, dir) = open().await;
+    let repo = ShipmentRepo::new(db.handle());
+    let all = shipped(&repo, &orders(&db, 3).await).await;
+    // One reader, held here: a get that needed it would wait out the busy timeout.
+    let path = dir.path().join("shop.db");
+    let options = |direct| {
+        sqlrepo::DbOptions::new(&path)
+            .readers(1)
+            .busy_timeout(std::time::Duration::from_millis(200))
+            .direct_reads(direct)
+    };
+    let direct = sqlrepo::Db::open_with(options(true)).await.unwrap();
+    let held = direct.handle().reader().await.unwrap();
+    // Every field is a plain type, so the derived get reads on the caller's thread.
+    let direct_repo = ShipmentRepo::new(direct.handle());
+    for shipment in &all {
+        assert_eq!(
+            direct_repo.get(shipment.id).await.unwrap().as_ref(),
+            Some(shipment)
+        );
+    }
+    assert_eq!(direct_repo.get(999_999).await.unwrap(), None);
+    drop(held);
+
+    let ordinary = sqlrepo::Db::open_with(options(false)).await.unwrap();
+    let held = ordinary.handle().reader().await.unwrap();
+    let ordinary_repo = ShipmentRepo::new(ordinary.handle());
+    assert!(matches!(
+        ordinary_repo.get(all[0].id).await,
+        Err(Error::Busy)
+    ));
+    drop(held);
+    for shipment in &all {
+        assert_eq!(
+            ordinary_repo.get(shipment.id).await.unwrap().as_ref(),
+            Some(shipment)
+        );
+    }
+    db.close().await;
+}

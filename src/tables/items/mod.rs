@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use super::paging::{Keyed, Page};
 use crate::conn::{Backend, Conn, Grouped, Handle};
 use crate::error::{Error, Result};
-use crate::kit::{self, Rows, at_position, check_batch, json_text, traced};
+use crate::kit::{self, Rows, at_position, check_batch, direct_column, json_text, traced};
 use crate::limits::{
     MAX_CHUNK_BYTES, MAX_CHUNK_ROWS, MAX_PAGE_BYTES, MAX_PAGE_ROWS, check_data_depth,
     check_data_size, check_name,
@@ -228,6 +228,9 @@ impl ItemRepo {
     pub fn get(&self, id: i64) -> impl Future<Output = Result<Option<Item>>> + Send + use<> {
         let handle = self.handle.clone();
         traced("items", "get", async move {
+            if let Some(found) = handle.read_direct(|conn| select_one_direct(conn, id)).await {
+                return Ok(found);
+            }
             handle.read_grouped::<GroupedGets>(id).await
         })
     }
@@ -958,8 +961,17 @@ async fn insert_one(
     Ok(result.last_insert_rowid())
 }
 
-async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<Item>> {
-    let row = sqlx::query_as!(
+/// The point get, checked by `query_as!`: the worker-thread path runs it, the direct path
+/// ([`select_one_direct`]) runs its text.
+fn select_one_query(
+    id: i64,
+) -> sqlx::query::Map<
+    'static,
+    sqlx::Sqlite,
+    impl FnMut(sqlx::sqlite::SqliteRow) -> sqlx::Result<ItemRow> + Send,
+    sqlx::sqlite::SqliteArguments,
+> {
+    sqlx::query_as!(
         ItemRow,
         r#"
         SELECT id AS "id!: i64",
@@ -973,9 +985,33 @@ async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<Item>
         "#,
         id,
     )
-    .fetch_optional(conn)
-    .await?;
+}
+
+async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<Item>> {
+    let row = select_one_query(id).fetch_optional(conn).await?;
     row.map(ItemRow::item).transpose()
+}
+
+/// [`select_one_query`] on a direct reader (see [`Handle::read_direct`]): `Some` only for a
+/// clean answer, each column read as the checked query reads it; anything else is `None`, and
+/// the caller reads the ordinary way, whose answer or error stands.
+fn select_one_direct(conn: &kit::Connection, id: i64) -> Option<Option<Item>> {
+    static SQL: std::sync::LazyLock<sqlx::SqlStr> =
+        std::sync::LazyLock::new(|| sqlx::Execute::sql(select_one_query(0)));
+    let row = kit::direct_get(conn, SQL.as_str(), id, |row| {
+        Some(ItemRow {
+            id: direct_column(row, 0)?,
+            name: direct_column(row, 1)?,
+            data: direct_column(row, 2)?,
+            status: direct_column::<String>(row, 3)?.parse().ok()?,
+            created_at: direct_column(row, 4)?,
+            updated_at: direct_column(row, 5)?,
+        })
+    })?;
+    match row {
+        None => Some(None),
+        Some(row) => row.item().ok().map(Some),
+    }
 }
 
 async fn select_by_status(conn: &mut SqliteConnection, status: ItemStatus) -> Result<Vec<Item>> {

@@ -1,0 +1,117 @@
+//! Reading one row on a direct reader ([`Handle::read_direct`](crate::Handle::read_direct)),
+//! column by column, as strictly as the checked query's own decoding: a value is taken only
+//! when it is exactly what the column holds for that type, and anything else gives up, so the
+//! ordinary read (whose answer or error stands) runs instead.
+
+use rusqlite::types::ValueRef;
+use time::OffsetDateTime;
+
+/// The SQLite C library's connection and row types, as [`Handle::read_direct`](crate::Handle::read_direct)
+/// lends them.
+pub use rusqlite::{Connection, Row};
+
+/// A field type a direct read can decode. Each accepts only the storage class the checked
+/// query would decode without conversion (an `INTEGER` for `i64`, `TEXT` for `String`); any
+/// other value is `None` (read again the ordinary way).
+pub trait DirectColumn: Sized {
+    /// The value, or `None` for anything this type does not take as it is.
+    fn from_direct(value: ValueRef<'_>) -> Option<Self>;
+}
+
+impl DirectColumn for i64 {
+    fn from_direct(value: ValueRef<'_>) -> Option<Self> {
+        match value {
+            ValueRef::Integer(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+impl DirectColumn for i32 {
+    fn from_direct(value: ValueRef<'_>) -> Option<Self> {
+        i64::from_direct(value).and_then(|n| i32::try_from(n).ok())
+    }
+}
+
+impl DirectColumn for bool {
+    fn from_direct(value: ValueRef<'_>) -> Option<Self> {
+        match i64::from_direct(value)? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+}
+
+impl DirectColumn for f64 {
+    fn from_direct(value: ValueRef<'_>) -> Option<Self> {
+        match value {
+            ValueRef::Real(x) => Some(x),
+            _ => None,
+        }
+    }
+}
+
+impl DirectColumn for String {
+    fn from_direct(value: ValueRef<'_>) -> Option<Self> {
+        text(value).map(str::to_owned)
+    }
+}
+
+impl DirectColumn for Vec<u8> {
+    fn from_direct(value: ValueRef<'_>) -> Option<Self> {
+        match value {
+            ValueRef::Blob(bytes) => Some(bytes.to_vec()),
+            _ => None,
+        }
+    }
+}
+
+/// The canonical stored form, RFC 3339 (the first form sqlx's own decoding tries, so the value
+/// is the one it would give).
+impl DirectColumn for OffsetDateTime {
+    fn from_direct(value: ValueRef<'_>) -> Option<Self> {
+        crate::kit::parse_timestamp(text(value)?).ok()
+    }
+}
+
+/// `NULL` is `None`; any other value as `T` takes it.
+impl<T: DirectColumn> DirectColumn for Option<T> {
+    fn from_direct(value: ValueRef<'_>) -> Option<Self> {
+        match value {
+            ValueRef::Null => Some(None),
+            other => T::from_direct(other).map(Some),
+        }
+    }
+}
+
+fn text(value: ValueRef<'_>) -> Option<&str> {
+    match value {
+        ValueRef::Text(bytes) => std::str::from_utf8(bytes).ok(),
+        _ => None,
+    }
+}
+
+/// Column `index` of `row` as `T`, or `None` (see [`DirectColumn`]).
+pub fn direct_column<T: DirectColumn>(row: &Row<'_>, index: usize) -> Option<T> {
+    T::from_direct(row.get_ref(index).ok()?)
+}
+
+/// Runs the point read `sql` (the text of a checked statement whose one parameter is the key)
+/// for `id` on a direct reader, and builds its row with `build`: `Some(None)` when there is no
+/// such row, `Some(Some(row))` for a row `build` takes, and `None` when anything else happens
+/// (an error, a value `build` gives up on), for the ordinary read to answer. The statement is
+/// prepared once per connection and reset as the read ends, so no snapshot outlives it.
+pub fn direct_get<T>(
+    conn: &Connection,
+    sql: &str,
+    id: i64,
+    build: impl FnOnce(&Row<'_>) -> Option<T>,
+) -> Option<Option<T>> {
+    let mut statement = conn.prepare_cached(sql).ok()?;
+    let mut rows = statement.query([id]).ok()?;
+    match rows.next().ok()? {
+        None => Some(None),
+        Some(row) => build(row).map(Some),
+    }
+}

@@ -1,0 +1,304 @@
+//! Point gets answered on the caller's thread (`DbOptions::direct_reads`, on by default), on a
+//! real SQLite file: the same answers and errors as the ordinary read for every row, writes
+//! seen as soon as they are committed, no snapshot left to stall a checkpoint, and a task that
+//! loops over gets still lets other tasks run.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use serde_json::json;
+use sqlrepo::{Db, DbOptions, Error, ItemPatch, ItemStatus, NewItem};
+
+async fn open(path: &Path, direct: bool) -> Db {
+    Db::open_with(DbOptions::new(path).direct_reads(direct))
+        .await
+        .expect("open")
+}
+
+/// A write by another program, past the repository's checks (but not the schema's).
+fn foreign(path: &Path, sql: &str) {
+    let conn = rusqlite::Connection::open(path).expect("open as another program");
+    conn.execute_batch(sql).expect("foreign write");
+}
+
+#[tokio::test]
+async fn a_get_needs_no_reader_connection_and_gives_what_the_ordinary_read_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("held.db");
+    // One reader, held by the test: a get that needed it would wait out the busy timeout.
+    let options = |direct| {
+        DbOptions::new(&path)
+            .readers(1)
+            .busy_timeout(Duration::from_millis(200))
+            .direct_reads(direct)
+    };
+    let direct = Db::open_with(options(true)).await.unwrap();
+    let id = direct
+        .items()
+        .create(&NewItem::new("lamp", json!({"watts": 40})))
+        .await
+        .unwrap();
+    let held = direct.handle().reader().await.unwrap();
+    let item = direct.items().get(id).await.unwrap().unwrap();
+    assert_eq!((item.id, item.name.as_str()), (id, "lamp"));
+    assert_eq!(item.data, json!({"watts": 40}));
+    assert!(direct.items().get(id + 1).await.unwrap().is_none());
+    // No other thread is waited for: the future is done the first time it is polled (after a
+    // yield, so that the task polls it with a whole cooperative budget: a read spends some,
+    // as tokio's own resources do, and waits once the task has spent it all).
+    tokio::task::yield_now().await;
+    let answered = direct.items().get(id).now_or_never();
+    assert_eq!(
+        answered.expect("answered in one poll").unwrap().as_ref(),
+        Some(&item)
+    );
+    drop(held);
+
+    // The ordinary read waits for the reader, and gives the same item once it is free.
+    let ordinary = Db::open_with(options(false)).await.unwrap();
+    let held = ordinary.handle().reader().await.unwrap();
+    assert!(matches!(ordinary.items().get(id).await, Err(Error::Busy)));
+    drop(held);
+    assert_eq!(ordinary.items().get(id).await.unwrap(), Some(item));
+}
+
+#[tokio::test]
+async fn every_row_reads_the_same_with_and_without_direct_reads_errors_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("same.db");
+    let direct = open(&path, true).await;
+    let ordinary = open(&path, false).await;
+    let items = direct.items();
+    for (i, data) in [
+        json!(null),
+        json!({"nested": {"deep": [1, 2.5, -3e-7, "x"]}, "empty": {}}),
+        json!("\u{0}nul and ünïcode ✓"),
+        json!(i64::MAX),
+        json!(u64::MAX),
+        json!([]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let status = [
+            ItemStatus::Active,
+            ItemStatus::Inactive,
+            ItemStatus::Archived,
+        ][i % 3];
+        items
+            .create(&NewItem {
+                name: format!("item {i}"),
+                data,
+                status,
+            })
+            .await
+            .unwrap();
+    }
+    // Rows other programs wrote: numbers the model cannot hold exactly (refused as
+    // Unreadable), a timestamp not in the canonical form (stored canonical by the trigger).
+    foreign(
+        &path,
+        "INSERT INTO items (id, name, data) VALUES (100, 'huge', '[1e400]');
+         INSERT INTO items (id, name, data) VALUES (101, 'long', '123456789012345678901234567890');
+         INSERT INTO items (id, name, data, created_at, updated_at)
+             VALUES (102, 'odd time', '{}', '2026-01-02 03:04:05', '2026-01-02 03:04:05');",
+    );
+    let mut unreadable = 0;
+    for id in (0..=8).chain(99..=103) {
+        let got = direct.items().get(id).await;
+        let want = ordinary.items().get(id).await;
+        match (&got, &want) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "item {id}"),
+            (
+                Err(Error::Unreadable {
+                    id: a, reason: r, ..
+                }),
+                Err(Error::Unreadable {
+                    id: b, reason: s, ..
+                }),
+            ) => {
+                assert_eq!((a, r), (b, s));
+                unreadable += 1;
+            }
+            _ => panic!("item {id}: direct {got:?}, ordinary {want:?}"),
+        }
+    }
+    assert_eq!(unreadable, 2, "rows 100 and 101 are refused both ways");
+    let odd = direct.items().get(102).await.unwrap().unwrap();
+    assert_eq!(
+        odd.created_at,
+        time::macros::datetime!(2026-01-02 03:04:05 UTC)
+    );
+}
+
+#[tokio::test]
+async fn a_file_without_the_schema_is_a_schema_error_with_direct_reads_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bare.db");
+    for direct in [true, false] {
+        let db = Db::open_with(DbOptions::new(&path).migrate(false).direct_reads(direct))
+            .await
+            .unwrap();
+        let err = db.items().get(1).await.unwrap_err();
+        assert!(matches!(err, Error::Schema(_)), "direct {direct}: {err:?}");
+        db.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_committed_update_is_seen_by_the_next_get_under_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.db");
+    let db = open(&path, true).await;
+    let new: Vec<NewItem> = (0..8)
+        .map(|i| NewItem::new(format!("n{i}"), json!(0)))
+        .collect();
+    db.items().insert_many(&new).await.unwrap();
+    let mut tasks = Vec::new();
+    for id in 1..=8_i64 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 1..=200 {
+                let patch = ItemPatch {
+                    data: Some(json!(n)),
+                    ..ItemPatch::default()
+                };
+                assert!(db.items().update(id, &patch).await.unwrap());
+                // Read-your-writes across connections: the write's Ok came after its commit.
+                let seen = db.items().get(id).await.unwrap().unwrap();
+                assert_eq!(seen.data, json!(n), "item {id} after update {n}");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let ordinary = open(&path, false).await;
+    for id in 1..=8 {
+        let stored = ordinary.items().get(id).await.unwrap().unwrap();
+        assert_eq!(stored.data, json!(200));
+    }
+}
+
+#[tokio::test]
+async fn gets_leave_no_snapshot_that_keeps_a_checkpoint_from_emptying_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.db");
+    let db = open(&path, true).await;
+    let id = db
+        .items()
+        .create(&NewItem::new("a", json!(1)))
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        db.items().get(id).await.unwrap().unwrap();
+    }
+    db.items()
+        .update(
+            id,
+            &ItemPatch {
+                data: Some(json!(2)),
+                ..ItemPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    db.items().get(id).await.unwrap().unwrap();
+    // Another program's TRUNCATE checkpoint: it waits for no reader (busy 0) and copies every
+    // frame back, which it could not do past a reader still holding an older snapshot.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (busy, log, done): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .unwrap();
+    assert_eq!((busy, log, done), (0, 0, 0));
+    let wal = std::fs::metadata(dir.path().join("ckpt.db-wal")).unwrap();
+    assert_eq!(wal.len(), 0, "the WAL was truncated");
+    assert_eq!(db.items().get(id).await.unwrap().unwrap().data, json!(2));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_task_that_only_gets_still_lets_the_others_on_its_thread_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("yield.db");
+    let db = open(&path, true).await;
+    let id = db
+        .items()
+        .create(&NewItem::new("a", json!(1)))
+        .await
+        .unwrap();
+    let ticked = Arc::new(AtomicBool::new(false));
+    let ticker = {
+        let ticked = ticked.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            ticked.store(true, Ordering::SeqCst);
+        })
+    };
+    // One thread only: without yielding, this loop would run to its end before the ticker.
+    let looping = tokio::spawn(async move {
+        let mut gets = 0_u64;
+        while !ticked.load(Ordering::SeqCst) {
+            assert!(db.items().get(id).await.unwrap().is_some());
+            gets += 1;
+            assert!(gets < 5_000_000, "the ticker never ran");
+        }
+        gets
+    });
+    let gets = looping.await.unwrap();
+    ticker.await.unwrap();
+    assert!(gets > 0);
+}
+
+#[tokio::test]
+async fn a_transaction_reads_its_own_uncommitted_write_and_others_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tx.db");
+    let db = open(&path, true).await;
+    let id = db
+        .items()
+        .create(&NewItem::new("a", json!("before")))
+        .await
+        .unwrap();
+    let tx = db.begin().await.unwrap();
+    let patch = ItemPatch {
+        data: Some(json!("inside")),
+        ..ItemPatch::default()
+    };
+    assert!(tx.items().update(id, &patch).await.unwrap());
+    assert_eq!(
+        tx.items().get(id).await.unwrap().unwrap().data,
+        json!("inside")
+    );
+    assert_eq!(
+        db.items().get(id).await.unwrap().unwrap().data,
+        json!("before")
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        db.items().get(id).await.unwrap().unwrap().data,
+        json!("before")
+    );
+}
+
+#[tokio::test]
+async fn a_closed_database_refuses_gets_as_before_and_lets_its_file_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("closed.db");
+    let db = open(&path, true).await;
+    let id = db
+        .items()
+        .create(&NewItem::new("a", json!(1)))
+        .await
+        .unwrap();
+    assert!(db.items().get(id).await.unwrap().is_some());
+    db.close().await;
+    assert!(db.items().get(id).await.is_err());
+    // Every connection is closed, the direct ones included: the last close checkpointed the
+    // WAL and removed it, which SQLite does only when no other connection has the file open.
+    assert!(!dir.path().join("closed.db-wal").exists());
+}
