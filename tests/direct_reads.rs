@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use serde_json::json;
-use sqlrepo::{Db, DbOptions, Error, ItemPatch, ItemStatus, NewItem};
+use sqlrepo::{
+    Db, DbOptions, Error, ItemPatch, ItemStatus, NewAccount, NewItem, NewOrder, NewUser,
+};
 
 async fn open(path: &Path, direct: bool) -> Db {
     Db::open_with(DbOptions::new(path).direct_reads(direct))
@@ -63,6 +65,83 @@ async fn a_get_needs_no_reader_connection_and_gives_what_the_ordinary_read_gives
     assert!(matches!(ordinary.items().get(id).await, Err(Error::Busy)));
     drop(held);
     assert_eq!(ordinary.items().get(id).await.unwrap(), Some(item));
+}
+
+#[tokio::test]
+async fn users_orders_and_accounts_get_without_a_reader_connection_and_read_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tables.db");
+    let options = |direct| {
+        DbOptions::new(&path)
+            .readers(1)
+            .busy_timeout(Duration::from_millis(200))
+            .direct_reads(direct)
+    };
+    let direct = Db::open_with(options(true)).await.unwrap();
+    let user = direct
+        .users()
+        .create(&NewUser::new("ann@example.com", "Ann"))
+        .await
+        .unwrap();
+    let order = direct
+        .orders()
+        .create(&NewOrder {
+            user_id: user,
+            total_cents: 1234,
+        })
+        .await
+        .unwrap();
+    let owned = direct
+        .accounts()
+        .open(&NewAccount {
+            user_id: Some(user),
+            balance_cents: 500,
+        })
+        .await
+        .unwrap();
+    let unowned = direct
+        .accounts()
+        .open(&NewAccount {
+            user_id: None,
+            balance_cents: 0,
+        })
+        .await
+        .unwrap();
+
+    let held = direct.handle().reader().await.unwrap();
+    let got_user = direct.users().get(user).await.unwrap().unwrap();
+    let got_order = direct.orders().get(order).await.unwrap().unwrap();
+    let got_owned = direct.accounts().get(owned).await.unwrap().unwrap();
+    let got_unowned = direct.accounts().get(unowned).await.unwrap().unwrap();
+    assert_eq!(
+        (got_user.email.as_str(), got_user.name.as_str()),
+        ("ann@example.com", "Ann")
+    );
+    assert_eq!((got_order.user_id, got_order.total_cents), (user, 1234));
+    assert_eq!(
+        (got_owned.user_id, got_owned.balance_cents),
+        (Some(user), 500)
+    );
+    assert_eq!((got_unowned.user_id, got_unowned.balance_cents), (None, 0));
+    assert!(direct.users().get(user + 10).await.unwrap().is_none());
+    assert!(direct.orders().get(order + 10).await.unwrap().is_none());
+    assert!(direct.accounts().get(unowned + 10).await.unwrap().is_none());
+    drop(held);
+
+    let ordinary = Db::open_with(options(false)).await.unwrap();
+    let held = ordinary.handle().reader().await.unwrap();
+    assert!(matches!(ordinary.users().get(user).await, Err(Error::Busy)));
+    drop(held);
+    assert_eq!(ordinary.users().get(user).await.unwrap(), Some(got_user));
+    assert_eq!(ordinary.orders().get(order).await.unwrap(), Some(got_order));
+    assert_eq!(
+        ordinary.accounts().get(owned).await.unwrap(),
+        Some(got_owned)
+    );
+    assert_eq!(
+        ordinary.accounts().get(unowned).await.unwrap(),
+        Some(got_unowned)
+    );
 }
 
 #[tokio::test]

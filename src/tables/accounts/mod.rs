@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 use super::paging::{self, Keyed};
 use crate::conn::{Backend, Conn, Grouped, Handle};
 use crate::error::{Error, Result};
-use crate::kit::{at_position, check_batch};
+use crate::kit::{self, at_position, check_batch, direct_column};
 use crate::limits::{MAX_KEY_CHARS, check_amount};
 use crate::trace::{Rows, traced};
 
@@ -207,6 +207,12 @@ impl AccountRepo {
     pub fn get(&self, id: i64) -> impl Future<Output = Result<Option<Account>>> + Send + use<> {
         let handle = self.handle.clone();
         traced("accounts", "get", async move {
+            let direct = handle
+                .read_direct(|conn| select_account_direct(conn, id))
+                .await;
+            if let Some(found) = direct {
+                return Ok(found);
+            }
             handle
                 .read(|mut conn| async move {
                     match conn.backend()? {
@@ -736,8 +742,17 @@ async fn select_page(
     .await?)
 }
 
-async fn select_account(conn: &mut SqliteConnection, id: i64) -> Result<Option<Account>> {
-    Ok(sqlx::query_as!(
+/// The point get, checked by `query_as!`: the worker-thread path runs it, the direct path
+/// ([`select_account_direct`]) runs its text.
+fn select_account_query(
+    id: i64,
+) -> sqlx::query::Map<
+    'static,
+    sqlx::Sqlite,
+    impl FnMut(sqlx::sqlite::SqliteRow) -> sqlx::Result<Account> + Send,
+    sqlx::sqlite::SqliteArguments,
+> {
+    sqlx::query_as!(
         Account,
         r#"
         SELECT id AS "id!: i64",
@@ -749,8 +764,26 @@ async fn select_account(conn: &mut SqliteConnection, id: i64) -> Result<Option<A
         "#,
         id,
     )
-    .fetch_optional(conn)
-    .await?)
+}
+
+async fn select_account(conn: &mut SqliteConnection, id: i64) -> Result<Option<Account>> {
+    Ok(select_account_query(id).fetch_optional(conn).await?)
+}
+
+/// [`select_account_query`] on a direct reader (see [`Handle::read_direct`]): `Some` only for a clean
+/// answer, each column read as the checked query reads it; `None` sends the caller to the
+/// ordinary read, whose answer or error stands.
+fn select_account_direct(conn: &kit::Connection, id: i64) -> Option<Option<Account>> {
+    static SQL: std::sync::LazyLock<sqlx::SqlStr> =
+        std::sync::LazyLock::new(|| sqlx::Execute::sql(select_account_query(0)));
+    kit::direct_get(conn, SQL.as_str(), id, |row| {
+        Some(Account {
+            id: direct_column(row, 0)?,
+            user_id: direct_column(row, 1)?,
+            balance_cents: direct_column(row, 2)?,
+            created_at: direct_column(row, 3)?,
+        })
+    })
 }
 
 // A deposit is a ledger row without a source; the `transfers_apply` trigger credits the

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use super::paging::{self, Keyed};
 use crate::conn::{Backend, Handle};
 use crate::error::{Error, Result};
-use crate::kit::json_rows;
+use crate::kit::{self, direct_column, json_rows};
 use crate::trace::{Rows, traced};
 
 #[cfg(feature = "postgres")]
@@ -158,6 +158,10 @@ impl OrderRepo {
     pub fn get(&self, id: i64) -> impl Future<Output = Result<Option<Order>>> + Send + use<> {
         let handle = self.handle.clone();
         traced("orders", "get", async move {
+            let direct = handle.read_direct(|conn| select_one_direct(conn, id)).await;
+            if let Some(found) = direct {
+                return Ok(found);
+            }
             handle
                 .read(|mut conn| async move {
                     match conn.backend()? {
@@ -389,8 +393,17 @@ async fn insert_one(conn: &mut SqliteConnection, user_id: i64, total_cents: i64)
     Ok(result.last_insert_rowid())
 }
 
-async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<Order>> {
-    Ok(sqlx::query_as!(
+/// The point get, checked by `query_as!`: the worker-thread path runs it, the direct path
+/// ([`select_one_direct`]) runs its text.
+fn select_one_query(
+    id: i64,
+) -> sqlx::query::Map<
+    'static,
+    sqlx::Sqlite,
+    impl FnMut(sqlx::sqlite::SqliteRow) -> sqlx::Result<Order> + Send,
+    sqlx::sqlite::SqliteArguments,
+> {
+    sqlx::query_as!(
         Order,
         r#"
         SELECT id AS "id!: i64",
@@ -402,8 +415,26 @@ async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<Order
         "#,
         id,
     )
-    .fetch_optional(conn)
-    .await?)
+}
+
+async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<Order>> {
+    Ok(select_one_query(id).fetch_optional(conn).await?)
+}
+
+/// [`select_one_query`] on a direct reader (see [`Handle::read_direct`]): `Some` only for a clean
+/// answer, each column read as the checked query reads it; `None` sends the caller to the
+/// ordinary read, whose answer or error stands.
+fn select_one_direct(conn: &kit::Connection, id: i64) -> Option<Option<Order>> {
+    static SQL: std::sync::LazyLock<sqlx::SqlStr> =
+        std::sync::LazyLock::new(|| sqlx::Execute::sql(select_one_query(0)));
+    kit::direct_get(conn, SQL.as_str(), id, |row| {
+        Some(Order {
+            id: direct_column(row, 0)?,
+            user_id: direct_column(row, 1)?,
+            total_cents: direct_column(row, 2)?,
+            created_at: direct_column(row, 3)?,
+        })
+    })
 }
 
 // Served by the index on (user_id, created_at, total), newest first.

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use super::paging::{self, Keyed};
 use crate::conn::{Backend, Handle};
 use crate::error::Result;
-use crate::kit::json_rows;
+use crate::kit::{self, direct_column, json_rows};
 use crate::limits::{check_email, check_name};
 use crate::trace::traced;
 
@@ -121,6 +121,10 @@ impl UserRepo {
     pub fn get(&self, id: i64) -> impl Future<Output = Result<Option<User>>> + Send + use<> {
         let handle = self.handle.clone();
         traced("users", "get", async move {
+            let direct = handle.read_direct(|conn| select_one_direct(conn, id)).await;
+            if let Some(found) = direct {
+                return Ok(found);
+            }
             handle
                 .read(|mut conn| async move {
                     match conn.backend()? {
@@ -323,8 +327,17 @@ async fn insert_one(conn: &mut SqliteConnection, email: &str, name: &str) -> Res
     Ok(result.last_insert_rowid())
 }
 
-async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<User>> {
-    Ok(sqlx::query_as!(
+/// The point get, checked by `query_as!`: the worker-thread path runs it, the direct path
+/// ([`select_one_direct`]) runs its text.
+fn select_one_query(
+    id: i64,
+) -> sqlx::query::Map<
+    'static,
+    sqlx::Sqlite,
+    impl FnMut(sqlx::sqlite::SqliteRow) -> sqlx::Result<User> + Send,
+    sqlx::sqlite::SqliteArguments,
+> {
+    sqlx::query_as!(
         User,
         r#"
         SELECT id AS "id!: i64",
@@ -336,8 +349,26 @@ async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<User>
         "#,
         id,
     )
-    .fetch_optional(conn)
-    .await?)
+}
+
+async fn select_one(conn: &mut SqliteConnection, id: i64) -> Result<Option<User>> {
+    Ok(select_one_query(id).fetch_optional(conn).await?)
+}
+
+/// [`select_one_query`] on a direct reader (see [`Handle::read_direct`]): `Some` only for a clean
+/// answer, each column read as the checked query reads it; `None` sends the caller to the
+/// ordinary read, whose answer or error stands.
+fn select_one_direct(conn: &kit::Connection, id: i64) -> Option<Option<User>> {
+    static SQL: std::sync::LazyLock<sqlx::SqlStr> =
+        std::sync::LazyLock::new(|| sqlx::Execute::sql(select_one_query(0)));
+    kit::direct_get(conn, SQL.as_str(), id, |row| {
+        Some(User {
+            id: direct_column(row, 0)?,
+            email: direct_column(row, 1)?,
+            name: direct_column(row, 2)?,
+            created_at: direct_column(row, 3)?,
+        })
+    })
 }
 
 async fn select_by_email(conn: &mut SqliteConnection, email: &str) -> Result<Option<User>> {
