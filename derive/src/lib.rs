@@ -42,6 +42,11 @@ use table::Table;
 ///   statement per byte-bounded chunk, all or nothing), `page(after, limit)` and `stream`
 ///   (keyset, bounded by rows and bytes). Each future owns its arguments (`tokio::spawn`
 ///   works), each call is a `sqlrepo` span, each error a `sqlrepo::Error`.
+/// - When every field is an `i64`, `i32`, `bool`, `f64`, `String`, `Vec<u8>` or
+///   `OffsetDateTime` (or an `Option` of one), `get` reads on the caller's thread as sqlrepo's
+///   own gets do (`Handle::read_direct`, the text of the same checked `query!`), and reads the
+///   ordinary way whenever that gives up; a row with a field of another type always reads the
+///   ordinary way.
 /// - Every statement is a `sqlx::query!` literal expanded in the service's crate: sqlx checks
 ///   it against the service's database (or its `.sqlx/`, which `cargo sqlx prepare` records),
 ///   so a column the table lacks, or a field whose type the column's does not match, fails

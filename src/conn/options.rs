@@ -24,7 +24,9 @@ const JOURNAL_SIZE_LIMIT_BYTES: &str = "16777216"; // 16 MiB
 pub struct DbOptions {
     /// The database file.
     pub path: PathBuf,
-    /// Read-only connections held beside the one writer (at least 1; default 2).
+    /// Read-only connections held beside the one writer (at least 1; default 2), for every
+    /// read but point gets, which read on the caller's thread (see
+    /// [`direct_reads`](DbOptions::direct_reads)) and come here only when that gives up.
     ///
     /// Two, because point gets that find every reader taken are coalesced into one statement:
     /// fewer readers means more coalescing and fewer worker-thread round trips. Measured by the

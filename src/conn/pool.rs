@@ -15,7 +15,10 @@
 //! - **`readers` read-only connections** (default 2): WAL lets them read while the writer writes;
 //!   a read takes an idle one, so reads never wait behind writes; point gets that find them all
 //!   taken are coalesced (see `DbOptions::readers` for the figures), and other reads wait in
-//!   line for whichever reader frees first (see `free_slots`).
+//!   line for whichever reader frees first (see `free_slots`);
+//! - **direct readers** (`direct`): point gets by key skip the worker thread altogether and read
+//!   on the caller's thread, on read-only connections of SQLite's C library; a get they cannot
+//!   answer cleanly comes to the held readers above.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
