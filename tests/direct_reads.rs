@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use serde_json::json;
 use sqlrepo::{
     Db, DbOptions, Error, ItemPatch, ItemStatus, NewAccount, NewItem, NewOrder, NewUser,
@@ -48,15 +47,16 @@ async fn a_get_needs_no_reader_connection_and_gives_what_the_ordinary_read_gives
     assert_eq!((item.id, item.name.as_str()), (id, "lamp"));
     assert_eq!(item.data, json!({"watts": 40}));
     assert!(direct.items().get(id + 1).await.unwrap().is_none());
-    // No other thread is waited for: the future is done the first time it is polled (after a
-    // yield, so that the task polls it with a whole cooperative budget: a read spends some,
-    // as tokio's own resources do, and waits once the task has spent it all).
-    tokio::task::yield_now().await;
-    let answered = direct.items().get(id).now_or_never();
-    assert_eq!(
-        answered.expect("answered in one poll").unwrap().as_ref(),
-        Some(&item)
-    );
+    // No other thread is waited for: the get yields once to the runtime (as a read on another
+    // thread would, so that a task looping over gets lets others run), and is done when polled
+    // again, with no other thread having done anything meanwhile.
+    let mut get = std::pin::pin!(direct.items().get(id));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(get.as_mut().poll(&mut cx).is_pending(), "yields once");
+    match get.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(answer) => assert_eq!(answer.unwrap().as_ref(), Some(&item)),
+        std::task::Poll::Pending => panic!("a direct get waited for something"),
+    }
     drop(held);
 
     // The ordinary read waits for the reader, and gives the same item once it is free.

@@ -104,9 +104,12 @@ impl Handle {
     /// `read` gives up (`None`), and the caller then runs its ordinary read. `read` must be a
     /// bounded read (one row by its key) and must give up on anything but a clean answer.
     ///
-    /// It spends the task's cooperative budget as tokio's own resources do: a read that never
-    /// waits would otherwise let a task that loops over reads keep its thread from every other
-    /// task (writers, timers) for as long as it loops.
+    /// It yields to the runtime once the read is done, as a read on another thread would: a
+    /// read that never waits would let a task that loops over reads keep its thread from every
+    /// other task (writers, timers). Spending tokio's cooperative budget instead yields only
+    /// every 128 reads, a millisecond or more of reading: tasks that loop over updates beside
+    /// tasks that loop over gets were then starved of most of their turns (the bench's "WAL
+    /// under steady load" line counts both).
     pub async fn read_direct<T>(
         &self,
         read: impl FnOnce(&rusqlite::Connection) -> Option<T>,
@@ -115,7 +118,7 @@ impl Handle {
             Route::Db(connections) => connections.read_direct(read),
             Route::Tx(_) => None,
         };
-        tokio::task::coop::consume_budget().await;
+        tokio::task::yield_now().await;
         answer
     }
 
