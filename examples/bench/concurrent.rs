@@ -255,5 +255,10 @@ fn rusqlite_caller(
 /// A `Db` on sqlrepo's file with `readers` read connections, coalescing queued point gets or
 /// not, for the readers experiment.
 pub async fn open_with_readers(path: &Path, readers: usize, coalesce: bool) -> anyhow::Result<Db> {
-    Ok(Db::open_with(DbOptions::new(path).readers(readers).group_reads(coalesce)).await?)
+    // Direct reads off: the point gets go to the read connections this measures.
+    let options = DbOptions::new(path)
+        .readers(readers)
+        .group_reads(coalesce)
+        .direct_reads(false);
+    Ok(Db::open_with(options).await?)
 }

@@ -599,14 +599,22 @@ impl<'a> Bench<'a> {
 
     /// What grouping costs a lone caller and buys 16: the same transfers (and, for one caller,
     /// point gets) through the `Db` (grouping on, the default) and through a second `Db` on the
-    /// same file with `group_writes(false)` and `group_reads(false)`, alternating rounds.
+    /// same file with `group_writes(false)` and `group_reads(false)`, alternating rounds. Point
+    /// gets are coalesced only on the read connections, so for them both sides have direct
+    /// reads off.
     fn grouping(&mut self) -> anyhow::Result<()> {
         let inputs = self.inputs;
         let sizes = &inputs.sizes;
         let ungrouped = self.runtime.block_on(sqlrepo::Db::open_with(
             sqlrepo::DbOptions::new(self.repo.path())
                 .group_writes(false)
-                .group_reads(false),
+                .group_reads(false)
+                .direct_reads(false),
+        ))?;
+        // Point gets are coalesced only on the read connections: for them the grouped side
+        // turns direct reads off too.
+        let grouped_reads = self.runtime.block_on(sqlrepo::Db::open_with(
+            sqlrepo::DbOptions::new(self.repo.path()).direct_reads(false),
         ))?;
         let mut lines = Vec::new();
         for (workload, callers) in [
@@ -626,10 +634,10 @@ impl<'a> Bench<'a> {
                 );
                 for offset in 0..2 {
                     let side = (round + offset) % 2;
-                    let db = if side == 0 {
-                        self.repo.db()
-                    } else {
-                        &ungrouped
+                    let db = match (side, workload) {
+                        (0, Workload::Gets) => &grouped_reads,
+                        (0, _) => self.repo.db(),
+                        _ => &ungrouped,
                     };
                     let before = audit(self.repo.path())?;
                     let (measured, tally, round_latencies) =
@@ -654,7 +662,7 @@ impl<'a> Bench<'a> {
                 )
             };
             let what = match workload {
-                Workload::Gets => "point gets",
+                Workload::Gets => "point gets (direct reads off)",
                 _ => "transfers",
             };
             report_side(
@@ -675,6 +683,7 @@ impl<'a> Bench<'a> {
             ));
         }
         self.runtime.block_on(ungrouped.close());
+        self.runtime.block_on(grouped_reads.close());
         self.notes.push(format!(
             "grouping on and off (the same operations, one Db each on sqlrepo's file, \
              alternating rounds): {}.",
@@ -684,8 +693,9 @@ impl<'a> Bench<'a> {
     }
 
     /// Issue 14's readers question: 16 concurrent callers doing point gets on `Db`s with 1 to
-    /// 16 read connections (same file, alternating rounds), and rusqlite with 16 threads. The
-    /// figures go to the notes; the default (`DbOptions::readers`) is chosen from them.
+    /// 16 read connections and direct reads off and on a `Db` with the defaults (direct
+    /// reads), all on the same file in alternating rounds,, and rusqlite with 16 threads. The figures go to the
+    /// notes; the default (`DbOptions::readers`) is chosen from them.
     fn readers(&mut self) -> anyhow::Result<()> {
         // (read connections, coalesce point gets): coalescing on is the default.
         const COUNTS: [(usize, bool); 7] = [
@@ -708,8 +718,11 @@ impl<'a> Bench<'a> {
                 coalesce,
             ))?);
         }
-        let mut totals: Vec<Measured> = vec![Measured::default(); COUNTS.len() + 1];
-        let mut latencies: Vec<Latencies> = vec![Latencies::default(); COUNTS.len() + 1];
+        // Last of the Dbs: the defaults, whose point gets read on the caller's thread.
+        dbs.push(self.runtime.block_on(sqlrepo::Db::open(self.repo.path()))?);
+        let turns = dbs.len() + 1;
+        let mut totals: Vec<Measured> = vec![Measured::default(); turns];
+        let mut latencies: Vec<Latencies> = vec![Latencies::default(); turns];
         for round in 0..sizes.rounds {
             let plans = plans(
                 Workload::Gets,
@@ -718,8 +731,8 @@ impl<'a> Bench<'a> {
                 sizes.concurrent_ops_per_round,
                 round,
             );
-            for offset in 0..=COUNTS.len() {
-                let turn = (round + offset) % (COUNTS.len() + 1);
+            for offset in 0..turns {
+                let turn = (round + offset) % turns;
                 let (measured, tally, round_latencies) = match dbs.get(turn) {
                     Some(db) => self.runtime.block_on(run_sqlrepo(db, &plans))?,
                     None => run_rusqlite(&self.lite_path, &plans)?,
@@ -740,6 +753,7 @@ impl<'a> Bench<'a> {
             let who = match COUNTS.get(turn) {
                 Some((readers, true)) => format!("{readers} readers"),
                 Some((readers, false)) => format!("{readers} readers, not coalesced"),
+                None if turn == COUNTS.len() => "direct reads (the default)".to_owned(),
                 None => "rusqlite".to_owned(),
             };
             report_side("get_concurrent", &who, measured);
@@ -752,9 +766,10 @@ impl<'a> Bench<'a> {
             ));
         }
         self.notes.push(format!(
-            "reads under load: {CALLERS_READING} concurrent callers doing point gets, by the \
-             number of read connections of the Db, with queued gets coalesced into one statement \
-             (the default) or not (rusqlite: a thread and connection per caller): {}.",
+            "reads under load: {CALLERS_READING} concurrent callers doing point gets on the \
+             caller's thread (direct reads, the default), or with direct reads off by the number \
+             of read connections of the Db, with queued gets coalesced into one statement or not \
+             (rusqlite: a thread and connection per caller): {}.",
             figures.join("; ")
         ));
         Ok(())
