@@ -75,13 +75,13 @@ impl DirectReaders {
             Some(conn) => conn,
             None => self.open()?,
         };
-        let answer = read(&conn);
-        if self.closed.load(Ordering::Acquire) {
-            self.forget(conn);
-        } else {
-            self.idle().push(conn);
-        }
-        answer
+        // Given back when the read ends, a panicking one included (then closed, since a read
+        // cut short may have left a statement stepping).
+        let lent = Lent {
+            readers: self,
+            conn: Some(conn),
+        };
+        read(lent.conn.as_ref()?)
     }
 
     /// A new connection, counted, or `None` at the most (or when SQLite cannot open one).
@@ -117,6 +117,25 @@ impl DirectReaders {
         let idle = std::mem::take(&mut *self.idle());
         for conn in idle {
             self.forget(conn);
+        }
+    }
+}
+
+/// A connection out of [`DirectReaders::idle`] for one read.
+struct Lent<'a> {
+    readers: &'a DirectReaders,
+    conn: Option<Connection>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if std::thread::panicking() || self.readers.closed.load(Ordering::Acquire) {
+            self.readers.forget(conn);
+        } else {
+            self.readers.idle().push(conn);
         }
     }
 }
