@@ -25,18 +25,20 @@ fn foreign(path: &Path, sql: &str) {
     conn.execute_batch(sql).expect("foreign write");
 }
 
+/// One read connection, which a test holds: a get that needed it would wait out the short
+/// busy timeout and fail with `Busy`.
+fn one_reader(path: &Path, direct: bool) -> DbOptions {
+    DbOptions::new(path)
+        .readers(1)
+        .busy_timeout(Duration::from_millis(200))
+        .direct_reads(direct)
+}
+
 #[tokio::test]
 async fn a_get_needs_no_reader_connection_and_gives_what_the_ordinary_read_gives() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("held.db");
-    // One reader, held by the test: a get that needed it would wait out the busy timeout.
-    let options = |direct| {
-        DbOptions::new(&path)
-            .readers(1)
-            .busy_timeout(Duration::from_millis(200))
-            .direct_reads(direct)
-    };
-    let direct = Db::open_with(options(true)).await.unwrap();
+    let direct = Db::open_with(one_reader(&path, true)).await.unwrap();
     let id = direct
         .items()
         .create(&NewItem::new("lamp", json!({"watts": 40})))
@@ -60,7 +62,7 @@ async fn a_get_needs_no_reader_connection_and_gives_what_the_ordinary_read_gives
     drop(held);
 
     // The ordinary read waits for the reader, and gives the same item once it is free.
-    let ordinary = Db::open_with(options(false)).await.unwrap();
+    let ordinary = Db::open_with(one_reader(&path, false)).await.unwrap();
     let held = ordinary.handle().reader().await.unwrap();
     assert!(matches!(ordinary.items().get(id).await, Err(Error::Busy)));
     drop(held);
@@ -71,13 +73,7 @@ async fn a_get_needs_no_reader_connection_and_gives_what_the_ordinary_read_gives
 async fn users_orders_and_accounts_get_without_a_reader_connection_and_read_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tables.db");
-    let options = |direct| {
-        DbOptions::new(&path)
-            .readers(1)
-            .busy_timeout(Duration::from_millis(200))
-            .direct_reads(direct)
-    };
-    let direct = Db::open_with(options(true)).await.unwrap();
+    let direct = Db::open_with(one_reader(&path, true)).await.unwrap();
     let user = direct
         .users()
         .create(&NewUser::new("ann@example.com", "Ann"))
@@ -128,7 +124,7 @@ async fn users_orders_and_accounts_get_without_a_reader_connection_and_read_the_
     assert!(direct.accounts().get(unowned + 10).await.unwrap().is_none());
     drop(held);
 
-    let ordinary = Db::open_with(options(false)).await.unwrap();
+    let ordinary = Db::open_with(one_reader(&path, false)).await.unwrap();
     let held = ordinary.handle().reader().await.unwrap();
     assert!(matches!(ordinary.users().get(user).await, Err(Error::Busy)));
     drop(held);
