@@ -104,7 +104,7 @@ impl Handle {
     /// `read` gives up (`None`), and the caller then runs its ordinary read. `read` must be a
     /// bounded read (one row by its key) and must give up on anything but a clean answer.
     ///
-    /// It yields to the runtime once the read is done, as a read on another thread would: a
+    /// When it answers, it yields to the runtime once, as a read on another thread would: a
     /// read that never waits would let a task that loops over reads keep its thread from every
     /// other task (writers, timers). Spending tokio's cooperative budget instead yields only
     /// every 128 reads, a millisecond or more of reading: tasks that loop over updates beside
@@ -118,7 +118,11 @@ impl Handle {
             Route::Db(connections) => connections.read_direct(read),
             Route::Tx(_) => None,
         };
-        tokio::task::yield_now().await;
+        // Only a read that ran here owes the runtime a turn; a caller sent on to the ordinary
+        // read will wait there anyway.
+        if answer.is_some() {
+            tokio::task::yield_now().await;
+        }
         answer
     }
 
