@@ -19,6 +19,15 @@ async fn open(path: &Path, direct: bool) -> Db {
         .expect("open")
 }
 
+/// A fresh file `name.db` in a directory of its own, opened with direct reads, holding one
+/// item (named "a") with `data`: the directory (kept for the test's length), the `Db`, the id.
+async fn one_item(name: &str, data: serde_json::Value) -> (tempfile::TempDir, Db, i64) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir.path().join(format!("{name}.db")), true).await;
+    let id = db.items().create(&NewItem::new("a", data)).await.unwrap();
+    (dir, db, id)
+}
+
 /// A write by another program, past the repository's checks (but not the schema's).
 fn foreign(path: &Path, sql: &str) {
     let conn = rusqlite::Connection::open(path).expect("open as another program");
@@ -260,14 +269,7 @@ async fn every_committed_update_is_seen_by_the_next_get_under_concurrency() {
 
 #[tokio::test]
 async fn gets_leave_no_snapshot_that_keeps_a_checkpoint_from_emptying_the_wal() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ckpt.db");
-    let db = open(&path, true).await;
-    let id = db
-        .items()
-        .create(&NewItem::new("a", json!(1)))
-        .await
-        .unwrap();
+    let (dir, db, id) = one_item("ckpt", json!(1)).await;
     for _ in 0..50 {
         db.items().get(id).await.unwrap().unwrap();
     }
@@ -284,7 +286,7 @@ async fn gets_leave_no_snapshot_that_keeps_a_checkpoint_from_emptying_the_wal() 
     db.items().get(id).await.unwrap().unwrap();
     // Another program's TRUNCATE checkpoint: it waits for no reader (busy 0) and copies every
     // frame back, which it could not do past a reader still holding an older snapshot.
-    let conn = rusqlite::Connection::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("ckpt.db")).unwrap();
     let (busy, log, done): (i64, i64, i64) = conn
         .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
@@ -298,14 +300,7 @@ async fn gets_leave_no_snapshot_that_keeps_a_checkpoint_from_emptying_the_wal() 
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_task_that_only_gets_still_lets_the_others_on_its_thread_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("yield.db");
-    let db = open(&path, true).await;
-    let id = db
-        .items()
-        .create(&NewItem::new("a", json!(1)))
-        .await
-        .unwrap();
+    let (_dir, db, id) = one_item("yield", json!(1)).await;
     let ticked = Arc::new(AtomicBool::new(false));
     let ticker = {
         let ticked = ticked.clone();
@@ -331,14 +326,7 @@ async fn a_task_that_only_gets_still_lets_the_others_on_its_thread_run() {
 
 #[tokio::test]
 async fn a_transaction_reads_its_own_uncommitted_write_and_others_do_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tx.db");
-    let db = open(&path, true).await;
-    let id = db
-        .items()
-        .create(&NewItem::new("a", json!("before")))
-        .await
-        .unwrap();
+    let (_dir, db, id) = one_item("tx", json!("before")).await;
     let tx = db.begin().await.unwrap();
     let patch = ItemPatch {
         data: Some(json!("inside")),
@@ -362,14 +350,7 @@ async fn a_transaction_reads_its_own_uncommitted_write_and_others_do_not() {
 
 #[tokio::test]
 async fn a_closed_database_refuses_gets_as_before_and_lets_its_file_go() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("closed.db");
-    let db = open(&path, true).await;
-    let id = db
-        .items()
-        .create(&NewItem::new("a", json!(1)))
-        .await
-        .unwrap();
+    let (dir, db, id) = one_item("closed", json!(1)).await;
     assert!(db.items().get(id).await.unwrap().is_some());
     db.close().await;
     assert!(db.items().get(id).await.is_err());
