@@ -3,15 +3,16 @@
 //! seen as soon as they are committed, no snapshot left to stall a checkpoint, and a task that
 //! loops over gets still lets other tasks run.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::{SqliteDb, fresh_db, open_account, raw, user};
 use serde_json::json;
-use sqlrepo::{
-    Db, DbOptions, Error, ItemPatch, ItemStatus, NewAccount, NewItem, NewOrder, NewUser,
-};
+use sqlrepo::{Db, DbOptions, Error, ItemPatch, ItemStatus, NewAccount, NewItem, NewOrder};
 
 async fn open(path: &Path, direct: bool) -> Db {
     Db::open_with(DbOptions::new(path).direct_reads(direct))
@@ -19,19 +20,12 @@ async fn open(path: &Path, direct: bool) -> Db {
         .expect("open")
 }
 
-/// A fresh file `name.db` in a directory of its own, opened with direct reads, holding one
-/// item (named "a") with `data`: the directory (kept for the test's length), the `Db`, the id.
-async fn one_item(name: &str, data: serde_json::Value) -> (tempfile::TempDir, Db, i64) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = open(&dir.path().join(format!("{name}.db")), true).await;
+/// A fresh database (direct reads on, the default) holding one item named "a" with `data`,
+/// and that item's id.
+async fn one_item(data: serde_json::Value) -> (SqliteDb, i64) {
+    let db = fresh_db().await;
     let id = db.items().create(&NewItem::new("a", data)).await.unwrap();
-    (dir, db, id)
-}
-
-/// A write by another program, past the repository's checks (but not the schema's).
-fn foreign(path: &Path, sql: &str) {
-    let conn = rusqlite::Connection::open(path).expect("open as another program");
-    conn.execute_batch(sql).expect("foreign write");
+    (db, id)
 }
 
 /// One read connection, which a test holds: a get that needed it would wait out the short
@@ -83,11 +77,7 @@ async fn users_orders_and_accounts_get_without_a_reader_connection_and_read_the_
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tables.db");
     let direct = Db::open_with(one_reader(&path, true)).await.unwrap();
-    let user = direct
-        .users()
-        .create(&NewUser::new("ann@example.com", "Ann"))
-        .await
-        .unwrap();
+    let user = user(&direct, "ann@example.com", "Ann").await;
     let order = direct
         .orders()
         .create(&NewOrder {
@@ -104,14 +94,7 @@ async fn users_orders_and_accounts_get_without_a_reader_connection_and_read_the_
         })
         .await
         .unwrap();
-    let unowned = direct
-        .accounts()
-        .open(&NewAccount {
-            user_id: None,
-            balance_cents: 0,
-        })
-        .await
-        .unwrap();
+    let unowned = open_account(&direct, 0).await;
 
     let held = direct.handle().reader().await.unwrap();
     let got_user = direct.users().get(user).await.unwrap().unwrap();
@@ -183,13 +166,14 @@ async fn every_row_reads_the_same_with_and_without_direct_reads_errors_included(
     }
     // Rows other programs wrote: numbers the model cannot hold exactly (refused as
     // Unreadable), a timestamp not in the canonical form (stored canonical by the trigger).
-    foreign(
-        &path,
-        "INSERT INTO items (id, name, data) VALUES (100, 'huge', '[1e400]');
+    raw(&path)
+        .execute_batch(
+            "INSERT INTO items (id, name, data) VALUES (100, 'huge', '[1e400]');
          INSERT INTO items (id, name, data) VALUES (101, 'long', '123456789012345678901234567890');
          INSERT INTO items (id, name, data, created_at, updated_at)
              VALUES (102, 'odd time', '{}', '2026-01-02 03:04:05', '2026-01-02 03:04:05');",
-    );
+        )
+        .expect("another program's write");
     let mut unreadable = 0;
     for id in (0..=8).chain(99..=103) {
         let got = direct.items().get(id).await;
@@ -269,7 +253,7 @@ async fn every_committed_update_is_seen_by_the_next_get_under_concurrency() {
 
 #[tokio::test]
 async fn gets_leave_no_snapshot_that_keeps_a_checkpoint_from_emptying_the_wal() {
-    let (dir, db, id) = one_item("ckpt", json!(1)).await;
+    let (db, id) = one_item(json!(1)).await;
     for _ in 0..50 {
         db.items().get(id).await.unwrap().unwrap();
     }
@@ -286,21 +270,21 @@ async fn gets_leave_no_snapshot_that_keeps_a_checkpoint_from_emptying_the_wal() 
     db.items().get(id).await.unwrap().unwrap();
     // Another program's TRUNCATE checkpoint: it waits for no reader (busy 0) and copies every
     // frame back, which it could not do past a reader still holding an older snapshot.
-    let conn = rusqlite::Connection::open(dir.path().join("ckpt.db")).unwrap();
+    let conn = raw(&db.path);
     let (busy, log, done): (i64, i64, i64) = conn
         .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })
         .unwrap();
     assert_eq!((busy, log, done), (0, 0, 0));
-    let wal = std::fs::metadata(dir.path().join("ckpt.db-wal")).unwrap();
+    let wal = std::fs::metadata(db.path.with_extension("db-wal")).unwrap();
     assert_eq!(wal.len(), 0, "the WAL was truncated");
     assert_eq!(db.items().get(id).await.unwrap().unwrap().data, json!(2));
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_task_that_only_gets_still_lets_the_others_on_its_thread_run() {
-    let (_dir, db, id) = one_item("yield", json!(1)).await;
+    let (db, id) = one_item(json!(1)).await;
     let ticked = Arc::new(AtomicBool::new(false));
     let ticker = {
         let ticked = ticked.clone();
@@ -326,7 +310,7 @@ async fn a_task_that_only_gets_still_lets_the_others_on_its_thread_run() {
 
 #[tokio::test]
 async fn a_transaction_reads_its_own_uncommitted_write_and_others_do_not() {
-    let (_dir, db, id) = one_item("tx", json!("before")).await;
+    let (db, id) = one_item(json!("before")).await;
     let tx = db.begin().await.unwrap();
     let patch = ItemPatch {
         data: Some(json!("inside")),
@@ -350,11 +334,11 @@ async fn a_transaction_reads_its_own_uncommitted_write_and_others_do_not() {
 
 #[tokio::test]
 async fn a_closed_database_refuses_gets_as_before_and_lets_its_file_go() {
-    let (dir, db, id) = one_item("closed", json!(1)).await;
+    let (db, id) = one_item(json!(1)).await;
     assert!(db.items().get(id).await.unwrap().is_some());
     db.close().await;
     assert!(db.items().get(id).await.is_err());
     // Every connection is closed, the direct ones included: the last close checkpointed the
     // WAL and removed it, which SQLite does only when no other connection has the file open.
-    assert!(!dir.path().join("closed.db-wal").exists());
+    assert!(!db.path.with_extension("db-wal").exists());
 }
