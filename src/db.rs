@@ -324,7 +324,8 @@ impl Db {
     }
 
     /// A user, their 10 newest orders and their order stats, read in one statement (so one
-    /// snapshot and one round trip; see [`Dashboard`] for what was measured).
+    /// snapshot), on the caller's thread unless the read is long (see [`Dashboard`] for what
+    /// was measured).
     ///
     /// # Errors
     /// [`Error::NotFound`](crate::Error::NotFound) for an unknown user;

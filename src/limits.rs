@@ -22,6 +22,17 @@ pub const MAX_GROUP: usize = 256;
 /// `LIMIT 10` in its statement). Also at `sqlrepo::DASHBOARD_RECENT_ORDERS`, its first path.
 pub const DASHBOARD_RECENT_ORDERS: i64 = 10;
 
+/// The most SQLite virtual-machine steps one read on the caller's thread may take (see
+/// [`DbOptions::direct_reads`](crate::DbOptions::direct_reads)) before SQLite interrupts it and
+/// it is read again the ordinary way, on a reader's worker thread.
+///
+/// A point get takes a few hundred; a [`Dashboard`](crate::Dashboard) of a user with a few
+/// dozen orders a few thousand, since its count and sum read every one of that user's orders.
+/// A user with thousands of orders passes it: that read then costs the caller's thread at most
+/// about as long as a round trip to a worker thread (tens of microseconds), and leaves it to
+/// that thread.
+pub const DIRECT_READ_MOST_STEPS: i32 = 10_000;
+
 /// The constraint a reused idempotency key reports in [`Error::Duplicate`]. Also at
 /// `sqlrepo::IDEMPOTENCY_KEY_CONSTRAINT`, its first path.
 pub const IDEMPOTENCY_KEY_CONSTRAINT: &str = "transfers.idempotency_key";

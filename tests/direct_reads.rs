@@ -133,6 +133,89 @@ async fn users_orders_and_accounts_get_without_a_reader_connection_and_read_the_
 }
 
 #[tokio::test]
+async fn a_dashboard_needs_no_reader_connection_and_reads_as_the_ordinary_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dashboard.db");
+    let direct = Db::open_with(one_reader(&path, true)).await.unwrap();
+    let ann = user(&direct, "ann@example.com", "Ann").await;
+    for total_cents in [100, 250, 75] {
+        direct
+            .orders()
+            .create(&NewOrder {
+                user_id: ann,
+                total_cents,
+            })
+            .await
+            .unwrap();
+    }
+
+    let held = direct.handle().reader().await.unwrap();
+    let got = direct.dashboard(ann).await.unwrap();
+    assert_eq!(got.user.email, "ann@example.com");
+    assert_eq!((got.stats.count, got.stats.total_cents), (3, 425));
+    let totals: Vec<i64> = got.recent_orders.iter().map(|o| o.total_cents).collect();
+    assert_eq!(totals, [75, 250, 100], "newest first");
+    assert!(matches!(
+        direct.dashboard(ann + 10).await,
+        Err(Error::NotFound { entity: "user", id }) if id == ann + 10
+    ));
+    drop(held);
+
+    let ordinary = Db::open_with(one_reader(&path, false)).await.unwrap();
+    let held = ordinary.handle().reader().await.unwrap();
+    assert!(matches!(ordinary.dashboard(ann).await, Err(Error::Busy)));
+    drop(held);
+    assert_eq!(ordinary.dashboard(ann).await.unwrap(), got);
+    assert!(matches!(
+        ordinary.dashboard(ann + 10).await,
+        Err(Error::NotFound { entity: "user", id }) if id == ann + 10
+    ));
+}
+
+#[tokio::test]
+async fn a_read_past_its_step_budget_is_left_to_a_reader_and_still_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("budget.db");
+    let db = Db::open_with(one_reader(&path, true)).await.unwrap();
+    let few = user(&db, "few@example.com", "Few").await;
+    let many = user(&db, "many@example.com", "Many").await;
+    db.orders()
+        .create(&NewOrder {
+            user_id: few,
+            total_cents: 5,
+        })
+        .await
+        .unwrap();
+    // 5,000 orders: the dashboard's count and sum step through every one of them, far past
+    // sqlrepo::limits::DIRECT_READ_MOST_STEPS.
+    raw(&path)
+        .execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) \
+             INSERT INTO orders (user_id, total) SELECT ?1, i FROM n",
+            [many],
+        )
+        .unwrap();
+
+    // With the one reader held, a dashboard within the budget is answered on the caller's
+    // thread; the long one is interrupted there and waits for the reader, in vain.
+    let held = db.handle().reader().await.unwrap();
+    assert_eq!(db.dashboard(few).await.unwrap().stats.count, 1);
+    assert!(matches!(db.dashboard(many).await, Err(Error::Busy)));
+    drop(held);
+    let long = db.dashboard(many).await.unwrap();
+    assert_eq!(
+        (long.stats.count, long.stats.total_cents),
+        (5_000, 5_000 * 5_001 / 2)
+    );
+    let totals: Vec<i64> = long.recent_orders.iter().map(|o| o.total_cents).collect();
+    assert_eq!(totals, (4_991..=5_000).rev().collect::<Vec<i64>>());
+    // The interrupted read left the direct readers fit for the next one.
+    let held = db.handle().reader().await.unwrap();
+    assert_eq!(db.dashboard(few).await.unwrap().stats.total_cents, 5);
+    drop(held);
+}
+
+#[tokio::test]
 async fn every_row_reads_the_same_with_and_without_direct_reads_errors_included() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("same.db");

@@ -23,6 +23,10 @@
 //! - **Writes are untouched.** The connections are opened read-only; the one writer is sqlx's.
 //! - **No snapshot is held.** A statement is reset as its read ends, so a direct connection
 //!   never keeps an old WAL snapshot that would stop a checkpoint.
+//! - **The caller's thread is held briefly.** SQLite interrupts a statement past
+//!   [`DIRECT_READ_MOST_STEPS`] steps of its virtual machine (a dashboard of a user with
+//!   thousands of orders, say), and that read goes to the ordinary path like any other that
+//!   gives up.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -30,6 +34,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
+
+use crate::limits::DIRECT_READ_MOST_STEPS;
 
 /// The read-only connections of one database file that answer point reads in place.
 #[derive(Debug)]
@@ -95,8 +101,12 @@ impl DirectReaders {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         // rusqlite's own default waits 5 s for a lock; here a lock is never waited for (see
         // the module's notes).
-        let opened = Connection::open_with_flags(&self.path, flags)
-            .and_then(|conn| conn.busy_timeout(Duration::ZERO).map(|()| conn));
+        let opened = Connection::open_with_flags(&self.path, flags).and_then(|conn| {
+            conn.busy_timeout(Duration::ZERO)?;
+            // Called once a statement has run that many steps: interrupts it.
+            conn.progress_handler(DIRECT_READ_MOST_STEPS, Some(|| true))?;
+            Ok(conn)
+        });
         match opened {
             Ok(conn) => Some(conn),
             Err(_) => {

@@ -49,11 +49,12 @@ pub struct DbOptions {
     /// queued point reads of their kind (default true). Each caller's answer is the same
     /// either way. For comparisons.
     pub group_reads: bool,
-    /// Answer point reads by key (`get`) on the caller's own thread, on read-only connections
-    /// of SQLite's C library opened as needed, instead of a round trip to a reader's worker
-    /// thread (default true). The statement and the answer are the same; anything short of a
-    /// clean row (a lock, an error, a value that does not decode) is read again the ordinary
-    /// way. For comparisons.
+    /// Answer point reads by key (`get`) and dashboards on the caller's own thread, on
+    /// read-only connections of SQLite's C library opened as needed, instead of a round trip to
+    /// a reader's worker thread (default true). The statement and the answer are the same;
+    /// anything short of a clean row (a lock, an error, a value that does not decode, a read
+    /// past [`DIRECT_READ_MOST_STEPS`](crate::limits::DIRECT_READ_MOST_STEPS) steps) is read
+    /// again the ordinary way. For comparisons.
     pub direct_reads: bool,
     /// PostgreSQL: how long one statement may run before the server cancels it
     /// (`statement_timeout`, set on every connection at connect; the call fails with
