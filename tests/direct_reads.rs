@@ -31,10 +31,12 @@ async fn one_item(data: serde_json::Value) -> (SqliteDb, i64) {
 /// One read connection, which a test holds: a get that needed it would wait out the short
 /// busy timeout and fail with `Busy`.
 fn one_reader(path: &Path, direct: bool) -> DbOptions {
-    DbOptions::new(path)
-        .readers(1)
-        .busy_timeout(Duration::from_millis(200))
-        .direct_reads(direct)
+    held_reader(DbOptions::new(path)).direct_reads(direct)
+}
+
+/// `options` with [`one_reader`]'s one read connection and short busy timeout.
+fn held_reader(options: DbOptions) -> DbOptions {
+    options.readers(1).busy_timeout(Duration::from_millis(200))
 }
 
 #[tokio::test]
@@ -134,9 +136,7 @@ async fn users_orders_and_accounts_get_without_a_reader_connection_and_read_the_
 
 #[tokio::test]
 async fn a_dashboard_needs_no_reader_connection_and_reads_as_the_ordinary_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("dashboard.db");
-    let direct = Db::open_with(one_reader(&path, true)).await.unwrap();
+    let direct = common::fresh_db_with(held_reader).await;
     let ann = user(&direct, "ann@example.com", "Ann").await;
     for total_cents in [100, 250, 75] {
         direct
@@ -161,7 +161,9 @@ async fn a_dashboard_needs_no_reader_connection_and_reads_as_the_ordinary_read()
     ));
     drop(held);
 
-    let ordinary = Db::open_with(one_reader(&path, false)).await.unwrap();
+    let ordinary = Db::open_with(one_reader(&direct.path, false))
+        .await
+        .unwrap();
     let held = ordinary.handle().reader().await.unwrap();
     assert!(matches!(ordinary.dashboard(ann).await, Err(Error::Busy)));
     drop(held);
@@ -174,9 +176,7 @@ async fn a_dashboard_needs_no_reader_connection_and_reads_as_the_ordinary_read()
 
 #[tokio::test]
 async fn a_read_past_its_step_budget_is_left_to_a_reader_and_still_answers() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("budget.db");
-    let db = Db::open_with(one_reader(&path, true)).await.unwrap();
+    let db = common::fresh_db_with(held_reader).await;
     let few = user(&db, "few@example.com", "Few").await;
     let many = user(&db, "many@example.com", "Many").await;
     db.orders()
@@ -188,7 +188,7 @@ async fn a_read_past_its_step_budget_is_left_to_a_reader_and_still_answers() {
         .unwrap();
     // 5,000 orders: the dashboard's count and sum step through every one of them, far past
     // sqlrepo::limits::DIRECT_READ_MOST_STEPS.
-    raw(&path)
+    raw(&db.path)
         .execute(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) \
              INSERT INTO orders (user_id, total) SELECT ?1, i FROM n",
