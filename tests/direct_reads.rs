@@ -186,8 +186,8 @@ async fn a_read_past_its_step_budget_is_left_to_a_reader_and_still_answers() {
         })
         .await
         .unwrap();
-    // 5,000 orders: the dashboard's count and sum step through every one of them, far past
-    // sqlrepo::limits::DIRECT_READ_MOST_STEPS.
+    // 5,000 orders: the dashboard's count and sum step through every one of them (about 35,000
+    // steps), far past sqlrepo::limits::DIRECT_READ_MOST_STEPS.
     raw(&db.path)
         .execute(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) \

@@ -24,9 +24,9 @@
 //! - **No snapshot is held.** A statement is reset as its read ends, so a direct connection
 //!   never keeps an old WAL snapshot that would stop a checkpoint.
 //! - **The caller's thread is held briefly.** SQLite interrupts a statement past
-//!   [`DIRECT_READ_MOST_STEPS`] steps of its virtual machine (a dashboard of a user with
-//!   thousands of orders, say), and that read goes to the ordinary path like any other that
-//!   gives up.
+//!   [`DIRECT_READ_MOST_STEPS`] steps of its virtual machine (about what a round trip costs: a
+//!   dashboard of a user with more than a hundred orders, say), and that read goes to the
+//!   ordinary path like any other that gives up.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -102,7 +102,10 @@ impl Handle {
     /// SQLite's C library (no worker-thread round trip): `None` inside a `Tx` (whose reads see
     /// its own writes, on its connection), on a database without direct readers, or when
     /// `read` gives up (`None`), and the caller then runs its ordinary read. `read` must be a
-    /// bounded read (one row by its key) and must give up on anything but a clean answer.
+    /// short read (one row by its key, a dashboard) and must give up on anything but a clean
+    /// answer; SQLite interrupts its statement past
+    /// [`DIRECT_READ_MOST_STEPS`](crate::limits::DIRECT_READ_MOST_STEPS) steps, which is an
+    /// error `read` gives up on.
     ///
     /// When it answers, it yields to the runtime once, as a read on another thread would: a
     /// read that never waits would let a task that loops over reads keep its thread from every
