@@ -25,8 +25,9 @@ pub use crate::limits::DASHBOARD_RECENT_ORDERS;
 /// subqueries: one snapshot, so the parts always agree, read on the caller's thread as a point
 /// get is (see [`DbOptions::direct_reads`](crate::DbOptions::direct_reads)), or in one round
 /// trip to a reader's worker thread; measured side by side, the one statement costs well under
-/// the three concurrent queries (each its own round trip). The benchmark harness (`cargo run --release --example
-/// bench`, workload `dashboard`) keeps measuring it against the floor.
+/// the three concurrent queries (each its own round trip). The benchmark harness
+/// (`cargo run --release --example bench`, workload `dashboard`) keeps measuring it against the
+/// floor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dashboard {
     /// The user.
@@ -130,10 +131,7 @@ async fn fetch(conn: &mut SqliteConnection, user_id: i64) -> Result<Dashboard> {
     let row = dashboard_query(user_id)
         .fetch_optional(conn)
         .await?
-        .ok_or(Error::NotFound {
-            entity: "user",
-            id: user_id,
-        })?;
+        .ok_or_else(|| unknown_user(user_id))?;
     dashboard(row, user_id)
 }
 
@@ -156,11 +154,16 @@ fn fetch_direct(conn: &kit::Connection, user_id: i64) -> Option<Result<Dashboard
         })
     })?;
     match row {
-        None => Some(Err(Error::NotFound {
-            entity: "user",
-            id: user_id,
-        })),
+        None => Some(Err(unknown_user(user_id))),
         Some(row) => dashboard(row, user_id).ok().map(Ok),
+    }
+}
+
+/// What a dashboard of a user that does not exist is, on every path.
+fn unknown_user(user_id: i64) -> Error {
+    Error::NotFound {
+        entity: "user",
+        id: user_id,
     }
 }
 

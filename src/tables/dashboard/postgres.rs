@@ -4,7 +4,7 @@
 use sqlx::PgConnection;
 
 use super::Dashboard;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tables::orders::{Order, OrderStats};
 use crate::tables::users::User;
 
@@ -12,10 +12,7 @@ pub(super) async fn fetch(conn: &mut PgConnection, user_id: i64) -> Result<Dashb
     let row = sqlrepo_postgres::dashboard::select(conn, user_id)
         .await
         .map_err(crate::error::classify_sum)?
-        .ok_or(Error::NotFound {
-            entity: "user",
-            id: user_id,
-        })?;
+        .ok_or_else(|| super::unknown_user(user_id))?;
     let recent_orders = row
         .recent_ids
         .into_iter()
