@@ -32,6 +32,7 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,11 @@ pub const CHECKPOINT_WAIT: Duration = Duration::from_millis(200);
 /// space out), so that writes do not each pay [`CHECKPOINT_WAIT`] while a long read goes on.
 pub const RETRY_GROWTH_BYTES: u64 = WAL_CHECKPOINT_BYTES / 4;
 
+/// The WAL size, in frames, past which SQLite checkpoints after a commit (its default
+/// `wal_autocheckpoint`); the direct writer's commits are checkpointed at the same size, by
+/// [`Checkpointer::before_write`] (see `direct_write`).
+const AUTOCHECKPOINT_FRAMES: u64 = 1000;
+
 /// What the checkpoints of one [`Db`](crate::Db) did since it was opened: for an operator's
 /// metrics and for the bench harness.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -77,6 +83,11 @@ pub struct WalStats {
     pub checkpoint_time_us: u64,
     /// The longest one checkpoint took, in microseconds.
     pub longest_checkpoint_us: u64,
+    /// `PASSIVE` checkpoints run for the direct writer's commits, where SQLite would have run
+    /// its own after a commit (see [`DbOptions::direct_writes`](crate::DbOptions::direct_writes)).
+    pub passive_checkpoints: u64,
+    /// The time writes waited for those, in total, in microseconds.
+    pub passive_checkpoint_time_us: u64,
 }
 
 /// The row `PRAGMA wal_checkpoint` answers.
@@ -161,7 +172,23 @@ impl Checkpointer {
     /// Called with the writer held, before it is lent out: checkpoints when the WAL is past
     /// its threshold. Never fails the write that follows: a checkpoint that cannot run now is
     /// counted and tried again later.
-    pub(crate) async fn before_write(&self) {
+    ///
+    /// `direct_frames` is the direct writer's count of WAL frames after its last commit (see
+    /// `direct_write`): past [`AUTOCHECKPOINT_FRAMES`], the `PASSIVE` checkpoint SQLite would
+    /// have run in that commit runs here, on the checkpoint connection, and the count is zeroed.
+    pub(crate) async fn before_write(&self, direct_frames: Option<&AtomicU64>) {
+        if let Some(frames) = direct_frames
+            && frames.load(Ordering::Acquire) >= AUTOCHECKPOINT_FRAMES
+        {
+            frames.store(0, Ordering::Release);
+            let started = Instant::now();
+            self.passive().await;
+            let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let stats = &mut self.lock_state().stats;
+            stats.passive_checkpoints += 1;
+            stats.passive_checkpoint_time_us =
+                stats.passive_checkpoint_time_us.saturating_add(took_us);
+        }
         // A missing WAL (just truncated, or not created yet) is an empty one.
         let wal_bytes = std::fs::metadata(&self.wal).map_or(0, |meta| meta.len());
         {
@@ -190,6 +217,24 @@ impl Checkpointer {
             // grows (5, 6, 8, 12, 20 MiB …), so writes pay the wait a few times, not per MiB.
             let grown = wal_bytes.saturating_sub(WAL_CHECKPOINT_BYTES);
             state.next_try_bytes = wal_bytes + grown.max(RETRY_GROWTH_BYTES);
+        }
+    }
+
+    /// Runs one `PASSIVE` checkpoint, SQLite's own kind after a commit: copies what no reader
+    /// still needs and waits for nobody. Its failure changes nothing (the frames stay in the
+    /// WAL, for the next one).
+    async fn passive(&self) {
+        let mut slot = self.connection.lock().await;
+        let Some(conn) = slot.as_mut() else {
+            return;
+        };
+        // Unchecked output for the reason `checkpoint` gives.
+        if let Err(err) =
+            sqlx::query_as_unchecked!(CheckpointResult, r#"PRAGMA wal_checkpoint(PASSIVE)"#)
+                .fetch_one(&mut **conn)
+                .await
+        {
+            tracing::warn!(target: "sqlrepo", error = %err, "WAL checkpoint failed");
         }
     }
 

@@ -19,10 +19,12 @@
 //!   the queue of its kind and waits for whichever comes first: its answer, or the writer. The
 //!   one that gets the writer takes everything queued (up to [`MAX_GROUP`]) and applies it as a
 //!   group ([`Grouped::apply_group`]); each member gets its own result through a channel.
-//! - **A group outlives its callers.** Once members are taken, the group runs in a task of its
-//!   own, so a caller that drops its future (its request cancelled, or the one that happened to
-//!   take the writer) neither breaks the group nor leaves the writer in doubt; the task answers
-//!   whoever is still listening. A caller that drops its future while its request is still
+//! - **A group outlives its callers.** Once members are taken, the group runs either as one
+//!   statement on the direct writer (see `direct_write`), with no await between taking the
+//!   members and answering them, or on sqlx's writer in a task of its own; so a caller that
+//!   drops its future (its request cancelled, or the one that happened to take the writer)
+//!   neither breaks the group nor leaves the writer in doubt, and each member still listening
+//!   is answered. A caller that drops its future while its request is still
 //!   queued takes the request out: it is never applied.
 //! - **A caller's order is kept.** A caller's write is answered only once it is committed (or
 //!   refused), so the next write it makes starts after it. Inside a queue, requests keep their
@@ -70,6 +72,31 @@ pub trait Grouped: Send + Sync + 'static {
         conn: &mut Conn,
         requests: &[Self::Request],
     ) -> impl Future<Output = Vec<Result<Self::Outcome>>> + Send;
+
+    /// Applies one write on the caller's own thread, on the writer's direct connection (see
+    /// [`DbOptions::direct_writes`](crate::DbOptions::direct_writes)), as one statement in
+    /// autocommit mode stepped to its end: `Some` only once it committed cleanly; `None` when
+    /// it did not (a refusal, a lock, any error: SQLite then stored nothing), and
+    /// [`apply_one`](Grouped::apply_one) runs instead, whose answer or error stands. `None`
+    /// must never follow a commit. The default has no direct form: always `None`.
+    fn apply_one_direct(
+        conn: &rusqlite::Connection,
+        request: &Self::Request,
+    ) -> Option<Self::Outcome> {
+        let _ = (conn, request);
+        None
+    }
+
+    /// [`apply_one_direct`](Grouped::apply_one_direct) for a group, as one statement: one
+    /// outcome per request, in their order, or `None` (nothing stored) for
+    /// [`apply_group`](Grouped::apply_group) to run instead. The default: always `None`.
+    fn apply_group_direct(
+        conn: &rusqlite::Connection,
+        requests: &[Self::Request],
+    ) -> Option<Vec<Self::Outcome>> {
+        let _ = (conn, requests);
+        None
+    }
 }
 
 /// The requests of one kind waiting for the writer.
@@ -238,7 +265,7 @@ pub(crate) async fn run<G: Grouped>(
 ) -> Result<G::Outcome> {
     let queue = match connections.extensions().get::<Queue<G>>() {
         Some(queue) if side.grouping(connections) => queue,
-        _ => return alone::<G>(side.lease(connections).await?, &request).await,
+        _ => return alone::<G>(side, side.lease(connections).await?, &request).await,
     };
 
     // A connection is free: nobody is ahead of us. Today's path, unless requests queued
@@ -247,7 +274,7 @@ pub(crate) async fn run<G: Grouped>(
         let lease = lease?;
         let mut members = queue.take();
         if members.is_empty() {
-            return alone::<G>(lease, &request).await;
+            return alone::<G>(side, lease, &request).await;
         }
         let (answer, answered) = oneshot::channel();
         members.push(Pending {
@@ -255,7 +282,7 @@ pub(crate) async fn run<G: Grouped>(
             request,
             answer,
         });
-        start_group::<G>(lease, members).await;
+        start_group::<G>(side, lease, members).await;
         return received(answered.await);
     }
 
@@ -299,10 +326,10 @@ pub(crate) async fn run<G: Grouped>(
                     let Some(Pending { request, .. }) = members.pop() else {
                         return received(answered.await);
                     };
-                    alone::<G>(lease, &request).await
+                    alone::<G>(side, lease, &request).await
                 }
                 _ => {
-                    start_group::<G>(lease, members).await;
+                    start_group::<G>(side, lease, members).await;
                     received(answered.await)
                 }
             }
@@ -310,31 +337,46 @@ pub(crate) async fn run<G: Grouped>(
     }
 }
 
-/// One request on the writer, as it ran before groups existed.
-async fn alone<G: Grouped>(lease: Lease, request: &G::Request) -> Result<G::Outcome> {
+/// One request on a connection of `side`, as it ran before groups existed; on the writer,
+/// first on the caller's thread when `G` has a direct form (see `direct_write`).
+async fn alone<G: Grouped>(side: Side, lease: Lease, request: &G::Request) -> Result<G::Outcome> {
     let mut conn = Conn::lease(lease);
+    if side == Side::Writer
+        && let Some(outcome) = conn.write_direct(|direct| G::apply_one_direct(direct, request))
+    {
+        drop(conn);
+        // A write that never waits owes the runtime a turn, as a direct read does (see
+        // `Handle::read_direct`): a task looping over writes would otherwise keep its thread.
+        tokio::task::yield_now().await;
+        return Ok(outcome);
+    }
     G::apply_one(&mut conn, request).await
 }
 
-/// Runs a group in a task of its own (so no caller's cancellation can stop it halfway) and
-/// answers each member; without a Tokio runtime at hand, runs it here.
-async fn start_group<G: Grouped>(lease: Lease, members: Vec<Pending<G>>) {
+/// Applies a group and answers each member: on the writer, first as one statement on the
+/// caller's thread when `G` has a direct form (no await in it, so no cancellation can stop it
+/// halfway); else in a task of its own (so no caller's cancellation can stop it halfway), or,
+/// without a Tokio runtime at hand, here.
+async fn start_group<G: Grouped>(side: Side, lease: Lease, members: Vec<Pending<G>>) {
+    let (requests, answers): (Vec<G::Request>, Vec<_>) = members
+        .into_iter()
+        .map(|member| (member.request, member.answer))
+        .unzip();
+    tracing::debug!(members = requests.len(), "group commit");
+    let mut conn = Conn::lease(lease);
+    if side == Side::Writer
+        && let Some(outcomes) = conn.write_direct(|direct| G::apply_group_direct(direct, &requests))
+    {
+        drop(conn);
+        answer_all::<G>(answers, outcomes.into_iter().map(Ok));
+        // The runtime's turn, as after a lone direct write (see `alone`).
+        tokio::task::yield_now().await;
+        return;
+    }
     let work = async move {
-        let (requests, answers): (Vec<G::Request>, Vec<_>) = members
-            .into_iter()
-            .map(|member| (member.request, member.answer))
-            .unzip();
-        tracing::debug!(members = requests.len(), "group commit");
-        let mut conn = Conn::lease(lease);
-        let mut outcomes = G::apply_group(&mut conn, &requests).await.into_iter();
+        let outcomes = G::apply_group(&mut conn, &requests).await;
         // Answered before the writer is released: every Ok is already committed.
-        for answer in answers {
-            let outcome = outcomes
-                .next()
-                .unwrap_or(Err(Error::Database(sqlx::Error::WorkerCrashed)));
-            // A caller that stopped listening needs no answer.
-            let _ = answer.send(outcome);
-        }
+        answer_all::<G>(answers, outcomes);
         drop(conn);
     };
     match tokio::runtime::Handle::try_current() {
@@ -342,6 +384,22 @@ async fn start_group<G: Grouped>(lease: Lease, members: Vec<Pending<G>>) {
             runtime.spawn(work);
         }
         Err(_) => work.await,
+    }
+}
+
+/// Sends each member its outcome, in order; a member left without one (which `Grouped`'s
+/// contract rules out) is told its write's fate is unknown.
+fn answer_all<G: Grouped>(
+    answers: Vec<oneshot::Sender<Result<G::Outcome>>>,
+    outcomes: impl IntoIterator<Item = Result<G::Outcome>>,
+) {
+    let mut outcomes = outcomes.into_iter();
+    for answer in answers {
+        let outcome = outcomes
+            .next()
+            .unwrap_or(Err(Error::Database(sqlx::Error::WorkerCrashed)));
+        // A caller that stopped listening needs no answer.
+        let _ = answer.send(outcome);
     }
 }
 

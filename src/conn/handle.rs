@@ -262,6 +262,19 @@ impl Conn {
         }
     }
 
+    /// Runs the single-statement write `write` on the caller's thread, on the direct writer of
+    /// a `Db`'s writer lease (see [`DbOptions::direct_writes`](crate::DbOptions::direct_writes)):
+    /// `None` for any other connection, or when `write` gave up (nothing stored).
+    pub(crate) fn write_direct<T>(
+        &self,
+        write: impl FnOnce(&rusqlite::Connection) -> Option<T>,
+    ) -> Option<T> {
+        match &self.lent {
+            Lent::Lease(lease) => lease.write_direct(write),
+            _ => None,
+        }
+    }
+
     /// Has the connection rolled back before it is lent again, whatever this piece of work
     /// leaves open: for work whose transaction state is in doubt (a statement that failed at
     /// its commit, say). [`sqlite`](Conn::sqlite) does this itself. Inside a

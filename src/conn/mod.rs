@@ -14,6 +14,7 @@ mod backend;
 mod checkpoint;
 mod control;
 mod direct;
+mod direct_write;
 #[cfg(feature = "postgres")]
 pub(crate) mod discover;
 #[cfg(feature = "postgres")]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteSynchronous};
 
 /// The size SQLite truncates the WAL file to when it restarts it (`PRAGMA journal_size_limit`).
-const JOURNAL_SIZE_LIMIT_BYTES: &str = "16777216"; // 16 MiB
+pub(crate) const JOURNAL_SIZE_LIMIT_BYTES: &str = "16777216"; // 16 MiB
 
 /// How to open a database file: where, how many readers, how long to wait for a lock.
 ///
@@ -56,6 +56,14 @@ pub struct DbOptions {
     /// past [`DIRECT_READ_MOST_STEPS`](crate::limits::DIRECT_READ_MOST_STEPS) steps) is read
     /// again the ordinary way. For comparisons.
     pub direct_reads: bool,
+    /// Run single-statement writes (a transfer, an item update, a group of either carried
+    /// together) on the caller's own thread, on a read-write connection of SQLite's C library
+    /// used only while the writer is leased, instead of a round trip to the writer's worker
+    /// thread (default true). The statement, the one-writer queue, the checkpoints and the
+    /// answer are the same; a write that does not commit cleanly there (a refusal, a lock held
+    /// by another process, a full disk) has stored nothing and runs again the ordinary way,
+    /// whose answer or error stands. For comparisons.
+    pub direct_writes: bool,
     /// PostgreSQL: how long one statement may run before the server cancels it
     /// (`statement_timeout`, set on every connection at connect; the call fails with
     /// [`Error::Cancelled`](crate::Error::Cancelled), nothing of the statement stored; default
@@ -119,6 +127,7 @@ impl DbOptions {
             group_writes: true,
             group_reads: true,
             direct_reads: true,
+            direct_writes: true,
             statement_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(5),
             idle_in_transaction_session_timeout: Duration::from_secs(60),
@@ -201,6 +210,13 @@ impl DbOptions {
     /// Sets whether point reads run on the caller's thread (see [`DbOptions::direct_reads`]).
     pub fn direct_reads(mut self, direct: bool) -> Self {
         self.direct_reads = direct;
+        self
+    }
+
+    /// Sets whether single-statement writes run on the caller's thread (see
+    /// [`DbOptions::direct_writes`]).
+    pub fn direct_writes(mut self, direct: bool) -> Self {
+        self.direct_writes = direct;
         self
     }
 

@@ -19,6 +19,9 @@
 //! - **direct readers** (`direct`): point gets by key skip the worker thread altogether and read
 //!   on the caller's thread, on read-only connections of SQLite's C library; a get they cannot
 //!   answer cleanly comes to the held readers above.
+//! - **a direct writer** (`direct_write`): beside the writer, a read-write connection of
+//!   SQLite's C library on which grouped writes (transfers, item updates) run on the caller's
+//!   thread while the writer is leased; a write it does not commit cleanly goes to the writer.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -35,11 +38,12 @@ use tokio::sync::{Mutex, OnceCell, OwnedMappedMutexGuard, OwnedMutexGuard};
 use super::backend::Backend;
 use super::checkpoint::{Checkpointer, LongRead, WalStats};
 use super::direct::DirectReaders;
+use super::direct_write::DirectWriter;
 #[cfg(feature = "postgres")]
 use super::failover::Failover;
 use super::free_slots::{FreeSlots, Ticket};
 use super::migrate::migrate_on;
-use super::options::DbOptions;
+use super::options::{DbOptions, JOURNAL_SIZE_LIMIT_BYTES};
 #[cfg(feature = "postgres")]
 use super::pg_held::PgLent;
 #[cfg(feature = "postgres")]
@@ -134,6 +138,9 @@ struct Slot {
     options: SqliteConnectOptions,
     /// Counts the transactions that ended on this connection (see [`TxEvents`]).
     events: Arc<TxEvents>,
+    /// The writer's only: single statements run on the caller's thread while the writer is
+    /// leased (`DbOptions::direct_writes`; see `direct_write`).
+    direct: Option<DirectWriter>,
 }
 
 /// How many transactions have ended (committed or rolled back, by anyone, SQLite included) on a
@@ -171,17 +178,27 @@ impl TxEvents {
 }
 
 impl Slot {
-    async fn open(options: SqliteConnectOptions, conn: SqliteConnection) -> Result<Arc<Slot>> {
+    async fn open(
+        options: SqliteConnectOptions,
+        conn: SqliteConnection,
+        direct: Option<DirectWriter>,
+    ) -> Result<Arc<Slot>> {
         let slot = Slot {
             conn: Arc::new(Mutex::new(None)),
             needs_reset: AtomicBool::new(false),
             options,
             events: Arc::default(),
+            direct,
         };
         let mut conn = conn;
         slot.events.watch(&mut conn).await?;
         *slot.conn.lock().await = Some(conn);
         Ok(Arc::new(slot))
+    }
+
+    /// The direct writer's count of WAL frames, for the checkpoint (see `direct_write`).
+    fn direct_frames(&self) -> Option<&AtomicU64> {
+        self.direct.as_ref().map(DirectWriter::wal_frames)
     }
 
     /// Lends the connection, waiting at most `timeout` for the call that has it, and first
@@ -268,14 +285,18 @@ impl Connections {
         if options.migrate {
             migrate_on(&mut writer).await?;
         }
+        let direct = options
+            .direct_writes
+            .then(|| DirectWriter::open(&options.path, JOURNAL_SIZE_LIMIT_BYTES))
+            .flatten();
         // A replacement writer must not create a file that was deleted under us.
-        let writer = Slot::open(writer_options.create_if_missing(false), writer).await?;
+        let writer = Slot::open(writer_options.create_if_missing(false), writer, direct).await?;
         // Readers are read-only, so a write can never slip past the single writer.
         let reader_options = base.clone().read_only(true);
         let mut readers = Vec::with_capacity(options.readers.max(1));
         for _ in 0..options.readers.max(1) {
             let reader = reader_options.connect().await?;
-            readers.push(Slot::open(reader_options.clone(), reader).await?);
+            readers.push(Slot::open(reader_options.clone(), reader, None).await?);
         }
         let checkpoints = Checkpointer::open(&base).await?;
         Ok(Connections {
@@ -360,6 +381,9 @@ impl Connections {
                 if let Some(direct) = direct {
                     direct.close();
                 }
+                if let Some(direct) = &writer.direct {
+                    direct.close();
+                }
                 checkpoints.close().await;
                 for slot in readers.iter().chain(std::iter::once(writer)) {
                     let conn = slot.conn.lock().await.take();
@@ -385,7 +409,7 @@ impl Connections {
                 ..
             } => {
                 let lease = writer.lend(*busy_timeout).await?;
-                checkpoints.before_write().await;
+                checkpoints.before_write(writer.direct_frames()).await;
                 Ok(lease)
             }
             Kind::Pool { pool, checked } => {
@@ -401,6 +425,16 @@ impl Connections {
                 Some(pg.writes()),
                 pg.failover(),
             )),
+        }
+    }
+
+    /// The WAL's size in frames after the direct writer's last commit (`None` without one),
+    /// for the tests that make sure writes really commit there.
+    #[cfg(test)]
+    pub(crate) fn direct_wal_frames(&self) -> Option<u64> {
+        match &self.kind {
+            Kind::Held { writer, .. } => Some(writer.direct_frames()?.load(Ordering::Acquire)),
+            _ => None,
         }
     }
 
@@ -434,7 +468,7 @@ impl Connections {
                 Ok(guard) => {
                     let lease = writer.lend_locked(guard).await;
                     if lease.is_ok() {
-                        checkpoints.before_write().await;
+                        checkpoints.before_write(writer.direct_frames()).await;
                     }
                     Some(lease)
                 }
@@ -766,6 +800,22 @@ impl Lease {
             return conn.on_replica();
         }
         false
+    }
+
+    /// Runs the single-statement write `write` on the caller's thread (see `direct_write`):
+    /// `None` when this is not a held writer's lease with a direct writer, when the lease is
+    /// in doubt (a transaction may be open on sqlx's writer, holding the write lock), or when
+    /// `write` gave up, having stored nothing.
+    pub(crate) fn write_direct<T>(
+        &self,
+        write: impl FnOnce(&rusqlite::Connection) -> Option<T>,
+    ) -> Option<T> {
+        match &self.kind {
+            LeaseKind::Held {
+                slot, ticket: None, ..
+            } if !self.in_doubt => slot.direct.as_ref()?.write(write),
+            _ => None,
+        }
     }
 
     /// Marks (or clears) the connection as possibly holding a transaction nobody will finish.

@@ -115,3 +115,35 @@ pub fn direct_get<T>(
         Some(row) => build(row).map(Some),
     }
 }
+
+/// Runs the write `sql` (the text of a checked single statement) with `params` on the direct
+/// writer (see [`Grouped::apply_one_direct`](crate::Grouped::apply_one_direct)), in autocommit
+/// mode: the rows it changed once it committed, or `None` when it did not (an error of any
+/// kind; SQLite then stored nothing), for the ordinary write to run instead.
+pub fn direct_execute(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Option<usize> {
+    conn.prepare_cached(sql).ok()?.execute(params).ok()
+}
+
+/// Runs the write `sql` with `params` as [`direct_execute`] does, for a statement with
+/// `RETURNING`: each returned row built with `build`, once the statement is stepped to its end
+/// (where SQLite commits). `None` when it did not commit; a row `build` cannot take (it
+/// returns `None`) is left out, since the write is stored by then.
+pub fn direct_returning<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    mut build: impl FnMut(&Row<'_>) -> Option<T>,
+) -> Option<Vec<T>> {
+    let mut statement = conn.prepare_cached(sql).ok()?;
+    let mut rows = statement.query(params).ok()?;
+    let mut built = Vec::new();
+    // Every row is stepped through, even one `build` leaves out: the commit comes at the end.
+    while let Some(row) = rows.next().ok()? {
+        built.extend(build(row));
+    }
+    Some(built)
+}

@@ -439,6 +439,24 @@ impl Grouped for GroupedTransfers {
         }
     }
 
+    /// [`apply_one`](Grouped::apply_one)'s `INSERT` on the direct writer; a refusal stores
+    /// nothing and goes to `apply_one`, which names its cause.
+    fn apply_one_direct(conn: &kit::Connection, t: &Transfer) -> Option<TransferOutcome> {
+        Some(match insert_transfer_direct(conn, t)? {
+            0 => TransferOutcome::Replayed,
+            _ => TransferOutcome::Landed,
+        })
+    }
+
+    /// [`apply_group`](Grouped::apply_group)'s statement on the direct writer; any refusal
+    /// stores nothing and goes to `apply_group`, which runs each member alone.
+    fn apply_group_direct(conn: &kit::Connection, ts: &[Transfer]) -> Option<Vec<TransferOutcome>> {
+        let refs: Vec<&Transfer> = ts.iter().collect();
+        let json = steps_json(&refs).ok()??;
+        let landed_keys = insert_transfer_group_direct(conn, &json)?;
+        Some(replays(ts, &landed_keys))
+    }
+
     /// The group as one statement. Unlike [`AccountRepo::transfer_batch`] the members are
     /// independent: when the database refuses the statement (one member overdraws, names a
     /// missing account, reuses a key with other parameters, or two members share a new key),
@@ -457,14 +475,7 @@ impl Grouped for GroupedTransfers {
             Err(err) => Err(err),
         };
         match landed {
-            Ok(landed_keys) => ts
-                .iter()
-                .map(|t| match &t.idempotency_key {
-                    // A keyed step the statement skipped had landed before: a replay.
-                    Some(key) if !landed_keys.contains(key) => Ok(TransferOutcome::Replayed),
-                    _ => Ok(TransferOutcome::Landed),
-                })
-                .collect(),
+            Ok(landed_keys) => replays(ts, &landed_keys).into_iter().map(Ok).collect(),
             Err(
                 Error::Duplicate { .. }
                 | Error::ForeignKey
@@ -484,6 +495,17 @@ impl Grouped for GroupedTransfers {
             }
         }
     }
+}
+
+/// Each member's outcome once a group statement committed, from the keys it says landed: a
+/// keyed member the statement skipped had landed before, so it is a replay.
+fn replays(ts: &[Transfer], landed_keys: &HashSet<String>) -> Vec<TransferOutcome> {
+    ts.iter()
+        .map(|t| match &t.idempotency_key {
+            Some(key) if !landed_keys.contains(key) => TransferOutcome::Replayed,
+            _ => TransferOutcome::Landed,
+        })
+        .collect()
 }
 
 async fn deposit_on_sqlite(
@@ -816,8 +838,18 @@ async fn insert_deposit(
 // missing account (787), an overdraft (275) or a reused key (2067) by aborting the statement.
 // `NOT EXISTS` skips a replay of a key that landed with the same movement: 0 rows, no error.
 async fn insert_transfer(conn: &mut SqliteConnection, t: &Transfer) -> Result<u64> {
-    let key = t.idempotency_key.as_deref();
-    let result = sqlx::query!(
+    Ok(insert_transfer_query(t)
+        .execute(conn)
+        .await?
+        .rows_affected())
+}
+
+/// [`insert_transfer`]'s statement, checked by `query!`: the worker path runs it, the direct
+/// writer its text ([`insert_transfer_direct`]).
+fn insert_transfer_query(
+    t: &Transfer,
+) -> sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    sqlx::query!(
         r#"
         INSERT INTO transfers (from_account, to_account, amount, idempotency_key)
         SELECT ?1, ?2, ?3, ?4
@@ -833,11 +865,18 @@ async fn insert_transfer(conn: &mut SqliteConnection, t: &Transfer) -> Result<u6
         t.from,
         t.to,
         t.amount_cents,
-        key,
+        t.idempotency_key.as_deref(),
     )
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected())
+}
+
+/// [`insert_transfer`] on the direct writer: the rows inserted once committed, `None` when it
+/// stored nothing (a refusal included, which the ordinary path then names).
+fn insert_transfer_direct(conn: &kit::Connection, t: &Transfer) -> Option<usize> {
+    static SQL: std::sync::LazyLock<sqlx::SqlStr> = std::sync::LazyLock::new(|| {
+        sqlx::Execute::sql(insert_transfer_query(&Transfer::new(1, 2, 1)))
+    });
+    let key = t.idempotency_key.as_deref();
+    kit::direct_execute(conn, SQL.as_str(), (t.from, t.to, t.amount_cents, key))
 }
 
 // The whole batch as one JSON array, `[[from, to, amount, key], ...]`, inserted in order
@@ -876,7 +915,19 @@ async fn insert_transfer_group(
     conn: &mut SqliteConnection,
     steps_json: &str,
 ) -> Result<HashSet<String>> {
-    let keys = sqlx::query_scalar!(
+    let keys = insert_transfer_group_query(steps_json)
+        .fetch_all(conn)
+        .await?;
+    Ok(keys.into_iter().flatten().collect())
+}
+
+/// [`insert_transfer_group`]'s statement, checked by `query_scalar!`: the worker path runs it,
+/// the direct writer its text ([`insert_transfer_group_direct`]).
+fn insert_transfer_group_query(
+    steps_json: &str,
+) -> sqlx::query::QueryScalar<'static, sqlx::Sqlite, Option<String>, sqlx::sqlite::SqliteArguments>
+{
+    sqlx::query_scalar!(
         r#"
         INSERT INTO transfers (from_account, to_account, amount, idempotency_key)
         SELECT step.value ->> 0, step.value ->> 1, step.value ->> 2, step.value ->> 3
@@ -894,9 +945,20 @@ async fn insert_transfer_group(
         "#,
         steps_json,
     )
-    .fetch_all(conn)
-    .await?;
-    Ok(keys.into_iter().flatten().collect())
+}
+
+/// [`insert_transfer_group`] on the direct writer: the keys that landed once committed, `None`
+/// when it stored nothing (a member's refusal included: the ordinary path then runs each alone).
+fn insert_transfer_group_direct(
+    conn: &kit::Connection,
+    steps_json: &str,
+) -> Option<HashSet<String>> {
+    static SQL: std::sync::LazyLock<sqlx::SqlStr> =
+        std::sync::LazyLock::new(|| sqlx::Execute::sql(insert_transfer_group_query("[]")));
+    let keys = kit::direct_returning(conn, SQL.as_str(), [steps_json], |row| {
+        direct_column::<Option<String>>(row, 0)
+    })?;
+    Some(keys.into_iter().flatten().collect())
 }
 
 async fn select_total_balance(conn: &mut SqliteConnection) -> Result<i64> {

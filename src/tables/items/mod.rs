@@ -610,31 +610,42 @@ impl Grouped for GroupedUpdates {
         }
     }
 
+    /// [`apply_one`](Grouped::apply_one)'s `UPDATE` on the direct writer (SQLite only, as the
+    /// direct writer is); a refusal (a name taken) stores nothing and goes to `apply_one`.
+    fn apply_one_direct(conn: &kit::Connection, u: &ItemUpdate) -> Option<bool> {
+        static SQL: std::sync::LazyLock<sqlx::SqlStr> =
+            std::sync::LazyLock::new(|| sqlx::Execute::sql(update_one_query(0, None, None, None)));
+        let status = u.status.map(ItemStatus::as_str);
+        let params = (u.id, u.name.as_deref(), u.data.as_deref(), status);
+        Some(kit::direct_execute(conn, SQL.as_str(), params)? > 0)
+    }
+
+    /// [`apply_group`](Grouped::apply_group)'s statement on the direct writer; a group it does
+    /// not take as one statement (an item twice), or one the database refuses, stores nothing
+    /// and goes to `apply_group`.
+    fn apply_group_direct(conn: &kit::Connection, updates: &[ItemUpdate]) -> Option<Vec<bool>> {
+        static SQL: std::sync::LazyLock<sqlx::SqlStr> =
+            std::sync::LazyLock::new(|| sqlx::Execute::sql(update_group_query("[]")));
+        let json = group_json(updates)?.ok()?;
+        let changed: std::collections::HashSet<i64> =
+            kit::direct_returning(conn, SQL.as_str(), [json], |row| direct_column(row, 0))?
+                .into_iter()
+                .collect();
+        Some(updates.iter().map(|u| changed.contains(&u.id)).collect())
+    }
+
     /// The group as one statement; `RETURNING id` says which rows really changed. Two updates
     /// of one item in a group (whose order matters), or a statement the database refuses (a
     /// name already taken), run one by one instead, in queue order, so each caller gets the
     /// answer it would get alone. Any other failure (a commit that could not be made) fails
     /// every member: none of them is stored.
     async fn apply_group(conn: &mut Conn, updates: &[ItemUpdate]) -> Vec<Result<bool>> {
-        let distinct: std::collections::HashSet<i64> = updates.iter().map(|u| u.id).collect();
-        let changed = if distinct.len() == updates.len() {
-            let rows: Vec<UpdateRow<'_>> = updates
-                .iter()
-                .map(|u| {
-                    (
-                        u.id,
-                        u.name.as_deref(),
-                        u.data.as_deref(),
-                        u.status.map(ItemStatus::as_str),
-                    )
-                })
-                .collect();
-            match (json_text(&rows), conn.statements()) {
+        let changed = match group_json(updates) {
+            Some(json) => match (json, conn.statements()) {
                 (Ok(json), Ok(sqlite)) => Some(update_group(sqlite, &json).await),
                 (Err(err), _) | (_, Err(err)) => Some(Err(err)),
-            }
-        } else {
-            None
+            },
+            None => None,
         };
         match changed {
             Some(Ok(ids)) => updates.iter().map(|u| Ok(ids.contains(&u.id))).collect(),
@@ -660,6 +671,27 @@ impl Grouped for GroupedUpdates {
             }
         }
     }
+}
+
+/// `update_group`'s JSON for a group of updates of distinct items; `None` when an item comes
+/// twice (their order matters, and `UPDATE … FROM` would apply one of them).
+fn group_json(updates: &[ItemUpdate]) -> Option<Result<String>> {
+    let distinct: std::collections::HashSet<i64> = updates.iter().map(|u| u.id).collect();
+    if distinct.len() != updates.len() {
+        return None;
+    }
+    let rows: Vec<UpdateRow<'_>> = updates
+        .iter()
+        .map(|u| {
+            (
+                u.id,
+                u.name.as_deref(),
+                u.data.as_deref(),
+                u.status.map(ItemStatus::as_str),
+            )
+        })
+        .collect();
+    Some(json_text(&rows))
 }
 
 /// Point gets of concurrent callers that find every reader taken, answered together by one
@@ -1317,7 +1349,21 @@ async fn update_one(
     data: Option<&str>,
     status: Option<ItemStatus>,
 ) -> Result<bool> {
-    let result = sqlx::query!(
+    let result = update_one_query(id, name, data, status)
+        .execute(conn)
+        .await?;
+    Ok(result.rows_affected() > 0)
+}
+
+/// [`update_one`]'s statement, checked by `query!`: the worker path runs it, the direct writer
+/// its text ([`GroupedUpdates::apply_one_direct`]).
+fn update_one_query(
+    id: i64,
+    name: Option<&str>,
+    data: Option<&str>,
+    status: Option<ItemStatus>,
+) -> sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    sqlx::query!(
         r#"
         UPDATE items
         SET name = coalesce(?2, name),
@@ -1334,9 +1380,6 @@ async fn update_one(
         data,
         status,
     )
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected() > 0)
 }
 
 // `update_one` for a group: `[[id, name, data, status], ...]` (null: keep), one row per item
@@ -1347,7 +1390,16 @@ async fn update_group(
     conn: &mut SqliteConnection,
     updates_json: &str,
 ) -> Result<std::collections::HashSet<i64>> {
-    let ids = sqlx::query_scalar!(
+    let ids = update_group_query(updates_json).fetch_all(conn).await?;
+    Ok(ids.into_iter().collect())
+}
+
+/// [`update_group`]'s statement, checked by `query_scalar!`: the worker path runs it, the
+/// direct writer its text ([`GroupedUpdates::apply_group_direct`]).
+fn update_group_query(
+    updates_json: &str,
+) -> sqlx::query::QueryScalar<'static, sqlx::Sqlite, i64, sqlx::sqlite::SqliteArguments> {
+    sqlx::query_scalar!(
         r#"
         UPDATE items
         SET name = coalesce(patch.value ->> 1, items.name),
@@ -1363,9 +1415,6 @@ async fn update_group(
         "#,
         updates_json,
     )
-    .fetch_all(conn)
-    .await?;
-    Ok(ids.into_iter().collect())
 }
 
 async fn delete_one(conn: &mut SqliteConnection, id: i64) -> Result<bool> {
