@@ -98,8 +98,8 @@ mod tx;
 pub use sqlx;
 
 pub use conn::{
-    Atomic, Backend, CHECKPOINT_WAIT, Conn, DbOptions, Grouped, Handle, MAX_GROUP, MIGRATOR,
-    RETRY_GROWTH_BYTES, WAL_BOUND_BYTES, WAL_CHECKPOINT_BYTES, WalStats,
+    Atomic, Backend, CHECKPOINT_PAGES, CHECKPOINT_WAIT, Conn, DbOptions, Grouped, Handle,
+    MAX_GROUP, MIGRATOR, RETRY_GROWTH_BYTES, WAL_BOUND_BYTES, WAL_CHECKPOINT_BYTES, WalStats,
 };
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

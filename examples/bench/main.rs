@@ -332,7 +332,8 @@ fn record(
     guard::Record {
         class: guard::class(),
         made_by: format!(
-            "cargo run{} --example bench -- --record {}",
+            "{}cargo run{} --all-features --example bench -- --record {}",
+            build_settings(),
             if cfg!(debug_assertions) {
                 ""
             } else {
@@ -343,6 +344,21 @@ fn record(
         rows: worst,
     }
     .write(path)
+}
+
+/// The build settings of `.ci/run` that this binary was built with, as a command's prefix
+/// (they change the code a debug build makes, so a record says which it was taken with).
+fn build_settings() -> String {
+    [
+        ("CARGO_INCREMENTAL", option_env!("CARGO_INCREMENTAL")),
+        (
+            "CARGO_PROFILE_DEV_DEBUG",
+            option_env!("CARGO_PROFILE_DEV_DEBUG"),
+        ),
+    ]
+    .iter()
+    .filter_map(|(name, value)| value.map(|value| format!("{name}={value} ")))
+    .collect()
 }
 
 /// Compares this run with the record at `path`, measuring again while a row is over the

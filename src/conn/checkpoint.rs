@@ -4,8 +4,8 @@
 //!
 //! # Why SQLite's own checkpoints are not enough here
 //!
-//! SQLite checkpoints after a commit once the WAL holds 1000 pages (`wal_autocheckpoint`), in
-//! `PASSIVE` mode: it copies the frames no reader still needs, and never waits. The WAL file
+//! SQLite checkpoints after a commit once the WAL holds [`CHECKPOINT_PAGES`] pages
+//! (`wal_autocheckpoint`, set on every connection), in `PASSIVE` mode: it copies the frames no reader still needs, and never waits. The WAL file
 //! starts over from its beginning only when a checkpoint copied *every* frame and no reader
 //! is reading from the WAL at the next write. Under steady load with readers always active,
 //! some reader always holds a snapshot a few frames old, so that moment never comes and the
@@ -42,11 +42,23 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::error::Result;
 
-/// Past this size, the `-wal` file is checkpointed and truncated before the next write: 4 MiB,
-/// what SQLite's default `wal_autocheckpoint` (1000 pages of 4 KiB) lets it reach.
-pub const WAL_CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024;
+/// The WAL size, in pages (frames), at which it is checkpointed after a commit (`PASSIVE`:
+/// it copies what no reader still needs and waits for nobody), on every connection that
+/// writes: 4,000, four times SQLite's default `wal_autocheckpoint`.
+///
+/// Why not SQLite's 1,000: a checkpoint costs the writes that queue behind it mostly two
+/// `fsync`s (the WAL, then the database file), whatever it copies, and the pages a mixed load
+/// keeps rewriting (the accounts, the ledger's last page, an index's upper pages) are copied
+/// once per checkpoint however often they were written. Measured by the bench with 16 callers
+/// of gets, transfers and updates (the guide's performance chapter has the figures), every
+/// fourth checkpoint left the writes about twice the time between them.
+pub const CHECKPOINT_PAGES: u64 = 4_000;
 
-/// The size the `-wal` file stays under: twice [`WAL_CHECKPOINT_BYTES`] (8 MiB).
+/// Past this size, the `-wal` file is checkpointed and truncated before the next write: 16 MiB,
+/// a little more than [`CHECKPOINT_PAGES`] pages of 4 KiB (with their frame headers) reach.
+pub const WAL_CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The size the `-wal` file stays under: twice [`WAL_CHECKPOINT_BYTES`] (32 MiB).
 ///
 /// It holds while no single transaction writes more than [`WAL_CHECKPOINT_BYTES`] of pages (a
 /// batch of tens of thousands of rows can: the WAL is then as large as that batch, and is
@@ -62,11 +74,6 @@ pub const CHECKPOINT_WAIT: Duration = Duration::from_millis(200);
 /// next try (and as much again as it had grown past [`WAL_CHECKPOINT_BYTES`], so the tries
 /// space out), so that writes do not each pay [`CHECKPOINT_WAIT`] while a long read goes on.
 pub const RETRY_GROWTH_BYTES: u64 = WAL_CHECKPOINT_BYTES / 4;
-
-/// The WAL size, in frames, past which SQLite checkpoints after a commit (its default
-/// `wal_autocheckpoint`); the direct writer's commits are checkpointed at the same size, by
-/// [`Checkpointer::before_write`] (see `direct_write`).
-const AUTOCHECKPOINT_FRAMES: u64 = 1000;
 
 /// What the checkpoints of one [`Db`](crate::Db) did since it was opened: for an operator's
 /// metrics and for the bench harness.
@@ -174,11 +181,11 @@ impl Checkpointer {
     /// counted and tried again later.
     ///
     /// `direct_frames` is the direct writer's count of WAL frames after its last commit (see
-    /// `direct_write`): past [`AUTOCHECKPOINT_FRAMES`], the `PASSIVE` checkpoint SQLite would
+    /// `direct_write`): at [`CHECKPOINT_PAGES`], the `PASSIVE` checkpoint SQLite would
     /// have run in that commit runs here, on the checkpoint connection, and the count is zeroed.
     pub(crate) async fn before_write(&self, direct_frames: Option<&AtomicU64>) {
         if let Some(frames) = direct_frames
-            && frames.load(Ordering::Acquire) >= AUTOCHECKPOINT_FRAMES
+            && frames.load(Ordering::Acquire) >= CHECKPOINT_PAGES
         {
             frames.store(0, Ordering::Release);
             let started = Instant::now();

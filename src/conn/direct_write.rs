@@ -33,7 +33,7 @@
 //! - **No fsync on the caller's thread.** In WAL mode with `synchronous=NORMAL` a commit appends
 //!   to the `-wal` file without syncing it, as on sqlx's writer; the syncs belong to
 //!   checkpoints, and this connection runs none. SQLite would run a `PASSIVE` checkpoint in the
-//!   commit that takes the WAL past 1000 frames (`wal_autocheckpoint`), copying pages and
+//!   commit that takes the WAL to [`CHECKPOINT_PAGES`](crate::CHECKPOINT_PAGES) frames, copying pages and
 //!   syncing both files on the caller's thread; a WAL hook replaces that with a count, and the
 //!   next write lease runs the same checkpoint on the checkpoint connection's own thread
 //!   (`checkpoint`), holding the writer as SQLite's would have.

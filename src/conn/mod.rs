@@ -41,7 +41,8 @@ mod target;
 
 pub use backend::Backend;
 pub use checkpoint::{
-    CHECKPOINT_WAIT, RETRY_GROWTH_BYTES, WAL_BOUND_BYTES, WAL_CHECKPOINT_BYTES, WalStats,
+    CHECKPOINT_PAGES, CHECKPOINT_WAIT, RETRY_GROWTH_BYTES, WAL_BOUND_BYTES, WAL_CHECKPOINT_BYTES,
+    WalStats,
 };
 pub use group::{Grouped, MAX_GROUP};
 pub use handle::{Atomic, Conn, Handle};

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteSynchronous};
 
+use super::checkpoint::CHECKPOINT_PAGES;
+
 /// The size SQLite truncates the WAL file to when it restarts it (`PRAGMA journal_size_limit`).
 pub(crate) const JOURNAL_SIZE_LIMIT_BYTES: &str = "16777216"; // 16 MiB
 
@@ -273,9 +275,12 @@ impl DbOptions {
             .statement_cache_capacity(128)
             // A WAL file keeps its high-water size after a checkpoint unless told otherwise:
             // one big batch would leave the disk holding it until the file is closed. Truncate
-            // it back to 16 MiB (a few checkpoints' worth at the default 1,000-page
-            // autocheckpoint) whenever SQLite restarts it.
+            // it back to 16 MiB (about one checkpoint interval's worth, `CHECKPOINT_PAGES`)
+            // whenever SQLite restarts it.
             .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)
+            // SQLite's checkpoint after a commit, at sqlrepo's interval (see
+            // `CHECKPOINT_PAGES`): only writing connections run it.
+            .pragma("wal_autocheckpoint", CHECKPOINT_PAGES.to_string())
     }
 }
 
