@@ -91,61 +91,37 @@ async fn calls(db: &Db) -> Vec<String> {
 /// The stored rows, less the times SQLite wrote (which differ between two runs).
 fn state(path: &std::path::Path) -> Vec<String> {
     let conn = raw(path);
-    let mut rows = Vec::new();
-    let mut items = conn
-        .prepare("SELECT id, name, data, status FROM items ORDER BY id")
-        .unwrap();
-    rows.extend(
-        items
+    [
+        "SELECT 'item', id, name, data, status FROM items ORDER BY id",
+        "SELECT 'transfer', id, from_account, to_account, amount, idempotency_key \
+         FROM transfers ORDER BY id",
+        "SELECT 'account', id, balance FROM accounts ORDER BY id",
+    ]
+    .iter()
+    .flat_map(|sql| {
+        let mut statement = conn.prepare(sql).unwrap();
+        let columns = statement.column_count();
+        statement
             .query_map([], |row| {
-                Ok(format!(
-                    "item {} {} {} {}",
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?
-                ))
+                let fields: rusqlite::Result<Vec<String>> = (0..columns)
+                    .map(|i| Ok(text(row.get::<_, rusqlite::types::Value>(i)?)))
+                    .collect();
+                Ok(fields?.join(" "))
             })
             .unwrap()
-            .map(Result::unwrap),
-    );
-    let mut ledger = conn
-        .prepare(
-            "SELECT id, from_account, to_account, amount, idempotency_key FROM transfers \
-             ORDER BY id",
-        )
-        .unwrap();
-    rows.extend(
-        ledger
-            .query_map([], |row| {
-                Ok(format!(
-                    "transfer {} {:?} {} {} {:?}",
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, Option<i64>>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, Option<String>>(4)?
-                ))
-            })
-            .unwrap()
-            .map(Result::unwrap),
-    );
-    let mut balances = conn
-        .prepare("SELECT id, balance FROM accounts ORDER BY id")
-        .unwrap();
-    rows.extend(
-        balances
-            .query_map([], |row| {
-                Ok(format!(
-                    "account {} {}",
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, i64>(1)?
-                ))
-            })
-            .unwrap()
-            .map(Result::unwrap),
-    );
-    rows
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+    })
+    .collect()
+}
+
+/// A stored value as the line `state` shows it: text as it is, numbers as digits.
+fn text(value: rusqlite::types::Value) -> String {
+    match value {
+        rusqlite::types::Value::Text(text) => text,
+        rusqlite::types::Value::Integer(n) => n.to_string(),
+        other => format!("{other:?}"),
+    }
 }
 
 #[tokio::test]
