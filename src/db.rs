@@ -358,7 +358,7 @@ impl Db {
     /// holds every write that returned before the backup began, and none of a transaction that
     /// was still open. Writers are not locked out (WAL lets them commit beside the snapshot),
     /// but the WAL cannot be checkpointed past the snapshot, so it grows by what is written
-    /// meanwhile; each time it passes 5, 6, 8, 12, 20 … MiB, a write waits up to
+    /// meanwhile; each time it passes 20, 24, 32, 48 … MiB, a write waits up to
     /// [`CHECKPOINT_WAIT`](crate::CHECKPOINT_WAIT) (200 ms) for a checkpoint the snapshot
     /// cuts short, which paces the writers. The first write after the backup truncates the WAL. The copy is compacted
     /// (no free pages), synced to disk before this returns, and opens with [`Db::open`].

@@ -5,7 +5,8 @@
 //! # Why SQLite's own checkpoints are not enough here
 //!
 //! SQLite checkpoints after a commit once the WAL holds [`CHECKPOINT_PAGES`] pages
-//! (`wal_autocheckpoint`, set on every connection), in `PASSIVE` mode: it copies the frames no reader still needs, and never waits. The WAL file
+//! (`wal_autocheckpoint`, set on every connection), in `PASSIVE` mode: it copies the frames no
+//! reader still needs, and never waits. The WAL file
 //! starts over from its beginning only when a checkpoint copied *every* frame and no reader
 //! is reading from the WAL at the next write. Under steady load with readers always active,
 //! some reader always holds a snapshot a few frames old, so that moment never comes and the
@@ -190,7 +191,7 @@ impl Checkpointer {
             frames.store(0, Ordering::Release);
             let started = Instant::now();
             self.passive().await;
-            let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let took_us = micros(started.elapsed());
             let stats = &mut self.lock_state().stats;
             stats.passive_checkpoints += 1;
             stats.passive_checkpoint_time_us =
@@ -208,12 +209,11 @@ impl Checkpointer {
         }
         let started = Instant::now();
         let finished = self.checkpoint().await;
-        let took = started.elapsed();
+        let took_us = micros(started.elapsed());
 
         let mut state = self.lock_state();
         let stats = &mut state.stats;
         stats.checkpoints += 1;
-        let took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         stats.checkpoint_time_us = stats.checkpoint_time_us.saturating_add(took_us);
         stats.longest_checkpoint_us = stats.longest_checkpoint_us.max(took_us);
         if finished {
@@ -221,7 +221,7 @@ impl Checkpointer {
         } else {
             stats.incomplete_checkpoints += 1;
             // A long read (a backup, say) keeps failing them: space the tries out as the WAL
-            // grows (5, 6, 8, 12, 20 MiB …), so writes pay the wait a few times, not per MiB.
+            // grows (20, 24, 32, 48 MiB …), so writes pay the wait a few times, not per MiB.
             let grown = wal_bytes.saturating_sub(WAL_CHECKPOINT_BYTES);
             state.next_try_bytes = wal_bytes + grown.max(RETRY_GROWTH_BYTES);
         }
@@ -281,4 +281,10 @@ impl Checkpointer {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// A duration in whole microseconds, for [`WalStats`] (saturating: no checkpoint runs for
+/// half a million years).
+fn micros(took: std::time::Duration) -> u64 {
+    u64::try_from(took.as_micros()).unwrap_or(u64::MAX)
 }
