@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use common::tmpfs::Tmpfs;
 use common::{integrity_check, item_names};
 use serde_json::json;
-use sqlrepo::{Db, DbOptions, Error, NewAccount, NewItem, NewOrder, NewUser, Transfer};
+use sqlrepo::{Db, DbOptions, Error, ItemPatch, NewAccount, NewItem, NewOrder, NewUser, Transfer};
 
 /// Fills the file system holding `dir` with one file, until the kernel says no more.
 fn fill(dir: &Path) -> PathBuf {
@@ -298,4 +298,64 @@ async fn a_single_row_create_on_a_full_disk_is_refused_or_stored() {
             );
         }
     }
+}
+
+/// Item updates on a full disk, sixteen at once so that they share group commits and the
+/// direct path on the caller's thread: each one is refused with `DiskFull` and leaves its row
+/// as it was, or returns `Ok(true)` with the new value stored. Together they ask for far more
+/// space than the tmpfs has, so some must be refused.
+#[tokio::test]
+#[ignore = "needs root: mounts a tmpfs to fill a real disk; run with -- --include-ignored"]
+async fn item_updates_on_a_full_disk_are_refused_whole_or_stored() {
+    let full = FullDisk::new().await;
+    let ids: Vec<i64> = (1..=16).collect();
+    let mut before = Vec::new();
+    for &id in &ids {
+        before.push(
+            full.db
+                .items()
+                .get(id)
+                .await
+                .unwrap()
+                .expect("an acknowledged item"),
+        );
+    }
+
+    // About 900 KB each (under MAX_DATA_BYTES): 16 of them are over 14 MB, on a 4 MiB disk.
+    let patch = |id: i64| ItemPatch {
+        data: Some(json!({ "grown": id, "padding": "y".repeat(900_000) })),
+        ..Default::default()
+    };
+    let updates = ids.iter().map(|&id| {
+        let items = full.db.items();
+        let patch = patch(id);
+        async move { (id, items.update(id, &patch).await) }
+    });
+    let answers = futures_util::future::join_all(updates).await;
+
+    let mut refused = 0;
+    for ((id, answer), old) in answers.into_iter().zip(&before) {
+        let now = full.db.items().get(id).await.unwrap().unwrap();
+        match answer {
+            Ok(changed) => {
+                assert!(changed, "item {id}: a real change returned Ok(false)");
+                assert_eq!(
+                    Some(&now.data),
+                    patch(id).data.as_ref(),
+                    "item {id}: Ok, not stored"
+                );
+            }
+            Err(err) => {
+                assert!(matches!(err, Error::DiskFull), "item {id}: {err:?}");
+                assert_eq!(&now, old, "item {id} was refused and changed");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "16 updates of 900 KB fit on a full 4 MiB disk");
+
+    // The file is intact and a fresh connection sees the same rows.
+    full.db.integrity_check().await.unwrap();
+    assert_eq!(integrity_check(&full.path), "ok");
+    assert_eq!(item_names(&full.path), full.acknowledged);
 }
