@@ -361,3 +361,48 @@ async fn concurrent_direct_groups_with_refusals_answer_each_caller_and_conserve_
     );
     assert_eq!(negative, 0);
 }
+
+/// The `-wal` file is synced once in the background ahead of each checkpoint of the direct
+/// writer's commits (so that the checkpoint, which holds the writer, syncs little), and the
+/// writes around it all land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_synced_once_ahead_of_each_checkpoint_of_direct_writes() {
+    let test = fresh_db_with(|options| options).await;
+    let accounts = test.accounts();
+    for _ in 0..2 {
+        accounts
+            .open(&NewAccount::new(None, 1_000_000))
+            .await
+            .unwrap();
+    }
+    let stats = || test.db.wal_stats();
+    let (mut presynced_at, mut checkpointed_at) = (None, None);
+    for n in 0..50_000_u32 {
+        let (from, to) = if n % 2 == 0 { (1, 2) } else { (2, 1) };
+        accounts
+            .transfer(&Transfer::new(from, to, 1 + i64::from(n % 7)))
+            .await
+            .unwrap();
+        let now = stats();
+        if presynced_at.is_none() && now.wal_presyncs > 0 {
+            presynced_at = Some(n);
+        }
+        if now.passive_checkpoints > 0 {
+            checkpointed_at = Some(n);
+            assert_eq!(
+                now.wal_presyncs, 1,
+                "one sync ahead of one checkpoint: {now:?}"
+            );
+            break;
+        }
+    }
+    let (Some(presynced_at), Some(checkpointed_at)) = (presynced_at, checkpointed_at) else {
+        panic!("50,000 transfers brought no checkpoint: {:?}", stats());
+    };
+    assert!(
+        presynced_at < checkpointed_at,
+        "the WAL was synced with the checkpoint (transfer {presynced_at}), not ahead of it"
+    );
+    assert_eq!(accounts.total_balance().await.unwrap(), 2_000_000);
+    test.db.integrity_check().await.unwrap();
+}

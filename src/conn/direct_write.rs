@@ -36,7 +36,8 @@
 //!   commit that takes the WAL to [`CHECKPOINT_PAGES`](crate::CHECKPOINT_PAGES) frames, copying pages and
 //!   syncing both files on the caller's thread; a WAL hook replaces that with a count, and the
 //!   next write lease runs the same checkpoint on the checkpoint connection's own thread
-//!   (`checkpoint`), holding the writer as SQLite's would have.
+//!   (`checkpoint`), holding the writer as SQLite's would have. The WAL's part of its syncs
+//!   is mostly done ahead, on a blocking thread, while writes go on.
 //! - **The rules are the schema's.** Foreign keys on, as on every connection of a `Db`.
 
 use std::cell::Cell;
