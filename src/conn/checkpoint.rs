@@ -60,9 +60,9 @@ pub const CHECKPOINT_PAGES: u64 = 4_000;
 ///
 /// A checkpoint first syncs the WAL, and an `fsync` costs in proportion to the data it writes
 /// out, so the checkpoint that holds the writer syncs only the frames committed since.
-/// (Its other sync, of the database file, comes after the copy and cannot be taken ahead:
-/// SQLite syncs that file only when a checkpoint reached the WAL's end, which a checkpoint
-/// beside the writes never does while they go on.)
+/// (Its other sync, of the database file, comes after the copy and is not taken ahead:
+/// SQLite syncs that file only in a checkpoint that reached the WAL's end with no commit
+/// meanwhile, and checkpoints run beside 16 callers' writes did not, in the bench's mix.)
 const PRESYNC_PAGES: u64 = CHECKPOINT_PAGES / 4 * 3;
 
 /// Past this size, the `-wal` file is checkpointed and truncated before the next write: 16 MiB,
