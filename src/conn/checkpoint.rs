@@ -106,8 +106,8 @@ pub struct WalStats {
     pub passive_checkpoints: u64,
     /// The time writes waited for those, in total, in microseconds.
     pub passive_checkpoint_time_us: u64,
-    /// Syncs of the `-wal` file run in the background ahead of those checkpoints, so that
-    /// theirs has less to write out.
+    /// Syncs of the `-wal` file started in the background ahead of those checkpoints (at most
+    /// one before each), so that theirs has less to write out.
     pub wal_presyncs: u64,
 }
 
@@ -198,17 +198,16 @@ impl Checkpointer {
     /// counted and tried again later.
     ///
     /// `direct_frames` is the direct writer's count of WAL frames after its last commit (see
-    /// `direct_write`): at [`PRESYNC_PAGES`] the WAL is synced in the background; at
+    /// `direct_write`): from [`PRESYNC_PAGES`] the WAL is synced in the background, once; at
     /// [`CHECKPOINT_PAGES`], the `PASSIVE` checkpoint SQLite would have run in that commit
     /// runs here, on the checkpoint connection, and the count is zeroed.
     pub(crate) async fn before_write(&self, direct_frames: Option<&AtomicU64>) {
-        let frames = direct_frames.map(|frames| (frames, frames.load(Ordering::Acquire)));
-        if let Some((_, count)) = frames
-            && count >= PRESYNC_PAGES
-        {
+        let count = direct_frames.map_or(0, |frames| frames.load(Ordering::Acquire));
+        if (PRESYNC_PAGES..CHECKPOINT_PAGES).contains(&count) {
+            // Not at the checkpoint itself: that one syncs the WAL anyway.
             self.presync();
         }
-        if let Some((frames, count)) = frames
+        if let Some(frames) = direct_frames
             && count >= CHECKPOINT_PAGES
         {
             frames.store(0, Ordering::Release);
