@@ -80,7 +80,7 @@ impl DirectWriter {
     /// Opens the connection on the file at `path` (created, migrated and in WAL mode: the
     /// sqlx writer is opened first). `None` when SQLite cannot open it: writes then take the
     /// ordinary path, as before direct writes.
-    pub(crate) fn open(path: &Path, journal_size_limit: &str) -> Option<DirectWriter> {
+    pub(crate) fn open(path: &Path, journal_size_limit: u64) -> Option<DirectWriter> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).ok()?;
         conn.busy_timeout(Duration::ZERO).ok()?;

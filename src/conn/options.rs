@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteSynchronous};
 
-use super::checkpoint::CHECKPOINT_PAGES;
+use super::checkpoint::{CHECKPOINT_PAGES, WAL_CHECKPOINT_BYTES};
 
-/// The size SQLite truncates the WAL file to when it restarts it (`PRAGMA journal_size_limit`).
-pub(crate) const JOURNAL_SIZE_LIMIT_BYTES: &str = "16777216"; // 16 MiB
+/// The size SQLite truncates the WAL file to when it restarts it (`PRAGMA journal_size_limit`):
+/// the size past which sqlrepo truncates it itself, so the two cannot drift apart.
+pub(crate) const JOURNAL_SIZE_LIMIT_BYTES: u64 = WAL_CHECKPOINT_BYTES;
 
 /// How to open a database file: where, how many readers, how long to wait for a lock.
 ///
@@ -277,7 +278,7 @@ impl DbOptions {
             // one big batch would leave the disk holding it until the file is closed. Truncate
             // it back to 16 MiB (about one checkpoint interval's worth, `CHECKPOINT_PAGES`)
             // whenever SQLite restarts it.
-            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)
+            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES.to_string())
             // SQLite's checkpoint after a commit, at sqlrepo's interval (see
             // `CHECKPOINT_PAGES`): only writing connections run it.
             .pragma("wal_autocheckpoint", CHECKPOINT_PAGES.to_string())
