@@ -404,5 +404,14 @@ async fn the_wal_is_synced_once_ahead_of_each_checkpoint_of_direct_writes() {
         "the WAL was synced with the checkpoint (transfer {presynced_at}), not ahead of it"
     );
     assert_eq!(accounts.total_balance().await.unwrap(), 2_000_000);
+    // Every transfer is stored, those before the checkpoint and the one it came with.
+    let ledger: i64 = raw(&test.path)
+        .query_row(
+            "SELECT count(*) FROM transfers WHERE from_account IS NOT NULL",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(ledger, i64::from(checkpointed_at) + 1);
     test.db.integrity_check().await.unwrap();
 }
