@@ -48,9 +48,9 @@ use crate::error::Result;
 /// writes: 4,000, four times SQLite's default `wal_autocheckpoint`.
 ///
 /// Why not SQLite's 1,000: a checkpoint costs the writes that queue behind it mostly two
-/// `fsync`s (the WAL, then the database file), whatever it copies, and the pages a mixed load
-/// keeps rewriting (the accounts, the ledger's last page, an index's upper pages) are copied
-/// once per checkpoint however often they were written. Measured by the bench with 16 callers
+/// `fsync`s (the WAL, then the database file) of the pages it copied, and the pages a mixed
+/// load keeps rewriting (the accounts, the ledger's last page, an index's upper pages) are
+/// copied once per checkpoint however often they were written. Measured by the bench with 16 callers
 /// of gets, transfers and updates (the guide's performance chapter has the figures), every
 /// fourth checkpoint left the writes about twice the time between them.
 pub const CHECKPOINT_PAGES: u64 = 4_000;
