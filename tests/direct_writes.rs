@@ -85,6 +85,15 @@ async fn calls(db: &Db) -> Vec<String> {
     for (id, patch) in &patches {
         answers.push(format!("{:?}", items.update(*id, patch).await));
     }
+    // Creates: one that lands after the others, one whose name is taken, one that lands.
+    for name in ["c", "b", "d"] {
+        let new = NewItem {
+            name: name.to_owned(),
+            data: json!([name, { "deep": [1, 2.5, null] }]),
+            status: ItemStatus::Inactive,
+        };
+        answers.push(format!("{:?}", items.create(&new).await));
+    }
     answers
 }
 
@@ -143,7 +152,7 @@ async fn direct_writes_answer_and_store_exactly_as_the_writers_worker_does() {
     assert!(answers[7].contains("Duplicate"), "{answers:?}");
     assert!(answers[8].contains("InsufficientFunds"), "{answers:?}");
     assert!(answers[9].contains("NotFound") && answers[10].contains("NotFound"));
-    let updates: Vec<&str> = answers[12..].iter().map(String::as_str).collect();
+    let updates: Vec<&str> = answers[12..17].iter().map(String::as_str).collect();
     assert_eq!(
         updates,
         [
@@ -155,6 +164,11 @@ async fn direct_writes_answer_and_store_exactly_as_the_writers_worker_does() {
         ]
     );
     assert!(answers[14].contains("Duplicate"), "{answers:?}");
+    // Creates: ids 1 and 2 first, then 3; the taken name refused; the next id not skipped.
+    assert_eq!(answers[2..4], ["Ok(1)", "Ok(2)"]);
+    assert_eq!(answers[17], "Ok(3)");
+    assert!(answers[18].contains("Duplicate"), "{answers:?}");
+    assert_eq!(answers[19], "Ok(4)");
     let stored = state(&direct.path);
     assert_eq!(stored, state(&ordinary.path));
     assert!(stored.contains(&"account 1 800".to_owned()), "{stored:?}");
@@ -360,6 +374,70 @@ async fn concurrent_direct_groups_with_refusals_answer_each_caller_and_conserve_
         "every Ok is one ledger row, and nothing else is"
     );
     assert_eq!(negative, 0);
+}
+
+/// Creates of sixteen callers at once, grouped on the caller's thread: each `Ok` is the id of
+/// the row holding that caller's own name and data, each taken name is refused alone (its
+/// group runs again one by one), and nothing else is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_each_get_their_own_row_and_a_taken_name_fails_alone() {
+    let test = fresh_db_with(|options| options).await;
+    let tasks: Vec<_> = (0..16_u32)
+        .map(|caller| {
+            let db = test.db.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                let mut refused = 0_u32;
+                for n in 0..40_u32 {
+                    // Every fifth name is shared by all callers: one of them gets it.
+                    let name = if n % 5 == 0 {
+                        format!("shared-{n}")
+                    } else {
+                        format!("c{caller}-{n}")
+                    };
+                    let new = NewItem {
+                        name: name.clone(),
+                        data: json!({ "caller": caller, "n": n }),
+                        status: ItemStatus::Active,
+                    };
+                    match db.items().create(&new).await {
+                        Ok(id) => mine.push((id, name, caller, n)),
+                        Err(Error::Duplicate { .. }) => refused += 1,
+                        Err(other) => panic!("caller {caller}: {other:?}"),
+                    }
+                }
+                (mine, refused)
+            })
+        })
+        .collect();
+    let (mut created, mut refused) = (Vec::new(), 0);
+    for task in tasks {
+        let (mine, r) = task.await.unwrap();
+        created.extend(mine);
+        refused += r;
+    }
+    // 8 shared names of 16 callers each: one landing per name, 15 refusals.
+    assert_eq!(refused, 8 * 15);
+    assert_eq!(created.len(), 16 * 40 - 8 * 15);
+    let conn = raw(&test.path);
+    let stored: i64 = conn
+        .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        stored,
+        created.len() as i64,
+        "every Ok is one row, and nothing else is"
+    );
+    for (id, name, caller, n) in &created {
+        let (stored_name, data): (String, String) = conn
+            .query_row("SELECT name, data FROM items WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(&stored_name, name, "id {id} answered to the wrong caller");
+        let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(data, json!({ "caller": caller, "n": n }));
+    }
 }
 
 /// The `-wal` file is synced once in the background ahead of each checkpoint of the direct

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use common::tmpfs::Tmpfs;
 use common::{integrity_check, item_names};
 use serde_json::json;
-use sqlrepo::{Db, DbOptions, Error, ItemPatch, NewAccount, NewItem, NewOrder, NewUser, Transfer};
+use sqlrepo::{
+    Db, DbOptions, Error, ItemPatch, ItemStatus, NewAccount, NewItem, NewOrder, NewUser, Transfer,
+};
 
 /// Fills the file system holding `dir` with one file, until the kernel says no more.
 fn fill(dir: &Path) -> PathBuf {
@@ -358,4 +360,56 @@ async fn item_updates_on_a_full_disk_are_refused_whole_or_stored() {
     full.db.integrity_check().await.unwrap();
     assert_eq!(integrity_check(&full.path), "ok");
     assert_eq!(item_names(&full.path), full.acknowledged);
+}
+
+/// Item creates on a full disk, sixteen at once so that they share group commits and the
+/// direct path on the caller's thread: each one is refused with `DiskFull` and stores nothing,
+/// or returns the id of the row holding its own name and data. Together they ask for far more
+/// space than the tmpfs has, so some must be refused.
+#[tokio::test]
+#[ignore = "needs root: mounts a tmpfs to fill a real disk; run with -- --include-ignored"]
+async fn concurrent_item_creates_on_a_full_disk_are_refused_or_stored_under_their_id() {
+    let full = FullDisk::new().await;
+    // About 900 KB each (under MAX_DATA_BYTES): 16 of them are over 14 MB, on a 4 MiB disk.
+    let new = |n: usize| NewItem {
+        name: format!("grown-{n:02}"),
+        data: json!({ "grown": n, "padding": "z".repeat(900_000) }),
+        status: ItemStatus::Active,
+    };
+    let creates = (0..16).map(|n| {
+        let items = full.db.items();
+        let new = new(n);
+        async move { (n, items.create(&new).await) }
+    });
+    let answers = futures_util::future::join_all(creates).await;
+
+    let mut stored = full.acknowledged.clone();
+    let mut refused = 0;
+    for (n, answer) in answers {
+        match answer {
+            Ok(id) => {
+                let row = full.db.items().get(id).await.unwrap();
+                let row = row.unwrap_or_else(|| panic!("create {n}: Ok({id}), not stored"));
+                assert_eq!(
+                    (row.name, row.data),
+                    (new(n).name, new(n).data),
+                    "create {n}"
+                );
+                stored.push(new(n).name);
+            }
+            Err(err) => {
+                assert!(matches!(err, Error::DiskFull), "create {n}: {err:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "16 creates of 900 KB fit on a full 4 MiB disk");
+
+    // The file is intact and holds exactly the acknowledged rows.
+    full.db.integrity_check().await.unwrap();
+    assert_eq!(integrity_check(&full.path), "ok");
+    stored.sort();
+    let mut names = item_names(&full.path);
+    names.sort();
+    assert_eq!(names, stored);
 }

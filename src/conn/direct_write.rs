@@ -4,8 +4,8 @@
 //! # Why
 //!
 //! sqlx-sqlite runs every statement on its connection's worker thread, so a point write (one
-//! transfer, one item update) costs two thread wake-ups around a few microseconds of SQLite
-//! work, as a point read did before direct reads. Under many callers on a loaded machine
+//! transfer, one item create or update) costs two thread wake-ups around a few microseconds of
+//! SQLite work, as a point read did before direct reads. Under many callers on a loaded machine
 //! those wake-ups are most of a write's cost, and writes set the pace of a mixed load: every
 //! caller with a write in hand waits for the writer's worker thread. A single statement in
 //! autocommit mode is short, bounded work (one ledger row and its trigger, one item's row,

@@ -59,8 +59,8 @@ pub struct DbOptions {
     /// past [`DIRECT_READ_MOST_STEPS`](crate::limits::DIRECT_READ_MOST_STEPS) steps) is read
     /// again the ordinary way. For comparisons.
     pub direct_reads: bool,
-    /// Run single-statement writes (a transfer, an item update, a group of either carried
-    /// together) on the caller's own thread, on a read-write connection of SQLite's C library
+    /// Run single-statement writes (a transfer, an item create or update, a group of any of
+    /// them carried together) on the caller's own thread, on a read-write connection of SQLite's C library
     /// used only while the writer is leased, instead of a round trip to the writer's worker
     /// thread (default true). The statement, the one-writer queue, the checkpoints and the
     /// answer are the same; a write that does not commit cleanly there (a refusal, a lock held
