@@ -381,7 +381,14 @@ async fn concurrent_direct_groups_with_refusals_answer_each_caller_and_conserve_
 /// group runs again one by one), and nothing else is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_each_get_their_own_row_and_a_taken_name_fails_alone() {
-    let test = fresh_db_with(|options| options).await;
+    // Direct groups, and the worker's (`GroupedCreates::apply_group`) with direct writes off.
+    for direct in [true, false] {
+        concurrent_creates(direct).await;
+    }
+}
+
+async fn concurrent_creates(direct: bool) {
+    let test = fresh_db_with(|options| options.direct_writes(direct)).await;
     let tasks: Vec<_> = (0..16_u32)
         .map(|caller| {
             let db = test.db.clone();
@@ -434,7 +441,10 @@ async fn concurrent_creates_each_get_their_own_row_and_a_taken_name_fails_alone(
                 Ok((r.get(0)?, r.get(1)?))
             })
             .unwrap();
-        assert_eq!(&stored_name, name, "id {id} answered to the wrong caller");
+        assert_eq!(
+            &stored_name, name,
+            "direct {direct}: id {id} answered the wrong caller"
+        );
         let data: serde_json::Value = serde_json::from_str(&data).unwrap();
         assert_eq!(data, json!({ "caller": caller, "n": n }));
     }
