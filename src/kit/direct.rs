@@ -109,6 +109,12 @@ pub fn direct_get<T>(
     build: impl FnOnce(&Row<'_>) -> Option<T>,
 ) -> Option<Option<T>> {
     let mut statement = conn.prepare_cached(sql).ok()?;
+    // SQLite counts a statement's steps over all its runs, never resetting the count itself,
+    // and calls the progress handler (which cuts a direct read off) each time that running
+    // count passes a multiple of the budget. Zeroed here, the budget is this read's own: a
+    // short cached read would otherwise be cut off once in every few runs, and go the
+    // ordinary way for nothing.
+    statement.reset_status(rusqlite::StatementStatus::VmStep);
     let mut rows = statement.query([id]).ok()?;
     match rows.next().ok()? {
         None => Some(None),
@@ -146,4 +152,53 @@ pub fn direct_returning<T>(
         built.extend(build(row));
     }
     Some(built)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::direct_get;
+    use crate::limits::DIRECT_READ_MOST_STEPS;
+
+    /// A connection set up as a direct reader's is: SQLite's progress handler cuts a statement
+    /// off once it has run the budget's steps.
+    fn budgeted() -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (n INTEGER NOT NULL);
+             WITH RECURSIVE s (v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM s WHERE v < 5000)
+             INSERT INTO t (n) SELECT v FROM s;",
+        )
+        .unwrap();
+        conn.progress_handler(DIRECT_READ_MOST_STEPS, Some(|| true))
+            .unwrap();
+        conn
+    }
+
+    #[test]
+    fn a_short_read_run_again_and_again_is_never_cut_off() {
+        let conn = budgeted();
+        // A point read takes some tens of steps: run a thousand times from the statement
+        // cache, its steps add up to many times the budget, which is each run's alone.
+        for id in 1..=1_000 {
+            let found = direct_get(&conn, "SELECT n FROM t WHERE rowid = ?1", id, |row| {
+                row.get::<_, i64>(0).ok()
+            });
+            assert_eq!(found, Some(Some(id)), "run {id} was cut off");
+        }
+    }
+
+    #[test]
+    fn a_read_past_the_budget_gives_up_and_a_short_one_after_it_answers() {
+        let conn = budgeted();
+        let long = "SELECT count(*) FROM t WHERE n % ?1 = 0";
+        assert_eq!(
+            direct_get(&conn, long, 7, |row| row.get::<_, i64>(0).ok()),
+            None
+        );
+        let short = "SELECT n FROM t WHERE rowid = ?1";
+        assert_eq!(
+            direct_get(&conn, short, 42, |row| row.get::<_, i64>(0).ok()),
+            Some(Some(42))
+        );
+    }
 }
