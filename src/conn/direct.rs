@@ -20,7 +20,10 @@
 //!   ordinary read, whose answer or typed error stands. Reads have no effects, so trying twice
 //!   changes nothing. The connections wait for no lock (busy timeout zero): a read never stalls
 //!   the caller's thread; the ordinary path waits instead, on sqlx's worker.
-//! - **Writes are untouched.** The connections are opened read-only; the one writer is sqlx's.
+//! - **Writes are untouched.** The connections are opened read-only. A read may also run on
+//!   the writer's direct connection (`direct_write`) while no write holds the writer, never
+//!   waiting for it: that connection's page cache survives its own commits (see
+//!   `DirectWriter::read`).
 //! - **No snapshot is held.** A statement is reset as its read ends, so a direct connection
 //!   never keeps an old WAL snapshot that would stop a checkpoint.
 //! - **The caller's thread is held briefly.** SQLite interrupts a statement past

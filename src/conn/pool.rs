@@ -438,6 +438,16 @@ impl Connections {
         }
     }
 
+    /// The reads the direct writer answered (`None` without one), for the tests that make
+    /// sure reads run there when it is free.
+    #[cfg(test)]
+    pub(crate) fn direct_writer_reads(&self) -> Option<u64> {
+        match &self.kind {
+            Kind::Held { writer, .. } => Some(writer.direct.as_ref()?.reads()),
+            _ => None,
+        }
+    }
+
     /// What the WAL checkpoints did (zeros for a caller's pool, which this does not manage).
     pub(crate) fn wal_stats(&self) -> WalStats {
         match &self.kind {
@@ -511,8 +521,18 @@ impl Connections {
         match &self.kind {
             Kind::Held {
                 direct: Some(direct),
+                writer,
                 ..
-            } => direct.read(read),
+            } => {
+                // The writer's direct connection, when no write holds it (never waited for):
+                // its page cache is warm after its own commits (see `DirectWriter::read`).
+                if let Some(on_writer) = &writer.direct
+                    && let Ok(_leased) = writer.conn.try_lock()
+                {
+                    return on_writer.read(read);
+                }
+                direct.read(read)
+            }
             _ => None,
         }
     }
