@@ -193,6 +193,20 @@ impl Error {
         )
     }
 
+    /// True when the database refused a row of a grouped write (a taken name, a bad value, a
+    /// constraint, a missing parent): the group then runs again one request at a time, so
+    /// that only the request it refused fails. Any other error of a group's statement fails
+    /// every member alike.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::Duplicate { .. }
+                | Error::InvalidInput(_)
+                | Error::Constraint { .. }
+                | Error::ForeignKey
+        )
+    }
+
     pub(crate) fn invalid(message: impl Into<String>) -> Error {
         Error::InvalidInput(message.into())
     }

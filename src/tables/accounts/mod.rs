@@ -476,12 +476,7 @@ impl Grouped for GroupedTransfers {
         };
         match landed {
             Ok(landed_keys) => replays(ts, &landed_keys).into_iter().map(Ok).collect(),
-            Err(
-                Error::Duplicate { .. }
-                | Error::ForeignKey
-                | Error::InvalidInput(_)
-                | Error::Constraint { .. },
-            ) => {
+            Err(err) if err.is_refusal() => {
                 let mut outcomes = Vec::with_capacity(ts.len());
                 for t in ts {
                     outcomes.push(Self::apply_one(conn, t).await);

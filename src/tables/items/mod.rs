@@ -646,7 +646,7 @@ impl Grouped for GroupedUpdates {
         };
         match changed {
             Some(Ok(ids)) => updates.iter().map(|u| Ok(ids.contains(&u.id))).collect(),
-            Some(Err(err)) if !refused(&err) => {
+            Some(Err(err)) if !err.is_refusal() => {
                 // A commit may have failed halfway: roll back before the writer's next use.
                 conn.reset_on_return();
                 updates.iter().map(|_| Err(err.for_each_caller())).collect()
@@ -660,19 +660,6 @@ impl Grouped for GroupedUpdates {
             }
         }
     }
-}
-
-/// Whether `err` is the database refusing a row of the group (a taken name, a bad value, a
-/// constraint): the group then runs again one by one, so that only that member fails. Any
-/// other error fails every member alike.
-fn refused(err: &Error) -> bool {
-    matches!(
-        err,
-        Error::Duplicate { .. }
-            | Error::InvalidInput(_)
-            | Error::Constraint { .. }
-            | Error::ForeignKey
-    )
 }
 
 /// `update_group`'s JSON for a group of updates of distinct items; `None` when an item comes
@@ -760,7 +747,7 @@ impl Grouped for GroupedCreates {
         match ids {
             // One id per member: the statement inserts every row or none.
             Ok(ids) => ids.into_iter().map(Ok).collect(),
-            Err(err) if !refused(&err) && !matches!(err, Error::WrongBackend(_)) => {
+            Err(err) if !err.is_refusal() && !matches!(err, Error::WrongBackend(_)) => {
                 // A commit may have failed halfway: roll back before the writer's next use.
                 conn.reset_on_return();
                 creates.iter().map(|_| Err(err.for_each_caller())).collect()
