@@ -62,9 +62,7 @@ thread_local! {
     /// function; it runs inside the commit, on the thread of [`DirectWriter::write`], which
     /// reads it back before returning.
     static COMMITTED_WAL_FRAMES: Cell<Option<u64>> = const { Cell::new(None) };
-}
 
-thread_local! {
     /// Set while the current thread runs a point read on the direct writer (see
     /// [`DirectWriter::read`]), so that SQLite's progress handler interrupts that read past
     /// [`DIRECT_READ_MOST_STEPS`] steps, as on a direct reader, and leaves writes alone.
@@ -255,11 +253,7 @@ mod tests {
 
         let item = db
             .items()
-            .create(&NewItem {
-                name: "i".to_owned(),
-                data: serde_json::json!(0),
-                status: crate::ItemStatus::Active,
-            })
+            .create(&NewItem::new("i", serde_json::json!(0)))
             .await
             .unwrap();
         let after_create = frames(&db).unwrap();
@@ -313,11 +307,7 @@ mod tests {
     async fn a_get_reads_on_the_direct_writer_when_it_is_free_and_elsewhere_when_not() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path().join("reads.db")).await.unwrap();
-        let new = NewItem {
-            name: "i".to_owned(),
-            data: serde_json::json!("committed"),
-            status: crate::ItemStatus::Active,
-        };
+        let new = NewItem::new("i", serde_json::json!("committed"));
         let id = db.items().create(&new).await.unwrap();
         let before = writer_reads(&db).unwrap();
         let item = db.items().get(id).await.unwrap().unwrap();
